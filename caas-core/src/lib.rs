@@ -1,0 +1,32 @@
+//! caas-core: the contracts of caas and its hot data structures.
+//!
+//! No sockets, no ZooKeeper, no Docker: the gateway (`caas-gateway`) and the control plane
+//! (`caas-backends`) both build on what is here.
+//!
+//! - [`id`]: validated identifiers ([`AppId`], [`Version`], [`InstanceId`], [`Domain`]).
+//! - [`spec`]: the desired state: [`AppSpec`] per app (versions, endpoints, custom domains,
+//!   weights, balancer, blacklist, rate limit) and the whole [`Snapshot`].
+//! - [`table`]: the immutable [`RouteTable`], O(1) lookup by `Host`.
+//! - [`balance`]: [`Pool`]s with round-robin, smooth weighted round-robin and
+//!   power-of-two-choices balancers, and the per-endpoint [`EndpointState`].
+//! - [`router`]: the [`Router`], one `ArcSwap` of the whole table; lock-free reads.
+//! - [`discovery`]: the [`Discovery`] update stream (`Reset` / `Upsert` / `Remove`) and the
+//!   in-memory [`Static`] source.
+//! - [`stats`], [`limit`]: lock-free counters and the per-app rate limiter.
+
+pub mod balance;
+pub mod discovery;
+pub mod id;
+pub mod limit;
+pub mod router;
+pub mod spec;
+pub mod stats;
+pub mod table;
+
+pub use balance::{EndpointState, InFlight, Pool};
+pub use discovery::{Discovery, Static, StaticUpdates, Update};
+pub use id::{AppId, Domain, IdError, InstanceId, Version};
+pub use router::{ApplyReport, Router};
+pub use spec::{AppSpec, BalancerKind, Endpoint, IpNet, RateLimit, Snapshot, VersionSpec};
+pub use stats::{Counters, CountersSnapshot};
+pub use table::{AppRoute, AppState, BuildWarning, Route, RouteTable, VersionRoute};

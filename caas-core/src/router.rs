@@ -1,0 +1,169 @@
+//! The [`Router`]: one `ArcSwap` holding the whole route table.
+//!
+//! Readers load the current table without locking. A writer applies an [`Update`] to its copy
+//! of the snapshot, builds a new table (carrying endpoint and balancer state over) and swaps it
+//! in with one store, so routes, endpoints, health and balancer state never disagree. A request
+//! keeps the table (or the endpoint `Arc`) it started with; a swap never cuts it.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use arc_swap::{ArcSwap, Guard};
+
+use crate::discovery::Update;
+use crate::id::Domain;
+use crate::spec::Snapshot;
+use crate::table::{BuildWarning, RouteTable};
+
+struct Writer {
+    domains: Vec<Domain>,
+    snapshot: Snapshot,
+    generation: u64,
+}
+
+/// What one rebuild did.
+#[derive(Debug, Clone)]
+pub struct ApplyReport {
+    /// Generation of the table now in place.
+    pub generation: u64,
+    /// Apps in the new table.
+    pub apps: usize,
+    /// Time spent building the table (the swap itself is one atomic store).
+    pub build_time: Duration,
+    /// Problems the build worked around.
+    pub warnings: Vec<BuildWarning>,
+}
+
+/// The live route table and the snapshot it was built from.
+pub struct Router {
+    table: ArcSwap<RouteTable>,
+    writer: Mutex<Writer>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let t = self.table.load();
+        f.debug_struct("Router")
+            .field("generation", &t.generation())
+            .field("apps", &t.apps().len())
+            .finish()
+    }
+}
+
+impl Router {
+    /// An empty router serving `{app}.{domain}` for each of `domains`.
+    pub fn new(domains: Vec<Domain>) -> Self {
+        let (table, _) = RouteTable::build(&Snapshot::default(), &domains, None, 0);
+        Self {
+            table: ArcSwap::from_pointee(table),
+            writer: Mutex::new(Writer {
+                domains,
+                snapshot: Snapshot::default(),
+                generation: 0,
+            }),
+        }
+    }
+
+    /// The current table, for one request (no lock, no reference-count traffic).
+    #[inline]
+    pub fn load(&self) -> Guard<Arc<RouteTable>> {
+        self.table.load()
+    }
+
+    /// The current table as an owned `Arc`, for holding across long operations.
+    pub fn current(&self) -> Arc<RouteTable> {
+        self.table.load_full()
+    }
+
+    /// A copy of the snapshot the current table was built from.
+    pub fn snapshot(&self) -> Snapshot {
+        self.lock().snapshot.clone()
+    }
+
+    /// Applies a discovery update and swaps in the rebuilt table.
+    pub fn apply(&self, update: Update) -> ApplyReport {
+        let mut w = self.lock();
+        match update {
+            Update::Reset(s) => w.snapshot = s,
+            Update::Upsert(id, spec) => {
+                w.snapshot.apps.insert(id, spec);
+            }
+            Update::Remove(id) => {
+                w.snapshot.apps.remove(&id);
+            }
+        }
+        self.rebuild(&mut w)
+    }
+
+    /// Changes the gateway domains and rebuilds.
+    pub fn set_domains(&self, domains: Vec<Domain>) -> ApplyReport {
+        let mut w = self.lock();
+        w.domains = domains;
+        self.rebuild(&mut w)
+    }
+
+    fn rebuild(&self, w: &mut Writer) -> ApplyReport {
+        let started = Instant::now();
+        w.generation += 1;
+        let previous = self.table.load_full();
+        let (table, warnings) =
+            RouteTable::build(&w.snapshot, &w.domains, Some(&previous), w.generation);
+        let apps = table.apps().len();
+        self.table.store(Arc::new(table));
+        for warning in &warnings {
+            tracing::warn!(generation = w.generation, "route table: {warning}");
+        }
+        ApplyReport {
+            generation: w.generation,
+            apps,
+            build_time: started.elapsed(),
+            warnings,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Writer> {
+        // The writer state is a plain value rebuilt whole on every apply, so a panic in
+        // another writer cannot leave it half-changed.
+        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{AppId, AppSpec, Endpoint, Version, VersionSpec};
+
+    fn spec(port: u16) -> AppSpec {
+        AppSpec {
+            versions: [(
+                Version::new("v1").unwrap(),
+                VersionSpec {
+                    endpoints: vec![Endpoint::new(([127, 0, 0, 1], port).into())],
+                },
+            )]
+            .into(),
+            ..AppSpec::default()
+        }
+    }
+
+    #[test]
+    fn updates_swap_tables_and_old_readers_keep_theirs() {
+        let r = Router::new(vec![Domain::new("caas.local").unwrap()]);
+        let a = AppId::new("a").unwrap();
+        r.apply(Update::Upsert(a.clone(), spec(1)));
+        let old = r.current();
+        let rep = r.apply(Update::Upsert(AppId::new("b").unwrap(), spec(2)));
+        assert_eq!(rep.apps, 2);
+        assert!(old.lookup("b.caas.local").is_none(), "old table unchanged");
+        assert!(r.load().lookup("b.caas.local").is_some());
+        r.apply(Update::Remove(a));
+        assert!(r.load().lookup("a.caas.local").is_none());
+        assert_eq!(r.snapshot().apps.len(), 1);
+        r.apply(Update::Reset(Snapshot::default()));
+        assert_eq!(r.load().apps().len(), 0);
+        r.set_domains(vec![Domain::new("other.test").unwrap()]);
+        r.apply(Update::Upsert(AppId::new("c").unwrap(), spec(3)));
+        assert!(r.load().lookup("c.other.test").is_some());
+        assert!(r.load().lookup("c.caas.local").is_none());
+    }
+}

@@ -1,0 +1,606 @@
+//! The immutable route table: host name → app → version → endpoint pool.
+//!
+//! A table is built from a [`Snapshot`] and never changes afterwards; the [`Router`] swaps whole
+//! tables. Lookup by `Host` is one hash-map probe on the lower-cased name without its port:
+//! `{appId}.{domain}` routes to the app's default (or weighted) version,
+//! `{version}.{appId}.{domain}` to that version, a custom domain to its app.
+//!
+//! [`Router`]: crate::Router
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+use rustc_hash::FxHashMap;
+
+use crate::balance::{EndpointState, Pool, smooth_sequence};
+use crate::id::{AppId, Domain, Version};
+use crate::limit::TokenBucket;
+use crate::spec::{AppSpec, BalancerKind, IpNet, Snapshot};
+use crate::stats::Counters;
+
+/// Where a host name leads.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    App(u32),
+    Version(u32, u32),
+}
+
+/// Per-app state that outlives table rebuilds: counters and the rate limiter.
+#[derive(Debug, Default)]
+pub struct AppState {
+    /// Traffic counters of the app.
+    pub stats: Counters,
+}
+
+/// Which pool `{appId}.{domain}` uses.
+#[derive(Debug)]
+enum DefaultRoute {
+    /// One version.
+    Version(u32),
+    /// A weighted split across versions (sequence of version indices).
+    Split {
+        sequence: Box<[u32]>,
+        cursor: Arc<AtomicUsize>,
+    },
+    /// All endpoints of all versions (no default version and no weights).
+    All(Pool),
+    /// The default version names a version with no endpoints.
+    Missing,
+}
+
+/// One version of an app in the table.
+#[derive(Debug)]
+pub struct VersionRoute {
+    id: Version,
+    pool: Pool,
+}
+
+impl VersionRoute {
+    /// The version id.
+    pub fn id(&self) -> &Version {
+        &self.id
+    }
+
+    /// The version's endpoints and balancer.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+}
+
+/// One app in the table.
+#[derive(Debug)]
+pub struct AppRoute {
+    id: AppId,
+    versions: Box<[VersionRoute]>,
+    default: DefaultRoute,
+    blacklist: Box<[IpNet]>,
+    limiter: Option<Arc<TokenBucket>>,
+    state: Arc<AppState>,
+    spec: AppSpec,
+}
+
+impl AppRoute {
+    /// The app id.
+    pub fn id(&self) -> &AppId {
+        &self.id
+    }
+
+    /// The versions that have endpoints, sorted by id.
+    pub fn versions(&self) -> &[VersionRoute] {
+        &self.versions
+    }
+
+    /// The spec this route was built from (endpoints included).
+    pub fn spec(&self) -> &AppSpec {
+        &self.spec
+    }
+
+    /// Counters and other state that survives rebuilds.
+    #[inline]
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// Whether a client address is refused by the app's blacklist.
+    #[inline]
+    pub fn is_blacklisted(&self, ip: IpAddr) -> bool {
+        !self.blacklist.is_empty() && self.blacklist.iter().any(|n| n.contains(ip))
+    }
+
+    /// Takes one token from the app's rate limiter; false when the limit is exceeded.
+    #[inline]
+    pub fn admit(&self) -> bool {
+        self.limiter.as_ref().is_none_or(|l| l.try_acquire())
+    }
+
+    /// The pool `{appId}.{domain}` uses now (one step of a weighted split), if any.
+    #[inline]
+    pub fn default_pool(&self) -> Option<&Pool> {
+        match &self.default {
+            DefaultRoute::Version(i) => Some(&self.versions[*i as usize].pool),
+            DefaultRoute::Split { sequence, cursor } => {
+                let tick = cursor.fetch_add(1, Relaxed);
+                let i = sequence[tick % sequence.len()];
+                Some(&self.versions[i as usize].pool)
+            }
+            DefaultRoute::All(pool) => Some(pool),
+            DefaultRoute::Missing => None,
+        }
+    }
+}
+
+/// The result of a host lookup: an app, and the version the host pinned, if any.
+#[derive(Debug, Clone, Copy)]
+pub struct Route<'a> {
+    app: &'a AppRoute,
+    version: Option<&'a VersionRoute>,
+}
+
+impl<'a> Route<'a> {
+    /// The app the host belongs to.
+    #[inline]
+    pub fn app(&self) -> &'a AppRoute {
+        self.app
+    }
+
+    /// The version named in the host (`{version}.{appId}.{domain}`), if any.
+    #[inline]
+    pub fn pinned_version(&self) -> Option<&'a VersionRoute> {
+        self.version
+    }
+
+    /// The pool to pick from: the pinned version's, else the app's default.
+    #[inline]
+    pub fn pool(&self) -> Option<&'a Pool> {
+        match self.version {
+            Some(v) => Some(&v.pool),
+            None => self.app.default_pool(),
+        }
+    }
+}
+
+/// Something odd in a snapshot that the table worked around.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildWarning {
+    /// Two apps (or an app and a generated name) claim the same host; the first keeps it.
+    HostConflict {
+        /// The contested host.
+        host: String,
+        /// The app that keeps it.
+        kept: AppId,
+        /// The app that lost it.
+        dropped: AppId,
+    },
+    /// `default_version` names a version with no endpoints.
+    MissingDefault {
+        /// The app.
+        app: AppId,
+        /// The version it names.
+        version: Version,
+    },
+}
+
+impl fmt::Display for BuildWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::HostConflict {
+                host,
+                kept,
+                dropped,
+            } => write!(
+                f,
+                "host {host:?} is claimed by apps {kept} and {dropped}; {kept} keeps it"
+            ),
+            Self::MissingDefault { app, version } => write!(
+                f,
+                "app {app}: default version {version} has no endpoints; requests get 503"
+            ),
+        }
+    }
+}
+
+/// The immutable routing table.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    hosts: FxHashMap<Box<str>, Target>,
+    by_id: FxHashMap<AppId, u32>,
+    apps: Box<[AppRoute]>,
+    domains: Box<[Domain]>,
+    generation: u64,
+}
+
+/// Longest host name (RFC 1035) plus a trailing dot.
+const MAX_HOST: usize = 254;
+
+/// `host[:port]` → `host`, keeping IPv6 literals (`[::1]:80` → `[::1]`) whole.
+#[inline]
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return match host.find(']') {
+            Some(end) => &host[..=end],
+            None => host,
+        };
+    }
+    match host.rfind(':') {
+        Some(i) => &host[..i],
+        None => host,
+    }
+}
+
+impl RouteTable {
+    /// Builds a table. State (endpoint in-flight counts and ejection, balancer cursors, app
+    /// counters) is carried over from `previous` for everything that remains.
+    pub fn build(
+        snapshot: &Snapshot,
+        domains: &[Domain],
+        previous: Option<&RouteTable>,
+        generation: u64,
+    ) -> (RouteTable, Vec<BuildWarning>) {
+        let mut warnings = Vec::new();
+        let mut apps = Vec::with_capacity(snapshot.apps.len());
+        let mut by_id = FxHashMap::default();
+        by_id.reserve(snapshot.apps.len());
+        for (id, spec) in &snapshot.apps {
+            let prev = previous.and_then(|t| t.app(id));
+            let route = build_app(id, spec, prev, &mut warnings);
+            by_id.insert(id.clone(), apps.len() as u32);
+            apps.push(route);
+        }
+
+        let mut hosts: FxHashMap<Box<str>, Target> = FxHashMap::default();
+        let per_app: usize = apps.iter().map(|a| 1 + a.versions.len()).sum();
+        hosts.reserve(per_app * domains.len().max(1));
+        let mut claim = |host: String, target: Target, app: &AppId, apps: &[AppRoute]| match hosts
+            .entry(host.into_boxed_str())
+        {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(target);
+            }
+            std::collections::hash_map::Entry::Occupied(o) => {
+                let kept = match o.get() {
+                    Target::App(i) | Target::Version(i, _) => apps[*i as usize].id.clone(),
+                };
+                warnings.push(BuildWarning::HostConflict {
+                    host: o.key().to_string(),
+                    kept,
+                    dropped: app.clone(),
+                });
+            }
+        };
+        // Generated names first: they are authoritative over custom domains.
+        for (ai, app) in apps.iter().enumerate() {
+            let ai = ai as u32;
+            for d in domains {
+                claim(format!("{}.{d}", app.id), Target::App(ai), &app.id, &apps);
+                for (vi, v) in app.versions.iter().enumerate() {
+                    let t = Target::Version(ai, vi as u32);
+                    claim(format!("{}.{}.{d}", v.id, app.id), t, &app.id, &apps);
+                }
+            }
+        }
+        for (ai, app) in apps.iter().enumerate() {
+            for d in &app.spec.domains {
+                claim(d.to_string(), Target::App(ai as u32), &app.id, &apps);
+            }
+        }
+        let table = RouteTable {
+            hosts,
+            by_id,
+            apps: apps.into_boxed_slice(),
+            domains: domains.into(),
+            generation,
+        };
+        (table, warnings)
+    }
+
+    /// Finds the route for a `Host` header value (case-insensitive, port ignored).
+    #[inline]
+    pub fn lookup(&self, host: &str) -> Option<Route<'_>> {
+        let name = strip_port(host);
+        let name = name.strip_suffix('.').unwrap_or(name);
+        let target = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            if name.len() > MAX_HOST {
+                return None;
+            }
+            let mut buf = [0u8; MAX_HOST];
+            let buf = &mut buf[..name.len()];
+            buf.copy_from_slice(name.as_bytes());
+            buf.make_ascii_lowercase();
+            *self.hosts.get(std::str::from_utf8(buf).ok()?)?
+        } else {
+            *self.hosts.get(name)?
+        };
+        Some(match target {
+            Target::App(a) => Route {
+                app: &self.apps[a as usize],
+                version: None,
+            },
+            Target::Version(a, v) => {
+                let app = &self.apps[a as usize];
+                Route {
+                    app,
+                    version: Some(&app.versions[v as usize]),
+                }
+            }
+        })
+    }
+
+    /// An app by id.
+    pub fn app(&self, id: &AppId) -> Option<&AppRoute> {
+        self.by_id.get(id).map(|&i| &self.apps[i as usize])
+    }
+
+    /// All apps, sorted by id.
+    pub fn apps(&self) -> &[AppRoute] {
+        &self.apps
+    }
+
+    /// The gateway domains the table was built with.
+    pub fn domains(&self) -> &[Domain] {
+        &self.domains
+    }
+
+    /// Number of host names that route somewhere.
+    pub fn host_count(&self) -> usize {
+        self.hosts.len()
+    }
+
+    /// Counts up by one with every rebuild.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
+fn build_app(
+    id: &AppId,
+    spec: &AppSpec,
+    prev: Option<&AppRoute>,
+    warnings: &mut Vec<BuildWarning>,
+) -> AppRoute {
+    let prev_version = |v: &Version| prev.and_then(|p| p.versions.iter().find(|pv| &pv.id == v));
+    let mut versions = Vec::with_capacity(spec.versions.len());
+    let mut reuse: FxHashMap<SocketAddr, &Arc<EndpointState>> = FxHashMap::default();
+    for (vid, vspec) in &spec.versions {
+        if vspec.endpoints.is_empty() {
+            continue;
+        }
+        let pv = prev_version(vid);
+        reuse.clear();
+        if let Some(pv) = pv {
+            reuse.extend(pv.pool.endpoints().iter().map(|e| (e.endpoint().addr, e)));
+        }
+        let mut eps: Vec<Arc<EndpointState>> = Vec::with_capacity(vspec.endpoints.len());
+        for ep in &vspec.endpoints {
+            if eps.iter().any(|e| e.endpoint().addr == ep.addr) {
+                continue; // the same address twice would double its share
+            }
+            let state = match reuse.get(&ep.addr) {
+                Some(old) if old.endpoint() == ep => Arc::clone(old),
+                _ => Arc::new(EndpointState::new(*ep)),
+            };
+            eps.push(state);
+        }
+        let cursor = pv.map(|p| Arc::clone(p.pool.cursor())).unwrap_or_default();
+        versions.push(VersionRoute {
+            id: vid.clone(),
+            pool: Pool::new(spec.balancer, eps, cursor),
+        });
+    }
+
+    let index_of = |v: &Version| versions.iter().position(|r| &r.id == v);
+    let split: BTreeMap<usize, u32> = spec
+        .weights
+        .iter()
+        .filter(|(_, w)| **w > 0)
+        .filter_map(|(v, w)| index_of(v).map(|i| (i, *w)))
+        .collect();
+    let default = if !split.is_empty() {
+        let idx: Vec<usize> = split.keys().copied().collect();
+        let weights: Vec<u32> = split.values().copied().collect();
+        let sequence: Box<[u32]> = smooth_sequence(&weights)
+            .iter()
+            .map(|&k| idx[k as usize] as u32)
+            .collect();
+        let cursor = match prev.map(|p| &p.default) {
+            Some(DefaultRoute::Split { cursor, .. }) => Arc::clone(cursor),
+            _ => Arc::default(),
+        };
+        DefaultRoute::Split { sequence, cursor }
+    } else if let Some(dv) = &spec.default_version {
+        match index_of(dv) {
+            Some(i) => DefaultRoute::Version(i as u32),
+            None => {
+                warnings.push(BuildWarning::MissingDefault {
+                    app: id.clone(),
+                    version: dv.clone(),
+                });
+                DefaultRoute::Missing
+            }
+        }
+    } else {
+        let all: Vec<Arc<EndpointState>> = versions
+            .iter()
+            .flat_map(|v| v.pool.endpoints().iter().cloned())
+            .collect();
+        let cursor = match prev.map(|p| &p.default) {
+            Some(DefaultRoute::All(p)) => Arc::clone(p.cursor()),
+            _ => Arc::default(),
+        };
+        DefaultRoute::All(Pool::new(spec.balancer, all, cursor))
+    };
+
+    let limiter = spec
+        .rate_limit
+        .map(|rl| match prev.and_then(|p| p.limiter.as_ref()) {
+            Some(old) if old.limit() == rl => Arc::clone(old),
+            _ => Arc::new(TokenBucket::new(rl)),
+        });
+    AppRoute {
+        id: id.clone(),
+        versions: versions.into_boxed_slice(),
+        default,
+        blacklist: spec.blacklist.clone().into_boxed_slice(),
+        limiter,
+        state: prev.map(|p| Arc::clone(&p.state)).unwrap_or_default(),
+        spec: spec.clone(),
+    }
+}
+
+impl BalancerKind {
+    /// The name used in configs (`round_robin`, `weighted`, `p2c`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BalancerKind::RoundRobin => "round_robin",
+            BalancerKind::Weighted => "weighted",
+            BalancerKind::P2c => "p2c",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{Endpoint, VersionSpec};
+
+    pub(crate) fn app(versions: &[(&str, &[u16])]) -> AppSpec {
+        AppSpec {
+            versions: versions
+                .iter()
+                .map(|(v, ports)| {
+                    let endpoints = ports
+                        .iter()
+                        .map(|p| Endpoint::new(SocketAddr::from(([127, 0, 0, 1], *p))))
+                        .collect();
+                    (Version::new(v).unwrap(), VersionSpec { endpoints })
+                })
+                .collect(),
+            ..AppSpec::default()
+        }
+    }
+
+    fn snapshot(apps: Vec<(&str, AppSpec)>) -> Snapshot {
+        Snapshot {
+            apps: apps
+                .into_iter()
+                .map(|(id, s)| (AppId::new(id).unwrap(), s))
+                .collect(),
+        }
+    }
+
+    fn domains() -> Vec<Domain> {
+        vec![
+            Domain::new("caas.local").unwrap(),
+            Domain::new("apps.example").unwrap(),
+        ]
+    }
+
+    fn port(r: Option<Route<'_>>) -> u16 {
+        r.unwrap()
+            .pool()
+            .unwrap()
+            .pick()
+            .unwrap()
+            .endpoint()
+            .addr
+            .port()
+    }
+
+    #[test]
+    fn host_forms_route_as_documented() {
+        let mut hello = app(&[("v1", &[9001]), ("v2", &[9002])]);
+        hello.default_version = Some(Version::new("v1").unwrap());
+        hello.domains = vec![Domain::new("www.hello.test").unwrap()];
+        let (t, w) = RouteTable::build(&snapshot(vec![("hello", hello)]), &domains(), None, 1);
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(port(t.lookup("hello.caas.local")), 9001);
+        assert_eq!(port(t.lookup("HeLLo.CAAS.local:8080")), 9001);
+        assert_eq!(port(t.lookup("hello.apps.example.")), 9001);
+        assert_eq!(port(t.lookup("v2.hello.caas.local")), 9002);
+        assert_eq!(port(t.lookup("www.hello.test")), 9001);
+        assert_eq!(port(t.lookup("WWW.HELLO.TEST:443")), 9001);
+        assert!(t.lookup("nope.caas.local").is_none());
+        assert!(t.lookup("v3.hello.caas.local").is_none());
+        assert!(t.lookup("caas.local").is_none());
+        assert!(t.lookup("").is_none());
+        assert!(t.lookup(&"A".repeat(5000)).is_none());
+        assert!(t.lookup("[::1]:80").is_none());
+    }
+
+    #[test]
+    fn weighted_split_lands_within_two_percent() {
+        let mut hello = app(&[("v1", &[9001, 9002]), ("v2", &[9003])]);
+        hello.weights = [("v1", 90), ("v2", 10)]
+            .into_iter()
+            .map(|(v, w)| (Version::new(v).unwrap(), w))
+            .collect();
+        let (t, _) = RouteTable::build(&snapshot(vec![("hello", hello)]), &domains(), None, 1);
+        let v2 = (0..10_000)
+            .filter(|_| port(t.lookup("hello.caas.local")) == 9003)
+            .count();
+        assert!((800..=1200).contains(&v2), "v2 got {v2} of 10000");
+    }
+
+    #[test]
+    fn no_default_balances_over_all_versions() {
+        let (t, _) = RouteTable::build(
+            &snapshot(vec![("hello", app(&[("v1", &[1, 2]), ("v2", &[3])]))]),
+            &domains(),
+            None,
+            1,
+        );
+        let mut seen: Vec<u16> = (0..3).map(|_| port(t.lookup("hello.caas.local"))).collect();
+        seen.sort();
+        assert_eq!(seen, [1, 2, 3]);
+    }
+
+    #[test]
+    fn missing_default_version_is_a_warning_and_no_pool() {
+        let mut a = app(&[("v1", &[1])]);
+        a.default_version = Some(Version::new("v9").unwrap());
+        let (t, w) = RouteTable::build(&snapshot(vec![("a", a)]), &domains(), None, 1);
+        assert!(matches!(w[0], BuildWarning::MissingDefault { .. }));
+        assert!(t.lookup("a.caas.local").unwrap().pool().is_none());
+    }
+
+    #[test]
+    fn custom_domain_conflicts_keep_the_first_claim() {
+        let mut a = app(&[("v1", &[1])]);
+        a.domains = vec![
+            Domain::new("shared.test").unwrap(),
+            Domain::new("b.caas.local").unwrap(),
+        ];
+        let mut b = app(&[("v1", &[2])]);
+        b.domains = vec![Domain::new("shared.test").unwrap()];
+        let (t, w) = RouteTable::build(&snapshot(vec![("a", a), ("b", b)]), &domains(), None, 1);
+        assert_eq!(port(t.lookup("shared.test")), 1);
+        assert_eq!(port(t.lookup("b.caas.local")), 2, "generated names win");
+        assert_eq!(w.len(), 2, "{w:?}");
+    }
+
+    #[test]
+    fn endpoint_state_survives_rebuilds_for_endpoints_that_remain() {
+        let s1 = snapshot(vec![("a", app(&[("v1", &[1, 2])]))]);
+        let (t1, _) = RouteTable::build(&s1, &domains(), None, 1);
+        let ep1 = Arc::clone(
+            &t1.app(&AppId::new("a").unwrap()).unwrap().versions()[0]
+                .pool
+                .endpoints()[0],
+        );
+        let guard = ep1.start_request();
+        ep1.eject_for(std::time::Duration::from_secs(30));
+        let s2 = snapshot(vec![("a", app(&[("v1", &[1, 3])]))]);
+        let (t2, _) = RouteTable::build(&s2, &domains(), Some(&t1), 2);
+        let eps = t2.app(&AppId::new("a").unwrap()).unwrap().versions()[0]
+            .pool
+            .endpoints();
+        assert!(Arc::ptr_eq(&eps[0], &ep1));
+        assert_eq!(eps[0].in_flight(), 1);
+        assert!(!eps[0].is_available());
+        assert_eq!(eps[1].in_flight(), 0);
+        drop(guard);
+        assert_eq!(eps[0].in_flight(), 0);
+    }
+}
