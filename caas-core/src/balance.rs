@@ -109,6 +109,11 @@ impl EndpointState {
         }
     }
 
+    /// The attachment set by [`EndpointState::attachment`], if it is a `T`.
+    pub fn get_attachment<T: Any + Send + Sync>(&self) -> Option<&T> {
+        self.attachment.get()?.downcast_ref::<T>()
+    }
+
     /// A slot where the data plane keeps its per-endpoint state (its connection pool), so
     /// that it lives exactly as long as the endpoint does. Initialised once.
     pub fn attachment<T: Any + Send + Sync>(&self, init: impl FnOnce() -> T) -> Option<&T> {

@@ -1,0 +1,253 @@
+//! The admin listener: `/healthz`, `/routes` (JSON) and `/metrics` (Prometheus text), served
+//! apart from the proxy port so it is never reachable through an app's host name.
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use caas_core::stats::LATENCY_BUCKETS_US;
+use caas_core::{CountersSnapshot, RouteTable};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::body::ProxyBody;
+use crate::error::GatewayError;
+use crate::server::{ERROR_CODES, Gateway, pooled_idle};
+
+impl Gateway {
+    /// Serves the admin endpoints on `listener` until `shutdown` resolves.
+    pub async fn serve_admin(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), GatewayError> {
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::error!("admin accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let gw = self.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let gw = gw.clone();
+                    async move { Ok::<_, std::convert::Infallible>(gw.admin_response(&req)) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(stream), svc);
+                if let Err(e) = conn.await {
+                    tracing::debug!(%peer, "admin connection ended: {e}");
+                }
+            });
+        }
+    }
+
+    /// Answers one admin request (usable without a socket, e.g. from another server).
+    pub fn admin_response(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
+        admin_route(self, req.method(), req.uri().path())
+    }
+}
+
+fn admin_route(gw: &Gateway, method: &Method, path: &str) -> Response<ProxyBody> {
+    let (status, ctype, body) = match (method, path) {
+        (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        (&Method::GET, "/routes") => (
+            StatusCode::OK,
+            "application/json",
+            routes_json(&gw.router().current()),
+        ),
+        (&Method::GET, "/metrics") => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            metrics_text(gw),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "application/json",
+            r#"{"error":"not_found","status":404}"#.to_owned(),
+        ),
+    };
+    let mut resp = Response::new(ProxyBody::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    resp
+}
+
+/// The live route table as JSON: apps, their hosts, versions and endpoint states.
+pub fn routes_json(table: &RouteTable) -> String {
+    let apps: Vec<serde_json::Value> = table
+        .apps()
+        .iter()
+        .map(|app| {
+            let versions: serde_json::Map<String, serde_json::Value> = app
+                .versions()
+                .iter()
+                .map(|v| {
+                    let eps: Vec<serde_json::Value> = v
+                        .pool()
+                        .endpoints()
+                        .iter()
+                        .map(|e| {
+                            serde_json::json!({
+                                "addr": e.endpoint().addr.to_string(),
+                                "weight": e.endpoint().weight,
+                                "available": e.is_available(),
+                                "in_flight": e.in_flight(),
+                                "idle_connections": pooled_idle(e),
+                            })
+                        })
+                        .collect();
+                    (v.id().to_string(), serde_json::Value::Array(eps))
+                })
+                .collect();
+            let spec = app.spec();
+            serde_json::json!({
+                "app": app.id().to_string(),
+                "hosts": table.domains().iter().map(|d| format!("{}.{d}", app.id())).chain(spec.domains.iter().map(|d| d.to_string())).collect::<Vec<_>>(),
+                "default_version": spec.default_version,
+                "weights": spec.weights,
+                "balancer": spec.balancer.as_str(),
+                "versions": versions,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "generation": table.generation(),
+        "domains": table.domains(),
+        "apps": apps,
+    })
+    .to_string()
+}
+
+fn write_counters(out: &mut String, prefix: &str, labels: &str, c: &CountersSnapshot) {
+    let _ = writeln!(out, "{prefix}_requests_total{{{labels}}} {}", c.requests);
+    for (i, n) in c.status.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "{prefix}_responses_total{{{labels},class=\"{}xx\"}} {n}",
+            i + 1
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{prefix}_upstream_errors_total{{{labels}}} {}",
+        c.errors
+    );
+    let _ = writeln!(
+        out,
+        "{prefix}_request_bytes_total{{{labels}}} {}",
+        c.bytes_in
+    );
+    let _ = writeln!(
+        out,
+        "{prefix}_response_bytes_total{{{labels}}} {}",
+        c.bytes_out
+    );
+    let mut cumulative = 0;
+    for (i, n) in c.latency.iter().enumerate() {
+        cumulative += n;
+        let le = LATENCY_BUCKETS_US
+            .get(i)
+            .map_or("+Inf".to_owned(), |us| format!("{}", *us as f64 / 1e6));
+        let _ = writeln!(
+            out,
+            "{prefix}_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{prefix}_request_duration_seconds_sum{{{labels}}} {}",
+        c.latency_sum_us as f64 / 1e6
+    );
+    let _ = writeln!(
+        out,
+        "{prefix}_request_duration_seconds_count{{{labels}}} {cumulative}"
+    );
+}
+
+/// Prometheus text exposition of gateway, app and endpoint counters.
+pub fn metrics_text(gw: &Gateway) -> String {
+    // Writing to a String cannot fail; the `let _` below discard an always-Ok fmt::Result.
+    let mut out = String::with_capacity(4096);
+    let s = gw.stats();
+    let _ = writeln!(
+        out,
+        "# TYPE caas_gateway_connections_accepted_total counter"
+    );
+    let _ = writeln!(
+        out,
+        "caas_gateway_connections_accepted_total {}",
+        s.connections_accepted.load(Relaxed)
+    );
+    let _ = writeln!(out, "# TYPE caas_gateway_connections_active gauge");
+    let _ = writeln!(
+        out,
+        "caas_gateway_connections_active {}",
+        s.connections_active.load(Relaxed)
+    );
+    for (name, v) in [
+        ("requests_total", s.requests.load(Relaxed)),
+        ("upstream_connects_total", s.upstream_connects.load(Relaxed)),
+        ("upgrades_total", s.upgrades.load(Relaxed)),
+        ("idle_closed_total", s.idle_closed.load(Relaxed)),
+    ] {
+        let _ = writeln!(out, "# TYPE caas_gateway_{name} counter");
+        let _ = writeln!(out, "caas_gateway_{name} {v}");
+    }
+    let _ = writeln!(out, "# TYPE caas_gateway_errors_total counter");
+    for code in ERROR_CODES {
+        let _ = writeln!(
+            out,
+            "caas_gateway_errors_total{{cause=\"{code}\"}} {}",
+            s.errors(code)
+        );
+    }
+    let table = gw.router().current();
+    let _ = writeln!(out, "# TYPE caas_route_table_generation gauge");
+    let _ = writeln!(out, "caas_route_table_generation {}", table.generation());
+    for prefix in ["caas_app", "caas_endpoint"] {
+        let _ = writeln!(out, "# TYPE {prefix}_requests_total counter");
+        let _ = writeln!(out, "# TYPE {prefix}_responses_total counter");
+        let _ = writeln!(out, "# TYPE {prefix}_request_duration_seconds histogram");
+    }
+    for app in table.apps() {
+        let labels = format!("app=\"{}\"", app.id());
+        write_counters(&mut out, "caas_app", &labels, &app.state().stats.snapshot());
+        for v in app.versions() {
+            for ep in v.pool().endpoints() {
+                let labels = format!(
+                    "app=\"{}\",version=\"{}\",endpoint=\"{}\"",
+                    app.id(),
+                    v.id(),
+                    ep.endpoint().addr
+                );
+                write_counters(&mut out, "caas_endpoint", &labels, &ep.stats.snapshot());
+                let _ = writeln!(
+                    out,
+                    "caas_endpoint_in_flight{{{labels}}} {}",
+                    ep.in_flight()
+                );
+                let _ = writeln!(
+                    out,
+                    "caas_endpoint_available{{{labels}}} {}",
+                    u8::from(ep.is_available())
+                );
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,281 @@
+//! Gateway configuration: the library's [`GatewayConfig`] and the TOML file of the example
+//! server ([`FileConfig`]), both strict (`deny_unknown_fields`) with a default per field.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use caas_core::{AppId, AppSpec, Domain, Snapshot};
+use serde::{Deserialize, Serialize};
+
+/// Limits and timeouts on every edge of the proxy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request head (request line plus headers) in bytes; larger gets 431.
+    pub max_header_bytes: usize,
+    /// Most request headers; more gets 431.
+    pub max_headers: usize,
+    /// Time a client has to send a complete request head (slowloris guard), in ms.
+    pub header_read_timeout_ms: u64,
+    /// A client connection with no request in flight and no traffic for this long is closed, in ms.
+    pub idle_timeout_ms: u64,
+    /// Time to establish an upstream TCP connection, in ms.
+    pub upstream_connect_timeout_ms: u64,
+    /// Time from sending a request upstream to its response head, in ms; then 504.
+    pub upstream_response_timeout_ms: u64,
+    /// Pooled upstream connections idle longer than this are closed, in ms.
+    pub upstream_idle_timeout_ms: u64,
+    /// Idle upstream connections kept per endpoint.
+    pub upstream_max_idle_per_endpoint: usize,
+    /// How long an endpoint that refused a connection stays out of rotation, in ms.
+    pub eject_ms: u64,
+    /// On shutdown, how long in-flight requests may take to finish, in ms.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            upstream_connect_timeout_ms: 3_000,
+            upstream_response_timeout_ms: 60_000,
+            upstream_idle_timeout_ms: 60_000,
+            upstream_max_idle_per_endpoint: 256,
+            eject_ms: 2_000,
+            shutdown_grace_ms: 30_000,
+        }
+    }
+}
+
+impl Limits {
+    /// Checks that the values can work together.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_header_bytes < 1024 {
+            return Err("limits.max_header_bytes: must be at least 1024".into());
+        }
+        if self.max_headers == 0 {
+            return Err("limits.max_headers: must be at least 1".into());
+        }
+        for (name, v) in [
+            ("header_read_timeout_ms", self.header_read_timeout_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+            (
+                "upstream_connect_timeout_ms",
+                self.upstream_connect_timeout_ms,
+            ),
+            (
+                "upstream_response_timeout_ms",
+                self.upstream_response_timeout_ms,
+            ),
+            ("upstream_idle_timeout_ms", self.upstream_idle_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(format!("limits.{name}: must be greater than 0"));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn dur(ms: u64) -> Duration {
+        Duration::from_millis(ms)
+    }
+}
+
+/// What the gateway library needs; the listener is passed to `serve` already bound.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GatewayConfig {
+    /// Gateway domains: `{app}.{domain}` and `{version}.{app}.{domain}` route to apps.
+    pub domains: Vec<Domain>,
+    /// Limits and timeouts.
+    pub limits: Limits,
+}
+
+/// The example server's TOML file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Address the proxy listens on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Address of the admin listener (`/metrics`, `/routes`, `/healthz`); none when absent.
+    #[serde(default)]
+    pub admin_listen: Option<SocketAddr>,
+    /// Gateway domains.
+    #[serde(default)]
+    pub domains: Vec<Domain>,
+    /// Worker threads; 0 = one per core.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// Limits and timeouts.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Apps served from this file (ignored when routes come from ZooKeeper).
+    #[serde(default)]
+    pub apps: BTreeMap<AppId, AppSpec>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+fn default_workers() -> usize {
+    1
+}
+
+/// A config file that could not be used: says which file and why (the TOML parser's message
+/// names the key and shows the line).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config {path}: cannot read: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with the key and the line.
+        message: String,
+    },
+    /// Values that parse but cannot work.
+    #[error("config {path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, starting with the key.
+        message: String,
+    },
+}
+
+impl FileConfig {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let cfg: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        cfg.limits.validate().map_err(invalid)?;
+        for (id, app) in &cfg.apps {
+            if app.weights.values().any(|&w| w > 0) && app.weights.values().sum::<u32>() == 0 {
+                return Err(invalid(format!("apps.{id}.weights: all weights are 0")));
+            }
+            for v in app.weights.keys() {
+                if !app.versions.contains_key(v) {
+                    return Err(invalid(format!(
+                        "apps.{id}.weights: version {v} has no [apps.{id}.versions.{v}] table"
+                    )));
+                }
+            }
+            if let Some(v) = &app.default_version {
+                if !app.versions.contains_key(v) {
+                    return Err(invalid(format!(
+                        "apps.{id}.default_version: version {v} has no [apps.{id}.versions.{v}] table"
+                    )));
+                }
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// The library part of the config.
+    pub fn gateway_config(&self) -> GatewayConfig {
+        GatewayConfig {
+            domains: self.domains.clone(),
+            limits: self.limits.clone(),
+        }
+    }
+
+    /// The apps as a routing snapshot.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            apps: self.apps.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+listen = "127.0.0.1:8080"
+domains = ["caas.local"]
+workers = 1
+
+[apps.hello]
+default_version = "v1"
+domains = ["www.hello.test"]
+weights = { v1 = 90, v2 = 10 }
+balancer = "round_robin"
+
+[apps.hello.versions.v1]
+endpoints = ["127.0.0.1:9001", "127.0.0.1:9002"]
+
+[apps.hello.versions.v2]
+endpoints = ["127.0.0.1:9003"]
+"#;
+
+    #[test]
+    fn the_documented_shape_parses() {
+        let cfg = FileConfig::parse(EXAMPLE, Path::new("gw.toml")).unwrap();
+        assert_eq!(cfg.workers, 1);
+        assert_eq!(cfg.snapshot().endpoint_count(), 3);
+        assert_eq!(cfg.limits, Limits::default());
+    }
+
+    #[test]
+    fn errors_name_file_key_and_reason() {
+        let bad = EXAMPLE.replace("workers = 1", "wrokers = 1");
+        let err = FileConfig::parse(&bad, Path::new("gw.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("config gw.toml:"), "{err}");
+        assert!(err.contains("wrokers"), "{err}");
+
+        let bad = EXAMPLE.replace("[apps.hello]", "[apps.Hello]");
+        let err = FileConfig::parse(&bad, Path::new("gw.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("invalid app id \"Hello\""), "{err}");
+
+        let bad = EXAMPLE.replace("v2 = 10", "v3 = 10");
+        let err = FileConfig::parse(&bad, Path::new("gw.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("apps.hello.weights: version v3"), "{err}");
+
+        let bad = format!("{EXAMPLE}\n[limits]\nidle_timeout_ms = 0\n");
+        let err = FileConfig::parse(&bad, Path::new("gw.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("limits.idle_timeout_ms"), "{err}");
+
+        let err = FileConfig::load(Path::new("/nonexistent/gw.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/gw.toml: cannot read"), "{err}");
+    }
+}

@@ -1,0 +1,296 @@
+//! The request path, top to bottom: limits → route by host → app filters → pick → forward on
+//! a pooled connection (retrying a failed connect once on another endpoint) → count → respond.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::time::Instant;
+
+use caas_core::{AppState, EndpointState, RouteTable};
+use http::header::HOST;
+use http::{HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use crate::body::{ProxyBody, RequestBody, UpstreamBody};
+use crate::error::ProxyError;
+use crate::headers::{prepare_request, strip_hop_by_hop};
+use crate::server::Shared;
+use crate::upstream::{self, UpstreamPool, UpstreamSender};
+
+/// What the gateway knows about one client connection.
+#[derive(Debug)]
+pub(crate) struct ConnInfo {
+    pub(crate) peer: SocketAddr,
+    /// The peer's IP, preformatted for `X-Forwarded-For`.
+    pub(crate) peer_ip: HeaderValue,
+    /// `http` or `https`, for `X-Forwarded-Proto`.
+    pub(crate) proto: HeaderValue,
+    /// Requests of this connection waiting for an upstream response head.
+    pub(crate) waiting: AtomicUsize,
+}
+
+impl ConnInfo {
+    pub(crate) fn new(peer: SocketAddr) -> Self {
+        let ip = peer.ip().to_canonical().to_string();
+        Self {
+            peer,
+            peer_ip: HeaderValue::from_str(&ip).unwrap_or(HeaderValue::from_static("unknown")),
+            proto: HeaderValue::from_static("http"),
+            waiting: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// Counts a request as waiting on its connection (the idle timer leaves it alone).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(c: &'a AtomicUsize) -> Self {
+        c.fetch_add(1, Relaxed);
+        Self(c)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// The hyper service function: never fails, every error becomes a response.
+pub(crate) async fn serve_request(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    let _waiting = Waiting::new(&conn.waiting);
+    shared.stats.requests.fetch_add(1, Relaxed);
+    let mut app_state = None;
+    match proxy(&shared, &conn, req, started, &mut app_state).await {
+        Ok(resp) => Ok(resp),
+        Err(err) => {
+            shared.stats.count_error(&err);
+            if let Some(app) = app_state {
+                app.stats.record_error();
+                app.stats
+                    .record_response(err.status().as_u16(), started.elapsed());
+            }
+            tracing::debug!(peer = %conn.peer, "answered {}: {err}", err.status());
+            Ok(err.into_response())
+        }
+    }
+}
+
+/// The host a request is for: the URI's authority (HTTP/2, absolute-form) or `Host`.
+#[inline]
+fn host_of<B>(req: &Request<B>) -> Option<&str> {
+    match req.uri().host() {
+        Some(h) => Some(h),
+        None => req.headers().get(HOST)?.to_str().ok(),
+    }
+}
+
+/// Rejects request heads over the configured limits with a JSON 431 (hyper's own hard limit,
+/// twice as large, is the backstop and answers a bare 431).
+#[inline]
+fn check_head_limits<B>(shared: &Shared, req: &Request<B>) -> Result<(), ProxyError> {
+    let limits = &shared.config.limits;
+    if req.headers().len() > limits.max_headers {
+        return Err(ProxyError::HeadersTooLarge("too many header fields"));
+    }
+    let size: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if size > limits.max_header_bytes {
+        return Err(ProxyError::HeadersTooLarge(
+            "request head exceeds max_header_bytes",
+        ));
+    }
+    Ok(())
+}
+
+/// The app and endpoint a request goes to.
+type Picked = (Arc<AppState>, Arc<EndpointState>);
+/// Why no endpoint was picked, and the app when one was found (to count the error against).
+type Rejected = (ProxyError, Option<Arc<AppState>>);
+
+/// Route, filter and pick, all without awaiting: the table guard is dropped before any I/O.
+#[inline]
+fn pick(
+    table: &RouteTable,
+    host: &str,
+    peer: SocketAddr,
+    avoid: Option<&EndpointState>,
+    filter: bool,
+) -> Result<Picked, Rejected> {
+    let route = table.lookup(host).ok_or((ProxyError::UnknownHost, None))?;
+    let app = route.app();
+    let state = || Some(Arc::clone(app.state()));
+    if filter {
+        if app.is_blacklisted(peer.ip()) {
+            return Err((ProxyError::Blacklisted, state()));
+        }
+        if !app.admit() {
+            return Err((ProxyError::RateLimited, state()));
+        }
+    }
+    let ep = route
+        .pool()
+        .and_then(|p| p.pick_avoiding(avoid))
+        .ok_or_else(|| (ProxyError::NoEndpoint, state()))?;
+    Ok((Arc::clone(app.state()), Arc::clone(ep)))
+}
+
+async fn proxy(
+    shared: &Shared,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    started: Instant,
+    app_out: &mut Option<Arc<AppState>>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    check_head_limits(shared, &req)?;
+    let host = host_of(&req).ok_or(ProxyError::MissingHost)?;
+    let (app, mut ep) = match pick(&shared.router.load(), host, conn.peer, None, true) {
+        Ok(found) => found,
+        Err((e, app)) => {
+            *app_out = app;
+            return Err(e);
+        }
+    };
+    *app_out = Some(Arc::clone(&app));
+
+    let mut req = req.map(RequestBody::new);
+    let upgrade = prepare_request(&mut req, &conn.peer_ip, &conn.proto);
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+    // Connect (or reuse). A refused connect is retried once on another endpoint of the app.
+    let (mut sender, mut reused) = match checkout(shared, &ep).await {
+        Ok(c) => c,
+        Err(first) => {
+            fail_endpoint(shared, &ep);
+            let host = host_of(&req).unwrap_or_default();
+            let retry = pick(&shared.router.load(), host, conn.peer, Some(&ep), false);
+            match retry {
+                Ok((_, other)) => {
+                    ep = other;
+                    checkout(shared, &ep)
+                        .await
+                        .inspect_err(|_| fail_endpoint(shared, &ep))?
+                }
+                Err(_) => return Err(first),
+            }
+        }
+    };
+    let in_flight = ep.start_request();
+    req.body_mut().count_to(&app, &ep);
+
+    let timeout = shared.timeouts.response;
+    let addr = ep.endpoint().addr;
+    let mut resp = loop {
+        match tokio::time::timeout(timeout, sender.try_send_request(req)).await {
+            Ok(Ok(resp)) => break resp,
+            Ok(Err(mut err)) => {
+                // A pooled connection the upstream had already closed: the request was not
+                // written, so it is safe to send it again on a fresh connection, once.
+                match err.take_message() {
+                    Some(unsent) if reused => {
+                        req = unsent;
+                        sender = upstream::connect(addr, shared.timeouts.connect)
+                            .await
+                            .inspect_err(|_| fail_endpoint(shared, &ep))?;
+                        reused = false;
+                    }
+                    _ => {
+                        ep.record_failure();
+                        return Err(ProxyError::Upstream {
+                            addr,
+                            reason: err.into_error().to_string(),
+                        });
+                    }
+                }
+            }
+            Err(_) => {
+                ep.record_failure();
+                return Err(ProxyError::Timeout {
+                    addr,
+                    timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                });
+            }
+        }
+    };
+    ep.record_success();
+    let status = resp.status();
+    let latency = started.elapsed();
+    app.stats.record_response(status.as_u16(), latency);
+    ep.stats.record_response(status.as_u16(), latency);
+
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            strip_hop_by_hop(resp.headers_mut(), true);
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            shared.stats.upgrades.fetch_add(1, Relaxed);
+            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, addr));
+            drop(in_flight);
+            return Ok(resp.map(|_| ProxyBody::empty()));
+        }
+    }
+    strip_hop_by_hop(resp.headers_mut(), false);
+    Ok(resp.map(|body| ProxyBody::upstream(UpstreamBody::new(body, sender, in_flight, app))))
+}
+
+/// An idle pooled connection to `ep`, or a new one. The flag says whether it was reused.
+async fn checkout(
+    shared: &Shared,
+    ep: &EndpointState,
+) -> Result<(UpstreamSender, bool), ProxyError> {
+    let pool =
+        ep.attachment(|| UpstreamPool::new(shared.config.limits.upstream_max_idle_per_endpoint));
+    if let Some(pool) = pool {
+        while let Some(mut sender) = pool.take(shared.timeouts.upstream_idle) {
+            // Normally ready at once; a connection that closed meanwhile errors here.
+            if sender.ready().await.is_ok() {
+                return Ok((sender, true));
+            }
+        }
+    }
+    let sender = upstream::connect(ep.endpoint().addr, shared.timeouts.connect).await?;
+    shared.stats.upstream_connects.fetch_add(1, Relaxed);
+    Ok((sender, false))
+}
+
+fn fail_endpoint(shared: &Shared, ep: &EndpointState) {
+    ep.record_failure();
+    ep.eject_for(shared.timeouts.eject);
+    tracing::warn!(
+        endpoint = %ep.endpoint().addr,
+        "upstream connect failed; out of rotation for {} ms",
+        shared.timeouts.eject.as_millis()
+    );
+}
+
+/// Copies bytes both ways between an upgraded client connection and its upstream.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    addr: SocketAddr,
+) {
+    let (client, upstream) = match tokio::join!(client, upstream) {
+        (Ok(c), Ok(u)) => (c, u),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(%addr, "upgrade failed: {e}");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        Ok((up, down)) => tracing::debug!(%addr, up, down, "upgraded connection closed"),
+        Err(e) => tracing::debug!(%addr, "upgraded connection ended: {e}"),
+    }
+}

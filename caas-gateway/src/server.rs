@@ -1,0 +1,447 @@
+//! The [`Gateway`]: accepts connections on a pre-bound listener, serves HTTP/1.1 and HTTP/2
+//! (h2c with prior knowledge) with hyper, applies discovery updates to its router, and drains
+//! in-flight requests on shutdown.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use caas_core::{Discovery, Router};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::{GatewayConfig, Limits};
+use crate::error::{GatewayError, ProxyError};
+use crate::proxy::{ConnInfo, serve_request};
+use crate::upstream::UpstreamPool;
+
+/// Gateway-wide counters (per-app and per-endpoint ones live in the route table).
+#[derive(Debug, Default)]
+pub struct GatewayStats {
+    /// Client connections accepted.
+    pub connections_accepted: AtomicU64,
+    /// Client connections open now.
+    pub connections_active: AtomicUsize,
+    /// Requests received.
+    pub requests: AtomicU64,
+    /// New upstream connections opened (the rest reused pooled ones).
+    pub upstream_connects: AtomicU64,
+    /// Protocol upgrades (WebSocket) passed through.
+    pub upgrades: AtomicU64,
+    /// Connections closed for idleness.
+    pub idle_closed: AtomicU64,
+    /// Route-table updates applied from discovery.
+    pub route_updates: AtomicU64,
+    /// Requests the gateway answered itself, by cause (see [`ProxyError::code`]).
+    errors: [AtomicU64; ERROR_CODES.len()],
+}
+
+/// The causes counted in [`GatewayStats`], in a fixed order.
+pub const ERROR_CODES: [&str; 9] = [
+    "missing_host",
+    "headers_too_large",
+    "unknown_host",
+    "blacklisted",
+    "rate_limited",
+    "no_healthy_endpoint",
+    "upstream_connect_failed",
+    "upstream_reset",
+    "upstream_timeout",
+];
+
+impl GatewayStats {
+    pub(crate) fn count_error(&self, err: &ProxyError) {
+        if let Some(i) = ERROR_CODES.iter().position(|c| *c == err.code()) {
+            self.errors[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Requests answered by the gateway with the given cause.
+    pub fn errors(&self, code: &str) -> u64 {
+        ERROR_CODES
+            .iter()
+            .position(|c| *c == code)
+            .map_or(0, |i| self.errors[i].load(Relaxed))
+    }
+}
+
+/// Timeouts as `Duration`s, computed once.
+#[derive(Debug)]
+pub(crate) struct Timeouts {
+    pub(crate) connect: Duration,
+    pub(crate) response: Duration,
+    pub(crate) upstream_idle: Duration,
+    pub(crate) idle: Duration,
+    pub(crate) eject: Duration,
+    pub(crate) grace: Duration,
+}
+
+/// State shared by every connection of one gateway.
+pub(crate) struct Shared {
+    pub(crate) router: Arc<Router>,
+    pub(crate) config: GatewayConfig,
+    pub(crate) timeouts: Timeouts,
+    pub(crate) stats: GatewayStats,
+    http: auto::Builder<TokioExecutor>,
+}
+
+type DiscoveryTask = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// An embeddable L7 gateway. Cheap to clone; clones share routes and stats.
+#[derive(Clone)]
+pub struct Gateway {
+    shared: Arc<Shared>,
+    discovery: Arc<Mutex<Option<DiscoveryTask>>>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("router", &self.shared.router)
+            .finish()
+    }
+}
+
+/// Builds a [`Gateway`].
+pub struct GatewayBuilder {
+    config: GatewayConfig,
+    router: Option<Arc<Router>>,
+    discovery: Option<DiscoveryTask>,
+}
+
+impl std::fmt::Debug for GatewayBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayBuilder")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl GatewayBuilder {
+    /// Where routes come from; updates are applied to the router as they arrive.
+    pub fn discovery(mut self, mut discovery: impl Discovery) -> Self {
+        let router = Arc::clone(self.router_ref());
+        self.discovery = Some(Box::pin(async move {
+            while let Some(update) = discovery.next().await {
+                let report = router.apply(update);
+                tracing::info!(
+                    generation = report.generation,
+                    apps = report.apps,
+                    build_us = report.build_time.as_micros() as u64,
+                    "route table updated"
+                );
+            }
+            tracing::warn!("discovery ended; serving the last route table");
+        }));
+        self
+    }
+
+    /// Uses an existing router (for instance one shared with an admin API).
+    pub fn router(mut self, router: Arc<Router>) -> Self {
+        self.router = Some(router);
+        self
+    }
+
+    fn router_ref(&mut self) -> &Arc<Router> {
+        let domains = self.config.domains.clone();
+        self.router
+            .get_or_insert_with(|| Arc::new(Router::new(domains)))
+    }
+
+    /// Finishes the gateway.
+    pub fn build(mut self) -> Result<Gateway, GatewayError> {
+        let limits = self.config.limits.clone();
+        limits.validate().map_err(GatewayError::Config)?;
+        let router = Arc::clone(self.router_ref());
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        http.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Limits::dur(limits.header_read_timeout_ms))
+            .max_headers(limits.max_headers.saturating_mul(2))
+            .max_buf_size(limits.max_header_bytes.saturating_mul(2).max(64 * 1024))
+            .keep_alive(true);
+        http.http2().timer(TokioTimer::new()).max_header_list_size(
+            u32::try_from(limits.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
+        );
+        let timeouts = Timeouts {
+            connect: Limits::dur(limits.upstream_connect_timeout_ms),
+            response: Limits::dur(limits.upstream_response_timeout_ms),
+            upstream_idle: Limits::dur(limits.upstream_idle_timeout_ms),
+            idle: Limits::dur(limits.idle_timeout_ms),
+            eject: Limits::dur(limits.eject_ms),
+            grace: Limits::dur(limits.shutdown_grace_ms),
+        };
+        Ok(Gateway {
+            shared: Arc::new(Shared {
+                router,
+                config: self.config,
+                timeouts,
+                stats: GatewayStats::default(),
+                http,
+            }),
+            discovery: Arc::new(Mutex::new(self.discovery)),
+        })
+    }
+
+    /// Builds the gateway and serves `listener` until `shutdown` resolves.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), GatewayError> {
+        self.build()?.serve(listener, shutdown).await
+    }
+}
+
+impl Gateway {
+    /// Starts building a gateway.
+    pub fn builder(config: GatewayConfig) -> GatewayBuilder {
+        GatewayBuilder {
+            config,
+            router: None,
+            discovery: None,
+        }
+    }
+
+    /// The router holding the live route table.
+    pub fn router(&self) -> &Arc<Router> {
+        &self.shared.router
+    }
+
+    /// Gateway-wide counters.
+    pub fn stats(&self) -> &GatewayStats {
+        &self.shared.stats
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.shared.config
+    }
+
+    /// Serves `listener` until `shutdown` resolves, then stops accepting, lets in-flight
+    /// requests finish (up to `limits.shutdown_grace_ms`) and returns.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), GatewayError> {
+        let local = listener.local_addr().ok();
+        let discovery = self
+            .discovery
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .map(tokio::spawn);
+        let reaper = tokio::spawn(reap_idle_upstreams(Arc::clone(&self.shared)));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut conns = JoinSet::new();
+        tracing::info!(addr = ?local, "gateway listening");
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let shared = Arc::clone(&self.shared);
+                        conns.spawn(serve_connection(shared, stream, peer, stop_rx.clone()));
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning, keep serving.
+                        tracing::error!(addr = ?local, "accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
+        }
+        drop(listener);
+        tracing::info!(open = conns.len(), "shutting down: draining connections");
+        stop_tx.send_replace(true);
+        let drained = tokio::time::timeout(self.shared.timeouts.grace, async {
+            while conns.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                open = conns.len(),
+                "shutdown grace period over; closing remaining connections"
+            );
+            conns.shutdown().await;
+        }
+        reaper.abort();
+        if let Some(d) = discovery {
+            d.abort();
+        }
+        Ok(())
+    }
+}
+
+/// Counts bytes moving on a client connection so the idle timer can tell it is alive.
+struct ActivityIo {
+    inner: TcpStream,
+    activity: Arc<AtomicU64>,
+}
+
+impl AsyncRead for ActivityIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() != before {
+            self.activity.fetch_add(1, Relaxed);
+        }
+        res
+    }
+}
+
+impl AsyncWrite for ActivityIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.fetch_add(1, Relaxed);
+        }
+        res
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.fetch_add(1, Relaxed);
+        }
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Drops the active-connection count when the connection task ends, however it ends.
+struct ActiveConn<'a>(&'a AtomicUsize);
+
+impl Drop for ActiveConn<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+async fn serve_connection(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) {
+    shared.stats.connections_accepted.fetch_add(1, Relaxed);
+    shared.stats.connections_active.fetch_add(1, Relaxed);
+    let _active = ActiveConn(&shared.stats.connections_active);
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(%peer, "set_nodelay failed: {e}");
+    }
+    let activity = Arc::new(AtomicU64::new(0));
+    let io = TokioIo::new(ActivityIo {
+        inner: stream,
+        activity: Arc::clone(&activity),
+    });
+    let info = Arc::new(ConnInfo::new(peer));
+    let svc = {
+        let shared = Arc::clone(&shared);
+        let info = Arc::clone(&info);
+        service_fn(move |req| serve_request(Arc::clone(&shared), Arc::clone(&info), req))
+    };
+    let conn = shared.http.serve_connection_with_upgrades(io, svc);
+    tokio::pin!(conn);
+
+    // The idle timer ticks four times per timeout; a connection is idle when no byte moved
+    // and no request waited on an upstream for four ticks in a row.
+    let tick = (shared.timeouts.idle / 4).max(Duration::from_millis(1));
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
+    let (mut last, mut quiet) = (0u64, 0u32);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(%peer, "client connection ended: {e}");
+                }
+                return;
+            }
+            changed = stop.changed(), if !draining => {
+                draining = true;
+                if changed.is_ok() {
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+            _ = ticker.tick() => {
+                let now = activity.load(Relaxed);
+                if now != last || info.waiting.load(Relaxed) > 0 {
+                    (last, quiet) = (now, 0);
+                } else {
+                    quiet += 1;
+                    if quiet >= 4 {
+                        shared.stats.idle_closed.fetch_add(1, Relaxed);
+                        tracing::debug!(%peer, "closing idle client connection");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Closes pooled upstream connections that sat idle past `upstream_idle_timeout_ms`.
+async fn reap_idle_upstreams(shared: Arc<Shared>) {
+    let every = (shared.timeouts.upstream_idle / 2).max(Duration::from_millis(100));
+    let mut ticker = tokio::time::interval(every);
+    loop {
+        ticker.tick().await;
+        let table = shared.router.current();
+        let mut closed = 0;
+        for app in table.apps() {
+            for v in app.versions() {
+                for ep in v.pool().endpoints() {
+                    if let Some(pool) = ep.get_attachment::<UpstreamPool>() {
+                        closed += pool.reap(shared.timeouts.upstream_idle);
+                    }
+                }
+            }
+        }
+        if closed > 0 {
+            tracing::debug!(closed, "closed idle upstream connections");
+        }
+    }
+}
+
+/// Idle upstream connections pooled for one endpoint (for tests and the admin API).
+pub(crate) fn pooled_idle(ep: &caas_core::EndpointState) -> usize {
+    ep.get_attachment::<UpstreamPool>()
+        .map_or(0, UpstreamPool::idle_count)
+}
