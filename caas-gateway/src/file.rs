@@ -1,14 +1,15 @@
 //! A file-backed [`Discovery`]: the apps of a TOML config file, reloaded when it changes.
 //!
-//! The file is polled (modification time, size and content) rather than watched through
-//! inotify: it works the same on every file system, and a reload within a second is what an
-//! operator editing a file expects. A file that fails to parse keeps the last good routes
-//! and logs the error with the file, the key and why.
+//! The file is polled and its content compared rather than watched through inotify: it works
+//! the same on every file system (and with editors that replace the file), modification
+//! times with coarse granularity cannot hide an edit, and a reload within a second is what an
+//! operator editing a file expects. A file that fails to parse keeps the last good routes and
+//! logs the error with the file, the key and why.
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use caas_core::{Discovery, Snapshot, Update};
+use caas_core::{Discovery, Update};
 
 use crate::config::FileConfig;
 
@@ -17,7 +18,9 @@ use crate::config::FileConfig;
 pub struct FileDiscovery {
     path: PathBuf,
     interval: Duration,
-    seen: Option<(Option<SystemTime>, u64, Snapshot)>,
+    /// The content last looked at (good or bad), so one broken save is reported once.
+    last_text: Option<String>,
+    loaded_once: bool,
     errors: u64,
 }
 
@@ -27,7 +30,8 @@ impl FileDiscovery {
         Self {
             path: path.into(),
             interval,
-            seen: None,
+            last_text: None,
+            loaded_once: false,
             errors: 0,
         }
     }
@@ -36,41 +40,41 @@ impl FileDiscovery {
     pub fn errors(&self) -> u64 {
         self.errors
     }
-
-    fn stamp(&self) -> Option<(Option<SystemTime>, u64)> {
-        let meta = std::fs::metadata(&self.path).ok()?;
-        Some((meta.modified().ok(), meta.len()))
-    }
 }
 
 impl Discovery for FileDiscovery {
     async fn next(&mut self) -> Option<Update> {
         loop {
-            let stamp = self.stamp();
-            let changed = match (&self.seen, stamp) {
-                (None, _) => true,
-                (Some((m, len, _)), Some((m2, len2))) => *m != m2 || *len != len2,
-                (Some(_), None) => false,
-            };
-            if changed {
-                match FileConfig::load(&self.path) {
-                    Ok(cfg) => {
-                        let snapshot = cfg.snapshot();
-                        let (m, len) = stamp.unwrap_or((None, 0));
-                        let same = self.seen.as_ref().is_some_and(|(_, _, s)| *s == snapshot);
-                        self.seen = Some((m, len, snapshot.clone()));
-                        if !same {
-                            tracing::info!(path = %self.path.display(), apps = snapshot.apps.len(), "routes loaded");
+            match tokio::fs::read_to_string(&self.path).await {
+                Ok(text) if self.last_text.as_deref() != Some(text.as_str()) => {
+                    let parsed = FileConfig::parse(&text, &self.path);
+                    self.last_text = Some(text);
+                    match parsed {
+                        Ok(cfg) => {
+                            let snapshot = cfg.snapshot();
+                            tracing::info!(
+                                path = %self.path.display(),
+                                apps = snapshot.apps.len(),
+                                "routes loaded"
+                            );
+                            self.loaded_once = true;
                             return Some(Update::Reset(snapshot));
                         }
+                        Err(e) => {
+                            self.errors += 1;
+                            tracing::error!("{e}; keeping the last good routes");
+                        }
                     }
-                    Err(e) => {
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if self.last_text.take().is_some() || !self.loaded_once {
                         self.errors += 1;
-                        tracing::error!("{e}; keeping the last good routes");
-                        // Remember the stamp so one broken save is reported once.
-                        let last = self.seen.take().map(|(_, _, s)| s).unwrap_or_default();
-                        let (m, len) = stamp.unwrap_or((None, 0));
-                        self.seen = Some((m, len, last));
+                        tracing::error!(
+                            path = %self.path.display(),
+                            "cannot read config: {e}; keeping the last good routes"
+                        );
+                        self.loaded_once = true;
                     }
                 }
             }

@@ -1,0 +1,207 @@
+//! Limits and timeouts on the client edge, malformed input, and graceful shutdown.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod support;
+
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::{Duration, Instant};
+
+use caas_gateway::Limits;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Reads until the peer closes; returns what arrived.
+async fn read_to_close(s: &mut TcpStream, within: Duration) -> String {
+    let mut out = Vec::new();
+    tokio::time::timeout(within, s.read_to_end(&mut out))
+        .await
+        .expect("connection was not closed in time")
+        .ok();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn raw(gw: &Gw, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    read_to_close(&mut s, Duration::from_secs(10)).await
+}
+
+#[tokio::test]
+async fn malformed_requests_get_400_and_missing_host_a_json_400() {
+    let up = Upstream::start("a").await;
+    let gw = Gw::start(snapshot(vec![("a", app(&[("v1", &[up.addr])]))])).await;
+    let resp = raw(&gw, b"THIS IS NOT HTTP\r\n\r\n").await;
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    let resp = raw(
+        &gw,
+        b"GET / HTTP/1.1\r\nHost: a.caas.local\r\nContent-Length: x\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    let resp = raw(&gw, b"GET / HTTP/1.0\r\n\r\n").await;
+    assert!(
+        resp.starts_with("HTTP/1.0 400") || resp.starts_with("HTTP/1.1 400"),
+        "{resp}"
+    );
+    assert!(resp.contains("\"error\":\"missing_host\""), "{resp}");
+    assert_eq!(
+        up.requests.load(SeqCst),
+        0,
+        "nothing malformed reached the upstream"
+    );
+}
+
+#[tokio::test]
+async fn oversized_headers_get_431() {
+    let up = Upstream::start("a").await;
+    let gw = Gw::start_with(
+        snapshot(vec![("a", app(&[("v1", &[up.addr])]))]),
+        Limits {
+            max_header_bytes: 4096,
+            max_headers: 20,
+            ..limits()
+        },
+    )
+    .await;
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: a.caas.local\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "b".repeat(5000)
+    );
+    let resp = raw(&gw, big.as_bytes()).await;
+    assert!(resp.starts_with("HTTP/1.1 431"), "{resp}");
+    assert!(resp.contains("headers_too_large"), "{resp}");
+    let mut many = String::from("GET / HTTP/1.1\r\nHost: a.caas.local\r\nConnection: close\r\n");
+    for i in 0..25 {
+        many.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    let resp = raw(&gw, many.as_bytes()).await;
+    assert!(resp.starts_with("HTTP/1.1 431"), "{resp}");
+    // Far beyond the limit, hyper's own backstop answers without reading it all.
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: a.caas.local\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(200_000)
+    );
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let _ = s.write_all(huge.as_bytes()).await;
+    let resp = read_to_close(&mut s, Duration::from_secs(10)).await;
+    assert!(resp.starts_with("HTTP/1.1 431"), "{resp}");
+    assert_eq!(up.requests.load(SeqCst), 0);
+}
+
+#[tokio::test]
+async fn slowloris_client_is_cut_off_and_holds_nothing() {
+    let up = Upstream::start("a").await;
+    let gw = Gw::start_with(
+        snapshot(vec![("a", app(&[("v1", &[up.addr])]))]),
+        Limits {
+            header_read_timeout_ms: 500,
+            ..limits()
+        },
+    )
+    .await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let started = Instant::now();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a.caas")
+        .await
+        .unwrap();
+    // Trickle a byte every 100 ms: never completing the head.
+    let mut closed = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if s.write_all(b"x").await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 512];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await {
+            if n == 0 || buf[..n].starts_with(b"HTTP/1.1 408") {
+                closed = true;
+                break;
+            }
+        }
+    }
+    assert!(closed, "slow client still connected after 5 s");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    for _ in 0..100 {
+        if gw.gateway.stats().connections_active.load(SeqCst) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(gw.gateway.stats().connections_active.load(SeqCst), 0);
+    assert_eq!(
+        up.connections.load(SeqCst),
+        0,
+        "nothing was opened upstream"
+    );
+}
+
+#[tokio::test]
+async fn idle_keepalive_connection_is_closed_but_a_waiting_request_is_not() {
+    let up = Upstream::start("a").await;
+    let gw = Gw::start_with(
+        snapshot(vec![("a", app(&[("v1", &[up.addr])]))]),
+        Limits {
+            idle_timeout_ms: 400,
+            ..limits()
+        },
+    )
+    .await;
+    // A request slower than the idle timeout is not cut: it is waiting on the upstream.
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /sleep/1000 HTTP/1.1\r\nHost: a.caas.local\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    // Then, idle on keep-alive, it is closed after about the idle timeout.
+    let started = Instant::now();
+    let rest = read_to_close(&mut s, Duration::from_secs(5)).await;
+    assert!(rest.is_empty(), "{rest}");
+    let idle = started.elapsed();
+    assert!(
+        idle >= Duration::from_millis(350),
+        "closed too early: {idle:?}"
+    );
+    assert_eq!(gw.gateway.stats().idle_closed.load(SeqCst), 1);
+}
+
+#[tokio::test]
+async fn graceful_shutdown_stops_accepting_and_drains_in_flight_requests() {
+    let up = Upstream::start("a").await;
+    let mut gw = Gw::start(snapshot(vec![("a", app(&[("v1", &[up.addr])]))])).await;
+    let c = client();
+    let in_flight = {
+        let (c, url) = (c.clone(), gw.url("/sleep/800"));
+        tokio::spawn(async move { send(&c, get(&url, "a.caas.local")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let serving = gw.shutdown();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        TcpStream::connect(gw.addr).await.is_err(),
+        "listener still accepting after shutdown"
+    );
+    let (status, _, body) = in_flight.await.unwrap();
+    assert_eq!(status, 200, "in-flight request was cut: {body}");
+    assert_eq!(body, "a GET /sleep/800");
+    tokio::time::timeout(Duration::from_secs(5), serving)
+        .await
+        .expect("serve did not return after draining")
+        .unwrap();
+}

@@ -1,0 +1,210 @@
+//! Hot reload: swapping the route table under load fails no request of an app that keeps
+//! an endpoint, and open keep-alive and upgraded connections keep working.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::time::Duration;
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn read_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapping_tables_under_load_fails_nothing() {
+    let keep = Upstream::start("keep").await;
+    let extra = Upstream::start("extra").await;
+    let other = Upstream::start("other").await;
+    let variants = [
+        snapshot(vec![("a", app(&[("v1", &[keep.addr])]))]),
+        snapshot(vec![
+            ("a", app(&[("v1", &[keep.addr, extra.addr])])),
+            ("b", app(&[("v1", &[other.addr])])),
+        ]),
+        snapshot(vec![
+            (
+                "a",
+                app(&[("v1", &[extra.addr, keep.addr]), ("v2", &[other.addr])]),
+            ),
+            ("ws", app(&[("v1", &[keep.addr])])),
+        ]),
+    ];
+    let mut base = variants[2].clone();
+    base.apps.insert(id("ws"), app(&[("v1", &[keep.addr])]));
+    let gw = Gw::start(base).await;
+
+    // An upgraded connection and a keep-alive connection opened before the swaps.
+    let mut ws = TcpStream::connect(gw.addr).await.unwrap();
+    ws.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: ws.caas.local\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert!(read_head(&mut ws).await.starts_with("HTTP/1.1 101"));
+    let mut ka = TcpStream::connect(gw.addr).await.unwrap();
+    ka.write_all(b"GET /one HTTP/1.1\r\nHost: a.caas.local\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut ka).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap();
+    let mut body = vec![0u8; len];
+    ka.read_exact(&mut body).await.unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (c, url) = (client(), gw.url("/"));
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        load.push(tokio::spawn(async move {
+            while !stop.load(SeqCst) {
+                let (s, _, body) = send(&c, get(&url, "a.caas.local")).await;
+                if s == 200 {
+                    ok.fetch_add(1, SeqCst);
+                } else {
+                    failed.fetch_add(1, SeqCst);
+                    eprintln!("failed: {s} {body}");
+                }
+            }
+        }));
+    }
+    for i in 0..300 {
+        let mut s = variants[i % variants.len()].clone();
+        s.apps.insert(id("ws"), app(&[("v1", &[keep.addr])]));
+        gw.routes.set(s);
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    stop.store(true, SeqCst);
+    for t in load {
+        t.await.unwrap();
+    }
+    let generation = gw.gateway.router().load().generation();
+    assert!(generation > 50, "only {generation} swaps were applied");
+    assert_eq!(failed.load(SeqCst), 0, "requests failed during swaps");
+    assert!(
+        ok.load(SeqCst) > 100,
+        "only {} requests ran",
+        ok.load(SeqCst)
+    );
+
+    ws.write_all(b"still there").await.unwrap();
+    let mut back = [0u8; 11];
+    ws.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"still there");
+    ka.write_all(b"GET /two HTTP/1.1\r\nHost: a.caas.local\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_head(&mut ka).await.starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test]
+async fn removed_endpoint_leaves_rotation_at_once_and_added_one_joins() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let gw = Gw::start(snapshot(vec![("x", app(&[("v1", &[a.addr, b.addr])]))])).await;
+    let c = client();
+    gw.set_routes(snapshot(vec![("x", app(&[("v1", &[b.addr])]))]))
+        .await;
+    for _ in 0..10 {
+        let (_, h, _) = send(&c, get(&gw.url("/"), "x.caas.local")).await;
+        assert_eq!(h["x-upstream"], "b");
+    }
+    gw.set_routes(snapshot(vec![])).await;
+    let (s, _, _) = send(&c, get(&gw.url("/"), "x.caas.local")).await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test]
+async fn config_file_changes_are_routed_and_a_broken_file_keeps_the_last_routes() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    let write = |addr: std::net::SocketAddr| {
+        std::fs::write(
+            &path,
+            format!(
+                "domains = [\"caas.local\"]\n[apps.f]\ndefault_version = \"v1\"\n[apps.f.versions.v1]\nendpoints = [\"{addr}\"]\n"
+            ),
+        )
+        .unwrap()
+    };
+    write(a.addr);
+    let gateway = caas_gateway::Gateway::builder(caas_gateway::GatewayConfig {
+        domains: vec![caas_core::Domain::new("caas.local").unwrap()],
+        limits: limits(),
+    })
+    .discovery(caas_gateway::FileDiscovery::new(
+        &path,
+        Duration::from_millis(50),
+    ))
+    .build()
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let g = gateway.clone();
+    tokio::spawn(async move { g.serve(listener, std::future::pending()).await });
+    let c = client();
+    let url = format!("http://{addr}/");
+    let upstream_of = |c: &hyper_util::client::legacy::Client<_, TestBody>| {
+        let (c, url) = (c.clone(), url.clone());
+        async move {
+            let (s, h, _) = send(&c, get(&url, "f.caas.local")).await;
+            (
+                s.as_u16(),
+                h.get("x-upstream").map(|v| v.to_str().unwrap().to_owned()),
+            )
+        }
+    };
+    let mut now = (0, None);
+    for _ in 0..100 {
+        now = upstream_of(&c).await;
+        if now.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(now, (200, Some("a".to_owned())));
+
+    write(b.addr);
+    let mut switched = false;
+    for _ in 0..200 {
+        if upstream_of(&c).await.1.as_deref() == Some("b") {
+            switched = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(switched, "edit of the config file was not applied");
+
+    std::fs::write(
+        &path,
+        "domains = [\"caas.local\"]\n[apps.f]\nbogus_key = 1\n",
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        upstream_of(&c).await,
+        (200, Some("b".to_owned())),
+        "last good routes kept"
+    );
+}
