@@ -168,12 +168,26 @@ impl Drop for UpstreamBody {
     }
 }
 
-/// A client request body on its way upstream; counts bytes.
+/// Milliseconds since the first call: a cheap clock for upload progress.
+pub(crate) fn clock_ms() -> u64 {
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    u64::try_from(
+        BASE.get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_millis(),
+    )
+    .unwrap_or(u64::MAX)
+}
+
+/// A client request body on its way upstream; counts bytes and, for bodies that are not
+/// empty, records when the last chunk went out (the response timeout runs from there, so a
+/// long upload is not mistaken for a silent upstream).
 #[derive(Debug)]
 pub struct RequestBody {
     inner: Incoming,
     counted: Option<(Arc<AppState>, InFlightRef)>,
     bytes: u64,
+    progress: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// The endpoint a request body is counted against.
@@ -181,11 +195,19 @@ type InFlightRef = Arc<caas_core::EndpointState>;
 
 impl RequestBody {
     pub(crate) fn new(inner: Incoming) -> Self {
+        let progress = (!inner.is_end_stream())
+            .then(|| Arc::new(std::sync::atomic::AtomicU64::new(clock_ms())));
         Self {
             inner,
             counted: None,
             bytes: 0,
+            progress,
         }
+    }
+
+    /// When the last chunk was sent upstream ([`clock_ms`]), for bodies that are not empty.
+    pub(crate) fn progress(&self) -> Option<Arc<std::sync::atomic::AtomicU64>> {
+        self.progress.clone()
     }
 
     /// Attributes the bytes to an app and endpoint (set once the endpoint is known).
@@ -211,6 +233,9 @@ impl Body for RequestBody {
             if let Some(d) = f.data_ref() {
                 this.bytes += d.len() as u64;
             }
+        }
+        if let Some(p) = &this.progress {
+            p.store(clock_ms(), std::sync::atomic::Ordering::Relaxed);
         }
         Poll::Ready(frame)
     }

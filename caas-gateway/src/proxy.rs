@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use caas_core::{AppState, EndpointState, RouteTable};
 use http::header::HOST;
@@ -13,7 +13,7 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::body::{ProxyBody, RequestBody, UpstreamBody};
+use crate::body::{ProxyBody, RequestBody, UpstreamBody, clock_ms};
 use crate::error::ProxyError;
 use crate::headers::{prepare_request, strip_hop_by_hop};
 use crate::server::Shared;
@@ -190,37 +190,29 @@ async fn proxy(
     let in_flight = ep.start_request();
     req.body_mut().count_to(&app, &ep);
 
-    let timeout = shared.timeouts.response;
     let addr = ep.endpoint().addr;
     let mut resp = loop {
-        match tokio::time::timeout(timeout, sender.try_send_request(req)).await {
-            Ok(Ok(resp)) => break resp,
-            Ok(Err(mut err)) => {
+        match send_with_timeout(shared, &mut sender, req, addr).await {
+            Ok(resp) => break resp,
+            Err(SendError::Unsent(unsent)) if reused => {
                 // A pooled connection the upstream had already closed: the request was not
                 // written, so it is safe to send it again on a fresh connection, once.
-                match err.take_message() {
-                    Some(unsent) if reused => {
-                        req = unsent;
-                        sender = upstream::connect(addr, shared.timeouts.connect)
-                            .await
-                            .inspect_err(|_| fail_endpoint(shared, &ep))?;
-                        reused = false;
-                    }
-                    _ => {
-                        ep.record_failure();
-                        return Err(ProxyError::Upstream {
-                            addr,
-                            reason: err.into_error().to_string(),
-                        });
-                    }
-                }
+                req = unsent;
+                sender = upstream::connect(addr, shared.timeouts.connect)
+                    .await
+                    .inspect_err(|_| fail_endpoint(shared, &ep))?;
+                reused = false;
             }
-            Err(_) => {
+            Err(SendError::Unsent(_)) => {
                 ep.record_failure();
-                return Err(ProxyError::Timeout {
+                return Err(ProxyError::Upstream {
                     addr,
-                    timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                    reason: "connection closed before the request was sent".into(),
                 });
+            }
+            Err(SendError::Failed(e)) => {
+                ep.record_failure();
+                return Err(e);
             }
         }
     };
@@ -242,6 +234,56 @@ async fn proxy(
     }
     strip_hop_by_hop(resp.headers_mut(), false);
     Ok(resp.map(|body| ProxyBody::upstream(UpstreamBody::new(body, sender, in_flight, app))))
+}
+
+enum SendError {
+    /// Not written to the connection; the request is handed back.
+    Unsent(Request<RequestBody>),
+    /// Failed after (part of) the request went out, or timed out.
+    Failed(ProxyError),
+}
+
+/// Sends a request and waits for the response head. The response timeout runs from the last
+/// request-body chunk sent, so an upload taking longer than the timeout is not cut.
+async fn send_with_timeout(
+    shared: &Shared,
+    sender: &mut UpstreamSender,
+    req: Request<RequestBody>,
+    addr: SocketAddr,
+) -> Result<Response<Incoming>, SendError> {
+    let timeout = shared.timeouts.response;
+    let progress = req.body().progress();
+    let response = sender.try_send_request(req);
+    tokio::pin!(response);
+    let mut deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        tokio::select! {
+            res = &mut response => {
+                return res.map_err(|mut e| match e.take_message() {
+                    Some(req) => SendError::Unsent(req),
+                    None => SendError::Failed(ProxyError::Upstream {
+                        addr,
+                        reason: e.into_error().to_string(),
+                    }),
+                });
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                if let Some(p) = &progress {
+                    let quiet = clock_ms().saturating_sub(p.load(Relaxed));
+                    if let Some(left) = timeout.checked_sub(Duration::from_millis(quiet)) {
+                        if !left.is_zero() {
+                            deadline = tokio::time::Instant::now() + left;
+                            continue;
+                        }
+                    }
+                }
+                return Err(SendError::Failed(ProxyError::Timeout {
+                    addr,
+                    timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                }));
+            }
+        }
+    }
 }
 
 /// An idle pooled connection to `ep`, or a new one. The flag says whether it was reused.

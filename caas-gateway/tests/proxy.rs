@@ -355,3 +355,36 @@ async fn admin_endpoints_report_routes_and_metrics() {
     let (s, _, body) = send(&c, get(&format!("http://{admin_addr}/healthz"), "x")).await;
     assert_eq!((s.as_u16(), body.as_str()), (200, "ok\n"));
 }
+
+#[tokio::test]
+async fn upload_slower_than_the_response_timeout_is_not_cut() {
+    use bytes::Bytes;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let up = Upstream::start("a").await;
+    let gw = Gw::start_with(
+        snapshot(vec![("a", app(&[("v1", &[up.addr])]))]),
+        caas_gateway::Limits {
+            upstream_response_timeout_ms: 500,
+            ..limits()
+        },
+    )
+    .await;
+    // Ten chunks, 200 ms apart: 2 s of upload against a 500 ms response timeout.
+    let chunks = futures_util::stream::unfold(0u32, |i| async move {
+        if i == 10 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Some((
+            Ok::<_, hyper::Error>(Frame::data(Bytes::from_static(b"0123456789"))),
+            i + 1,
+        ))
+    });
+    let req = hyper::Request::post(gw.url("/upload"))
+        .header("host", "a.caas.local")
+        .body(BodyExt::boxed(StreamBody::new(chunks)))
+        .unwrap();
+    let (s, _, body) = send(&client(), req).await;
+    assert_eq!((s.as_u16(), body.as_str()), (200, "100"));
+}
