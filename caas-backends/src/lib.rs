@@ -1,1 +1,19 @@
-//! placeholder
+//! caas-backends: the control plane of caas.
+//!
+//! - [`assignment`]: the [`Assignment`] JSON (one container on one host) with its
+//!   [`HealthPolicy`], parsed and validated.
+//! - [`ports`]: the per-host [`PortPool`] of published ports.
+//! - [`health`]: active `GET /_ping` checks ([`HealthChecker`]) with fall/rise thresholds and a
+//!   grace period, restart [`Backoff`] and the per-host [`KillLimiter`].
+//!
+//! The ZooKeeper registry, the host agent and the scheduler build on these.
+
+pub mod assignment;
+pub mod health;
+pub mod ports;
+
+pub use assignment::{
+    Assignment, AssignmentError, FailurePolicy, HealthPolicy, ImageRef, MemoryLimit,
+};
+pub use health::{Backoff, HealthChecker, HealthEvent, HealthState, KillLimiter};
+pub use ports::{PortError, PortPool, PortRange};
