@@ -18,7 +18,7 @@ mod spec;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bollard::auth::DockerCredentials;
 use bollard::models::{
@@ -287,13 +287,24 @@ impl DockerRuntime {
             .map_err(|e| classify_container("list", &self.endpoint, host_id, e))
     }
 
-    /// start/die/oom events of managed containers: those of `host_id`, or all with a
-    /// `caas.app` label. The stream ends (after an error item) when the daemon connection
-    /// breaks; the caller re-subscribes and re-lists to catch what it missed.
+    /// start/die/oom events of managed containers (those of `host_id`, or all with a
+    /// `caas.app` label) from the moment of this call on, even if the stream is first polled
+    /// later. The stream ends (after an error item) when the daemon connection breaks; the
+    /// caller re-subscribes with [`Self::events_since`] the time of the last event it saw.
     pub fn events(
         &self,
         host_id: Option<&str>,
     ) -> impl Stream<Item = Result<ContainerEvent, DockerError>> + Send + use<> {
+        self.events_since(host_id, SystemTime::now())
+    }
+
+    /// [`Self::events`] from `since` on (the Engine replays what it still has in memory).
+    pub fn events_since(
+        &self,
+        host_id: Option<&str>,
+        since: SystemTime,
+    ) -> impl Stream<Item = Result<ContainerEvent, DockerError>> + Send + use<> {
+        let since = since.duration_since(UNIX_EPOCH).unwrap_or_default();
         let label = match host_id {
             Some(h) => format!("{LABEL_HOST}={h}"),
             None => LABEL_APP.to_owned(),
@@ -307,7 +318,8 @@ impl DockerRuntime {
                 ),
                 ("label".to_owned(), vec![label]),
             ])),
-            ..Default::default()
+            since: Some(format!("{}.{:09}", since.as_secs(), since.subsec_nanos())),
+            until: None,
         };
         let endpoint = self.endpoint.clone();
         self.docker.events(Some(options)).filter_map(move |item| {
