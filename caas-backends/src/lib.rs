@@ -7,7 +7,8 @@
 //!   list managed containers, and the die/oom/start event stream.
 //! - [`ports`]: the per-host [`PortPool`] of published ports.
 //! - [`health`]: active `GET /_ping` checks ([`HealthChecker`]) with fall/rise thresholds and a
-//!   grace period, restart [`Backoff`] and the per-host [`KillLimiter`].
+//!   grace period, restart [`Backoff`], the per-host [`KillLimiter`] and the [`Supervisor`]
+//!   that orders register / deregister / restart / remove.
 //!
 //! The ZooKeeper registry, the host agent and the scheduler build on these.
 
@@ -22,5 +23,5 @@ pub use assignment::{
 pub use docker::{
     ContainerEvent, ContainerInfo, DockerError, DockerRuntime, RegistryAuth, RunSpec,
 };
-pub use health::{Backoff, HealthChecker, HealthEvent, HealthState, KillLimiter};
+pub use health::{Backoff, HealthChecker, HealthEvent, HealthState, KillLimiter, Supervisor};
 pub use ports::{PortError, PortPool, PortRange};

@@ -434,6 +434,14 @@ async fn pull_run_inspect_reach_stop_remove() {
         .unwrap();
     assert_eq!(ev.state, HealthState::Healthy);
 
+    // The same instance again: AlreadyExists, and the running one is untouched.
+    let again = docker.run(&spec(&host, &instance, &image, port + 1)).await;
+    assert!(
+        matches!(again, Err(DockerError::AlreadyExists { .. })),
+        "{again:?}"
+    );
+    assert_eq!(wait_http(addr, "/_ping").await.0, 200);
+
     let listed = docker.list_managed(&host).await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].id, info.id);
@@ -482,6 +490,25 @@ async fn unknown_image_is_image_not_found() {
     let r = docker.run(&spec(&host, &host, &image, 25911)).await;
     assert!(matches!(r, Err(DockerError::ImageNotFound { .. })), "{r:?}");
     assert!(docker.list_managed(&host).await.unwrap().is_empty());
+}
+
+/// A socket that is not a Docker daemon (accepts, then hangs up): DaemonUnreachable.
+#[tokio::test]
+async fn dead_socket_is_daemon_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("docker.sock");
+    let l = tokio::net::UnixListener::bind(&path).unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            drop(s);
+        }
+    });
+    let e = DockerRuntime::connect(path.to_str().unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, DockerError::DaemonUnreachable { .. }), "{e:?}");
+    assert!(e.is_transient());
+    eprintln!("dead socket: {e}");
 }
 
 /// A registry that does not answer is RegistryUnreachable (transient).

@@ -54,6 +54,14 @@ pub enum DockerError {
         /// The Engine's message.
         message: String,
     },
+    /// A container with this name (this instance) already exists.
+    #[error("container {name} already exists: {message}")]
+    AlreadyExists {
+        /// The container name.
+        name: String,
+        /// The Engine's message.
+        message: String,
+    },
     /// No such container.
     #[error("container {id} not found")]
     NotFound {
@@ -172,6 +180,10 @@ pub(crate) fn classify_container(
     }
     match message_of(&e) {
         (Some(404), _) => DockerError::NotFound { id: id.to_owned() },
+        (Some(409), message) if op == "create" => DockerError::AlreadyExists {
+            name: id.to_owned(),
+            message,
+        },
         _ => DockerError::Other {
             op,
             target: id.to_owned(),

@@ -8,8 +8,9 @@
 //! - [`KillLimiter`]: at most N kills per minute per host, so a host under load that makes
 //!   every ping slow is not emptied by its own health checker.
 //!
-//! The order of operations on a failure is the host agent's job: deregister first, then ask
-//! the limiter, then restart (after the backoff delay) or remove per [`FailurePolicy`].
+//! - [`Supervisor`]: the order of operations as pure logic: register after the first pass;
+//!   on failure deregister first, then ask the limiter, then restart (after the backoff
+//!   delay) or remove per [`FailurePolicy`]. The host agent executes its [`Action`]s.
 //!
 //! [`FailurePolicy`]: crate::assignment::FailurePolicy
 
@@ -17,6 +18,7 @@ mod backoff;
 mod checker;
 mod limiter;
 mod probe;
+mod supervisor;
 
 pub use backoff::Backoff;
 pub use checker::{
@@ -24,3 +26,4 @@ pub use checker::{
 };
 pub use limiter::KillLimiter;
 pub use probe::{HttpProbe, Probe};
+pub use supervisor::{Action, Supervisor};
