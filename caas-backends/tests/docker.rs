@@ -626,6 +626,37 @@ async fn killed_container_is_a_die_event_and_pool_recovers() {
     assert!(infos.iter().all(|i| i.port_label() != Some(new)));
 }
 
+/// A container that outgrows its memory limit is OOM-killed: `oom` then `die` events.
+#[tokio::test]
+async fn memory_hog_is_an_oom_event() {
+    let Some(docker) = docker_or_skip().await else {
+        return;
+    };
+    let _image = ImageLease::take();
+    let mut cleanup = Cleanup::default();
+    let host = unique("oom");
+    let mut events = Box::pin(docker.events(Some(&host)));
+    let mut pool = PortPool::new(LOCALHOST, PortRange::new(25931, 25940).unwrap());
+    let port = pool.allocate().unwrap();
+    let mut s = spec(&host, &host, BASE_IMAGE, port);
+    s.memory = "16m".parse().unwrap();
+    let info = docker.run(&s).await.unwrap();
+    cleanup.containers.push(info.id.clone());
+    assert_eq!(info.memory, 16 << 20);
+    assert_eq!(next_event(&mut events).await.kind, EventKind::Start);
+
+    let addr = SocketAddr::new(LOCALHOST, port);
+    wait_http(addr, "/_ping").await;
+    // The connection dies with the process; the answer does not matter.
+    let _ = TcpStream::connect(addr).and_then(|mut c| c.write_all(b"POST /_oom HTTP/1.1\r\n\r\n"));
+    let mut kinds = Vec::new();
+    while !matches!(kinds.last(), Some(EventKind::Die { .. })) {
+        kinds.push(next_event(&mut events).await.kind);
+    }
+    assert!(kinds.contains(&EventKind::Oom), "{kinds:?}");
+    assert!(docker.inspect(&info.id).await.unwrap().oom_killed);
+}
+
 /// An htpasswd registry: no or wrong credentials → Unauthorized; right ones pull.
 #[tokio::test]
 async fn auth_registry_needs_credentials() {

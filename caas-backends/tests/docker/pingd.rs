@@ -3,7 +3,7 @@
 //! examples/hello-app, kept here so the tests depend on nothing outside this crate).
 //!
 //! GET /_ping (200, or 503 after POST /_fail until POST /_recover), GET / (JSON naming the
-//! instance), POST /_exit (exits 3). Env: CAAS_APP, CAAS_VERSION, CAAS_INSTANCE, PORT (8080).
+//! instance), POST /_exit (exits 3), POST /_oom (allocates until the memory limit kills it). Env: CAAS_APP, CAAS_VERSION, CAAS_INSTANCE, PORT (8080).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -51,6 +51,16 @@ fn handle(mut s: TcpStream, failing: &AtomicBool) {
         ("POST", "/_exit") => {
             let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
             std::process::exit(3);
+        }
+        ("POST", "/_oom") => {
+            let mut hog: Vec<Vec<u8>> = Vec::new();
+            loop {
+                // Touch every page so the memory is really used.
+                hog.push(vec![1u8; 1 << 20]);
+                if hog.len() > 1 << 16 {
+                    break ("500 Internal Server Error", "no limit?\n".to_string());
+                }
+            }
         }
         ("GET", "/") => (
             "200 OK",
