@@ -197,7 +197,7 @@ async fn proxy(
             Err(SendError::Unsent(unsent)) if reused => {
                 // A pooled connection the upstream had already closed: the request was not
                 // written, so it is safe to send it again on a fresh connection, once.
-                req = unsent;
+                req = *unsent;
                 sender = upstream::connect(addr, shared.timeouts.connect)
                     .await
                     .inspect_err(|_| fail_endpoint(shared, &ep))?;
@@ -238,7 +238,7 @@ async fn proxy(
 
 enum SendError {
     /// Not written to the connection; the request is handed back.
-    Unsent(Request<RequestBody>),
+    Unsent(Box<Request<RequestBody>>),
     /// Failed after (part of) the request went out, or timed out.
     Failed(ProxyError),
 }
@@ -260,7 +260,7 @@ async fn send_with_timeout(
         tokio::select! {
             res = &mut response => {
                 return res.map_err(|mut e| match e.take_message() {
-                    Some(req) => SendError::Unsent(req),
+                    Some(req) => SendError::Unsent(Box::new(req)),
                     None => SendError::Failed(ProxyError::Upstream {
                         addr,
                         reason: e.into_error().to_string(),
