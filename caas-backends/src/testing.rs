@@ -267,18 +267,62 @@ impl Drop for ZkServer {
     }
 }
 
-/// Ends a session from outside, as the server does after a timeout: connects a second
-/// client to the same session and closes it. The owner of the session then sees `Expired`.
-pub async fn expire_session(
-    servers: &str,
-    session: zookeeper_client::SessionInfo,
-) -> Result<(), zookeeper_client::Error> {
-    let other = zookeeper_client::Client::connector()
-        .with_session(session)
-        .connect(servers)
-        .await?;
-    drop(other); // the last clone closes the session
-    Ok(())
+/// A loopback TCP proxy that can cut the network between clients and a server, to make a
+/// session expire the way it does in production (a partition longer than the session
+/// timeout). Reconnecting with the same session id from a second client would be the other
+/// way, but zookeeper-client 0.11 cannot connect with a given session (its first deadline
+/// is zero), so the partition it is.
+#[derive(Debug)]
+pub struct TcpProxy {
+    addr: SocketAddr,
+    cut: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TcpProxy {
+    /// Listens on a free loopback port and forwards every connection to `target`.
+    pub async fn start(target: SocketAddr) -> io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (cut, cut_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                if *cut_rx.borrow() {
+                    continue; // dropped: refused while partitioned
+                }
+                let mut cut_rx = cut_rx.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut_rx.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        Ok(Self { addr, cut, task })
+    }
+
+    /// `127.0.0.1:PORT` to connect to instead of the server.
+    pub fn connect_string(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Cuts every connection and refuses new ones (`true`), or lets them through (`false`).
+    pub fn partition(&self, cut: bool) {
+        self.cut.send_replace(cut);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// `CI` set to a true value.

@@ -18,7 +18,9 @@ use caas_core::{AppId, Discovery, Domain, InstanceId, Update, Version};
 use futures_util::FutureExt as _;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use zookeeper_client::{AddWatchMode, Client, EventType, SessionState, WatchedEvent};
+use zookeeper_client::{
+    AddWatchMode, Client, EventType, PersistentWatcher, SessionState, WatchedEvent,
+};
 
 use super::apps::parse_app;
 use super::cache::Cache;
@@ -133,20 +135,9 @@ impl Worker {
     /// Watches and reads through one session until it ends.
     async fn serve_session(&mut self, client: &Client) -> End {
         let mut backoff = Duration::from_millis(50);
-        let mut watcher = loop {
-            match client.watch("/", AddWatchMode::PersistentRecursive).await {
-                Ok(w) => break w,
-                Err(e) => {
-                    let e = ZkError::op("watch", "/", e);
-                    self.count_error(&e, "cannot set the watch");
-                    if e.is_session_gone() {
-                        return End::SessionGone;
-                    }
-                    if let Some(end) = self.pause(&mut backoff).await {
-                        return end;
-                    }
-                }
-            }
+        let mut watcher = match self.add_watch(client, &mut backoff).await {
+            Ok(w) => w,
+            Err(end) => return end,
         };
         let mut need_full_read = true;
         loop {
@@ -208,6 +199,14 @@ impl Worker {
                 return End::SessionGone;
             }
             if need_full_read {
+                // Reconnected. The client re-sends its watches, but a persistent watch does
+                // not survive a server restart (seen with ZooKeeper 3.8): set it again
+                // (dropping the old one removes it), then re-read what was missed.
+                drop(watcher);
+                watcher = match self.add_watch(client, &mut backoff).await {
+                    Ok(w) => w,
+                    Err(end) => return end,
+                };
                 continue;
             }
             if let Err(e) = self.refresh(client, dirty_paths).await {
@@ -216,6 +215,29 @@ impl Worker {
                     return End::SessionGone;
                 }
                 need_full_read = true;
+            }
+        }
+    }
+
+    /// Sets the one persistent recursive watch on the chroot, retrying with backoff.
+    async fn add_watch(
+        &mut self,
+        client: &Client,
+        backoff: &mut Duration,
+    ) -> std::result::Result<PersistentWatcher, End> {
+        loop {
+            match client.watch("/", AddWatchMode::PersistentRecursive).await {
+                Ok(w) => return Ok(w),
+                Err(e) => {
+                    let e = ZkError::op("watch", "/", e);
+                    self.count_error(&e, "cannot set the watch");
+                    if e.is_session_gone() {
+                        return Err(End::SessionGone);
+                    }
+                    if let Some(end) = self.pause(backoff).await {
+                        return Err(end);
+                    }
+                }
             }
         }
     }
