@@ -5,9 +5,12 @@
 //!   [`zk::ZkDiscovery`] that feeds the gateway's router, app config and domain claims
 //!   ([`zk::AppStore`]), digest ACLs, TLS and AES-GCM encrypted values.
 //! - `testing` (feature `testing`): a real ZooKeeper server for tests, started on a free
-//!   loopback port (`testing::ZkServer`).
+//!   loopback port (`testing::ZkServer`), and a `testing::TcpProxy` that cuts the network
+//!   to make sessions expire.
 
 pub mod zk;
+
+pub use zk::{AppStore, Registry, ZkConfig, ZkDiscovery, ZkError, ZkSession};
 
 #[cfg(feature = "testing")]
 pub mod testing;
