@@ -125,7 +125,10 @@ async fn initial_load(zk: &ZkServer) {
         .flat_map(|a| a.versions())
         .map(|v| v.pool().endpoints().len())
         .sum();
-    assert_eq!(endpoints, 10_000, "all instances routable after the first Reset");
+    assert_eq!(
+        endpoints, 10_000,
+        "all instances routable after the first Reset"
+    );
     let rss_after = rss_kib();
     println!(
         "initial load of {endpoints} instances ({} apps): {:.0} ms (connect + full read + first Reset + route table build), RSS +{:.1} MiB",

@@ -545,9 +545,41 @@ async fn digest_acls_confine_tenants_and_make_gateways_read_only() {
             .await,
         Err(ZkError::Denied { .. })
     ));
+    // A tenant hides a node from the gateways with its own ACL: skipped and counted, the
+    // rest of the registry is still routed.
+    let tenant_raw = zookeeper_client::Client::connector()
+        .with_auth("digest", b"ta:pw-a")
+        .connect(&zk.connect_string())
+        .await
+        .unwrap();
+    let private =
+        zookeeper_client::CreateMode::Ephemeral.with_acls(zookeeper_client::Acls::creator_all());
+    tenant_raw
+        .create(
+            "/secure/service/address/tenant-a-app/v1/hidden",
+            b"127.0.0.1:9609",
+            &private,
+        )
+        .await
+        .unwrap();
     let (router, _task) = gateway(ZkDiscovery::start(gw.clone()));
     eventually_picks(&router, "tenant-a-app.caas.local", &[9601]).await;
-    assert_eq!(gw.stats().snapshot().skipped_nodes, 0);
+    assert_eq!(gw.stats().snapshot().skipped_nodes, 1, "the hidden node");
+    tenant_raw
+        .create(
+            "/secure/service/address/tenant-a-app/v1/hidden2",
+            b"127.0.0.1:9610",
+            &private,
+        )
+        .await
+        .unwrap();
+    Registry::new(tenant_a.clone())
+        .register(&a, &ver("v1"), &inst("x3"), addr(9603))
+        .await
+        .unwrap();
+    // hidden2 arrived while watching (ZooKeeper may not even notify an identity that cannot
+    // read the node): it is never routed, and the registration after it is.
+    eventually_picks(&router, "tenant-a-app.caas.local", &[9601, 9603]).await;
 
     // Anonymous clients can read nothing.
     let raw = raw_client(&zk).await;

@@ -264,8 +264,24 @@ impl Worker {
         tracing::warn!(%path, "zookeeper discovery: skipping node: {reason}");
     }
 
+    /// Sorts out one node's failed read: gone meanwhile (`NoNode`) or unreadable for this
+    /// identity (`NoAuth`: skipped and counted, so one tenant's odd ACL cannot stop
+    /// discovery) yield `Ok(None)`; anything else fails the read.
+    fn triage<T>(&self, path: &str, read: Read<T>, op: &'static str) -> Result<Option<T>> {
+        match read {
+            Ok(v) => Ok(Some(v)),
+            Err(zookeeper_client::Error::NoNode) => Ok(None),
+            Err(zookeeper_client::Error::NoAuth) => {
+                self.skip(path, "not readable by this identity (ACL)");
+                Ok(None)
+            }
+            Err(e) => Err(ZkError::op(op, path, e)),
+        }
+    }
+
     /// Reads the whole registry and config, replaces the cache and sends `Reset`.
     async fn full_read(&mut self, client: &Client) -> Result<()> {
+        let started = std::time::Instant::now();
         let mut cache = Cache::default();
         // Instances: three levels of children, each level's requests pipelined.
         let apps = children(client, SERVICE).await?;
@@ -278,7 +294,10 @@ impl Worker {
             }
         }
         let mut version_dirs = Vec::new();
-        for ((app, path), versions) in pipelined_children(client, app_dirs).await? {
+        for ((app, path), read) in pipelined_children(client, app_dirs).await {
+            let Some(versions) = self.triage(&path, read, "list_children")? else {
+                continue;
+            };
             for v in versions {
                 let vpath = format!("{path}/{v}");
                 match Version::new(&v) {
@@ -288,7 +307,10 @@ impl Worker {
             }
         }
         let mut instance_nodes = Vec::new();
-        for (((app, version), path), ids) in pipelined_children(client, version_dirs).await? {
+        for (((app, version), path), read) in pipelined_children(client, version_dirs).await {
+            let Some(ids) = self.triage(&path, read, "list_children")? else {
+                continue;
+            };
             for i in ids {
                 let ipath = format!("{path}/{i}");
                 match InstanceId::new(&i) {
@@ -297,7 +319,10 @@ impl Worker {
                 }
             }
         }
-        for (((app, version, id), path), data) in pipelined_data(client, instance_nodes).await? {
+        for (((app, version, id), path), read) in pipelined_data(client, instance_nodes).await {
+            let Some(data) = self.triage(&path, read, "get_data")? else {
+                continue;
+            };
             match parse_address(&data) {
                 Ok(addr) => cache.insert_instance(app, version, id, addr),
                 Err(e) => self.skip(&path, e),
@@ -312,7 +337,10 @@ impl Worker {
                 Err(e) => self.skip(&path, e),
             }
         }
-        for ((app, path), data) in pipelined_data(client, app_nodes).await? {
+        for ((app, path), read) in pipelined_data(client, app_nodes).await {
+            let Some(data) = self.triage(&path, read, "get_data")? else {
+                continue;
+            };
             match parse_app(self.cipher.as_ref(), &path, data) {
                 Ok(spec) => {
                     cache.specs.insert(app, spec);
@@ -329,7 +357,10 @@ impl Worker {
                 Err(e) => self.skip(&path, e),
             }
         }
-        for ((domain, path), data) in pipelined_data(client, domain_nodes).await? {
+        for ((domain, path), read) in pipelined_data(client, domain_nodes).await {
+            let Some(data) = self.triage(&path, read, "get_data")? else {
+                continue;
+            };
             match parse_owner(&data) {
                 Ok(owner) => {
                     cache.claims.insert(domain, owner);
@@ -345,6 +376,7 @@ impl Worker {
         tracing::info!(
             apps = snapshot.apps.len(),
             endpoints = snapshot.endpoint_count(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
             "zookeeper discovery: full read"
         );
         self.send(Update::Reset(snapshot)).await;
@@ -367,6 +399,10 @@ impl Worker {
             let data = match fut.await {
                 Ok((d, _)) => Some(d),
                 Err(zookeeper_client::Error::NoNode) => None,
+                Err(zookeeper_client::Error::NoAuth) => {
+                    self.skip(&path, "not readable by this identity (ACL)");
+                    continue;
+                }
                 Err(e) => return Err(ZkError::op("get_data", &path, e)),
             };
             self.apply_node(&path, data, &mut dirty);
@@ -501,12 +537,14 @@ async fn children(client: &Client, path: &str) -> Result<Vec<String>> {
     }
 }
 
-/// Lists the children of many nodes with all requests in flight at once. Nodes that vanished
-/// meanwhile are left out.
+/// One node's read result: `Ok(None)` when it vanished meanwhile.
+type Read<T> = std::result::Result<T, zookeeper_client::Error>;
+
+/// Lists the children of many nodes with all requests in flight at once.
 async fn pipelined_children<K>(
     client: &Client,
     nodes: Vec<(K, String)>,
-) -> Result<Vec<((K, String), Vec<String>)>> {
+) -> Vec<((K, String), Read<Vec<String>>)> {
     let futs: Vec<_> = nodes
         .into_iter()
         .map(|(k, path)| {
@@ -516,21 +554,16 @@ async fn pipelined_children<K>(
         .collect();
     let mut out = Vec::with_capacity(futs.len());
     for (node, fut) in futs {
-        match fut.await {
-            Ok(c) => out.push((node, c)),
-            Err(zookeeper_client::Error::NoNode) => {}
-            Err(e) => return Err(ZkError::op("list_children", &node.1, e)),
-        }
+        out.push((node, fut.await));
     }
-    Ok(out)
+    out
 }
 
-/// Reads the data of many nodes with all requests in flight at once. Nodes that vanished
-/// meanwhile are left out.
+/// Reads the data of many nodes with all requests in flight at once.
 async fn pipelined_data<K>(
     client: &Client,
     nodes: Vec<(K, String)>,
-) -> Result<Vec<((K, String), Vec<u8>)>> {
+) -> Vec<((K, String), Read<Vec<u8>>)> {
     let futs: Vec<_> = nodes
         .into_iter()
         .map(|(k, path)| {
@@ -540,11 +573,7 @@ async fn pipelined_data<K>(
         .collect();
     let mut out = Vec::with_capacity(futs.len());
     for (node, fut) in futs {
-        match fut.await {
-            Ok((d, _)) => out.push((node, d)),
-            Err(zookeeper_client::Error::NoNode) => {}
-            Err(e) => return Err(ZkError::op("get_data", &node.1, e)),
-        }
+        out.push((node, fut.await.map(|(d, _)| d)));
     }
-    Ok(out)
+    out
 }
