@@ -61,17 +61,16 @@ fn gateway(mut discovery: ZkDiscovery) -> (Arc<Router>, tokio::task::JoinHandle<
     (router, task)
 }
 
-/// The endpoints the gateway picks for `host` over a few requests.
+/// The endpoints the gateway picks for `host` over a few requests (lookup, pool, pick per
+/// request, as the gateway does, so weighted version splits show).
 fn picks(router: &Router, host: &str) -> BTreeSet<SocketAddr> {
-    let table = router.load();
-    let Some(route) = table.lookup(host) else {
-        return BTreeSet::new();
-    };
-    let Some(pool) = route.pool() else {
-        return BTreeSet::new();
-    };
-    (0..16)
-        .filter_map(|_| pool.pick().map(|e| e.endpoint().addr))
+    (0..24)
+        .filter_map(|_| {
+            let table = router.load();
+            let route = table.lookup(host)?;
+            let ep = route.pool()?.pick()?;
+            Some(ep.endpoint().addr)
+        })
         .collect()
 }
 
@@ -209,7 +208,24 @@ async fn discovery_feeds_the_router_and_follows_registry_and_config() {
     eventually_picks(&router, "shop.caas.local", &[9103, 9109]).await;
     eventually_picks(&router, "WWW.Shop.Test:8080", &[9103, 9109]).await;
     eventually_picks(&router, "v1.shop.caas.local", &[9101, 9102]).await;
-    assert_eq!(store.get_app(&a).await.unwrap(), Some(spec));
+    assert_eq!(store.get_app(&a).await.unwrap(), Some(spec.clone()));
+
+    // Policy changes apply live too: a blacklist and a weight split between versions.
+    let policy: AppSpec = serde_json::from_str(
+        r#"{"weights":{"v1":1,"v2":1},"blacklist":["10.0.0.0/8"],"rate_limit":{"rps":1000}}"#,
+    )
+    .unwrap();
+    store.put_app(&a, &policy).await.unwrap();
+    eventually_picks(&router, "shop.caas.local", &[9101, 9102, 9103]).await;
+    eventually("blacklist applied", || {
+        router.load().lookup("shop.caas.local").is_some_and(|r| {
+            r.app().is_blacklisted("10.1.2.3".parse().unwrap())
+                && !r.app().is_blacklisted("192.168.0.1".parse().unwrap())
+        })
+    })
+    .await;
+    store.put_app(&a, &spec).await.unwrap();
+    eventually_picks(&router, "shop.caas.local", &[9103, 9109]).await;
 
     // Deregistration evicts at once; deleting the app node falls back to all versions.
     registry
