@@ -9,7 +9,14 @@
 //!
 //! Not criterion: each figure needs a live server and a one-off setup, and p99 over exactly
 //! 1,000 real registrations is the number asked for. Run with
-//! `cargo bench -p caas-backends --bench zk` (prints the figures).
+//! `cargo bench -p caas-backends --bench zk` (prints the figures; add
+//! `CARGO_PROFILE_BENCH_LTO=false CARGO_PROFILE_BENCH_CODEGEN_UNITS=16` for a quicker build).
+//!
+//! Measured on the 2-core dev machine (ZooKeeper 3.8 standalone on loopback, fsync on, one
+//! process for registry, discovery and router), three runs:
+//! - registration → routable: p50 1.09–1.28 ms, p99 8.5–16.6 ms, max 15.9–28.2 ms;
+//! - initial load of 10,000 instances: 239–1068 ms (connect 2 ms; the rest is the pipelined
+//!   full read, the first `Reset` and the table build), RSS +5.4–8.6 MiB.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::net::SocketAddr;

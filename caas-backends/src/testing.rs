@@ -124,12 +124,15 @@ impl ZkServer {
             if is_ci() {
                 panic!("CI=true but ZooKeeper is not available: {e}");
             }
-            eprintln!(
+            // Straight to the process's stderr: the test harness captures `eprintln!` of
+            // passing tests, and a skip must never pass unnoticed.
+            let banner = format!(
                 "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
                  !!! SKIPPED {test}: ZooKeeper not available: {e}\n\
                  !!! install it with scripts/install-deps.sh (apt-get install zookeeper)\n\
                  !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
             );
+            let _ = io::stderr().write_all(banner.as_bytes());
             return None;
         }
         match builder.start() {

@@ -1,5 +1,18 @@
 //! [`ZkConfig`]: how to reach ZooKeeper and as whom. The gateway reads it from its config file
 //! (`[zk]` table) or builds it from `--zk HOST:PORT`; every field has a default but `servers`.
+//!
+//! ```toml
+//! [zk]
+//! servers = "10.0.0.5:2281,10.0.0.6:2281"
+//! chroot = "/caas"                      # default
+//! session_timeout_ms = 10000            # default
+//! digest = "gateway:secret"             # this process's identity
+//! encryption_key_file = "/etc/caas/zk.key"
+//! [zk.tls]
+//! ca = "/etc/caas/zk-ca.pem"
+//! cert = "/etc/caas/gateway.pem"
+//! key = "/etc/caas/gateway-key.pem"
+//! ```
 
 use std::path::PathBuf;
 use std::time::Duration;
