@@ -189,6 +189,25 @@ mod tests {
     }
 
     #[test]
+    fn documented_toml_example_parses() {
+        let doc: String = include_str!("config.rs")
+            .lines()
+            .skip_while(|l| !l.starts_with("//! ```toml"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("//! ```"))
+            .map(|l| format!("{}\n", l.trim_start_matches("//!").trim_start()))
+            .collect();
+        #[derive(Deserialize)]
+        struct File {
+            zk: ZkConfig,
+        }
+        let file: File = toml::from_str(&doc).unwrap();
+        file.zk.validate().unwrap();
+        assert_eq!(file.zk.digest.as_deref(), Some("gateway:secret"));
+        assert!(file.zk.tls.unwrap().key.is_some());
+    }
+
+    #[test]
     fn validation_names_the_field() {
         let bad = ZkConfig::new("h:1").with_chroot("caas");
         assert!(bad.validate().unwrap_err().to_string().contains("chroot"));
