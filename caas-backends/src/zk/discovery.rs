@@ -27,6 +27,7 @@ use super::cache::Cache;
 use super::crypto::ValueCipher;
 use super::error::{Result, ZkError};
 use super::layout::{APPS, DOMAINS, Node, SERVICE, classify, parse_address};
+use super::read::{Read, children, parse_owner, pipelined_children, pipelined_data};
 use super::session::{Current, ZkSession};
 use super::stats::{ZkStats, ZkStatsSnapshot};
 
@@ -521,59 +522,4 @@ impl Worker {
 
 fn is_terminal(event: Option<&WatchedEvent>) -> bool {
     event.is_some_and(|e| e.event_type == EventType::Session && e.session_state.is_terminated())
-}
-
-fn parse_owner(data: &[u8]) -> std::result::Result<AppId, String> {
-    let text = std::str::from_utf8(data).map_err(|_| "owner is not UTF-8".to_owned())?;
-    AppId::new(text).map_err(|e| format!("owner: {e}"))
-}
-
-/// Children of `path`; a missing node has none.
-async fn children(client: &Client, path: &str) -> Result<Vec<String>> {
-    match client.list_children(path).await {
-        Ok(c) => Ok(c),
-        Err(zookeeper_client::Error::NoNode) => Ok(Vec::new()),
-        Err(e) => Err(ZkError::op("list_children", path, e)),
-    }
-}
-
-/// One node's read result: `Ok(None)` when it vanished meanwhile.
-type Read<T> = std::result::Result<T, zookeeper_client::Error>;
-
-/// Lists the children of many nodes with all requests in flight at once.
-async fn pipelined_children<K>(
-    client: &Client,
-    nodes: Vec<(K, String)>,
-) -> Vec<((K, String), Read<Vec<String>>)> {
-    let futs: Vec<_> = nodes
-        .into_iter()
-        .map(|(k, path)| {
-            let fut = client.list_children(&path);
-            ((k, path), fut)
-        })
-        .collect();
-    let mut out = Vec::with_capacity(futs.len());
-    for (node, fut) in futs {
-        out.push((node, fut.await));
-    }
-    out
-}
-
-/// Reads the data of many nodes with all requests in flight at once.
-async fn pipelined_data<K>(
-    client: &Client,
-    nodes: Vec<(K, String)>,
-) -> Vec<((K, String), Read<Vec<u8>>)> {
-    let futs: Vec<_> = nodes
-        .into_iter()
-        .map(|(k, path)| {
-            let fut = client.get_data(&path);
-            ((k, path), fut)
-        })
-        .collect();
-    let mut out = Vec::with_capacity(futs.len());
-    for (node, fut) in futs {
-        out.push((node, fut.await.map(|(d, _)| d)));
-    }
-    out
 }

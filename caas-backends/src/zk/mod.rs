@@ -28,6 +28,7 @@ pub mod crypto;
 pub mod discovery;
 pub mod error;
 pub mod layout;
+mod read;
 pub mod registry;
 pub mod session;
 pub mod stats;
