@@ -399,6 +399,12 @@ async fn gateway_serves_last_table_while_zookeeper_is_down_then_converges() {
         stats.snapshot().full_reads >= 2
     })
     .await;
+    assert!(
+        stats.snapshot().reconnects >= 1,
+        "same session resumed: {:?}",
+        stats.snapshot()
+    );
+    assert_eq!(stats.snapshot().session_expiries, 0);
     // A change made after the restart is routed.
     let mut registered = false;
     let deadline = Instant::now() + WAIT;

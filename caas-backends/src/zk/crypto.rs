@@ -1,6 +1,6 @@
 //! Optional AES-256-GCM encryption of config values stored in ZooKeeper.
 //!
-//! An encrypted value is `enc:v1:` followed by base64(nonce[12] || ciphertext+tag). The node's
+//! An encrypted value is `enc:v1:` followed by `base64(nonce[12] || ciphertext+tag)`. The node's
 //! path is the associated data, so a value copied to another node fails to decrypt instead
 //! of silently configuring the wrong app. The key file holds the 32 key bytes raw or as
 //! base64 on one line (`head -c32 /dev/urandom | base64 > zk.key`).

@@ -1,7 +1,7 @@
 //! [`ZkDiscovery`]: caas-core's [`Discovery`] fed by ZooKeeper.
 //!
 //! One persistent recursive watch on the chroot plus a full read at start, after every
-//! reconnect and after every new session, kept in a local [`Cache`]. The first update after a
+//! reconnect and after every new session, kept in a local cache. The first update after a
 //! full read is `Reset`; after that each watch event re-reads the node it names and the apps
 //! whose merged spec changed are sent as `Upsert` / `Remove`. Events that are already queued
 //! are drained before sending, so a burst becomes one update per app.
