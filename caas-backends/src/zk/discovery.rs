@@ -126,9 +126,14 @@ impl Worker {
                 End::SessionGone => {}
             }
             drop(client);
+            // Wait for the next session by value, not by change notification: the loop above
+            // may already have consumed the notification of the new client.
+            let epoch = current.epoch;
             tokio::select! {
                 _ = self.tx.closed() => return,
-                changed = self.clients.changed() => if changed.is_err() { return },
+                next = self.clients.wait_for(|c| c.epoch != epoch || c.client.is_none()) => {
+                    if next.is_err() { return }
+                }
             }
         }
     }
