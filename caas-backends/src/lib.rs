@@ -1,5 +1,9 @@
-//! caas-backends: the control plane of caas.
+//! caas-backends: the control plane of caas, implementing caas-core's contracts.
 //!
+//! - [`zk`]: ZooKeeper as registry and configuration store: the session (reconnect,
+//!   re-creation of ephemerals after expiry), instance [`zk::Registry`], the
+//!   [`zk::ZkDiscovery`] that feeds the gateway's router, app config and domain claims
+//!   ([`zk::AppStore`]), digest ACLs, TLS and AES-GCM encrypted values.
 //! - [`assignment`]: the [`Assignment`] JSON (one container on one host) with its
 //!   [`HealthPolicy`], parsed and validated.
 //! - [`docker`]: the [`DockerRuntime`] over the Docker Engine API (bollard): pull with registry
@@ -9,13 +13,15 @@
 //! - [`health`]: active `GET /_ping` checks ([`HealthChecker`]) with fall/rise thresholds and a
 //!   grace period, restart [`Backoff`], the per-host [`KillLimiter`] and the [`Supervisor`]
 //!   that orders register / deregister / restart / remove.
-//!
-//! The ZooKeeper registry, the host agent and the scheduler build on these.
+//! - `testing` (feature `testing`): a real ZooKeeper server for tests, started on a free
+//!   loopback port (`testing::ZkServer`), and a `testing::TcpProxy` that cuts the network
+//!   to make sessions expire.
 
 pub mod assignment;
 pub mod docker;
 pub mod health;
 pub mod ports;
+pub mod zk;
 
 pub use assignment::{
     Assignment, AssignmentError, FailurePolicy, HealthPolicy, ImageRef, MemoryLimit,
@@ -25,3 +31,7 @@ pub use docker::{
 };
 pub use health::{Backoff, HealthChecker, HealthEvent, HealthState, KillLimiter, Supervisor};
 pub use ports::{PortError, PortPool, PortRange};
+pub use zk::{AppStore, Registry, ZkConfig, ZkDiscovery, ZkError, ZkSession};
+
+#[cfg(feature = "testing")]
+pub mod testing;

@@ -1,0 +1,44 @@
+//! ZooKeeper as the registry and configuration store of caas.
+//!
+//! Layout under the chroot (default `/caas`), see [`layout`]:
+//!
+//! ```text
+//! /service/address/{appId}/{version}/{containerId}   EPHEMERAL   "{hostIp}:{hostPort}"
+//! /apps/{appId}                                      PERSISTENT  AppSpec JSON (optionally encrypted)
+//! /domains/{domain}                                  PERSISTENT  "{appId}" (exclusive CNAME claim)
+//! ```
+//!
+//! - [`ZkConfig`] (serde, `deny_unknown_fields`): servers, chroot, session timeout, digest
+//!   credentials, ACL readers, TLS files, encryption key file.
+//! - [`ZkSession`] ([`session`]): one session that reconnects and, after an expiry, starts a
+//!   new one and re-creates the ephemeral nodes it owns (as Curator does).
+//! - [`Registry`] ([`registry`]): `register` / `deregister` instances.
+//! - [`ZkDiscovery`] ([`discovery`]): caas-core's `Discovery`, one persistent recursive watch
+//!   plus full reads, cached locally; feed it to a `Router`.
+//! - [`AppStore`] ([`apps`]): write app specs, claim and release custom domains.
+//! - [`acl`]: digest ids and the admin / tenant / gateway ACL helpers.
+//! - [`crypto`]: AES-256-GCM envelopes for config values.
+//! - [`ZkError`] ([`error`]) and [`ZkStats`] ([`stats`]).
+
+pub mod acl;
+pub mod apps;
+mod cache;
+pub mod config;
+pub mod crypto;
+pub mod discovery;
+pub mod error;
+pub mod layout;
+mod read;
+pub mod registry;
+pub mod session;
+pub mod stats;
+
+pub use acl::{digest_id, grant_app, provision_tree};
+pub use apps::AppStore;
+pub use config::{ZkConfig, ZkTlsConfig};
+pub use crypto::ValueCipher;
+pub use discovery::ZkDiscovery;
+pub use error::ZkError;
+pub use registry::Registry;
+pub use session::ZkSession;
+pub use stats::{ZkStats, ZkStatsSnapshot};
