@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use caas_backends::zk::{ZkConfig, ZkDiscovery, ZkTlsConfig};
 use caas_core::Static;
 use caas_gateway::{FileConfig, FileDiscovery, Gateway};
 use clap::Parser;
@@ -46,6 +47,55 @@ struct Args {
     /// How often the config file is checked for changes, in milliseconds.
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     reload_interval_ms: u64,
+    /// Take apps from ZooKeeper (`host:port[,host:port...]`) instead of the file's [apps];
+    /// listen address, domains and limits still come from the file.
+    #[arg(long, value_name = "HOST:PORT")]
+    zk: Option<String>,
+    /// Root of the caas tree in ZooKeeper.
+    #[arg(long, default_value = "/caas", value_name = "PATH", requires = "zk")]
+    zk_chroot: String,
+    /// File holding digest credentials `user:password` (the gateway's read-only identity).
+    #[arg(long, value_name = "FILE", requires = "zk")]
+    zk_digest_file: Option<PathBuf>,
+    /// CA certificate (PEM) for TLS to ZooKeeper's secure client port.
+    #[arg(long, value_name = "FILE", requires = "zk")]
+    zk_tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for TLS to ZooKeeper.
+    #[arg(long, value_name = "FILE", requires = "zk_tls_ca")]
+    zk_tls_cert: Option<PathBuf>,
+    /// Client private key (PKCS#8 PEM) for TLS to ZooKeeper.
+    #[arg(long, value_name = "FILE", requires = "zk_tls_ca")]
+    zk_tls_key: Option<PathBuf>,
+    /// AES-256-GCM key file for encrypted app config values.
+    #[arg(long, value_name = "FILE", requires = "zk")]
+    zk_key_file: Option<PathBuf>,
+}
+
+impl Args {
+    /// The ZooKeeper settings, when `--zk` is given.
+    fn zk_config(&self) -> Result<Option<ZkConfig>, String> {
+        let Some(servers) = &self.zk else {
+            return Ok(None);
+        };
+        let mut cfg = ZkConfig::new(servers.clone()).with_chroot(self.zk_chroot.clone());
+        if let Some(f) = &self.zk_digest_file {
+            let digest = std::fs::read_to_string(f)
+                .map_err(|e| format!("--zk-digest-file {}: {e}", f.display()))?;
+            cfg = cfg.with_digest(digest.trim().to_owned());
+        }
+        if let Some(ca) = &self.zk_tls_ca {
+            cfg = cfg.with_tls(ZkTlsConfig {
+                ca: ca.clone(),
+                cert: self.zk_tls_cert.clone(),
+                key: self.zk_tls_key.clone(),
+            });
+        }
+        if let Some(k) = &self.zk_key_file {
+            cfg = cfg.with_encryption_key_file(k.clone());
+        }
+        cfg.validate().map_err(|e| format!("--zk: {e}"))?;
+        Ok(Some(cfg))
+    }
 }
 
 fn main() -> ExitCode {
@@ -120,12 +170,23 @@ async fn run(args: Args, config: FileConfig, path: Option<PathBuf>) -> Result<()
     let builder = Gateway::builder(config.gateway_config());
     // Held for the life of the server: dropping it would end the built-in routes' stream.
     let routes = Static::new(config.snapshot());
-    let builder = match &path {
-        Some(p) => builder.discovery(FileDiscovery::new(
+    let zk = args.zk_config()?;
+    let builder = match (&zk, &path) {
+        (Some(zk), _) => {
+            if !config.apps.is_empty() {
+                tracing::warn!("--zk given: the [apps] of the config file are ignored");
+            }
+            let discovery = ZkDiscovery::connect(zk.clone())
+                .await
+                .map_err(|e| format!("cannot use ZooKeeper at {}: {e}", zk.servers))?;
+            tracing::info!(servers = %zk.servers, chroot = %zk.chroot, "routes from ZooKeeper");
+            builder.discovery(discovery)
+        }
+        (None, Some(p)) => builder.discovery(FileDiscovery::new(
             p.clone(),
             Duration::from_millis(args.reload_interval_ms),
         )),
-        None => builder.discovery(routes.subscribe()),
+        (None, None) => builder.discovery(routes.subscribe()),
     };
     let gateway = builder.build().map_err(|e| e.to_string())?;
     if let Some(admin) = config.admin_listen {
