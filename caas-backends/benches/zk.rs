@@ -150,7 +150,13 @@ async fn initial_load(zk: &ZkServer) {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; nothing to parse.
+    // `cargo bench` passes `--bench`. Test runners build benches too and then ask for a test
+    // list (`--list`) or run them without `--bench`: this is a measurement, not a test, so
+    // it lists nothing and does nothing then.
+    let args: Vec<String> = std::env::args().collect();
+    if !args.iter().any(|a| a == "--bench") {
+        return;
+    }
     let zk = match ZkServer::start_or_skip(ZkServer::builder(), "benches/zk") {
         Some(zk) => zk,
         None => return,
