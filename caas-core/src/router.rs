@@ -5,7 +5,7 @@
 //! in with one store, so routes, endpoints, health and balancer state never disagree. A request
 //! keeps the table (or the endpoint `Arc`) it started with; a swap never cuts it.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, Guard};
@@ -19,6 +19,9 @@ struct Writer {
     domains: Vec<Domain>,
     snapshot: Snapshot,
     generation: u64,
+    /// The table before the current one, kept so that a request still holding it across a
+    /// swap never holds the last reference (see [`retire`]).
+    previous: Option<Arc<RouteTable>>,
 }
 
 /// What one rebuild did.
@@ -38,6 +41,32 @@ pub struct ApplyReport {
 pub struct Router {
     table: ArcSwap<RouteTable>,
     writer: Mutex<Writer>,
+}
+
+/// Frees retired tables off the writer's and the readers' threads: freeing a 10,000-app
+/// table takes as long as building one, and a request that happened to hold the last
+/// reference would otherwise stall its whole worker thread for that long.
+fn retire(table: Arc<RouteTable>) {
+    static RECLAIMER: OnceLock<Mutex<mpsc::Sender<Arc<RouteTable>>>> = OnceLock::new();
+    let tx = RECLAIMER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Arc<RouteTable>>();
+        let spawned = std::thread::Builder::new()
+            .name("caas-table-reclaim".into())
+            .spawn(move || {
+                for table in rx {
+                    drop(table);
+                }
+            });
+        if let Err(e) = spawned {
+            // Without the thread the channel is closed and tables are freed in place.
+            tracing::warn!("cannot start the route-table reclaimer thread: {e}");
+        }
+        Mutex::new(tx)
+    });
+    let tx = tx.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Err(mpsc::SendError(table)) = tx.send(table) {
+        drop(table);
+    }
 }
 
 impl std::fmt::Debug for Router {
@@ -60,6 +89,7 @@ impl Router {
                 domains,
                 snapshot: Snapshot::default(),
                 generation: 0,
+                previous: None,
             }),
         }
     }
@@ -109,7 +139,10 @@ impl Router {
         let (table, warnings) =
             RouteTable::build(&w.snapshot, &w.domains, Some(&previous), w.generation);
         let apps = table.apps().len();
-        self.table.store(Arc::new(table));
+        let old = self.table.swap(Arc::new(table));
+        if let Some(older) = w.previous.replace(old) {
+            retire(older);
+        }
         for warning in &warnings {
             tracing::warn!(generation = w.generation, "route table: {warning}");
         }

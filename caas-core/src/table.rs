@@ -79,7 +79,10 @@ pub struct AppRoute {
     blacklist: Box<[IpNet]>,
     limiter: Option<Arc<TokenBucket>>,
     state: Arc<AppState>,
-    spec: AppSpec,
+    domains: Box<[Domain]>,
+    default_version: Option<Version>,
+    weights: Box<[(Version, u32)]>,
+    balancer: BalancerKind,
 }
 
 impl AppRoute {
@@ -93,9 +96,24 @@ impl AppRoute {
         &self.versions
     }
 
-    /// The spec this route was built from (endpoints included).
-    pub fn spec(&self) -> &AppSpec {
-        &self.spec
+    /// The app's custom domains.
+    pub fn domains(&self) -> &[Domain] {
+        &self.domains
+    }
+
+    /// The configured default version (it may have no endpoints).
+    pub fn default_version(&self) -> Option<&Version> {
+        self.default_version.as_ref()
+    }
+
+    /// The configured version weights.
+    pub fn weights(&self) -> &[(Version, u32)] {
+        &self.weights
+    }
+
+    /// The balancer of the app's pools.
+    pub fn balancer(&self) -> BalancerKind {
+        self.balancer
     }
 
     /// Counters and other state that survives rebuilds.
@@ -282,7 +300,7 @@ impl RouteTable {
             }
         }
         for (ai, app) in apps.iter().enumerate() {
-            for d in &app.spec.domains {
+            for d in &app.domains {
                 claim(d.to_string(), Target::App(ai as u32), &app.id, &apps);
             }
         }
@@ -362,26 +380,43 @@ fn build_app(
 ) -> AppRoute {
     let prev_version = |v: &Version| prev.and_then(|p| p.versions.iter().find(|pv| &pv.id == v));
     let mut versions = Vec::with_capacity(spec.versions.len());
-    let mut reuse: FxHashMap<SocketAddr, &Arc<EndpointState>> = FxHashMap::default();
     for (vid, vspec) in &spec.versions {
         if vspec.endpoints.is_empty() {
             continue;
         }
         let pv = prev_version(vid);
-        reuse.clear();
-        if let Some(pv) = pv {
-            reuse.extend(pv.pool.endpoints().iter().map(|e| (e.endpoint().addr, e)));
-        }
+        let old: &[Arc<EndpointState>] = pv.map_or(&[], |p| p.pool.endpoints());
+        // Small versions (the common case) are matched by scanning; large ones through maps,
+        // so a version with thousands of instances does not rebuild in quadratic time.
+        let large = vspec.endpoints.len() > 16;
+        let by_addr: FxHashMap<SocketAddr, &Arc<EndpointState>> = if large {
+            old.iter().map(|e| (e.endpoint().addr, e)).collect()
+        } else {
+            FxHashMap::default()
+        };
+        let mut seen: rustc_hash::FxHashSet<SocketAddr> = rustc_hash::FxHashSet::default();
         let mut eps: Vec<Arc<EndpointState>> = Vec::with_capacity(vspec.endpoints.len());
-        for ep in &vspec.endpoints {
-            if eps.iter().any(|e| e.endpoint().addr == ep.addr) {
-                continue; // the same address twice would double its share
-            }
-            let state = match reuse.get(&ep.addr) {
-                Some(old) if old.endpoint() == ep => Arc::clone(old),
-                _ => Arc::new(EndpointState::new(*ep)),
+        for (i, ep) in vspec.endpoints.iter().enumerate() {
+            // The same address twice would double its share.
+            let dup = if large {
+                !seen.insert(ep.addr)
+            } else {
+                eps.iter().any(|e| e.endpoint().addr == ep.addr)
             };
-            eps.push(state);
+            if dup {
+                continue;
+            }
+            // Endpoints usually keep their order: try the same position before searching.
+            let same = |e: &&Arc<EndpointState>| e.endpoint() == ep;
+            let found = match old.get(i).filter(same) {
+                Some(e) => Some(e),
+                None if large => by_addr.get(&ep.addr).copied().filter(same),
+                None => old.iter().find(same),
+            };
+            eps.push(match found {
+                Some(prev) => Arc::clone(prev),
+                None => Arc::new(EndpointState::new(*ep)),
+            });
         }
         let cursor = pv.map(|p| Arc::clone(p.pool.cursor())).unwrap_or_default();
         versions.push(VersionRoute {
@@ -445,7 +480,10 @@ fn build_app(
         blacklist: spec.blacklist.clone().into_boxed_slice(),
         limiter,
         state: prev.map(|p| Arc::clone(&p.state)).unwrap_or_default(),
-        spec: spec.clone(),
+        domains: spec.domains.clone().into_boxed_slice(),
+        default_version: spec.default_version.clone(),
+        weights: spec.weights.iter().map(|(v, w)| (v.clone(), *w)).collect(),
+        balancer: spec.balancer,
     }
 }
 
@@ -578,6 +616,33 @@ mod tests {
         assert_eq!(port(t.lookup("shared.test")), 1);
         assert_eq!(port(t.lookup("b.caas.local")), 2, "generated names win");
         assert_eq!(w.len(), 2, "{w:?}");
+    }
+
+    #[test]
+    fn large_versions_keep_state_and_drop_duplicates() {
+        let ports: Vec<u16> = (1..=5000).collect();
+        let mut dup = ports.clone();
+        dup.push(7);
+        let s1 = snapshot(vec![("a", app(&[("v1", &ports)]))]);
+        let (t1, _) = RouteTable::build(&s1, &domains(), None, 1);
+        let first = Arc::clone(
+            &t1.app(&AppId::new("a").unwrap()).unwrap().versions()[0]
+                .pool
+                .endpoints()[6],
+        );
+        let mut reversed = dup.clone();
+        reversed.reverse();
+        let s2 = snapshot(vec![("a", app(&[("v1", &reversed)]))]);
+        let (t2, _) = RouteTable::build(&s2, &domains(), Some(&t1), 2);
+        let eps = t2.app(&AppId::new("a").unwrap()).unwrap().versions()[0]
+            .pool
+            .endpoints();
+        assert_eq!(eps.len(), 5000, "duplicate address dropped");
+        let again = eps.iter().find(|e| e.endpoint().addr.port() == 7).unwrap();
+        assert!(
+            Arc::ptr_eq(again, &first),
+            "state carried over after reordering"
+        );
     }
 
     #[test]

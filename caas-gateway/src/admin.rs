@@ -114,13 +114,12 @@ pub fn routes_json(table: &RouteTable) -> String {
                     (v.id().to_string(), serde_json::Value::Array(eps))
                 })
                 .collect();
-            let spec = app.spec();
             serde_json::json!({
                 "app": app.id().to_string(),
-                "hosts": table.domains().iter().map(|d| format!("{}.{d}", app.id())).chain(spec.domains.iter().map(|d| d.to_string())).collect::<Vec<_>>(),
-                "default_version": spec.default_version,
-                "weights": spec.weights,
-                "balancer": spec.balancer.as_str(),
+                "hosts": table.domains().iter().map(|d| format!("{}.{d}", app.id())).chain(app.domains().iter().map(|d| d.to_string())).collect::<Vec<_>>(),
+                "default_version": app.default_version(),
+                "weights": app.weights().iter().map(|(v, w)| (v.to_string(), *w)).collect::<std::collections::BTreeMap<_, _>>(),
+                "balancer": app.balancer().as_str(),
                 "versions": versions,
             })
         })

@@ -132,7 +132,16 @@ impl GatewayBuilder {
         let router = Arc::clone(self.router_ref());
         self.discovery = Some(Box::pin(async move {
             while let Some(update) = discovery.next().await {
-                let report = router.apply(update);
+                // A rebuild of a large table takes milliseconds: off the worker threads, so a
+                // one-worker gateway keeps serving while it runs.
+                let r = Arc::clone(&router);
+                let report = match tokio::task::spawn_blocking(move || r.apply(update)).await {
+                    Ok(report) => report,
+                    Err(e) => {
+                        tracing::error!("route table rebuild failed: {e}; keeping the last table");
+                        continue;
+                    }
+                };
                 tracing::info!(
                     generation = report.generation,
                     apps = report.apps,
