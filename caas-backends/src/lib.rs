@@ -13,16 +13,21 @@
 //! - [`health`]: active `GET /_ping` checks ([`HealthChecker`]) with fall/rise thresholds and a
 //!   grace period, restart [`Backoff`], the per-host [`KillLimiter`] and the [`Supervisor`]
 //!   that orders register / deregister / restart / remove.
+//! - [`agent`]: the host [`Agent`]: reconciles the host's assignments in ZooKeeper with its
+//!   containers (start, adopt, remove orphans), health-checks them, registers the healthy
+//!   ones and deregisters, restarts or removes the failing ones.
 //! - `testing` (feature `testing`): a real ZooKeeper server for tests, started on a free
 //!   loopback port (`testing::ZkServer`), and a `testing::TcpProxy` that cuts the network
 //!   to make sessions expire.
 
+pub mod agent;
 pub mod assignment;
 pub mod docker;
 pub mod health;
 pub mod ports;
 pub mod zk;
 
+pub use agent::{Agent, AgentConfig, AgentError, AgentHandle};
 pub use assignment::{
     Assignment, AssignmentError, FailurePolicy, HealthPolicy, ImageRef, MemoryLimit,
 };

@@ -9,6 +9,8 @@
 //! netty-codec). When java or the jars are missing, [`ZkServer::start_or_skip`] fails under
 //! `CI=true` and otherwise prints a loud SKIPPED banner and returns `None`.
 
+pub mod docker;
+
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

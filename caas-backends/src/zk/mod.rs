@@ -6,6 +6,7 @@
 //! /service/address/{appId}/{version}/{containerId}   EPHEMERAL   "{hostIp}:{hostPort}"
 //! /apps/{appId}                                      PERSISTENT  AppSpec JSON (optionally encrypted)
 //! /domains/{domain}                                  PERSISTENT  "{appId}" (exclusive CNAME claim)
+//! /hosts/{hostId}[/alive|/assignments/{instanceId}]  see [`hosts`]
 //! ```
 //!
 //! - [`ZkConfig`] (serde, `deny_unknown_fields`): servers, chroot, session timeout, digest
@@ -13,6 +14,8 @@
 //! - [`ZkSession`] ([`session`]): one session that reconnects and, after an expiry, starts a
 //!   new one and re-creates the ephemeral nodes it owns (as Curator does).
 //! - [`Registry`] ([`registry`]): `register` / `deregister` instances.
+//! - [`HostStore`] ([`hosts`]): `/hosts/{hostId}` HostInfo, its `alive` node and its
+//!   assignments, for the host agent.
 //! - [`ZkDiscovery`] ([`discovery`]): caas-core's `Discovery`, one persistent recursive watch
 //!   plus full reads, cached locally; feed it to a `Router`.
 //! - [`AppStore`] ([`apps`]): write app specs, claim and release custom domains.
@@ -27,6 +30,7 @@ pub mod config;
 pub mod crypto;
 pub mod discovery;
 pub mod error;
+pub mod hosts;
 pub mod layout;
 mod read;
 pub mod registry;
@@ -39,6 +43,7 @@ pub use config::{ZkConfig, ZkTlsConfig};
 pub use crypto::ValueCipher;
 pub use discovery::ZkDiscovery;
 pub use error::ZkError;
+pub use hosts::{HostInfo, HostStore, Resources};
 pub use registry::Registry;
 pub use session::ZkSession;
 pub use stats::{ZkStats, ZkStatsSnapshot};

@@ -1,0 +1,166 @@
+//! The host agent: makes the containers on one Docker host match the assignments in
+//! ZooKeeper, keeps them healthy, and keeps the registry truthful about them.
+//!
+//! One agent per host id; several agents on one machine act as several hosts, each
+//! publishing on its own loopback IP. What it does:
+//!
+//! - **Reconcile** ([`run`]): the assignments under `/hosts/{hostId}/assignments` (watched,
+//!   plus a full resync every [`AgentConfig::resync`]) against the containers labelled
+//!   `caas.host={hostId}`: starts what is missing (pull if absent, a port from the
+//!   [`PortPool`](crate::PortPool), run with the assignment's limits and `caas.*` labels),
+//!   **adopts** its own running containers after a restart (ports recovered from their
+//!   `caas.port` labels, no duplicates), removes orphans (labelled for this host, no
+//!   assignment), and stops+removes and deregisters what lost its assignment. A container
+//!   whose assignment changed (image, port, limits) is replaced.
+//! - **Health** per container: a [`HealthChecker`](crate::HealthChecker) on its published
+//!   port; registered in `/service/address/{app}/{version}/{instanceId}` only after its first
+//!   passing ping; on unhealthy, or at once on a Docker `die`/`oom` event, deregistered
+//!   first, then restarted (new container, same port, with backoff) or removed per its policy.
+//!   Kills for failed pings respect the per-host [`KillLimiter`](crate::KillLimiter).
+//! - **Host node**: `/hosts/{hostId}` (HostInfo: ip, labels, capacity, allocated) and the
+//!   ephemeral `/hosts/{hostId}/alive`.
+//!
+//! Registrations use the **assignment's instance id**, not the Docker container id: it is a
+//! valid DNS label (Docker's ids are 64 characters, `InstanceId` allows 63), it stays the same
+//! across restarts of the instance (which get a new container), and it names the assignment
+//! node the registration came from.
+//!
+//! Stopping the agent ([`AgentHandle::shutdown`]) closes its ZooKeeper session (its
+//! registrations and `alive` node vanish) but leaves the containers running: the next agent
+//! with the same host id adopts them and registers them again after their first ping.
+
+mod config;
+mod instance;
+mod run;
+mod stats;
+mod tasks;
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use config::AgentConfig;
+pub use stats::{AgentStats, AgentStatsSnapshot};
+
+use crate::docker::{DockerError, DockerRuntime};
+use crate::ports::PortPool;
+use crate::zk::{HostStore, Registry, ZkError, ZkSession};
+
+/// Why an agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// A configuration value is invalid.
+    #[error("agent config: {0}")]
+    Config(String),
+    /// ZooKeeper could not be reached or written at start.
+    #[error("agent start: {0}")]
+    Zk(#[from] ZkError),
+    /// The Docker Engine could not be reached at start.
+    #[error("agent start: {0}")]
+    Docker(#[from] DockerError),
+}
+
+/// The host agent (see the module docs).
+#[derive(Debug)]
+pub struct Agent;
+
+impl Agent {
+    /// Connects to ZooKeeper and Docker, recovers the port pool from the host's containers,
+    /// publishes the host node, and starts the reconcile loop.
+    pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
+        crate::zk::hosts::validate_host_id(&config.host_id).map_err(AgentError::Config)?;
+        if config.ip.is_unspecified() {
+            return Err(AgentError::Config(format!(
+                "advertised ip {} is unspecified: give the address gateways reach",
+                config.ip
+            )));
+        }
+        let docker = match &config.docker_socket {
+            Some(s) => DockerRuntime::connect(s).await?,
+            None => DockerRuntime::connect_default().await?,
+        };
+        let session = ZkSession::connect(config.zk.clone()).await?;
+        let hosts = HostStore::new(session.clone());
+        hosts.ensure(&config.host_id).await?;
+        hosts.mark_alive(&config.host_id, config.ip).await?;
+
+        let mut pool = PortPool::new(config.ip, config.ports);
+        let containers = docker.list_managed(&config.host_id).await?;
+        let outside = pool.recover(containers.iter().filter_map(|c| c.port()));
+        if !outside.is_empty() {
+            tracing::warn!(host = %config.host_id, ports = ?outside, "containers hold ports outside the configured range");
+        }
+        let capacity = run::capacity(&docker, &config).await;
+        let stats = Arc::new(AgentStats::default());
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let state = run::State::new(run::Parts {
+            config,
+            docker,
+            registry: Registry::new(session.clone()),
+            hosts,
+            pool,
+            capacity,
+            stats: stats.clone(),
+        });
+        let task = tokio::spawn(state.run(shutdown_rx));
+        Ok(AgentHandle {
+            stats,
+            shutdown,
+            task: Some(task),
+            session,
+        })
+    }
+}
+
+/// A running agent. Dropping it stops the agent like [`Self::shutdown`] (without waiting).
+#[derive(Debug)]
+pub struct AgentHandle {
+    stats: Arc<AgentStats>,
+    shutdown: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+    session: ZkSession,
+}
+
+impl AgentHandle {
+    /// The agent's counters.
+    pub fn stats(&self) -> AgentStatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// The agent's ZooKeeper session.
+    pub fn session(&self) -> &ZkSession {
+        &self.session
+    }
+
+    /// Stops the loops and closes the ZooKeeper session; containers keep running.
+    pub async fn shutdown(mut self) {
+        self.shutdown.send_replace(true);
+        if let Some(task) = self.task.take()
+            && let Err(e) = task.await
+        {
+            tracing::error!(error = %e, "agent task ended abnormally");
+        }
+        self.session.close();
+    }
+
+    /// Waits until the agent task ends (it only ends on shutdown).
+    pub async fn wait(&mut self) {
+        if let Some(task) = self.task.as_mut()
+            && let Err(e) = task.await
+        {
+            tracing::error!(error = %e, "agent task ended abnormally");
+        }
+        self.task = None;
+    }
+}
+
+impl Drop for AgentHandle {
+    fn drop(&mut self) {
+        self.shutdown.send_replace(true);
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        self.session.close();
+    }
+}

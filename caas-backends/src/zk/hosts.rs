@@ -1,0 +1,302 @@
+//! The host nodes: what a host agent publishes about itself and where it finds its work.
+//!
+//! ```text
+//! /hosts/{hostId}                              PERSISTENT  HostInfo JSON (versioned: optimistic locking)
+//! /hosts/{hostId}/alive                        EPHEMERAL   "{ip}" while the agent's session lives
+//! /hosts/{hostId}/assignments/{instanceId}     PERSISTENT  Assignment JSON
+//! ```
+//!
+//! [`HostStore`] reads and writes them through a [`ZkSession`]. The `alive` node is created
+//! through the session's ephemeral bookkeeping, so it comes back after a session expiry.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use caas_core::InstanceId;
+use serde::{Deserialize, Serialize};
+use zookeeper_client::{Acls, CreateMode};
+
+use super::error::{Result, ZkError};
+use super::session::ZkSession;
+use crate::assignment::{Assignment, AssignmentError};
+
+/// Parent of the host nodes.
+pub const HOSTS: &str = "/hosts";
+
+/// `/hosts/{host}`.
+pub fn host_path(host: &str) -> String {
+    format!("{HOSTS}/{host}")
+}
+
+/// `/hosts/{host}/alive`.
+pub fn alive_path(host: &str) -> String {
+    format!("{HOSTS}/{host}/alive")
+}
+
+/// `/hosts/{host}/assignments`.
+pub fn assignments_path(host: &str) -> String {
+    format!("{HOSTS}/{host}/assignments")
+}
+
+/// `/hosts/{host}/assignments/{instance}`.
+pub fn assignment_path(host: &str, instance: &InstanceId) -> String {
+    format!("{HOSTS}/{host}/assignments/{instance}")
+}
+
+/// Checks a host id: 1-63 characters of `[a-z0-9-]`, not starting or ending with `-` (it is
+/// a path segment and a Docker label value).
+pub fn validate_host_id(host: &str) -> std::result::Result<(), String> {
+    let ok = !host.is_empty()
+        && host.len() <= 63
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !host.starts_with('-')
+        && !host.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid host id {host:?}: use 1-63 characters of [a-z0-9-], not starting or ending with '-'"
+        ))
+    }
+}
+
+/// Amounts of what a host offers or has handed out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// Memory in bytes.
+    pub memory: u64,
+    /// CPU shares (1024 per core for the capacity).
+    pub cpu_shares: u64,
+    /// Containers (the capacity is the size of the port pool).
+    pub instances: u64,
+}
+
+/// What `/hosts/{hostId}` holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostInfo {
+    /// The advertised IP: containers are published and registered on it.
+    pub ip: IpAddr,
+    /// Free-form labels for scheduling filters (`disk=ssd`, `zone=a`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// What the host offers.
+    pub capacity: Resources,
+    /// The sum over the host's assignments.
+    pub allocated: Resources,
+}
+
+/// One child of `/hosts/{host}/assignments`, parsed or not.
+#[derive(Debug, Clone)]
+pub struct AssignmentNode {
+    /// The instance id (node name), when it is a valid id.
+    pub instance: std::result::Result<InstanceId, String>,
+    /// The parsed assignment.
+    pub assignment: std::result::Result<Assignment, AssignmentError>,
+}
+
+/// Reads and writes the host nodes.
+#[derive(Debug, Clone)]
+pub struct HostStore {
+    session: ZkSession,
+}
+
+impl HostStore {
+    /// A store writing through `session`.
+    pub fn new(session: ZkSession) -> Self {
+        Self { session }
+    }
+
+    /// The session underneath.
+    pub fn session(&self) -> &ZkSession {
+        &self.session
+    }
+
+    /// Creates `/hosts/{host}/assignments` (and its parents) when missing.
+    pub async fn ensure(&self, host: &str) -> Result<()> {
+        self.session.mkdir(&assignments_path(host)).await
+    }
+
+    /// Writes `info` to `/hosts/{host}`: read-modify-write with the node's version, retried
+    /// on a concurrent change (a scheduler writes `allocated` under the same lock).
+    pub async fn put_info(&self, host: &str, info: &HostInfo) -> Result<()> {
+        let path = host_path(host);
+        let data = serde_json::to_vec(info).map_err(|e| ZkError::BadData {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let client = self.session.client()?;
+        for _ in 0..10 {
+            match client.get_data(&path).await {
+                Ok((old, stat)) => {
+                    if old == data {
+                        return Ok(());
+                    }
+                    match client.set_data(&path, &data, Some(stat.version)).await {
+                        Ok(_) => return Ok(()),
+                        Err(zookeeper_client::Error::BadVersion) => continue,
+                        Err(e) => return Err(ZkError::op("set", &path, e)),
+                    }
+                }
+                Err(zookeeper_client::Error::NoNode) => {
+                    let opts = CreateMode::Persistent.with_acls(Acls::new(self.session.node_acl()));
+                    match client.create(&path, &data, &opts).await {
+                        Ok(_) => return Ok(()),
+                        Err(zookeeper_client::Error::NodeExists) => continue,
+                        Err(zookeeper_client::Error::NoNode) => {
+                            self.session.mkdir(HOSTS).await?;
+                            continue;
+                        }
+                        Err(e) => return Err(ZkError::op("create", &path, e)),
+                    }
+                }
+                Err(e) => return Err(ZkError::op("get", &path, e)),
+            }
+        }
+        Err(ZkError::op(
+            "set",
+            &path,
+            zookeeper_client::Error::BadVersion,
+        ))
+    }
+
+    /// Reads `/hosts/{host}`; `None` when absent.
+    pub async fn info(&self, host: &str) -> Result<Option<HostInfo>> {
+        let path = host_path(host);
+        match self.session.client()?.get_data(&path).await {
+            Ok((data, _)) => {
+                serde_json::from_slice(&data)
+                    .map(Some)
+                    .map_err(|e| ZkError::BadData {
+                        path,
+                        reason: e.to_string(),
+                    })
+            }
+            Err(zookeeper_client::Error::NoNode) => Ok(None),
+            Err(e) => Err(ZkError::op("get", &path, e)),
+        }
+    }
+
+    /// Creates the EPHEMERAL `/hosts/{host}/alive` holding the IP. A node left by an earlier
+    /// session of this host (a crashed agent whose session has not timed out yet) is
+    /// replaced: one host id belongs to one agent.
+    pub async fn mark_alive(&self, host: &str, ip: IpAddr) -> Result<()> {
+        let path = alive_path(host);
+        let data = ip.to_string();
+        match self.session.create_ephemeral(&path, data.as_bytes()).await {
+            Err(ZkError::Op {
+                source: zookeeper_client::Error::NodeExists,
+                ..
+            }) if !self.session.ephemerals().contains(&path) => {
+                tracing::warn!(%path, "alive node of an earlier session found; replacing it");
+                match self.session.client()?.delete(&path, None).await {
+                    Ok(()) | Err(zookeeper_client::Error::NoNode) => {}
+                    Err(e) => return Err(ZkError::op("delete", &path, e)),
+                }
+                self.session.create_ephemeral(&path, data.as_bytes()).await
+            }
+            other => other,
+        }
+    }
+
+    /// Every child of `/hosts/{host}/assignments`, parsed; a missing parent is no children.
+    pub async fn assignments(&self, host: &str) -> Result<Vec<AssignmentNode>> {
+        let parent = assignments_path(host);
+        let client = self.session.client()?;
+        let names = match client.list_children(&parent).await {
+            Ok(n) => n,
+            Err(zookeeper_client::Error::NoNode) => return Ok(Vec::new()),
+            Err(e) => return Err(ZkError::op("list", &parent, e)),
+        };
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let path = format!("{parent}/{name}");
+            let data = match client.get_data(&path).await {
+                Ok((d, _)) => d,
+                // Deleted between the list and the read.
+                Err(zookeeper_client::Error::NoNode) => continue,
+                Err(e) => return Err(ZkError::op("get", &path, e)),
+            };
+            out.push(AssignmentNode {
+                instance: InstanceId::new(&name).map_err(|e| e.to_string()),
+                assignment: Assignment::from_json(&data),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Writes (creates or overwrites) one assignment.
+    pub async fn put_assignment(
+        &self,
+        host: &str,
+        instance: &InstanceId,
+        assignment: &Assignment,
+    ) -> Result<()> {
+        let path = assignment_path(host, instance);
+        let data = assignment.to_json();
+        let client = self.session.client()?;
+        match client.set_data(&path, &data, None).await {
+            Ok(_) => Ok(()),
+            Err(zookeeper_client::Error::NoNode) => {
+                self.ensure(host).await?;
+                let opts = CreateMode::Persistent.with_acls(Acls::new(self.session.node_acl()));
+                client
+                    .create(&path, &data, &opts)
+                    .await
+                    .map(drop)
+                    .map_err(|e| ZkError::op("create", &path, e))
+            }
+            Err(e) => Err(ZkError::op("set", &path, e)),
+        }
+    }
+
+    /// Deletes one assignment; absent is fine.
+    pub async fn delete_assignment(&self, host: &str, instance: &InstanceId) -> Result<()> {
+        let path = assignment_path(host, instance);
+        match self.session.client()?.delete(&path, None).await {
+            Ok(()) | Err(zookeeper_client::Error::NoNode) => Ok(()),
+            Err(e) => Err(ZkError::op("delete", &path, e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_ids_and_paths() {
+        assert!(validate_host_id("h1").is_ok());
+        for bad in ["", "H1", "-h", "h-", "a/b", &"x".repeat(64)] {
+            assert!(validate_host_id(bad).is_err(), "{bad}");
+        }
+        let i = InstanceId::new("i1").unwrap();
+        assert_eq!(assignment_path("h1", &i), "/hosts/h1/assignments/i1");
+        assert_eq!(alive_path("h1"), "/hosts/h1/alive");
+    }
+
+    #[test]
+    fn host_info_json() {
+        let info = HostInfo {
+            ip: "127.0.0.2".parse().unwrap(),
+            labels: BTreeMap::from([("zone".into(), "a".into())]),
+            capacity: Resources {
+                memory: 1 << 30,
+                cpu_shares: 2048,
+                instances: 299,
+            },
+            allocated: Resources::default(),
+        };
+        let json = serde_json::to_string(&info).unwrap();
+        assert!(
+            json.starts_with(
+                r#"{"ip":"127.0.0.2","labels":{"zone":"a"},"capacity":{"memory":1073741824"#
+            ),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<HostInfo>(&json).unwrap(), info);
+    }
+}
