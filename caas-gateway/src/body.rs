@@ -184,7 +184,8 @@ pub(crate) fn clock_ms() -> u64 {
 /// long upload is not mistaken for a silent upstream).
 #[derive(Debug)]
 pub struct RequestBody {
-    inner: Incoming,
+    /// `None` for a request the gateway resends without a body.
+    inner: Option<Incoming>,
     counted: Option<(Arc<AppState>, InFlightRef)>,
     bytes: u64,
     progress: Option<Arc<std::sync::atomic::AtomicU64>>,
@@ -198,11 +199,26 @@ impl RequestBody {
         let progress = (!inner.is_end_stream())
             .then(|| Arc::new(std::sync::atomic::AtomicU64::new(clock_ms())));
         Self {
-            inner,
+            inner: Some(inner),
             counted: None,
             bytes: 0,
             progress,
         }
+    }
+
+    /// An empty body, for resending a bodyless request on another endpoint.
+    pub(crate) fn empty() -> Self {
+        Self {
+            inner: None,
+            counted: None,
+            bytes: 0,
+            progress: None,
+        }
+    }
+
+    /// Whether the body is empty and complete (nothing to stream).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     /// When the last chunk was sent upstream ([`clock_ms`]), for bodies that are not empty.
@@ -212,7 +228,7 @@ impl RequestBody {
 
     /// Attributes the bytes to an app and endpoint (set once the endpoint is known).
     pub(crate) fn count_to(&mut self, app: &Arc<AppState>, ep: &InFlightRef) {
-        if !self.inner.is_end_stream() {
+        if !self.is_empty() {
             self.counted = Some((Arc::clone(app), Arc::clone(ep)));
         }
     }
@@ -228,7 +244,10 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = ready!(Pin::new(inner).poll_frame(cx));
         if let Some(Ok(f)) = &frame {
             if let Some(d) = f.data_ref() {
                 this.bytes += d.len() as u64;
@@ -241,11 +260,13 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.is_empty()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or(SizeHint::with_exact(0), Incoming::size_hint)
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use caas_core::{AppState, EndpointState, RouteTable};
 use http::header::HOST;
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
@@ -169,50 +169,69 @@ async fn proxy(
     let upgrade = prepare_request(&mut req, &conn.peer_ip, &conn.proto);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
-    // Connect (or reuse). A refused connect is retried once on another endpoint of the app.
-    let (mut sender, mut reused) = match checkout(shared, &ep).await {
-        Ok(c) => c,
-        Err(first) => {
-            fail_endpoint(shared, &ep);
-            let host = host_of(&req).unwrap_or_default();
-            let retry = pick(&shared.router.load(), host, conn.peer, Some(&ep), false);
-            match retry {
-                Ok((_, other)) => {
-                    ep = other;
-                    checkout(shared, &ep)
+    // A bodyless idempotent request can be sent again, once, on another endpoint when the
+    // first fails before answering: a container that died moments before its deregistration
+    // reached the gateway (Docker's proxy accepts, then resets) costs the client nothing.
+    let mut resend =
+        (!upgrade && req.body().is_empty() && is_idempotent(req.method())).then(|| {
+            (
+                req.method().clone(),
+                req.uri().clone(),
+                req.headers().clone(),
+            )
+        });
+    let host = req.headers().get(HOST).cloned();
+    let host = host
+        .as_ref()
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    let (mut resp, sender, in_flight) = loop {
+        let (mut sender, mut reused) = connect_any(shared, conn, host, &mut ep).await?;
+        let in_flight = ep.start_request();
+        req.body_mut().count_to(&app, &ep);
+        let addr = ep.endpoint().addr;
+        let sent = loop {
+            match send_with_timeout(shared, &mut sender, req, addr).await {
+                Ok(resp) => break Ok(resp),
+                Err(SendError::Unsent(unsent)) if reused => {
+                    // A pooled connection the upstream had already closed: the request was
+                    // not written, so it is safe to send it again on a fresh connection.
+                    req = *unsent;
+                    sender = upstream::connect(addr, shared.timeouts.connect)
                         .await
-                        .inspect_err(|_| fail_endpoint(shared, &ep))?
+                        .inspect_err(|_| fail_endpoint(shared, &ep))?;
+                    reused = false;
                 }
-                Err(_) => return Err(first),
+                Err(SendError::Unsent(_)) => {
+                    break Err(ProxyError::Upstream {
+                        addr,
+                        reason: "connection closed before the request was sent".into(),
+                    });
+                }
+                Err(SendError::Failed(e)) => break Err(e),
             }
-        }
-    };
-    let in_flight = ep.start_request();
-    req.body_mut().count_to(&app, &ep);
-
-    let addr = ep.endpoint().addr;
-    let mut resp = loop {
-        match send_with_timeout(shared, &mut sender, req, addr).await {
-            Ok(resp) => break resp,
-            Err(SendError::Unsent(unsent)) if reused => {
-                // A pooled connection the upstream had already closed: the request was not
-                // written, so it is safe to send it again on a fresh connection, once.
-                req = *unsent;
-                sender = upstream::connect(addr, shared.timeouts.connect)
-                    .await
-                    .inspect_err(|_| fail_endpoint(shared, &ep))?;
-                reused = false;
-            }
-            Err(SendError::Unsent(_)) => {
-                ep.record_failure();
-                return Err(ProxyError::Upstream {
-                    addr,
-                    reason: "connection closed before the request was sent".into(),
-                });
-            }
-            Err(SendError::Failed(e)) => {
-                ep.record_failure();
-                return Err(e);
+        };
+        match sent {
+            Ok(resp) => break (resp, sender, in_flight),
+            Err(e) => {
+                drop(in_flight);
+                if ep.record_failure() >= EJECT_AFTER_FAILURES {
+                    fail_endpoint(shared, &ep);
+                }
+                let retry = match (&e, resend.take()) {
+                    (ProxyError::Upstream { .. }, Some(parts)) => parts,
+                    _ => return Err(e),
+                };
+                match pick(&shared.router.load(), host, conn.peer, Some(&ep), false) {
+                    Ok((_, other)) => ep = other,
+                    Err(_) => return Err(e),
+                }
+                tracing::debug!(failed = %addr, next = %ep.endpoint().addr, "resending after: {e}");
+                let (method, uri, headers) = retry;
+                req = Request::new(RequestBody::empty());
+                *req.method_mut() = method;
+                *req.uri_mut() = uri;
+                *req.headers_mut() = headers;
             }
         }
     };
@@ -227,7 +246,7 @@ async fn proxy(
             strip_hop_by_hop(resp.headers_mut(), true);
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             shared.stats.upgrades.fetch_add(1, Relaxed);
-            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, addr));
+            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, ep.endpoint().addr));
             drop(in_flight);
             return Ok(resp.map(|_| ProxyBody::empty()));
         }
@@ -281,6 +300,42 @@ async fn send_with_timeout(
                     addr,
                     timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
                 }));
+            }
+        }
+    }
+}
+
+/// Consecutive failures (resets, timeouts) after which an endpoint is ejected like one that
+/// refused a connection.
+const EJECT_AFTER_FAILURES: u32 = 3;
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// A connection to `ep`, or, when connecting fails, to another endpoint of the same app
+/// (once); `ep` is updated to the endpoint connected to.
+async fn connect_any(
+    shared: &Shared,
+    conn: &ConnInfo,
+    host: &str,
+    ep: &mut Arc<EndpointState>,
+) -> Result<(UpstreamSender, bool), ProxyError> {
+    match checkout(shared, ep).await {
+        Ok(c) => Ok(c),
+        Err(first) => {
+            fail_endpoint(shared, ep);
+            match pick(&shared.router.load(), host, conn.peer, Some(ep), false) {
+                Ok((_, other)) => {
+                    *ep = other;
+                    checkout(shared, ep)
+                        .await
+                        .inspect_err(|_| fail_endpoint(shared, ep))
+                }
+                Err(_) => Err(first),
             }
         }
     }

@@ -388,3 +388,58 @@ async fn upload_slower_than_the_response_timeout_is_not_cut() {
     let (s, _, body) = send(&client(), req).await;
     assert_eq!((s.as_u16(), body.as_str()), (200, "100"));
 }
+
+/// A listener that accepts connections and closes them at once, like Docker's userland
+/// proxy in front of a container that just died.
+async fn resetting_upstream() -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            drop(s);
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn idempotent_request_reset_by_a_dying_upstream_is_resent_elsewhere_once() {
+    let good = Upstream::start("good").await;
+    let dying = resetting_upstream().await;
+    let gw = Gw::start(snapshot(vec![("a", app(&[("v1", &[dying, good.addr])]))])).await;
+    let c = client();
+    for _ in 0..10 {
+        let (s, h, body) = send(&c, get(&gw.url("/"), "a.caas.local")).await;
+        assert_eq!(s, 200, "{body}");
+        assert_eq!(h["x-upstream"], "good");
+    }
+    // After repeated failures the dying endpoint is out of rotation.
+    let table = gw.gateway.router().current();
+    assert!(
+        !table.app(&id("a")).unwrap().versions()[0]
+            .pool()
+            .endpoints()[0]
+            .is_available()
+    );
+
+    // A request with a body is never sent twice.
+    let only_dying = Gw::start(snapshot(vec![("b", app(&[("v1", &[dying, good.addr])]))])).await;
+    let post = |body: &'static str| {
+        hyper::Request::post(only_dying.url("/"))
+            .header("host", "b.caas.local")
+            .body(full_body(body))
+            .unwrap()
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        statuses.push(send(&c, post("payload")).await.0.as_u16());
+    }
+    assert!(
+        statuses.contains(&502),
+        "a POST reset by the upstream was resent: {statuses:?}"
+    );
+    assert_eq!(
+        good.requests.load(SeqCst),
+        10 + statuses.iter().filter(|s| **s == 200).count()
+    );
+}
