@@ -265,16 +265,15 @@ async fn kill_leaves_rotation_and_returns_while_load_runs() {
     println!("LOAD through the gateway during the kill: {ok} ok, {failed} failed {failures:?}");
     assert!(detection <= bound, "detection {detection:?} > {bound:?}");
     assert_eq!(rotation(&gateway), all, "back on the same address");
-    // Requests in flight on the killed container fail (one per load loop at most), and so do
-    // those the gateway sent it between the kill and the deregistration: Docker's userland
-    // proxy still accepts the connection and then resets it, and the gateway does not retry
-    // on a reset (only on a refused connect). Measured: ~15 of ~3,000 in a ~0.2 s window.
+    // Only requests in flight on the killed container may fail: at most one per load loop.
+    // (Those the gateway sends it between the kill and the deregistration are reset by
+    // Docker's userland proxy and resent on another endpoint, being bodyless GETs.)
     // Every failure must be such a reset, never a 503/504 or a hang.
     assert!(
         failures.iter().all(|f| f.contains("upstream_reset")),
         "{failures:?}"
     );
-    assert!(failed * 50 <= ok, "{failed} failures of {ok}: {failures:?}");
+    assert!(failed <= 2, "{failed} failures of {ok}: {failures:?}");
     assert!(ok > 100, "the load loop ran: {ok}");
 
     // Served by all 3 again.
