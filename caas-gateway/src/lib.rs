@@ -36,6 +36,7 @@ pub mod body;
 pub mod config;
 pub mod error;
 pub mod file;
+mod h1;
 mod headers;
 mod proxy;
 pub mod server;

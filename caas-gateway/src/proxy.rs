@@ -12,12 +12,14 @@ use http::header::HOST;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 
 use crate::body::{ProxyBody, RequestBody, UpstreamBody, clock_ms};
 use crate::error::ProxyError;
+use crate::h1;
 use crate::headers::{prepare_request, strip_hop_by_hop};
 use crate::server::Shared;
-use crate::upstream::{self, UpstreamPool, UpstreamSender};
+use crate::upstream::{BodySender, Exchange, ExchangeError, UpstreamConn, UpstreamPool};
 
 /// What the gateway knows about one client connection.
 #[derive(Debug)]
@@ -168,124 +170,120 @@ async fn proxy(
     let mut req = req.map(RequestBody::new);
     let upgrade = prepare_request(&mut req, &conn.peer_ip, &conn.proto);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (parts, body) = req.into_parts();
+    let has_body = !body.is_empty();
+    // The head is encoded once: sending it again (on a fresh connection, or on another
+    // endpoint) costs no copy of the request.
+    let mut head = Vec::new();
+    let framing = h1::encode_request_head(&parts, has_body, &mut head);
+    let mut body = has_body.then(|| BodySender::new(body, framing));
 
     // A bodyless idempotent request can be sent again, once, on another endpoint when the
     // first fails before answering: a container that died moments before its deregistration
     // reached the gateway (Docker's proxy accepts, then resets) costs the client nothing.
-    let mut resend =
-        (!upgrade && req.body().is_empty() && is_idempotent(req.method())).then(|| {
-            (
-                req.method().clone(),
-                req.uri().clone(),
-                req.headers().clone(),
-            )
-        });
-    let host = req.headers().get(HOST).cloned();
-    let host = host
-        .as_ref()
+    let mut may_resend = !upgrade && !has_body && is_idempotent(&parts.method);
+    let host = parts
+        .headers
+        .get(HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or_default();
-    let (mut resp, sender, in_flight) = loop {
-        let (mut sender, mut reused) = connect_any(shared, conn, host, &mut ep).await?;
+    let (resp_head, upstream, sending, complete, in_flight) = loop {
+        let (mut upstream, mut reused) = connect_any(shared, conn, host, &mut ep).await?;
         let in_flight = ep.start_request();
-        req.body_mut().count_to(&app, &ep);
+        if let Some(b) = body.as_mut() {
+            b.count_to(&app, &ep);
+        }
         let addr = ep.endpoint().addr;
         let sent = loop {
-            match send_with_timeout(shared, &mut sender, req, addr).await {
-                Ok(resp) => break Ok(resp),
-                Err(SendError::Unsent(unsent)) if reused => {
-                    // A pooled connection the upstream had already closed: the request was
-                    // not written, so it is safe to send it again on a fresh connection.
-                    req = *unsent;
-                    sender = upstream::connect(addr, shared.timeouts.connect)
+            let mut exchange = Exchange::new(&mut upstream, &head, body.take(), &parts.method);
+            let res = with_timeout(shared, &mut exchange, addr).await;
+            let complete = exchange.request_complete();
+            let sender = exchange.take_body();
+            match res {
+                // The rest of a body the upstream answered early goes on with the response.
+                Ok(h) => break Ok((h, sender.filter(|_| !complete), complete)),
+                Err(ExchangeError::Closed(_)) if reused => {
+                    // A pooled connection the upstream had closed: nothing of the request
+                    // was consumed, so it goes again as it is on a fresh connection.
+                    body = sender;
+                    upstream = UpstreamConn::connect(addr, shared.timeouts.connect)
                         .await
                         .inspect_err(|_| fail_endpoint(shared, &ep))?;
+                    shared.stats.upstream_connects.fetch_add(1, Relaxed);
                     reused = false;
                 }
-                Err(SendError::Unsent(_)) => {
-                    break Err(ProxyError::Upstream {
-                        addr,
-                        reason: "connection closed before the request was sent".into(),
-                    });
+                Err(ExchangeError::Closed(reason) | ExchangeError::Failed(reason)) => {
+                    body = sender;
+                    break Err(ProxyError::Upstream { addr, reason });
                 }
-                Err(SendError::Failed(e)) => break Err(e),
+                Err(ExchangeError::TimedOut(e)) => break Err(e),
             }
         };
         match sent {
-            Ok(resp) => break (resp, sender, in_flight),
+            Ok((h, rest, complete)) => break (h, upstream, rest, complete, in_flight),
             Err(e) => {
                 drop(in_flight);
                 if ep.record_failure() >= EJECT_AFTER_FAILURES {
                     fail_endpoint(shared, &ep);
                 }
-                let retry = match (&e, resend.take()) {
-                    (ProxyError::Upstream { .. }, Some(parts)) => parts,
-                    _ => return Err(e),
-                };
+                if !(may_resend && matches!(e, ProxyError::Upstream { .. })) {
+                    return Err(e);
+                }
+                may_resend = false;
                 match pick(&shared.router.load(), host, conn.peer, Some(&ep), false) {
                     Ok((_, other)) => ep = other,
                     Err(_) => return Err(e),
                 }
                 tracing::debug!(failed = %addr, next = %ep.endpoint().addr, "resending after: {e}");
-                let (method, uri, headers) = retry;
-                req = Request::new(RequestBody::empty());
-                *req.method_mut() = method;
-                *req.uri_mut() = uri;
-                *req.headers_mut() = headers;
             }
         }
     };
     ep.record_success();
-    let status = resp.status();
+    let h1::ResponseHead {
+        parts: mut resp,
+        framing,
+        keep_alive,
+    } = resp_head;
+    let status = resp.status;
     let latency = started.elapsed();
     app.stats.record_response(status.as_u16(), latency);
     ep.stats.record_response(status.as_u16(), latency);
 
     if status == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client_upgrade) = client_upgrade {
-            strip_hop_by_hop(resp.headers_mut(), true);
-            let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            shared.stats.upgrades.fetch_add(1, Relaxed);
-            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, ep.endpoint().addr));
-            drop(in_flight);
-            return Ok(resp.map(|_| ProxyBody::empty()));
-        }
+        let Some(client_upgrade) = client_upgrade else {
+            return Err(ProxyError::Upstream {
+                addr: upstream.addr(),
+                reason: "101 Switching Protocols to a request that asked for no upgrade".into(),
+            });
+        };
+        strip_hop_by_hop(&mut resp.headers, true);
+        shared.stats.upgrades.fetch_add(1, Relaxed);
+        let addr = upstream.addr();
+        tokio::spawn(tunnel(client_upgrade, upstream, addr));
+        drop(in_flight);
+        return Ok(Response::from_parts(resp, ProxyBody::empty()));
     }
-    strip_hop_by_hop(resp.headers_mut(), false);
-    Ok(resp.map(|body| ProxyBody::upstream(UpstreamBody::new(body, sender, in_flight, app))))
+    strip_hop_by_hop(&mut resp.headers, false);
+    let reusable = keep_alive && (complete || sending.is_some());
+    let body = UpstreamBody::new(upstream, framing, reusable, sending, in_flight, app);
+    Ok(Response::from_parts(resp, ProxyBody::upstream(body)))
 }
 
-enum SendError {
-    /// Not written to the connection; the request is handed back.
-    Unsent(Box<Request<RequestBody>>),
-    /// Failed after (part of) the request went out, or timed out.
-    Failed(ProxyError),
-}
-
-/// Sends a request and waits for the response head. The response timeout runs from the last
-/// request-body chunk sent, so an upload taking longer than the timeout is not cut.
-async fn send_with_timeout(
+/// Runs an exchange up to the response head under the response timeout, which runs from the
+/// last request-body chunk sent, so an upload taking longer than the timeout is not cut.
+async fn with_timeout(
     shared: &Shared,
-    sender: &mut UpstreamSender,
-    req: Request<RequestBody>,
+    exchange: &mut Exchange<'_>,
     addr: SocketAddr,
-) -> Result<Response<Incoming>, SendError> {
+) -> Result<h1::ResponseHead, ExchangeError> {
     let timeout = shared.timeouts.response;
-    let progress = req.body().progress();
-    let response = sender.try_send_request(req);
+    let progress = exchange.body.as_ref().and_then(BodySender::progress);
+    let response = exchange.response_head();
     tokio::pin!(response);
     let mut deadline = tokio::time::Instant::now() + timeout;
     loop {
         tokio::select! {
-            res = &mut response => {
-                return res.map_err(|mut e| match e.take_message() {
-                    Some(req) => SendError::Unsent(Box::new(req)),
-                    None => SendError::Failed(ProxyError::Upstream {
-                        addr,
-                        reason: e.into_error().to_string(),
-                    }),
-                });
-            }
+            res = &mut response => return res,
             () = tokio::time::sleep_until(deadline) => {
                 if let Some(p) = &progress {
                     let quiet = clock_ms().saturating_sub(p.load(Relaxed));
@@ -296,7 +294,7 @@ async fn send_with_timeout(
                         }
                     }
                 }
-                return Err(SendError::Failed(ProxyError::Timeout {
+                return Err(ExchangeError::TimedOut(ProxyError::Timeout {
                     addr,
                     timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
                 }));
@@ -323,7 +321,7 @@ async fn connect_any(
     conn: &ConnInfo,
     host: &str,
     ep: &mut Arc<EndpointState>,
-) -> Result<(UpstreamSender, bool), ProxyError> {
+) -> Result<(UpstreamConn, bool), ProxyError> {
     match checkout(shared, ep).await {
         Ok(c) => Ok(c),
         Err(first) => {
@@ -342,23 +340,15 @@ async fn connect_any(
 }
 
 /// An idle pooled connection to `ep`, or a new one. The flag says whether it was reused.
-async fn checkout(
-    shared: &Shared,
-    ep: &EndpointState,
-) -> Result<(UpstreamSender, bool), ProxyError> {
+async fn checkout(shared: &Shared, ep: &EndpointState) -> Result<(UpstreamConn, bool), ProxyError> {
     let pool =
         ep.attachment(|| UpstreamPool::new(shared.config.limits.upstream_max_idle_per_endpoint));
-    if let Some(pool) = pool {
-        while let Some(mut sender) = pool.take(shared.timeouts.upstream_idle) {
-            // Normally ready at once; a connection that closed meanwhile errors here.
-            if sender.ready().await.is_ok() {
-                return Ok((sender, true));
-            }
-        }
+    if let Some(conn) = pool.and_then(|p| p.take(shared.timeouts.upstream_idle)) {
+        return Ok((conn, true));
     }
-    let sender = upstream::connect(ep.endpoint().addr, shared.timeouts.connect).await?;
+    let conn = UpstreamConn::connect(ep.endpoint().addr, shared.timeouts.connect).await?;
     shared.stats.upstream_connects.fetch_add(1, Relaxed);
-    Ok((sender, false))
+    Ok((conn, false))
 }
 
 fn fail_endpoint(shared: &Shared, ep: &EndpointState) {
@@ -371,21 +361,24 @@ fn fail_endpoint(shared: &Shared, ep: &EndpointState) {
     );
 }
 
-/// Copies bytes both ways between an upgraded client connection and its upstream.
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-    addr: SocketAddr,
-) {
-    let (client, upstream) = match tokio::join!(client, upstream) {
-        (Ok(c), Ok(u)) => (c, u),
-        (Err(e), _) | (_, Err(e)) => {
+/// Copies bytes both ways between an upgraded client connection and its upstream (first the
+/// bytes the upstream sent right after its 101, read along with it).
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: UpstreamConn, addr: SocketAddr) {
+    let client = match client.await {
+        Ok(c) => c,
+        Err(e) => {
             tracing::warn!(%addr, "upgrade failed: {e}");
             return;
         }
     };
     let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
+    let (mut upstream, early) = upstream.into_parts();
+    if !early.is_empty() {
+        if let Err(e) = client.write_all(&early).await {
+            tracing::debug!(%addr, "upgraded connection ended: {e}");
+            return;
+        }
+    }
     match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         Ok((up, down)) => tracing::debug!(%addr, up, down, "upgraded connection closed"),
         Err(e) => tracing::debug!(%addr, "upgraded connection ended: {e}"),

@@ -108,6 +108,10 @@ async fn handle(name: String, mut req: Request<Incoming>) -> Result<Response<Tes
     if path == "/drop" {
         return Err("dropping the connection on purpose".into());
     }
+    if path == "/echo" {
+        // Streams the request body back as it arrives (the response starts at once).
+        return Ok(Response::new(req.into_body().boxed()));
+    }
     if path == "/upload" {
         let mut n = 0u64;
         let mut body = req.into_body();

@@ -1,0 +1,622 @@
+//! The HTTP/1.1 wire format on the upstream side: request heads out, response heads and body
+//! framing in (RFC 9112). Pure functions over byte buffers; the I/O is in `upstream`.
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{
+    CONNECTION, CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue, TRANSFER_ENCODING,
+};
+use http::{Method, StatusCode, Version, request, response};
+
+/// Most header fields accepted in a response head or a trailer section.
+pub(crate) const MAX_RESPONSE_HEADERS: usize = 128;
+/// Largest response head accepted (status line and fields).
+pub(crate) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Largest chunk-size line (size, extensions) accepted in a chunked body.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+
+/// How a request body goes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RequestFraming {
+    /// No body is sent.
+    Empty,
+    /// As is: the client's `Content-Length` is forwarded.
+    Length,
+    /// Chunked: the body's length is not known in advance.
+    Chunked,
+}
+
+/// Writes the request head: origin-form target, HTTP/1.1, the fields as they are in `parts`
+/// (already rewritten for the upstream) and, for a body of unknown length, `Transfer-Encoding:
+/// chunked`.
+pub(crate) fn encode_request_head(
+    parts: &request::Parts,
+    has_body: bool,
+    out: &mut Vec<u8>,
+) -> RequestFraming {
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let target = if target.is_empty() { "/" } else { target };
+    let fields: usize = parts
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    out.reserve(parts.method.as_str().len() + target.len() + fields + 64);
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let framing = if !has_body {
+        RequestFraming::Empty
+    } else if parts.headers.contains_key(CONTENT_LENGTH) {
+        RequestFraming::Length
+    } else {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        RequestFraming::Chunked
+    };
+    out.extend_from_slice(b"\r\n");
+    framing
+}
+
+/// The framing of a response body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ResponseFraming {
+    /// No body (HEAD, 204, 304, or `Content-Length: 0`).
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked,
+    /// Everything until the upstream closes the connection.
+    UntilClose,
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+pub(crate) struct ResponseHead {
+    pub(crate) parts: response::Parts,
+    pub(crate) framing: ResponseFraming,
+    /// The connection may carry another request once this body is complete.
+    pub(crate) keep_alive: bool,
+}
+
+/// Why a response head was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum HeadError {
+    /// Not HTTP: a parse error from httparse.
+    Invalid(String),
+    /// Larger than [`MAX_RESPONSE_HEAD`] or with more than [`MAX_RESPONSE_HEADERS`] fields.
+    TooLarge,
+    /// Conflicting or unparsable `Content-Length`.
+    BadLength,
+}
+
+impl std::fmt::Display for HeadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Invalid(e) => write!(f, "invalid response head: {e}"),
+            Self::TooLarge => write!(f, "response head too large"),
+            Self::BadLength => write!(f, "invalid Content-Length in response"),
+        }
+    }
+}
+
+/// Parses a response head from the start of `buf`. `Ok(None)`: incomplete, read more. On
+/// success the head is consumed from `buf` and its field values share its memory (no copy).
+/// Interim (1xx) responses other than 101 are skipped.
+pub(crate) fn parse_response_head(
+    buf: &mut BytesMut,
+    request_method: &Method,
+) -> Result<Option<ResponseHead>, HeadError> {
+    loop {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+        let mut res = httparse::Response::new(&mut fields);
+        let len = match res.parse(buf) {
+            Ok(httparse::Status::Complete(len)) if len <= MAX_RESPONSE_HEAD => len,
+            Ok(httparse::Status::Complete(_)) => return Err(HeadError::TooLarge),
+            Ok(httparse::Status::Partial) => {
+                return if buf.len() >= MAX_RESPONSE_HEAD {
+                    Err(HeadError::TooLarge)
+                } else {
+                    Ok(None)
+                };
+            }
+            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+            Err(e) => return Err(HeadError::Invalid(e.to_string())),
+        };
+        let code = res.code.unwrap_or(0);
+        let status = StatusCode::from_u16(code).map_err(|e| HeadError::Invalid(e.to_string()))?;
+        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            // 100 Continue, 103 Early Hints: the final response follows.
+            buf.advance(len);
+            continue;
+        }
+        let version = if res.version == Some(0) {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        // Offsets of names and values in `buf`, so the values can be cut out of one frozen
+        // copy of the head instead of being copied one by one.
+        let base = buf.as_ptr() as usize;
+        let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_RESPONSE_HEADERS];
+        let count = res.headers.len();
+        for (span, h) in spans.iter_mut().zip(res.headers.iter()) {
+            let n = h.name.as_ptr() as usize - base;
+            let v = h.value.as_ptr() as usize - base;
+            *span = (n, n + h.name.len(), v, v + h.value.len());
+        }
+        let head = buf.split_to(len).freeze();
+        let mut headers = HeaderMap::with_capacity(count);
+        for &(n0, n1, v0, v1) in &spans[..count] {
+            let name = HeaderName::from_bytes(&head[n0..n1])
+                .map_err(|e| HeadError::Invalid(e.to_string()))?;
+            let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))
+                .map_err(|e| HeadError::Invalid(e.to_string()))?;
+            headers.append(name, value);
+        }
+        let (framing, keep_alive) = framing_of(status, version, &headers, request_method)?;
+        let mut parts = http::Response::new(()).into_parts().0;
+        parts.status = status;
+        parts.version = version;
+        parts.headers = headers;
+        return Ok(Some(ResponseHead {
+            parts,
+            framing,
+            keep_alive,
+        }));
+    }
+}
+
+/// Whether `Connection` lists `token`.
+fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Body framing per RFC 9112 §6.3, and whether the connection stays open after it.
+fn framing_of(
+    status: StatusCode,
+    version: Version,
+    headers: &HeaderMap,
+    method: &Method,
+) -> Result<(ResponseFraming, bool), HeadError> {
+    let mut keep_alive = if version == Version::HTTP_11 {
+        !connection_lists(headers, "close")
+    } else {
+        connection_lists(headers, "keep-alive")
+    };
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Ok((ResponseFraming::Empty, false));
+    }
+    if *method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok((ResponseFraming::Empty, keep_alive));
+    }
+    if headers.contains_key(TRANSFER_ENCODING) {
+        // The last coding decides; chunked anywhere else, or not at all, means the body runs
+        // until the connection closes. With Content-Length as well, the message is suspect:
+        // use it once, never again.
+        let last_is_chunked = headers
+            .get_all(TRANSFER_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .rfind(|t| !t.is_empty())
+            .is_some_and(|t| t.eq_ignore_ascii_case("chunked"));
+        if headers.contains_key(CONTENT_LENGTH) {
+            keep_alive = false;
+        }
+        return Ok(if last_is_chunked {
+            (ResponseFraming::Chunked, keep_alive)
+        } else {
+            (ResponseFraming::UntilClose, false)
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        let s = value.to_str().map_err(|_| HeadError::BadLength)?;
+        for part in s.split(',') {
+            let part = part.trim();
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(HeadError::BadLength);
+            }
+            let n: u64 = part.parse().map_err(|_| HeadError::BadLength)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(HeadError::BadLength);
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(0) => (ResponseFraming::Empty, keep_alive),
+        Some(n) => (ResponseFraming::Length(n), keep_alive),
+        None => (ResponseFraming::UntilClose, false),
+    })
+}
+
+/// Where a chunked body decoder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Chunked {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk, this many bytes left.
+    Data(u64),
+    /// After a chunk's data, expecting CRLF.
+    DataEnd,
+    /// After the last chunk, expecting trailer fields and the final CRLF.
+    Trailers,
+}
+
+/// One step of chunked decoding.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ChunkStep {
+    /// Body data.
+    Data(Bytes),
+    /// The body is complete; trailers when there were any.
+    End(Option<HeaderMap>),
+    /// `buf` holds too little to go on: read more.
+    NeedMore,
+}
+
+/// A malformed chunked body.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct ChunkError(pub(crate) &'static str);
+
+impl std::fmt::Display for ChunkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid chunked body: {}", self.0)
+    }
+}
+
+impl Chunked {
+    /// Decodes from `buf` until data, the end, or a need for more bytes.
+    pub(crate) fn step(&mut self, buf: &mut BytesMut) -> Result<ChunkStep, ChunkError> {
+        loop {
+            match *self {
+                Self::Size => {
+                    let Some(eol) = buf.iter().position(|&b| b == b'\n') else {
+                        return if buf.len() > MAX_CHUNK_LINE {
+                            Err(ChunkError("chunk-size line too long"))
+                        } else {
+                            Ok(ChunkStep::NeedMore)
+                        };
+                    };
+                    let size = parse_chunk_size(&buf[..eol])?;
+                    buf.advance(eol + 1);
+                    *self = if size == 0 {
+                        Self::Trailers
+                    } else {
+                        Self::Data(size)
+                    };
+                }
+                Self::Data(left) => {
+                    if buf.is_empty() {
+                        return Ok(ChunkStep::NeedMore);
+                    }
+                    let n = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
+                    let data = buf.split_to(n).freeze();
+                    let left = left - n as u64;
+                    *self = if left == 0 {
+                        Self::DataEnd
+                    } else {
+                        Self::Data(left)
+                    };
+                    return Ok(ChunkStep::Data(data));
+                }
+                Self::DataEnd => {
+                    if buf.len() < 2 {
+                        if buf.first().is_some_and(|&b| b != b'\r' && b != b'\n') {
+                            return Err(ChunkError("missing CRLF after chunk data"));
+                        }
+                        if buf.first() == Some(&b'\n') {
+                            buf.advance(1);
+                            *self = Self::Size;
+                            continue;
+                        }
+                        return Ok(ChunkStep::NeedMore);
+                    }
+                    match &buf[..2] {
+                        b"\r\n" => buf.advance(2),
+                        [b'\n', _] => buf.advance(1),
+                        _ => return Err(ChunkError("missing CRLF after chunk data")),
+                    }
+                    *self = Self::Size;
+                }
+                Self::Trailers => {
+                    if buf.starts_with(b"\r\n") || buf.starts_with(b"\n") {
+                        buf.advance(if buf[0] == b'\r' { 2 } else { 1 });
+                        return Ok(ChunkStep::End(None));
+                    }
+                    let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+                    match httparse::parse_headers(buf, &mut fields) {
+                        Ok(httparse::Status::Complete((len, fields))) => {
+                            let mut trailers = HeaderMap::with_capacity(fields.len());
+                            for f in fields {
+                                let name = HeaderName::from_bytes(f.name.as_bytes())
+                                    .map_err(|_| ChunkError("invalid trailer name"))?;
+                                let value = HeaderValue::from_bytes(f.value)
+                                    .map_err(|_| ChunkError("invalid trailer value"))?;
+                                trailers.append(name, value);
+                            }
+                            buf.advance(len);
+                            return Ok(ChunkStep::End(Some(trailers)));
+                        }
+                        Ok(httparse::Status::Partial) if buf.len() < MAX_RESPONSE_HEAD => {
+                            return Ok(ChunkStep::NeedMore);
+                        }
+                        Ok(httparse::Status::Partial) => {
+                            return Err(ChunkError("trailer section too large"));
+                        }
+                        Err(_) => return Err(ChunkError("invalid trailer section")),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `1a2b[;ext...][\r]` → 0x1a2b.
+fn parse_chunk_size(line: &[u8]) -> Result<u64, ChunkError> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let digits = line
+        .iter()
+        .position(|&b| b == b';' || b == b' ' || b == b'\t')
+        .map_or(line, |end| &line[..end]);
+    if digits.is_empty() || digits.len() > 16 {
+        return Err(ChunkError("invalid chunk size"));
+    }
+    let mut size = 0u64;
+    for &b in digits {
+        let d = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            b'A'..=b'F' => b - b'A' + 10,
+            _ => return Err(ChunkError("invalid chunk size")),
+        };
+        size = (size << 4) | u64::from(d);
+    }
+    Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(raw: &str, method: Method) -> Result<Option<ResponseHead>, HeadError> {
+        let mut buf = BytesMut::from(raw.as_bytes());
+        parse_response_head(&mut buf, &method)
+    }
+
+    #[test]
+    fn request_head_is_origin_form_http11_with_framing() {
+        let (parts, ()) = http::Request::post("http://a.example/up?x=1")
+            .header("host", "a.example")
+            .header("x-one", "1")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let mut out = Vec::new();
+        assert_eq!(
+            encode_request_head(&parts, true, &mut out),
+            RequestFraming::Chunked
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /up?x=1 HTTP/1.1\r\nhost: a.example\r\nx-one: 1\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        let (parts, ()) = http::Request::get("/")
+            .header("content-length", "0")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let mut out = Vec::new();
+        assert_eq!(
+            encode_request_head(&parts, false, &mut out),
+            RequestFraming::Empty
+        );
+        assert_eq!(out, b"GET / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
+    }
+
+    #[test]
+    fn response_framing_follows_rfc9112() {
+        let cases: &[(&str, Method, ResponseFraming, bool)] = &[
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+                Method::GET,
+                ResponseFraming::Length(5),
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+                Method::GET,
+                ResponseFraming::Empty,
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n",
+                Method::GET,
+                ResponseFraming::Length(5),
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+                Method::HEAD,
+                ResponseFraming::Empty,
+                true,
+            ),
+            (
+                "HTTP/1.1 204 No Content\r\n\r\n",
+                Method::GET,
+                ResponseFraming::Empty,
+                true,
+            ),
+            (
+                "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+                Method::GET,
+                ResponseFraming::Empty,
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                Method::GET,
+                ResponseFraming::Chunked,
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+                Method::GET,
+                ResponseFraming::Chunked,
+                false,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+                Method::GET,
+                ResponseFraming::UntilClose,
+                false,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\n\r\n",
+                Method::GET,
+                ResponseFraming::UntilClose,
+                false,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n",
+                Method::GET,
+                ResponseFraming::Length(1),
+                false,
+            ),
+            (
+                "HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n",
+                Method::GET,
+                ResponseFraming::Length(1),
+                false,
+            ),
+            (
+                "HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 1\r\n\r\n",
+                Method::GET,
+                ResponseFraming::Length(1),
+                true,
+            ),
+            (
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+                Method::GET,
+                ResponseFraming::Empty,
+                false,
+            ),
+        ];
+        for (raw, method, framing, keep_alive) in cases {
+            let h = head(raw, method.clone()).unwrap().unwrap();
+            assert_eq!(h.framing, *framing, "{raw:?}");
+            assert_eq!(h.keep_alive, *keep_alive, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn interim_responses_are_skipped_and_the_rest_stays_in_the_buffer() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 201 Created\r\nX-A: 1\r\nX-A: 2\r\nContent-Length: 2\r\n\r\nokNEXT"[..],
+        );
+        let h = parse_response_head(&mut buf, &Method::POST)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.parts.status, 201);
+        assert_eq!(h.parts.headers.get_all("x-a").iter().count(), 2);
+        assert_eq!(&buf[..], b"okNEXT");
+    }
+
+    #[test]
+    fn partial_invalid_and_oversized_heads() {
+        assert!(
+            head("HTTP/1.1 200 OK\r\nContent-Le", Method::GET)
+                .unwrap()
+                .is_none()
+        );
+        assert!(matches!(
+            head("SSH-2.0-OpenSSH\r\n\r\n", Method::GET),
+            Err(HeadError::Invalid(_))
+        ));
+        assert_eq!(
+            head(
+                "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                Method::GET
+            )
+            .unwrap_err(),
+            HeadError::BadLength
+        );
+        assert_eq!(
+            head("HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", Method::GET).unwrap_err(),
+            HeadError::BadLength
+        );
+        let big = format!(
+            "HTTP/1.1 200 OK\r\nX: {}\r\n",
+            "a".repeat(MAX_RESPONSE_HEAD)
+        );
+        assert_eq!(head(&big, Method::GET).unwrap_err(), HeadError::TooLarge);
+        let many: String = (0..=MAX_RESPONSE_HEADERS)
+            .map(|i| format!("X-{i}: 1\r\n"))
+            .collect();
+        assert_eq!(
+            head(&format!("HTTP/1.1 200 OK\r\n{many}\r\n"), Method::GET).unwrap_err(),
+            HeadError::TooLarge
+        );
+    }
+
+    fn decode_all(
+        mut input: &[u8],
+        piece: usize,
+    ) -> Result<(Vec<u8>, Option<HeaderMap>), ChunkError> {
+        let mut state = Chunked::Size;
+        let mut buf = BytesMut::new();
+        let mut body = Vec::new();
+        loop {
+            match state.step(&mut buf)? {
+                ChunkStep::Data(d) => body.extend_from_slice(&d),
+                ChunkStep::End(t) => return Ok((body, t)),
+                ChunkStep::NeedMore => {
+                    if input.is_empty() {
+                        return Err(ChunkError("eof"));
+                    }
+                    let n = piece.min(input.len());
+                    buf.extend_from_slice(&input[..n]);
+                    input = &input[n..];
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_whatever_the_read_boundaries() {
+        let wire = b"5\r\nhello\r\n1;ext=1\r\n \r\nA\r\n0123456789\r\n0\r\nX-Sum: 42\r\n\r\n";
+        for piece in [1, 2, 3, 7, 64] {
+            let (body, trailers) = decode_all(wire, piece).unwrap();
+            assert_eq!(body, b"hello 0123456789", "piece {piece}");
+            assert_eq!(trailers.unwrap()["x-sum"], "42");
+        }
+        let (body, trailers) = decode_all(b"3\r\nabc\r\n0\r\n\r\n", 1).unwrap();
+        assert_eq!(body, b"abc");
+        assert!(trailers.is_none());
+    }
+
+    #[test]
+    fn malformed_chunked_bodies_are_errors() {
+        assert!(decode_all(b"zz\r\nabc\r\n0\r\n\r\n", 64).is_err());
+        assert!(decode_all(b"3\r\nabcX\r\n0\r\n\r\n", 64).is_err());
+        assert!(decode_all(b"11111111111111111\r\n", 64).is_err());
+        let long = format!("1;{}\r\n", "e".repeat(MAX_CHUNK_LINE + 1));
+        assert!(decode_all(long.as_bytes(), 64).is_err());
+    }
+}

@@ -1,0 +1,347 @@
+//! The gateway's upstream HTTP/1.1 client against scripted upstreams that answer with exact
+//! bytes: every body framing, interim responses, responses that break the protocol, and
+//! upstreams that close keep-alive connections under the gateway.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What a scripted upstream does with one request.
+enum Act {
+    /// Write these bytes and wait for the next request on the connection.
+    Reply(Vec<u8>),
+    /// Write these bytes, then close the connection.
+    ReplyClose(Vec<u8>),
+    /// Close without answering.
+    Close,
+}
+
+/// An upstream that reads request heads (bodyless requests only) and answers each with what
+/// `script(connection number, request number on it, request head)` says.
+struct Scripted {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+}
+
+impl Scripted {
+    async fn start(script: impl Fn(usize, usize, &str) -> Act + Send + Sync + 'static) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let script = Arc::new(script);
+        let count = connections.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let conn = count.fetch_add(1, SeqCst);
+                let script = script.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    for req in 0.. {
+                        let head = loop {
+                            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                                buf.drain(..end + 4);
+                                break head;
+                            }
+                            let mut chunk = [0u8; 4096];
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        match script(conn, req, &head) {
+                            Act::Reply(b) => {
+                                if s.write_all(&b).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Act::ReplyClose(b) => {
+                                let _ = s.write_all(&b).await;
+                                return;
+                            }
+                            Act::Close => return,
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, connections }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(SeqCst)
+    }
+}
+
+async fn gateway_for(up: &Scripted) -> Gw {
+    Gw::start(snapshot(vec![("wire", app(&[("v1", &[up.addr])]))])).await
+}
+
+fn reply(s: &str) -> Act {
+    Act::Reply(s.as_bytes().to_vec())
+}
+
+#[tokio::test]
+async fn chunked_close_delimited_and_bodyless_responses_arrive_whole() {
+    let up = Scripted::start(|_, _, head| {
+        let path = head.split(' ').nth(1).unwrap_or("");
+        match path {
+            "/chunked" => reply(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n1;x=y\r\n \r\n5\r\nworld\r\n0\r\nX-Trailer: t\r\n\r\n",
+            ),
+            "/until-close" => Act::ReplyClose(b"HTTP/1.1 200 OK\r\n\r\nall of this until the close".to_vec()),
+            "/no-content" => reply("HTTP/1.1 204 No Content\r\n\r\n"),
+            "/not-modified" => reply("HTTP/1.1 304 Not Modified\r\nETag: \"e\"\r\n\r\n"),
+            "/continue" => reply(
+                "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 7\r\n\r\ncreated",
+            ),
+            _ if head.starts_with("HEAD ") => reply("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"),
+            _ => reply("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain"),
+        }
+    })
+    .await;
+    let gw = gateway_for(&up).await;
+    let c = client();
+    let host = "wire.caas.local";
+
+    let (s, _, body) = send(&c, get(&gw.url("/chunked"), host)).await;
+    assert_eq!((s.as_u16(), body.as_str()), (200, "hello world"));
+    let (s, _, body) = send(&c, get(&gw.url("/continue"), host)).await;
+    assert_eq!((s.as_u16(), body.as_str()), (201, "created"));
+    let (s, h, body) = send(&c, get(&gw.url("/no-content"), host)).await;
+    assert_eq!((s.as_u16(), body.as_str()), (204, ""));
+    assert!(!h.contains_key("content-length") || h["content-length"] == "0");
+    let (s, h, body) = send(&c, get(&gw.url("/not-modified"), host)).await;
+    assert_eq!((s.as_u16(), body.as_str()), (304, ""));
+    assert_eq!(h["etag"], "\"e\"");
+    let mut head = get(&gw.url("/x"), host);
+    *head.method_mut() = http::Method::HEAD;
+    let (s, h, body) = send(&c, head).await;
+    assert_eq!((s.as_u16(), body.as_str()), (200, ""));
+    assert_eq!(
+        h["content-length"], "5",
+        "HEAD keeps the length of the GET body"
+    );
+    // Every response so far had a delimited body: they all went over one connection.
+    assert_eq!(up.connections(), 1);
+
+    let (s, _, body) = send(&c, get(&gw.url("/until-close"), host)).await;
+    assert_eq!(
+        (s.as_u16(), body.as_str()),
+        (200, "all of this until the close")
+    );
+    let (s, _, body) = send(&c, get(&gw.url("/plain"), host)).await;
+    assert_eq!((s.as_u16(), body.as_str()), (200, "plain"));
+    assert_eq!(
+        up.connections(),
+        2,
+        "a close-delimited body ends its connection"
+    );
+}
+
+#[tokio::test]
+async fn trailers_reach_an_http2_client() {
+    let up = Scripted::start(|_, _, _| {
+        reply("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nGrpc-Status: 0\r\n\r\n")
+    })
+    .await;
+    let gw = gateway_for(&up).await;
+    let stream = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get(format!("http://wire.caas.local:{}/t", gw.addr.port()))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let collected = resp.into_body().collect().await.unwrap();
+    assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
+    assert_eq!(collected.to_bytes(), "ok");
+}
+
+#[tokio::test]
+async fn broken_responses_are_502_and_a_truncated_body_is_cut() {
+    let up = Scripted::start(|_, _, head| {
+        let path = head.split(' ').nth(1).unwrap_or("");
+        match path {
+            "/garbage" => Act::ReplyClose(b"SSH-2.0-OpenSSH_9.2\r\n\r\n".to_vec()),
+            "/two-lengths" => Act::ReplyClose(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc".to_vec(),
+            ),
+            "/huge-head" => Act::ReplyClose(
+                format!("HTTP/1.1 200 OK\r\nX-Big: {}\r\n\r\n", "a".repeat(70_000)).into_bytes(),
+            ),
+            "/half-head" => Act::ReplyClose(b"HTTP/1.1 200 OK\r\nContent-Len".to_vec()),
+            "/truncated" => {
+                Act::ReplyClose(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc".to_vec())
+            }
+            "/bad-chunk" => Act::ReplyClose(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"
+                    .to_vec(),
+            ),
+            _ => reply("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+        }
+    })
+    .await;
+    let gw = gateway_for(&up).await;
+    let c = client();
+    let host = "wire.caas.local";
+    for path in ["/garbage", "/two-lengths", "/huge-head", "/half-head"] {
+        let (s, h, body) = send(&c, get(&gw.url(path), host)).await;
+        assert_eq!(s, 502, "{path}: {body}");
+        assert_eq!(h["content-type"], "application/json", "{path}");
+        assert!(body.contains("upstream_reset"), "{path}: {body}");
+        // A good answer in between: three failures in a row would take the endpoint out.
+        let (s, _, _) = send(&c, get(&gw.url("/fine"), host)).await;
+        assert_eq!(s, 200);
+    }
+    for path in ["/truncated", "/bad-chunk"] {
+        // The head went out before the body broke: the client sees the response cut (the
+        // connection aborts, possibly before the head was flushed), never a short body that
+        // looks complete.
+        if let Ok(resp) = c.request(get(&gw.url(path), host)).await {
+            assert_eq!(resp.status(), 200, "{path}");
+            let body = resp.into_body().collect().await;
+            assert!(body.is_err(), "{path}: a cut body must not look complete");
+        }
+        let (s, _, _) = send(&c, get(&gw.url("/fine"), host)).await;
+        assert_eq!(s, 200);
+    }
+    // The gateway is unharmed.
+    let (s, _, body) = send(&c, get(&gw.url("/fine"), host)).await;
+    assert_eq!((s.as_u16(), body.as_str()), (200, "ok"));
+}
+
+#[tokio::test]
+async fn keep_alive_connections_the_upstream_closes_are_replaced_without_errors() {
+    // Connection 0 closes right after its first response (as an upstream whose keep-alive
+    // timeout is shorter than the gateway's); connection 1 closes on its second request
+    // without answering (the race where the close and the next request cross).
+    let up = Scripted::start(|conn, req, _| match (conn, req) {
+        (0, 0) => Act::ReplyClose(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nc0".to_vec()),
+        (1, 0) => reply("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nc1"),
+        (1, _) => Act::Close,
+        _ => reply("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+    })
+    .await;
+    let gw = gateway_for(&up).await;
+    let c = client();
+    let host = "wire.caas.local";
+    let mut bodies = Vec::new();
+    for _ in 0..4 {
+        let (s, _, body) = send(&c, get(&gw.url("/"), host)).await;
+        assert_eq!(s, 200, "{body}");
+        bodies.push(body);
+        // Let the close reach the gateway while the connection sits in its pool.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert_eq!(bodies, ["c0", "c1", "ok", "ok"]);
+    assert_eq!(up.connections(), 3);
+    assert_eq!(gw.gateway.stats().errors("upstream_reset"), 0);
+}
+
+#[tokio::test]
+async fn request_and_response_bodies_stream_both_ways_at_once() {
+    // The upstream echoes each request chunk as it arrives; the client sends the next chunk
+    // only after the previous one came back. This completes only if the gateway reads the
+    // response while it is still sending the request.
+    let up = Upstream::start("echo").await;
+    let gw = Gw::start(snapshot(vec![("echo", app(&[("v1", &[up.addr])]))])).await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let frames = stream::unfold(rx, |mut rx| async move {
+        let chunk = rx.recv().await?;
+        Some((Ok::<_, hyper::Error>(Frame::data(chunk)), rx))
+    });
+    let req = hyper::Request::post(gw.url("/echo"))
+        .header("host", "echo.caas.local")
+        .body(BodyExt::boxed(StreamBody::new(frames)))
+        .unwrap();
+    let c = client();
+    tx.send(Bytes::from_static(b"ping 0;")).await.unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), c.request(req))
+        .await
+        .expect("response head while the request body is still open")
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut echoed = Vec::new();
+    for i in 1..=20 {
+        let want = format!("ping {};", i - 1);
+        let mut got = Vec::new();
+        while got.len() < want.len() {
+            let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+                .await
+                .expect("echo of the last chunk before the next is sent")
+                .unwrap()
+                .unwrap();
+            if let Ok(d) = frame.into_data() {
+                got.extend_from_slice(&d);
+            }
+        }
+        assert_eq!(String::from_utf8_lossy(&got), want);
+        echoed.extend_from_slice(&got);
+        if i < 20 {
+            tx.send(Bytes::from(format!("ping {i};"))).await.unwrap();
+        }
+    }
+    drop(tx);
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert!(rest.is_empty());
+    assert_eq!(
+        echoed.len(),
+        (0..20).map(|i| format!("ping {i};").len()).sum::<usize>()
+    );
+}
+
+#[tokio::test]
+async fn raw_client_sees_a_keep_alive_response_and_can_pipeline_on() {
+    // Through a raw socket, to see exactly what the gateway writes back for a chunked
+    // upstream body: a well-formed HTTP/1.1 message the connection can continue after.
+    let up = Scripted::start(|_, _, _| {
+        reply("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+    })
+    .await;
+    let gw = gateway_for(&up).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    for _ in 0..2 {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: wire.caas.local\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        while !got.ends_with(b"0\r\n\r\n") {
+            let mut b = [0u8; 1024];
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(
+                n > 0,
+                "connection closed: {}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&b[..n]);
+        }
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.contains("\r\n\r\n3\r\nabc\r\n0\r\n\r\n"), "{text}");
+    }
+}
