@@ -2,11 +2,16 @@
 # benches/compare.sh — side-by-side HTTP/1.1 load comparison on loopback: the caas gateway
 # (examples/gateway, one worker) against nginx as a reverse proxy and HAProxy (one worker /
 # thread each), and against the backend hit directly (the ceiling: a proxy that cost nothing).
-# All four serve the same nginx backend (`return 200 "ok\n"`, one worker).
+# All four serve the same nginx backend (one worker): `return 200 "ok\n"` at /, and static
+# files of exactly 8 KiB at /8k and 256 KiB at /256k.
 #
-# wrk -t1 runs -c32 and -c256 against each target in turn, for several rounds (targets rotate
-# their order each round), and the script prints a markdown table of the medians over rounds:
-# requests/s, p50, p99, errors, and the ratio to nginx-proxy and to direct. Compare ratios
+# wrk -t1 runs -c1, -c32 and -c256 on / and -c32 on /8k and /256k against each target in turn,
+# for several rounds (targets rotate their order each round), and the script prints a markdown
+# table of the medians over rounds: requests/s, p50, p99, errors, and the ratio to nginx-proxy
+# and to direct. Then, for each proxy, it opens 10,000 keep-alive connections that each made
+# one request, holds them idle (benches/idle_conns.py) and prints a second table: the proxy's
+# RSS after the wrk runs, and on a fresh process its RSS at start and with the connections
+# held, and KiB per connection ((with − at start) / connections). Compare ratios
 # measured in one run, never absolute numbers across runs or machines: on a small machine
 # wrk, the proxy and the backend share the CPUs. Targets (DESIGN.md): ≥ 1.25× nginx at c32,
 # ≥ 1.6× at c256, ahead of HAProxy at both, p99 no worse than HAProxy's.
@@ -16,11 +21,16 @@
 # Environment:
 #   ROUNDS=3          rounds (each round runs every target at every connection count)
 #   DURATION=5        seconds per wrk run
-#   CONNS="32 256"    connection counts
+#   CONNS="1 32 256"  connection counts for / ("ok\n")
+#   SIZES="0 8k 256k" response bodies: 0 is "ok\n" at /; N, Nk or Nm bytes is a file at /N, /Nk..
+#   SIZE_CONNS=32     connection count for the sizes other than 0
+#   IDLE_CONNS=10000  idle keep-alive connections held per proxy for the memory table (0: skip)
 #   GATEWAY_BIN=path  gateway binary to run as `$GATEWAY_BIN --config FILE` (skips cargo build)
 #   TASKSET=1         pin backend, proxies and wrk to separate CPUs (see "CPU pinning" below)
 #   KEEP=1            keep the temp dir (configs, logs, raw wrk output) even on success
-# Needs nginx, haproxy, wrk and curl; runs scripts/install-deps.sh when one is missing.
+# Needs nginx, haproxy, wrk, curl and python3; runs scripts/install-deps.sh when one of the
+# first four is missing. IDLE_CONNS needs at least IDLE_CONNS+1024 open files: the script
+# raises ulimit -n up to the hard limit (see benches/README.md).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -45,13 +55,34 @@ else
   ROUNDS=${ROUNDS:-3}
   DURATION=${DURATION:-5}
 fi
-CONNS=${CONNS:-"32 256"}
+CONNS=${CONNS:-"1 32 256"}
+SIZES=${SIZES:-"0 8k 256k"}
+SIZE_CONNS=${SIZE_CONNS:-32}
+IDLE_CONNS=${IDLE_CONNS:-10000}
 TASKSET=${TASKSET:-0}
 KEEP=${KEEP:-0}
 HOST_HEADER="hello.caas.local"
 
 log() { printf 'compare: %s\n' "$*" >&2; }
 die() { printf 'compare: error: %s\n' "$*" >&2; exit 1; }
+
+for c in $CONNS $SIZE_CONNS; do
+  [[ $c =~ ^[1-9][0-9]*$ ]] || die "CONNS and SIZE_CONNS take positive integers, got '$c'"
+done
+[[ $IDLE_CONNS =~ ^[0-9]+$ ]] || die "IDLE_CONNS takes a number (0 skips), got '$IDLE_CONNS'"
+for size in $SIZES; do
+  [[ $size =~ ^[0-9]+[kKmM]?$ ]] || die "SIZES takes 0, N, Nk or Nm (bytes), got '$size'"
+done
+# A body size → bytes ("8k" → 8192); 0 is the "ok\n" at /.
+size_bytes() {
+  case "$1" in
+    *[kK]) echo $((${1%?} * 1024)) ;;
+    *[mM]) echo $((${1%?} * 1024 * 1024)) ;;
+    *) echo $((10#$1)) ;;
+  esac
+}
+# The path of a body size on every target.
+size_path() { if [[ $1 == 0 ]]; then echo /; else echo "/$1"; fi; }
 
 # --- tools ------------------------------------------------------------------------------
 
@@ -67,6 +98,33 @@ export PATH="$PATH:/usr/sbin:/sbin"
 for tool in nginx haproxy wrk curl; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool not found even after scripts/install-deps.sh"
 done
+if ((IDLE_CONNS > 0)); then
+  command -v python3 >/dev/null 2>&1 || die "IDLE_CONNS=$IDLE_CONNS needs python3 (IDLE_CONNS=0 skips)"
+fi
+
+# Open files: every proxy holds IDLE_CONNS client connections plus its upstream ones, and so
+# does the holder. Raised before anything starts so that every process inherits it; nginx
+# also gets worker_rlimit_nofile. 2×IDLE_CONNS+4096 where the hard limit allows, at least
+# IDLE_CONNS+1024.
+if ((IDLE_CONNS > 0)); then
+  want=$((2 * IDLE_CONNS + 4096))
+  have=$(ulimit -Sn)
+  if [[ $have != unlimited ]] && ((have < want)); then
+    ulimit -n "$want" 2>/dev/null || ulimit -Sn "$(ulimit -Hn)" 2>/dev/null || true
+    have=$(ulimit -Sn)
+    [[ $have == unlimited ]] || ((have >= IDLE_CONNS + 1024)) ||
+      die "IDLE_CONNS=$IDLE_CONNS needs ulimit -n ≥ $((IDLE_CONNS + 1024)), have $have (hard limit $(ulimit -Hn), raising it needs root with CAP_SYS_RESOURCE): raise the hard limit or lower IDLE_CONNS (0 skips)"
+  fi
+fi
+NOFILE=$(ulimit -Sn)
+[[ $NOFILE == unlimited ]] && NOFILE=1048576
+# Client connections each proxy accepts: 4096 (as before) or IDLE_CONNS + 1024. nginx
+# preallocates its worker_connections slots, so its RSS at start grows with them. HAProxy
+# asks for 2×maxconn files and by default stops when it can't have them; with
+# `no strict-limits` it warns and runs on what ulimit -n allows (enough: an idle client
+# connection has no server side).
+NGINX_WORKER_CONNS=$((IDLE_CONNS + 1024 > 4096 ? IDLE_CONNS + 1024 : 4096))
+HAPROXY_MAXCONN=$NGINX_WORKER_CONNS
 
 # --- gateway binary (before any process starts: a failed build leaves nothing behind) ----
 
@@ -88,10 +146,15 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/caas-compare.XXXXXX")
 # nginx workers run as an unprivileged user when started as root: let them in.
 chmod 755 "$WORK"
 PIDS=()
+HOLDER_PID="" # benches/idle_conns.py while it holds connections
 STATUS=1
 
 cleanup() {
   local pid
+  if [[ -n $HOLDER_PID ]]; then
+    kill -TERM "$HOLDER_PID" 2>/dev/null || true
+    wait "$HOLDER_PID" 2>/dev/null || true
+  fi
   for pid in "${PIDS[@]}"; do
     kill -TERM "$pid" 2>/dev/null || true
   done
@@ -157,13 +220,30 @@ free_port() {
   die "no free loopback port found"
 }
 
-# Starts "$@" in the background, logging to $WORK/$name.log, and records its pid.
+# Starts "$@" in the background, logging to $WORK/$name.log (appending: a proxy restarted for
+# the idle part logs to the same file), and records its pid.
 start() {
   local name=$1
   shift
-  "$@" >"$WORK/$name.log" 2>&1 &
+  "$@" >>"$WORK/$name.log" 2>&1 &
   PIDS+=("$!")
   eval "PID_${name//-/_}=$!"
+}
+
+# Stops pid $1 (SIGTERM, then SIGKILL after 10 s) and forgets it.
+stop() {
+  local pid=$1 p keep=()
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  for p in "${PIDS[@]}"; do
+    [[ $p == "$pid" ]] || keep+=("$p")
+  done
+  PIDS=("${keep[@]}")
 }
 
 # Waits until http://127.0.0.1:$port/ answers (any status) or the process dies.
@@ -195,10 +275,11 @@ nginx_common() {
   mkdir -p "$WORK/$name"
   cat <<EOF
 worker_processes 1;
+worker_rlimit_nofile $NOFILE;
 daemon off;
 pid $WORK/$name/nginx.pid;
 error_log $WORK/$name.error.log warn;
-events { worker_connections 4096; }
+events { worker_connections $NGINX_WORKER_CONNS; }
 http {
   access_log off;
   client_body_temp_path $WORK/$name/body;
@@ -210,13 +291,24 @@ http {
 EOF
 }
 
+# The bodies: files of exactly their size, served by the backend at their path.
+mkdir -p "$WORK/body"
+body_locations=""
+for size in $SIZES; do
+  [[ $size == 0 ]] && continue
+  head -c "$(size_bytes "$size")" /dev/zero | tr '\0' x >"$WORK/body/$size"
+  body_locations+="    location = /$size { alias $WORK/body/$size; }"$'\n'
+done
+
 {
   nginx_common backend
   cat <<EOF
+  default_type application/octet-stream;
+  sendfile on;
   server {
     listen 127.0.0.1:$BACKEND_PORT;
     location / { return 200 "ok\n"; }
-  }
+$body_locations  }
 }
 EOF
 } >"$WORK/backend.conf"
@@ -241,18 +333,23 @@ EOF
 EOF
 } >"$WORK/nginx-proxy.conf"
 
+# Idle keep-alive client connections stay open 60 s or more on every proxy (nginx: its
+# default keepalive_timeout, 75 s), long enough to hold IDLE_CONNS of them and read the RSS.
 cat >"$WORK/haproxy.cfg" <<EOF
 global
   nbthread 1
-  maxconn 4096
+  maxconn $HAPROXY_MAXCONN
+  no strict-limits
   pidfile $WORK/haproxy.pid
 defaults
   mode http
+  maxconn $HAPROXY_MAXCONN
   option http-keep-alive
   http-reuse always
   timeout connect 5s
   timeout client 30s
   timeout server 30s
+  timeout http-keep-alive 60s
 frontend fe
   bind 127.0.0.1:$HAPROXY_PORT
   default_backend be
@@ -264,6 +361,10 @@ cat >"$WORK/gateway.toml" <<EOF
 listen = "127.0.0.1:$GATEWAY_PORT"
 domains = ["caas.local"]
 workers = 1
+[limits]
+# hyper's header read timeout also runs while a keep-alive connection waits for its next
+# request: at the default 10 s, idle connections close after 10 s (idle_timeout_ms is 60 s).
+header_read_timeout_ms = 60000
 [apps.hello]
 default_version = "v1"
 [apps.hello.versions.v1]
@@ -281,17 +382,32 @@ log "backend :$BACKEND_PORT  gateway :$GATEWAY_PORT  nginx-proxy :$NGINX_PORT  h
 
 start backend "${PIN_BACKEND[@]}" nginx -c "$WORK/backend.conf" -p "$WORK" -e "$WORK/backend.error.log"
 wait_http backend "$BACKEND_PORT"
-start nginx-proxy "${PIN_PROXY[@]}" nginx -c "$WORK/nginx-proxy.conf" -p "$WORK" -e "$WORK/nginx-proxy.error.log"
-start haproxy "${PIN_PROXY[@]}" haproxy -db -f "$WORK/haproxy.cfg"
-# Per-request logging would measure the logger; warnings still reach gateway.log.
-RUST_LOG=${RUST_LOG:-warn} start gateway "${PIN_PROXY[@]}" "$GATEWAY_BIN" --config "$WORK/gateway.toml"
+start_proxy() {
+  case "$1" in
+    nginx-proxy)
+      start nginx-proxy "${PIN_PROXY[@]}" nginx -c "$WORK/nginx-proxy.conf" -p "$WORK" \
+        -e "$WORK/nginx-proxy.error.log"
+      ;;
+    haproxy) start haproxy "${PIN_PROXY[@]}" haproxy -db -f "$WORK/haproxy.cfg" ;;
+    # Per-request logging would measure the logger; warnings still reach gateway.log.
+    gateway)
+      RUST_LOG=${RUST_LOG:-warn} start gateway "${PIN_PROXY[@]}" "$GATEWAY_BIN" \
+        --config "$WORK/gateway.toml"
+      ;;
+  esac
+}
+start_proxy nginx-proxy
+start_proxy haproxy
+start_proxy gateway
 wait_http nginx-proxy "$NGINX_PORT"
 wait_http haproxy "$HAPROXY_PORT"
 wait_http gateway "$GATEWAY_PORT"
 
-# Each target must answer 200 "ok" through the Host header before anything is measured.
+
+# Each target must answer 200 "ok" through the Host header before anything is measured, and
+# 200 with exactly the file's bytes and Content-Length on the path of every other body size.
 check_target() {
-  local name=$1 url=$2 code body
+  local name=$1 url=$2 code body size want got len
   body=$(curl -s --max-time 5 -H "Host: $HOST_HEADER" -o - -w '\n%{http_code}' "$url") || true
   code=${body##*$'\n'}
   body=${body%$'\n'*}
@@ -300,21 +416,59 @@ check_target() {
     tail -n 20 "$WORK/$name.log" "$WORK/$name.error.log" 2>/dev/null >&2 || true
     die "$name: GET $url with 'Host: $HOST_HEADER' answered ${code:-nothing} (body: ${body:0:200}), want 200 \"ok\"; check its config ($WORK) and logs above"
   fi
+  for size in $SIZES; do
+    [[ $size == 0 ]] && continue
+    want=$(size_bytes "$size")
+    : >"$WORK/check.headers"
+    got=$(curl -s --max-time 5 -H "Host: $HOST_HEADER" -D "$WORK/check.headers" -o /dev/null \
+      -w '%{http_code} %{size_download}' "${url%/}$(size_path "$size")") || true
+    len=$(awk -F': *' 'tolower($1) == "content-length" {sub(/\r$/, "", $2); print $2}' \
+      "$WORK/check.headers")
+    if [[ $got != "200 $want" || $len != "$want" ]]; then
+      tail -n 20 "$WORK/$name.log" "$WORK/$name.error.log" 2>/dev/null >&2 || true
+      die "$name: GET ${url%/}$(size_path "$size") answered '${got:-nothing}' (status, bytes) with Content-Length '${len:-none}', want '200 $want' and Content-Length $want; check its config ($WORK) and logs above"
+    fi
+  done
 }
 check_target backend "http://127.0.0.1:$BACKEND_PORT/"
 check_target gateway "http://127.0.0.1:$GATEWAY_PORT/"
 check_target nginx-proxy "http://127.0.0.1:$NGINX_PORT/"
 check_target haproxy "http://127.0.0.1:$HAPROXY_PORT/"
 
-# --- measure -------------------------------------------------------------------------------
-
 TARGETS=(direct gateway nginx-proxy haproxy)
+IDLE_TARGETS=(gateway nginx-proxy haproxy)
 declare -A URL=(
   [direct]="http://127.0.0.1:$BACKEND_PORT/"
   [gateway]="http://127.0.0.1:$GATEWAY_PORT/"
   [nginx-proxy]="http://127.0.0.1:$NGINX_PORT/"
   [haproxy]="http://127.0.0.1:$HAPROXY_PORT/"
 )
+declare -A PORT=([gateway]=$GATEWAY_PORT [nginx-proxy]=$NGINX_PORT [haproxy]=$HAPROXY_PORT)
+
+pid_of() { eval "echo \$PID_${1//-/_}"; }
+
+# VmRSS in KiB of a process and all its descendants (nginx: the master and its worker).
+rss_kib() {
+  local kib child
+  kib=$(awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || true)
+  kib=${kib:-0}
+  for child in $(pgrep -P "$1" || true); do
+    kib=$((kib + $(rss_kib "$child")))
+  done
+  echo "$kib"
+}
+
+# A process and its descendants, one pid a line.
+proc_tree() {
+  local child
+  echo "$1"
+  for child in $(pgrep -P "$1" || true); do
+    proc_tree "$child"
+  done
+}
+
+
+# --- measure -------------------------------------------------------------------------------
 
 # wrk latency → milliseconds ("812.00us", "1.23ms", "1.01s").
 to_ms() {
@@ -339,25 +493,110 @@ parse_wrk() {
   echo "$rps $(to_ms "$p50") $(to_ms "$p99") ${status:-0} ${sock:-0}"
 }
 
-RESULTS="$WORK/results.txt" # round conns target rps p50 p99 status sock
+# What one round runs, as "size conns": every CONNS on "ok\n", SIZE_CONNS on the other sizes.
+RUNS=()
+for size in $SIZES; do
+  if [[ $size == 0 ]]; then
+    for conns in $CONNS; do RUNS+=("0 $conns"); done
+  else
+    RUNS+=("$size $SIZE_CONNS")
+  fi
+done
+
+RESULTS="$WORK/results.txt" # round size conns target rps p50 p99 status sock
 : >"$RESULTS"
-total=$((ROUNDS * $(wc -w <<<"$CONNS") * ${#TARGETS[@]}))
+total=$((ROUNDS * ${#RUNS[@]} * ${#TARGETS[@]}))
 n=0
 for ((round = 1; round <= ROUNDS; round++)); do
-  for conns in $CONNS; do
+  for run in "${RUNS[@]}"; do
+    read -r size conns <<<"$run"
     # Rotate the order each round so no target always runs first (or right after another).
     for ((i = 0; i < ${#TARGETS[@]}; i++)); do
       target=${TARGETS[$(((i + round - 1) % ${#TARGETS[@]}))]}
       n=$((n + 1))
-      out="$WORK/wrk.r$round.c$conns.$target.txt"
-      log "[$n/$total] round $round, c$conns, $target"
+      out="$WORK/wrk.r$round.s$size.c$conns.$target.txt"
+      log "[$n/$total] round $round, $(size_path "$size") c$conns, $target"
       "${PIN_WRK[@]}" wrk -t1 -c"$conns" -d"${DURATION}s" --latency \
-        -H "Host: $HOST_HEADER" "${URL[$target]}" >"$out" 2>&1 ||
+        -H "Host: $HOST_HEADER" "${URL[$target]%/}$(size_path "$size")" >"$out" 2>&1 ||
         die "wrk failed against $target: $(tail -n 5 "$out")"
-      echo "$round $conns $target $(parse_wrk "$out")" >>"$RESULTS"
+      echo "$round $size $conns $target $(parse_wrk "$out")" >>"$RESULTS"
     done
   done
 done
+
+# --- idle keep-alive connections: memory ---------------------------------------------------
+
+# Polls $1 for a line starting with "$2 " while pid $3 lives, for up to $4 seconds.
+await_line() {
+  local file=$1 prefix=$2 pid=$3 secs=$4 line
+  for _ in $(seq 1 $((secs * 10))); do
+    line=$(grep -m 1 "^$prefix " "$file" 2>/dev/null || true)
+    if [[ -n $line ]]; then
+      echo "$line"
+      return 0
+    fi
+    kill -0 "$pid" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+
+# For one proxy: its RSS after the wrk runs; then a fresh process (allocators and pools keep
+# memory from the wrk runs: tens of MiB for some, reused by the idle connections for others, so
+# neither a baseline from before the runs nor one from after them would give a clean
+# difference): its RSS at start (after one check request per path), then open IDLE_CONNS
+# keep-alive connections that each made one request, hold them, RSS with them, check they all
+# stayed open, close them.
+IDLE="$WORK/idle.txt" # target held rss_after_wrk rss_start rss_with (KiB) seconds_to_open
+hold_idle() {
+  local target=$1 pid p lim after_wrk at_start with line held secs open ctl out errlog
+  pid=$(pid_of "$target")
+  kill -0 "$pid" 2>/dev/null || die "$target is no longer running (logs in $WORK)"
+  after_wrk=$(rss_kib "$pid")
+  stop "$pid"
+  start_proxy "$target"
+  wait_http "$target" "${PORT[$target]}"
+  check_target "$target" "${URL[$target]}"
+  pid=$(pid_of "$target")
+  at_start=$(rss_kib "$pid")
+  for p in $(proc_tree "$pid"); do
+    lim=$(awk '/^Max open files/ {print $4}' "/proc/$p/limits" 2>/dev/null || true)
+    [[ $lim == unlimited ]] || ((${lim:-0} >= IDLE_CONNS + 64)) ||
+      die "$target (pid $p) may open ${lim:-?} files, fewer than IDLE_CONNS=$IDLE_CONNS needs"
+  done
+  out="$WORK/idle.$target.out"
+  errlog="$WORK/idle.$target.log"
+  rm -f "$WORK/idle.ctl"
+  mkfifo "$WORK/idle.ctl"
+  log "idle: $target: opening $IDLE_CONNS keep-alive connections"
+  python3 "$ROOT/benches/idle_conns.py" --port "${PORT[$target]}" --conns "$IDLE_CONNS" \
+    --host-header "$HOST_HEADER" <"$WORK/idle.ctl" >"$out" 2>"$errlog" &
+  HOLDER_PID=$!
+  # Opening the write end waits for the holder to open the read end: its stdin.
+  exec {ctl}>"$WORK/idle.ctl"
+  line=$(await_line "$out" held "$HOLDER_PID" 300) ||
+    die "idle: holding $IDLE_CONNS connections to $target failed: $(tail -n 5 "$errlog")"
+  read -r _ held secs <<<"$line"
+  sleep 0.5
+  with=$(rss_kib "$pid")
+  echo status >&"$ctl"
+  line=$(await_line "$out" open "$HOLDER_PID" 30) ||
+    die "idle: no status from the holder for $target: $(tail -n 5 "$errlog")"
+  read -r _ open _ <<<"$line"
+  ((open == held)) ||
+    die "idle: $target closed $((held - open)) of $held idle connections before its RSS was read (keep-alive timeout? logs in $WORK)"
+  exec {ctl}>&-
+  wait "$HOLDER_PID" || die "idle: the holder for $target failed on close: $(tail -n 5 "$errlog")"
+  HOLDER_PID=""
+  echo "$target $held $after_wrk $at_start $with $secs" >>"$IDLE"
+}
+
+: >"$IDLE"
+if ((IDLE_CONNS > 0)); then
+  for target in "${IDLE_TARGETS[@]}"; do
+    hold_idle "$target"
+  done
+fi
 
 # --- report --------------------------------------------------------------------------------
 
@@ -368,10 +607,19 @@ median() {
     if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2
   }'
 }
-col() { # conns target column → values over rounds
-  awk -v c="$1" -v t="$2" -v k="$3" '$2 == c && $3 == t {print $k}' "$RESULTS"
+col() { # size conns target column → values over rounds
+  awk -v s="$1" -v c="$2" -v t="$3" -v k="$4" '$2 == s && $3 == c && $4 == t {print $k}' "$RESULTS"
 }
 sum() { awk '{s += $1} END {print s + 0}'; }
+# A body size as the table shows it.
+size_label() {
+  case "$1" in
+    0) echo "3 B (ok)" ;;
+    *[kK]) echo "${1%?} KiB" ;;
+    *[mM]) echo "${1%?} MiB" ;;
+    *) echo "$1 B" ;;
+  esac
+}
 
 cpu_model=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 echo
@@ -382,29 +630,50 @@ echo "- machine: $(nproc) CPUs, ${cpu_model:-unknown CPU}, kernel $(uname -r)"
 echo "- $(nginx -v 2>&1 | sed 's/^nginx version: //'), $(haproxy -v | head -n 1 | awk '{print "HAProxy " $3}'), $(wrk -v 2>&1 | head -n 1 | awk '{print "wrk " $2}')"
 echo "- gateway: $GATEWAY_LABEL"
 echo "- CPU pinning: $([[ ${#PIN_PROXY[@]} -gt 0 ]] && echo "backend ${PIN_BACKEND[*]: -1}, proxy ${PIN_PROXY[*]: -1}, wrk ${PIN_WRK[*]: -1}" || echo none)"
-echo "- every request carries 'Host: $HOST_HEADER'; backend: nginx, 1 worker, return 200 \"ok\\n\""
+echo "- every request carries 'Host: $HOST_HEADER'; backend: nginx, 1 worker, return 200 \"ok\\n\" at /, static files (sendfile) at /8k, /256k, ..."
 echo
-echo "| conns | target | req/s | req/s min–max | p50 ms | p99 ms | non-2xx/3xx | socket errors | × nginx-proxy | × direct |"
-echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
-for conns in $CONNS; do
-  nginx_rps=$(col "$conns" nginx-proxy 4 | median)
-  direct_rps=$(col "$conns" direct 4 | median)
+echo "| body | conns | target | req/s | req/s min–max | p50 ms | p99 ms | non-2xx/3xx | socket errors | × nginx-proxy | × direct |"
+echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+for run in "${RUNS[@]}"; do
+  read -r size conns <<<"$run"
+  label=$(size_label "$size")
+  nginx_rps=$(col "$size" "$conns" nginx-proxy 5 | median)
+  direct_rps=$(col "$size" "$conns" direct 5 | median)
   for target in "${TARGETS[@]}"; do
-    rps=$(col "$conns" "$target" 4 | median)
-    lo=$(col "$conns" "$target" 4 | awk 'NR == 1 || $1 < m {m = $1} END {print m + 0}')
-    hi=$(col "$conns" "$target" 4 | awk 'NR == 1 || $1 > m {m = $1} END {print m + 0}')
-    p50=$(col "$conns" "$target" 5 | median)
-    p99=$(col "$conns" "$target" 6 | median)
-    status=$(col "$conns" "$target" 7 | sum)
-    sock=$(col "$conns" "$target" 8 | sum)
-    awk -v c="$conns" -v t="$target" -v r="$rps" -v lo="$lo" -v hi="$hi" -v p50="$p50" \
-      -v p99="$p99" -v st="$status" -v so="$sock" -v n="$nginx_rps" -v d="$direct_rps" 'BEGIN {
-        printf "| %s | %s | %.0f | %.0f–%.0f | %.3f | %.3f | %d | %d | %.2f× | %.2f× |\n",
-          c, t, r, lo, hi, p50, p99, st, so, (n > 0 ? r / n : 0), (d > 0 ? r / d : 0)
+    rps=$(col "$size" "$conns" "$target" 5 | median)
+    lo=$(col "$size" "$conns" "$target" 5 | awk 'NR == 1 || $1 < m {m = $1} END {print m + 0}')
+    hi=$(col "$size" "$conns" "$target" 5 | awk 'NR == 1 || $1 > m {m = $1} END {print m + 0}')
+    p50=$(col "$size" "$conns" "$target" 6 | median)
+    p99=$(col "$size" "$conns" "$target" 7 | median)
+    status=$(col "$size" "$conns" "$target" 8 | sum)
+    sock=$(col "$size" "$conns" "$target" 9 | sum)
+    awk -v b="$label" -v c="$conns" -v t="$target" -v r="$rps" -v lo="$lo" -v hi="$hi" \
+      -v p50="$p50" -v p99="$p99" -v st="$status" -v so="$sock" -v n="$nginx_rps" \
+      -v d="$direct_rps" 'BEGIN {
+        printf "| %s | %s | %s | %.0f | %.0f–%.0f | %.3f | %.3f | %d | %d | %.2f× | %.2f× |\n",
+          b, c, t, r, lo, hi, p50, p99, st, so, (n > 0 ? r / n : 0), (d > 0 ? r / d : 0)
       }'
   done
 done
 echo
 echo "Errors are summed over rounds; req/s min–max is the spread over rounds; everything else is"
 echo "a median over rounds. Raw wrk output: KEEP=1."
+
+if ((IDLE_CONNS > 0)); then
+  echo
+  echo "## Proxy memory with $IDLE_CONNS idle keep-alive client connections"
+  echo
+  echo "- each connection sent one 'GET /' with 'Host: $HOST_HEADER', got its 200 and stayed open, idle (benches/idle_conns.py)"
+  echo "- RSS: VmRSS summed over the process and its children (nginx-proxy: master + worker, so pages they share count twice; the difference does not)"
+  echo "- after the wrk runs: the process that served them; then each proxy is restarted, and the rest is measured on the fresh process"
+  echo "- at start: after startup and one check request per path; KiB per connection = (with conns − at start) / conns held"
+  echo "- limits: ulimit -n $NOFILE, nginx worker_connections $NGINX_WORKER_CONNS (preallocated, in its RSS at start), HAProxy maxconn $HAPROXY_MAXCONN"
+  echo
+  echo "| target | idle conns held | RSS after the wrk runs MiB | RSS at start MiB | RSS with conns MiB | KiB per connection |"
+  echo "|---|---:|---:|---:|---:|---:|"
+  awk '{
+    printf "| %s | %d | %.1f | %.1f | %.1f | %.2f |\n",
+      $1, $2, $3 / 1024, $4 / 1024, $5 / 1024, ($2 > 0 ? ($5 - $4) / $2 : 0)
+  }' "$IDLE"
+fi
 STATUS=0
