@@ -203,6 +203,7 @@ pub fn metrics_text(gw: &Gateway) -> String {
         ("upstream_connects_total", s.upstream_connects.load(Relaxed)),
         ("upgrades_total", s.upgrades.load(Relaxed)),
         ("idle_closed_total", s.idle_closed.load(Relaxed)),
+        ("header_timeouts_total", s.header_timeouts.load(Relaxed)),
     ] {
         let _ = writeln!(out, "# TYPE caas_gateway_{name} counter");
         let _ = writeln!(out, "caas_gateway_{name} {v}");

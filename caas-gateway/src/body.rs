@@ -17,12 +17,15 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::h1::{ChunkStep, Chunked, ResponseFraming};
+use crate::proxy::ResponseDone;
 use crate::upstream::{self, BodySender, UpstreamConn, UpstreamPool};
 
 /// The response body type of the gateway.
 #[derive(Debug)]
 pub struct ProxyBody {
     kind: Kind,
+    /// Tells the client connection the response is over when the body drops.
+    done: Option<ResponseDone>,
 }
 
 #[derive(Debug)]
@@ -37,6 +40,7 @@ impl ProxyBody {
         let data = data.into();
         Self {
             kind: Kind::Full((!data.is_empty()).then_some(data)),
+            done: None,
         }
     }
 
@@ -44,13 +48,20 @@ impl ProxyBody {
     pub fn empty() -> Self {
         Self {
             kind: Kind::Full(None),
+            done: None,
         }
     }
 
     pub(crate) fn upstream(body: UpstreamBody) -> Self {
         Self {
             kind: Kind::Upstream(Box::new(body)),
+            done: None,
         }
+    }
+
+    pub(crate) fn on_done(mut self, done: ResponseDone) -> Self {
+        self.done = Some(done);
+        self
     }
 }
 

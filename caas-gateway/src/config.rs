@@ -17,7 +17,9 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Most request headers; more gets 431.
     pub max_headers: usize,
-    /// Time a client has to send a complete request head (slowloris guard), in ms.
+    /// Time a client has to send a complete HTTP/1 request head, in ms (slowloris guard):
+    /// counted from the connection's start for its first request and from the first byte of
+    /// each later one. Waiting between requests is idleness (`idle_timeout_ms`), not this.
     pub header_read_timeout_ms: u64,
     /// A client connection with no request in flight and no traffic for this long is closed, in ms.
     pub idle_timeout_ms: u64,

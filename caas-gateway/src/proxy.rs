@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use caas_core::{AppState, EndpointState, RouteTable};
@@ -31,17 +31,63 @@ pub(crate) struct ConnInfo {
     pub(crate) proto: HeaderValue,
     /// Requests of this connection waiting for an upstream response head.
     pub(crate) waiting: AtomicUsize,
+    /// Reads and writes that moved bytes (the idle timer watches it change).
+    pub(crate) activity: AtomicU64,
+    /// Requests whose response has not been sent in full.
+    open: AtomicUsize,
+    /// When the pending request head started ([`clock_ms`] + 1): the connection's start, or
+    /// the first byte after the last response; 0 while a request is open or the connection
+    /// waits on keep-alive with nothing received.
+    head_since: AtomicU64,
+    /// The client speaks HTTP/2 (no request-head timeout: the connection carries frames
+    /// between requests).
+    h2: bool,
 }
 
 impl ConnInfo {
-    pub(crate) fn new(peer: SocketAddr) -> Self {
+    pub(crate) fn new(peer: SocketAddr, h2: bool) -> Self {
         let ip = peer.ip().to_canonical().to_string();
         Self {
             peer,
             peer_ip: HeaderValue::from_str(&ip).unwrap_or(HeaderValue::from_static("unknown")),
             proto: HeaderValue::from_static("http"),
             waiting: AtomicUsize::new(0),
+            activity: AtomicU64::new(0),
+            open: AtomicUsize::new(0),
+            head_since: AtomicU64::new(clock_ms() + 1),
+            h2,
         }
+    }
+
+    /// Called after each read that brought bytes from the client.
+    pub(crate) fn on_read(&self) {
+        self.activity.fetch_add(1, Relaxed);
+        if self.open.load(Relaxed) == 0 && self.head_since.load(Relaxed) == 0 {
+            self.head_since.store(clock_ms() + 1, Relaxed);
+        }
+    }
+
+    /// Whether an HTTP/1 request head has been pending for `timeout_ms` or more.
+    pub(crate) fn head_overdue(&self, timeout_ms: u64) -> bool {
+        let since = self.head_since.load(Relaxed);
+        since != 0 && !self.h2 && clock_ms() + 1 - since >= timeout_ms
+    }
+
+    /// A request head is complete: its response is open until [`ResponseDone`] drops.
+    fn request_started(self: &Arc<Self>) -> ResponseDone {
+        self.open.fetch_add(1, Relaxed);
+        self.head_since.store(0, Relaxed);
+        ResponseDone(Arc::clone(self))
+    }
+}
+
+/// Held by a response body: when it drops, the response has been sent (or abandoned).
+#[derive(Debug)]
+pub(crate) struct ResponseDone(Arc<ConnInfo>);
+
+impl Drop for ResponseDone {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Relaxed);
     }
 }
 
@@ -68,11 +114,12 @@ pub(crate) async fn serve_request(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
+    let done = conn.request_started();
     let _waiting = Waiting::new(&conn.waiting);
     shared.stats.requests.fetch_add(1, Relaxed);
     let mut app_state = None;
-    match proxy(&shared, &conn, req, started, &mut app_state).await {
-        Ok(resp) => Ok(resp),
+    let resp = match proxy(&shared, &conn, req, started, &mut app_state).await {
+        Ok(resp) => resp,
         Err(err) => {
             shared.stats.count_error(&err);
             if let Some(app) = app_state {
@@ -81,9 +128,10 @@ pub(crate) async fn serve_request(
                     .record_response(err.status().as_u16(), started.elapsed());
             }
             tracing::debug!(peer = %conn.peer, "answered {}: {err}", err.status());
-            Ok(err.into_response())
+            err.into_response()
         }
-    }
+    };
+    Ok(resp.map(|body| body.on_done(done)))
 }
 
 /// The host a request is for: the URI's authority (HTTP/2, absolute-form) or `Host`.

@@ -11,9 +11,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use caas_core::{Discovery, Router};
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -39,6 +39,8 @@ pub struct GatewayStats {
     pub upgrades: AtomicU64,
     /// Connections closed for idleness.
     pub idle_closed: AtomicU64,
+    /// Connections closed because a request head took longer than `header_read_timeout_ms`.
+    pub header_timeouts: AtomicU64,
     /// Route-table updates applied from discovery.
     pub route_updates: AtomicU64,
     /// Requests the gateway answered itself, by cause (see [`ProxyError::code`]).
@@ -81,6 +83,7 @@ pub(crate) struct Timeouts {
     pub(crate) response: Duration,
     pub(crate) upstream_idle: Duration,
     pub(crate) idle: Duration,
+    pub(crate) head: Duration,
     pub(crate) eject: Duration,
     pub(crate) grace: Duration,
 }
@@ -91,7 +94,8 @@ pub(crate) struct Shared {
     pub(crate) config: GatewayConfig,
     pub(crate) timeouts: Timeouts,
     pub(crate) stats: GatewayStats,
-    http: auto::Builder<TokioExecutor>,
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
 }
 
 type DiscoveryTask = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -171,14 +175,17 @@ impl GatewayBuilder {
         let limits = self.config.limits.clone();
         limits.validate().map_err(GatewayError::Config)?;
         let router = Arc::clone(self.router_ref());
-        let mut http = auto::Builder::new(TokioExecutor::new());
-        http.http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(Limits::dur(limits.header_read_timeout_ms))
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            // The head timeout is the connection task's (see `serve_connection`): hyper's
+            // would also cut keep-alive connections waiting for their next request, and
+            // arms a new timer for every request.
+            .header_read_timeout(None)
             .max_headers(limits.max_headers.saturating_mul(2))
             .max_buf_size(limits.max_header_bytes.saturating_mul(2).max(64 * 1024))
             .keep_alive(true);
-        http.http2().timer(TokioTimer::new()).max_header_list_size(
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new()).max_header_list_size(
             u32::try_from(limits.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
         );
         let timeouts = Timeouts {
@@ -186,6 +193,7 @@ impl GatewayBuilder {
             response: Limits::dur(limits.upstream_response_timeout_ms),
             upstream_idle: Limits::dur(limits.upstream_idle_timeout_ms),
             idle: Limits::dur(limits.idle_timeout_ms),
+            head: Limits::dur(limits.header_read_timeout_ms),
             eject: Limits::dur(limits.eject_ms),
             grace: Limits::dur(limits.shutdown_grace_ms),
         };
@@ -195,7 +203,8 @@ impl GatewayBuilder {
                 config: self.config,
                 timeouts,
                 stats: GatewayStats::default(),
-                http,
+                h1,
+                h2,
             }),
             discovery: Arc::new(Mutex::new(self.discovery)),
         })
@@ -295,10 +304,11 @@ impl Gateway {
     }
 }
 
-/// Counts bytes moving on a client connection so the idle timer can tell it is alive.
+/// Counts reads and writes on a client connection so the idle timer can tell it is alive,
+/// and notes when the first byte of a request head arrives.
 struct ActivityIo {
     inner: TcpStream,
-    activity: Arc<AtomicU64>,
+    info: Arc<ConnInfo>,
 }
 
 impl AsyncRead for ActivityIo {
@@ -310,7 +320,7 @@ impl AsyncRead for ActivityIo {
         let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() != before {
-            self.activity.fetch_add(1, Relaxed);
+            self.info.on_read();
         }
         res
     }
@@ -324,7 +334,7 @@ impl AsyncWrite for ActivityIo {
     ) -> Poll<io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.fetch_add(1, Relaxed);
+            self.info.activity.fetch_add(1, Relaxed);
         }
         res
     }
@@ -336,7 +346,7 @@ impl AsyncWrite for ActivityIo {
     ) -> Poll<io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.fetch_add(1, Relaxed);
+            self.info.activity.fetch_add(1, Relaxed);
         }
         res
     }
@@ -375,23 +385,62 @@ async fn serve_connection(
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(%peer, "set_nodelay failed: {e}");
     }
-    let activity = Arc::new(AtomicU64::new(0));
+    // HTTP/2 with prior knowledge or HTTP/1, told apart by peeking at the first bytes: hyper
+    // then reads straight from the socket into its own buffer (no rewind layer, no copy).
+    let h2 = tokio::select! {
+        sniffed = tokio::time::timeout(shared.timeouts.head, sniff_h2(&stream)) => match sniffed {
+            Ok(Ok(h2)) => h2,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, "client connection ended before a request: {e}");
+                return;
+            }
+            Err(_) => {
+                shared.stats.header_timeouts.fetch_add(1, Relaxed);
+                tracing::debug!(%peer, "no request within the head timeout; closing");
+                return;
+            }
+        },
+        _ = stop.changed() => return,
+    };
+    let info = Arc::new(ConnInfo::new(peer, h2));
     let io = TokioIo::new(ActivityIo {
         inner: stream,
-        activity: Arc::clone(&activity),
+        info: Arc::clone(&info),
     });
-    let info = Arc::new(ConnInfo::new(peer));
     let svc = {
         let shared = Arc::clone(&shared);
         let info = Arc::clone(&info);
         service_fn(move |req| serve_request(Arc::clone(&shared), Arc::clone(&info), req))
     };
-    let conn = shared.http.serve_connection_with_upgrades(io, svc);
-    tokio::pin!(conn);
+    if h2 {
+        let conn = shared.h2.serve_connection(io, svc);
+        drive(&shared, &info, stop, conn, |c| c.graceful_shutdown()).await;
+    } else {
+        let conn = shared.h1.serve_connection(io, svc).with_upgrades();
+        drive(&shared, &info, stop, conn, |c| c.graceful_shutdown()).await;
+    }
+}
 
-    // The idle timer ticks four times per timeout; a connection is idle when no byte moved
-    // and no request waited on an upstream for four ticks in a row.
-    let tick = (shared.timeouts.idle / 4).max(Duration::from_millis(1));
+/// Runs a client connection to its end, closing it when idle or slow to send a request head,
+/// and starting a graceful shutdown when the gateway stops.
+async fn drive<C>(
+    shared: &Shared,
+    info: &ConnInfo,
+    mut stop: watch::Receiver<bool>,
+    conn: C,
+    graceful_shutdown: impl Fn(Pin<&mut C>),
+) where
+    C: Future<Output = Result<(), hyper::Error>>,
+{
+    let peer = info.peer;
+    tokio::pin!(conn);
+    // The timer ticks four times per (shorter) timeout. A connection is idle when no byte
+    // moved and no request waited on an upstream for the idle timeout; an HTTP/1 connection
+    // whose request head (or first request) is not complete within the head timeout is cut.
+    let head_timeout = u64::try_from(shared.timeouts.head.as_millis()).unwrap_or(u64::MAX);
+    let tick = (shared.timeouts.idle.min(shared.timeouts.head) / 4).max(Duration::from_millis(1));
+    let idle_ticks = u32::try_from(shared.timeouts.idle.as_nanos().div_ceil(tick.as_nanos()))
+        .unwrap_or(u32::MAX);
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
     let (mut last, mut quiet) = (0u64, 0u32);
     let mut draining = false;
@@ -406,16 +455,21 @@ async fn serve_connection(
             changed = stop.changed(), if !draining => {
                 draining = true;
                 if changed.is_ok() {
-                    conn.as_mut().graceful_shutdown();
+                    graceful_shutdown(conn.as_mut());
                 }
             }
             _ = ticker.tick() => {
-                let now = activity.load(Relaxed);
+                if info.head_overdue(head_timeout) {
+                    shared.stats.header_timeouts.fetch_add(1, Relaxed);
+                    tracing::debug!(%peer, "request head not complete in time; closing");
+                    return;
+                }
+                let now = info.activity.load(Relaxed);
                 if now != last || info.waiting.load(Relaxed) > 0 {
                     (last, quiet) = (now, 0);
                 } else {
                     quiet += 1;
-                    if quiet >= 4 {
+                    if quiet >= idle_ticks {
                         shared.stats.idle_closed.fetch_add(1, Relaxed);
                         tracing::debug!(%peer, "closing idle client connection");
                         return;
@@ -423,6 +477,31 @@ async fn serve_connection(
                 }
             }
         }
+    }
+}
+
+/// The HTTP/2 client preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether the client opens with the HTTP/2 preface, by peeking (nothing is consumed).
+/// Decides as soon as the bytes differ from the preface; `Err` when the client closes or
+/// fails before sending anything.
+async fn sniff_h2(stream: &TcpStream) -> io::Result<bool> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        if buf[..n] != H2_PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        // A partial preface (rare: it is one small write): peek again once more arrived.
+        // Readiness stays set after a peek, so wait a little instead of spinning.
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 

@@ -182,6 +182,53 @@ async fn idle_keepalive_connection_is_closed_but_a_waiting_request_is_not() {
 }
 
 #[tokio::test]
+async fn keep_alive_wait_is_not_a_slow_head_but_a_silent_new_connection_is() {
+    let up = Upstream::start("a").await;
+    let gw = Gw::start_with(
+        snapshot(vec![("a", app(&[("v1", &[up.addr])]))]),
+        Limits {
+            header_read_timeout_ms: 300,
+            idle_timeout_ms: 5_000,
+            ..limits()
+        },
+    )
+    .await;
+    // Between requests a keep-alive connection is idle, not slow: it may wait longer than
+    // the head timeout (up to the idle timeout) and carry the next request.
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    for _ in 0..2 {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a.caas.local\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "{} (head timeouts {}, idle closed {})",
+            String::from_utf8_lossy(&buf[..n]),
+            gw.gateway.stats().header_timeouts.load(SeqCst),
+            gw.gateway.stats().idle_closed.load(SeqCst),
+        );
+        tokio::time::sleep(Duration::from_millis(900)).await;
+    }
+    // A connection that never sends a request is cut after about the head timeout.
+    let mut silent = TcpStream::connect(gw.addr).await.unwrap();
+    let started = Instant::now();
+    let rest = read_to_close(&mut silent, Duration::from_secs(5)).await;
+    assert!(rest.is_empty(), "{rest}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(2),
+        "{waited:?}"
+    );
+    assert_eq!(gw.gateway.stats().header_timeouts.load(SeqCst), 1);
+    assert_eq!(gw.gateway.stats().idle_closed.load(SeqCst), 0);
+}
+
+#[tokio::test]
 async fn graceful_shutdown_stops_accepting_and_drains_in_flight_requests() {
     let up = Upstream::start("a").await;
     let mut gw = Gw::start(snapshot(vec![("a", app(&[("v1", &[up.addr])]))])).await;
