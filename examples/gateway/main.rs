@@ -21,7 +21,9 @@ mod demo;
 
 /// mimalloc: per-thread free lists make the many small, short-lived allocations of a proxy
 /// (header maps, request state) cheaper than glibc's malloc, and frees from other threads
-/// do not contend on an arena lock.
+/// do not contend on an arena lock. Built with `no_thp`: mimalloc otherwise asks for
+/// transparent huge pages for its arenas, and memory then becomes resident 2 MiB at a time
+/// (on machines where THP is `madvise`, the common default).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
