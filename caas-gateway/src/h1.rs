@@ -1,10 +1,10 @@
 //! The HTTP/1.1 wire format on the upstream side: request heads out, response heads and body
 //! framing in (RFC 9112). Pure functions over byte buffers; the I/O is in `upstream`.
 
+use std::mem::MaybeUninit;
+
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{
-    CONNECTION, CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue, TRANSFER_ENCODING,
-};
+use http::header::{CONNECTION, CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version, request, response};
 
 /// Most header fields accepted in a response head or a trailer section.
@@ -25,13 +25,13 @@ pub(crate) enum RequestFraming {
     Chunked,
 }
 
-/// Writes the request head: origin-form target, HTTP/1.1, the fields as they are in `parts`
-/// (already rewritten for the upstream) and, for a body of unknown length, `Transfer-Encoding:
-/// chunked`.
+/// Writes the request head: origin-form target, HTTP/1.1, the fields `write_fields` writes
+/// (see [`write_field`]) and, for a body of unknown length, `Transfer-Encoding: chunked`.
 pub(crate) fn encode_request_head(
     parts: &request::Parts,
     has_body: bool,
     out: &mut Vec<u8>,
+    write_fields: impl FnOnce(&mut Vec<u8>),
 ) -> RequestFraming {
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let target = if target.is_empty() { "/" } else { target };
@@ -40,17 +40,12 @@ pub(crate) fn encode_request_head(
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum();
-    out.reserve(parts.method.as_str().len() + target.len() + fields + 64);
+    out.reserve(parts.method.as_str().len() + target.len() + fields + 160);
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    write_fields(out);
     let framing = if !has_body {
         RequestFraming::Empty
     } else if parts.headers.contains_key(CONTENT_LENGTH) {
@@ -61,6 +56,15 @@ pub(crate) fn encode_request_head(
     };
     out.extend_from_slice(b"\r\n");
     framing
+}
+
+/// Writes one `name: value` field line.
+#[inline]
+pub(crate) fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// The framing of a response body.
@@ -108,15 +112,24 @@ impl std::fmt::Display for HeadError {
 
 /// Parses a response head from the start of `buf`. `Ok(None)`: incomplete, read more. On
 /// success the head is consumed from `buf` and its field values share its memory (no copy).
-/// Interim (1xx) responses other than 101 are skipped.
+/// Interim (1xx) responses other than 101 are skipped. Hop-by-hop fields (RFC 9110 §7.6.1:
+/// `Connection` and the fields it names, `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`,
+/// `Transfer-Encoding`, `Upgrade`) are read for framing and left out of the result; a 101
+/// keeps `Upgrade` and gets `Connection: upgrade`.
 pub(crate) fn parse_response_head(
     buf: &mut BytesMut,
     request_method: &Method,
 ) -> Result<Option<ResponseHead>, HeadError> {
     loop {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-        let mut res = httparse::Response::new(&mut fields);
-        let len = match res.parse(buf) {
+        let mut fields =
+            [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
+        let mut res = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut res,
+            buf,
+            &mut fields,
+        );
+        let len = match parsed {
             Ok(httparse::Status::Complete(len)) if len <= MAX_RESPONSE_HEAD => len,
             Ok(httparse::Status::Complete(_)) => return Err(HeadError::TooLarge),
             Ok(httparse::Status::Partial) => {
@@ -141,26 +154,41 @@ pub(crate) fn parse_response_head(
         } else {
             Version::HTTP_11
         };
-        // Offsets of names and values in `buf`, so the values can be cut out of one frozen
-        // copy of the head instead of being copied one by one.
+        let upgrade = status == StatusCode::SWITCHING_PROTOCOLS;
+        // Framing from the raw fields; the end-to-end ones are kept as offsets into `buf`,
+        // so their values can be cut out of one frozen copy of the head.
         let base = buf.as_ptr() as usize;
-        let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_RESPONSE_HEADERS];
-        let count = res.headers.len();
-        for (span, h) in spans.iter_mut().zip(res.headers.iter()) {
-            let n = h.name.as_ptr() as usize - base;
-            let v = h.value.as_ptr() as usize - base;
-            *span = (n, n + h.name.len(), v, v + h.value.len());
+        let mut frame = FramingFields::default();
+        let mut kept = Vec::with_capacity(res.headers.len());
+        for h in res.headers.iter() {
+            let name = h.name.as_bytes();
+            let hop = frame.note(name, h.value)?;
+            if !hop || (upgrade && name.eq_ignore_ascii_case(b"upgrade")) {
+                let n = h.name.as_ptr() as usize - base;
+                let v = h.value.as_ptr() as usize - base;
+                kept.push((n, n + name.len(), v, v + h.value.len()));
+            }
         }
+        let (framing, keep_alive) = frame.decide(status, version, request_method)?;
         let head = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(count);
-        for &(n0, n1, v0, v1) in &spans[..count] {
+        let mut headers = HeaderMap::with_capacity(kept.len() + usize::from(upgrade));
+        for (n0, n1, v0, v1) in kept {
             let name = HeaderName::from_bytes(&head[n0..n1])
                 .map_err(|e| HeadError::Invalid(e.to_string()))?;
+            if name == CONTENT_LENGTH && frame.transfer_encoding {
+                // Transfer-Encoding wins; the length is not the body's.
+                continue;
+            }
             let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))
                 .map_err(|e| HeadError::Invalid(e.to_string()))?;
             headers.append(name, value);
         }
-        let (framing, keep_alive) = framing_of(status, version, &headers, request_method)?;
+        for listed in &frame.connection_listed {
+            headers.remove(listed.as_str());
+        }
+        if upgrade {
+            headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        }
         let mut parts = http::Response::new(()).into_parts().0;
         parts.status = status;
         parts.version = version;
@@ -173,78 +201,120 @@ pub(crate) fn parse_response_head(
     }
 }
 
-/// Whether `Connection` lists `token`.
-fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+/// Whether a field name is hop-by-hop by definition (not counting those `Connection` names).
+pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
+    const HOP: [&[u8]; 7] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    ];
+    HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
-/// Body framing per RFC 9112 §6.3, and whether the connection stays open after it.
-fn framing_of(
-    status: StatusCode,
-    version: Version,
-    headers: &HeaderMap,
-    method: &Method,
-) -> Result<(ResponseFraming, bool), HeadError> {
-    let mut keep_alive = if version == Version::HTTP_11 {
-        !connection_lists(headers, "close")
-    } else {
-        connection_lists(headers, "keep-alive")
-    };
-    if status == StatusCode::SWITCHING_PROTOCOLS {
-        return Ok((ResponseFraming::Empty, false));
-    }
-    if *method == Method::HEAD
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        return Ok((ResponseFraming::Empty, keep_alive));
-    }
-    if headers.contains_key(TRANSFER_ENCODING) {
-        // The last coding decides; chunked anywhere else, or not at all, means the body runs
-        // until the connection closes. With Content-Length as well, the message is suspect:
-        // use it once, never again.
-        let last_is_chunked = headers
-            .get_all(TRANSFER_ENCODING)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .rfind(|t| !t.is_empty())
-            .is_some_and(|t| t.eq_ignore_ascii_case("chunked"));
-        if headers.contains_key(CONTENT_LENGTH) {
-            keep_alive = false;
+/// What the fields of a response head say about its framing.
+#[derive(Debug, Default)]
+struct FramingFields {
+    close: bool,
+    keep_alive: bool,
+    transfer_encoding: bool,
+    last_coding_chunked: bool,
+    length: Option<u64>,
+    /// Other names listed in `Connection`, lower-cased: hop-by-hop for this message.
+    connection_listed: Vec<String>,
+}
+
+impl FramingFields {
+    /// Notes one field; returns whether it is hop-by-hop.
+    fn note(&mut self, name: &[u8], value: &[u8]) -> Result<bool, HeadError> {
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let s = std::str::from_utf8(value).map_err(|_| HeadError::BadLength)?;
+            for part in s.split(',') {
+                let part = part.trim();
+                if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(HeadError::BadLength);
+                }
+                let n: u64 = part.parse().map_err(|_| HeadError::BadLength)?;
+                if self.length.is_some_and(|l| l != n) {
+                    return Err(HeadError::BadLength);
+                }
+                self.length = Some(n);
+            }
+            return Ok(false);
         }
-        return Ok(if last_is_chunked {
-            (ResponseFraming::Chunked, keep_alive)
+        if !is_hop_by_hop(name) {
+            return Ok(false);
+        }
+        let tokens = || {
+            value
+                .split(|&b| b == b',')
+                .map(<[u8]>::trim_ascii)
+                .filter(|t| !t.is_empty())
+        };
+        if name.eq_ignore_ascii_case(b"connection") {
+            for token in tokens() {
+                if token.eq_ignore_ascii_case(b"close") {
+                    self.close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    self.keep_alive = true;
+                } else if !is_hop_by_hop(token) {
+                    if let Ok(t) = std::str::from_utf8(token) {
+                        self.connection_listed.push(t.to_ascii_lowercase());
+                    }
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            self.transfer_encoding = true;
+            if let Some(last) = tokens().next_back() {
+                self.last_coding_chunked = last.eq_ignore_ascii_case(b"chunked");
+            }
+        }
+        Ok(true)
+    }
+
+    /// Body framing per RFC 9112 §6.3, and whether the connection stays open after it.
+    fn decide(
+        &self,
+        status: StatusCode,
+        version: Version,
+        method: &Method,
+    ) -> Result<(ResponseFraming, bool), HeadError> {
+        let mut keep_alive = if version == Version::HTTP_11 {
+            !self.close
         } else {
-            (ResponseFraming::UntilClose, false)
-        });
-    }
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        let s = value.to_str().map_err(|_| HeadError::BadLength)?;
-        for part in s.split(',') {
-            let part = part.trim();
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(HeadError::BadLength);
-            }
-            let n: u64 = part.parse().map_err(|_| HeadError::BadLength)?;
-            if length.is_some_and(|l| l != n) {
-                return Err(HeadError::BadLength);
-            }
-            length = Some(n);
+            self.keep_alive && !self.close
+        };
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Ok((ResponseFraming::Empty, false));
         }
+        if *method == Method::HEAD
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            return Ok((ResponseFraming::Empty, keep_alive));
+        }
+        if self.transfer_encoding {
+            // The last coding decides; chunked anywhere else, or not at all, means the body
+            // runs until the connection closes. With Content-Length as well, the message is
+            // suspect: use the connection once, never again.
+            if self.length.is_some() {
+                keep_alive = false;
+            }
+            return Ok(if self.last_coding_chunked {
+                (ResponseFraming::Chunked, keep_alive)
+            } else {
+                (ResponseFraming::UntilClose, false)
+            });
+        }
+        Ok(match self.length {
+            Some(0) => (ResponseFraming::Empty, keep_alive),
+            Some(n) => (ResponseFraming::Length(n), keep_alive),
+            None => (ResponseFraming::UntilClose, false),
+        })
     }
-    Ok(match length {
-        Some(0) => (ResponseFraming::Empty, keep_alive),
-        Some(n) => (ResponseFraming::Length(n), keep_alive),
-        None => (ResponseFraming::UntilClose, false),
-    })
 }
 
 /// Where a chunked body decoder is.
@@ -409,8 +479,13 @@ mod tests {
             .unwrap()
             .into_parts();
         let mut out = Vec::new();
+        let fields = |out: &mut Vec<u8>| {
+            for (k, v) in &parts.headers {
+                write_field(out, k.as_str().as_bytes(), v.as_bytes());
+            }
+        };
         assert_eq!(
-            encode_request_head(&parts, true, &mut out),
+            encode_request_head(&parts, true, &mut out, fields),
             RequestFraming::Chunked
         );
         assert_eq!(
@@ -423,8 +498,13 @@ mod tests {
             .unwrap()
             .into_parts();
         let mut out = Vec::new();
+        let fields = |out: &mut Vec<u8>| {
+            for (k, v) in &parts.headers {
+                write_field(out, k.as_str().as_bytes(), v.as_bytes());
+            }
+        };
         assert_eq!(
-            encode_request_head(&parts, false, &mut out),
+            encode_request_head(&parts, false, &mut out, fields),
             RequestFraming::Empty
         );
         assert_eq!(out, b"GET / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
@@ -523,6 +603,33 @@ mod tests {
             assert_eq!(h.framing, *framing, "{raw:?}");
             assert_eq!(h.keep_alive, *keep_alive, "{raw:?}");
         }
+    }
+
+    #[test]
+    fn hop_by_hop_response_fields_are_left_out() {
+        let h = head(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Internal\r\nKeep-Alive: timeout=5\r\n\
+             X-Internal: 1\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\nUpgrade: h2c\r\n\
+             Trailer: X-Sum\r\nX-Kept: yes\r\n\r\n",
+            Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        let names: Vec<&str> = h.parts.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names,
+            ["x-kept"],
+            "chunked wins over (and drops) Content-Length"
+        );
+        assert_eq!(h.framing, ResponseFraming::Chunked);
+        let h = head(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(h.parts.headers["upgrade"], "websocket");
+        assert_eq!(h.parts.headers["connection"], "upgrade");
     }
 
     #[test]

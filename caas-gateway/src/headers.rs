@@ -1,133 +1,115 @@
 //! Header rewriting between client and upstream: hop-by-hop removal (RFC 9110 §7.6.1) and
 //! the `X-Forwarded-*` family. The client's `Host` is kept as sent.
 
-use http::header::{
-    CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
-};
-use http::{Request, Uri, Version};
+use http::header::{CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, UPGRADE};
+use http::{Request, Version, request};
 
-/// Hop-by-hop headers that are never forwarded (besides those named in `Connection`).
-const HOP_BY_HOP: [&str; 2] = ["keep-alive", "proxy-connection"];
+use crate::h1;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Whether `Connection` lists `token` (case-insensitive).
-fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+/// Tokens of every `Connection` field value.
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
 }
 
 /// An HTTP/1.1 request asking to switch protocols (WebSocket and friends).
 pub(crate) fn is_upgrade_request<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(UPGRADE)
-        && connection_has(req.headers(), "upgrade")
+        && connection_tokens(req.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
-/// Removes hop-by-hop headers. With `keep_upgrade`, `Upgrade` survives and `Connection` is
-/// reduced to `upgrade`, as a protocol switch needs both on the next hop.
-pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    if let Some(conn) = headers.get(CONNECTION).cloned() {
-        // Names listed in Connection are hop-by-hop too. Multiple Connection headers are rare;
-        // the first is inspected without allocating and the rest, if any, after.
-        let extra: Vec<HeaderValue> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .skip(1)
-            .cloned()
-            .collect();
-        for value in std::iter::once(&conn).chain(extra.iter()) {
-            if let Ok(s) = value.to_str() {
-                for token in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-                    if keep_upgrade && token.eq_ignore_ascii_case("upgrade") {
-                        continue;
-                    }
-                    headers.remove(token);
-                }
-            }
-        }
-        headers.remove(CONNECTION);
-    }
-    headers.remove(TE);
-    headers.remove(TRAILER);
-    headers.remove(TRANSFER_ENCODING);
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-    if keep_upgrade {
-        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(UPGRADE);
+/// The host a request is for: `Host`, or the URI's authority (HTTP/2, absolute-form).
+pub(crate) fn request_host(parts: &request::Parts) -> Option<&str> {
+    match parts.headers.get(HOST) {
+        Some(h) => h.to_str().ok(),
+        None => parts.uri.authority().map(|a| a.as_str()),
     }
 }
 
-/// Rewrites a client request for the upstream: origin-form URI over HTTP/1.1, `Host` kept
-/// (filled from `:authority` for HTTP/2 clients), hop-by-hop headers removed and
-/// `X-Forwarded-For/-Proto/-Host` set. Returns whether it is a protocol upgrade.
-pub(crate) fn prepare_request<B>(
-    req: &mut Request<B>,
+/// Writes the fields of a client request as the upstream gets them, straight into its head
+/// (the request's own header map is not touched): `Host` kept (from `:authority` for HTTP/2
+/// clients), hop-by-hop fields dropped (RFC 9110 §7.6.1, with those `Connection` names),
+/// `X-Forwarded-For` appended to, `X-Forwarded-Proto/-Host` set. For a protocol upgrade,
+/// `Upgrade` is kept and `Connection: upgrade` sent.
+pub(crate) fn write_upstream_fields(
+    parts: &request::Parts,
     client_ip: &HeaderValue,
     proto: &HeaderValue,
-) -> bool {
-    let upgrade = is_upgrade_request(req);
-    if req.uri().authority().is_some() {
-        if !req.headers().contains_key(HOST) {
-            if let Some(v) = req
-                .uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            {
-                req.headers_mut().insert(HOST, v);
+    upgrade: bool,
+    out: &mut Vec<u8>,
+) {
+    let headers = &parts.headers;
+    // Names listed in Connection are hop-by-hop for this message; rare, so only looked at
+    // when there is a Connection field.
+    let listed: Vec<&str> = if headers.contains_key(CONNECTION) {
+        connection_tokens(headers).collect()
+    } else {
+        Vec::new()
+    };
+    for (name, value) in headers {
+        let n = name.as_str();
+        if h1::is_hop_by_hop(n.as_bytes()) {
+            if upgrade && *name == UPGRADE {
+                h1::write_field(out, n.as_bytes(), value.as_bytes());
             }
+            continue;
         }
-        let origin = req
-            .uri()
-            .path_and_query()
-            .map(|pq| pq.as_str())
-            .unwrap_or("/");
-        if let Ok(uri) = origin.parse::<Uri>() {
-            *req.uri_mut() = uri;
+        if *name == X_FORWARDED_FOR
+            || *name == X_FORWARDED_PROTO
+            || *name == X_FORWARDED_HOST
+            || listed.iter().any(|t| t.eq_ignore_ascii_case(n))
+        {
+            continue;
+        }
+        h1::write_field(out, n.as_bytes(), value.as_bytes());
+    }
+    let host = request_host(parts);
+    if !headers.contains_key(HOST) {
+        if let Some(authority) = host {
+            h1::write_field(out, b"host", authority.as_bytes());
         }
     }
-    *req.version_mut() = Version::HTTP_11;
-    let headers = req.headers_mut();
-    strip_hop_by_hop(headers, upgrade);
-
-    match headers.get(&X_FORWARDED_FOR) {
-        None => {
-            headers.insert(X_FORWARDED_FOR.clone(), client_ip.clone());
-        }
-        Some(prior) => {
-            let mut joined = Vec::with_capacity(prior.len() + 2 + client_ip.len());
-            for (i, v) in headers.get_all(&X_FORWARDED_FOR).iter().enumerate() {
-                if i > 0 {
-                    joined.extend_from_slice(b", ");
-                }
-                joined.extend_from_slice(v.as_bytes());
-            }
-            joined.extend_from_slice(b", ");
-            joined.extend_from_slice(client_ip.as_bytes());
-            if let Ok(v) = HeaderValue::from_bytes(&joined) {
-                headers.insert(X_FORWARDED_FOR.clone(), v);
-            }
-        }
+    out.extend_from_slice(b"x-forwarded-for: ");
+    for prior in headers.get_all(&X_FORWARDED_FOR) {
+        out.extend_from_slice(prior.as_bytes());
+        out.extend_from_slice(b", ");
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), proto.clone());
-    if let Some(host) = headers.get(HOST).cloned() {
-        headers.insert(X_FORWARDED_HOST.clone(), host);
+    out.extend_from_slice(client_ip.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    h1::write_field(out, b"x-forwarded-proto", proto.as_bytes());
+    if let Some(host) = host {
+        h1::write_field(out, b"x-forwarded-host", host.as_bytes());
     }
-    upgrade
+    if upgrade {
+        h1::write_field(out, b"connection", b"upgrade");
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The upstream head for a request, as text.
+    fn upstream_head(req: Request<()>) -> String {
+        let upgrade = is_upgrade_request(&req);
+        let (parts, ()) = req.into_parts();
+        let ip = HeaderValue::from_static("10.0.0.1");
+        let mut out = Vec::new();
+        h1::encode_request_head(&parts, false, &mut out, |out| {
+            write_upstream_fields(&parts, &ip, &HeaderValue::from_static("http"), upgrade, out);
+        });
+        String::from_utf8(out).unwrap()
+    }
 
     fn req(headers: &[(&str, &str)]) -> Request<()> {
         let mut b = Request::builder().uri("/p?q=1");
@@ -139,7 +121,7 @@ mod tests {
 
     #[test]
     fn hop_by_hop_and_connection_listed_headers_go() {
-        let mut r = req(&[
+        let head = upstream_head(req(&[
             ("host", "a.caas.local"),
             ("connection", "keep-alive, X-Secret"),
             ("keep-alive", "timeout=5"),
@@ -149,58 +131,42 @@ mod tests {
             ("proxy-connection", "keep-alive"),
             ("upgrade", "h2c"),
             ("x-kept", "yes"),
-        ]);
-        let ip = HeaderValue::from_static("10.0.0.1");
-        let up = prepare_request(&mut r, &ip, &HeaderValue::from_static("http"));
-        assert!(!up);
-        let h = r.headers();
-        for gone in [
-            "connection",
-            "keep-alive",
-            "x-secret",
-            "te",
-            "transfer-encoding",
-            "proxy-connection",
-            "upgrade",
-        ] {
-            assert!(!h.contains_key(gone), "{gone} forwarded");
-        }
-        assert_eq!(h["x-kept"], "yes");
-        assert_eq!(h["host"], "a.caas.local");
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1");
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-forwarded-host"], "a.caas.local");
+            ("x-forwarded-proto", "spoofed"),
+        ]));
+        assert_eq!(
+            head,
+            "GET /p?q=1 HTTP/1.1\r\nhost: a.caas.local\r\nx-kept: yes\r\n\
+             x-forwarded-for: 10.0.0.1\r\nx-forwarded-proto: http\r\n\
+             x-forwarded-host: a.caas.local\r\n\r\n"
+        );
     }
 
     #[test]
     fn upgrade_keeps_upgrade_headers() {
-        let mut r = req(&[
+        let head = upstream_head(req(&[
             ("host", "a"),
             ("connection", "Upgrade"),
             ("upgrade", "websocket"),
-        ]);
-        let ip = HeaderValue::from_static("10.0.0.1");
-        assert!(prepare_request(
-            &mut r,
-            &ip,
-            &HeaderValue::from_static("http")
-        ));
-        assert_eq!(r.headers()["upgrade"], "websocket");
-        assert_eq!(r.headers()["connection"], "upgrade");
+        ]));
+        assert!(head.contains("\r\nupgrade: websocket\r\n"), "{head}");
+        assert!(head.contains("\r\nconnection: upgrade\r\n"), "{head}");
+        assert_eq!(head.matches("connection").count(), 1, "{head}");
     }
 
     #[test]
     fn forwarded_for_appends_and_absolute_uri_becomes_origin_form() {
-        let mut r = Request::builder()
+        let r = Request::builder()
             .uri("http://a.caas.local:8080/x?y")
             .header("x-forwarded-for", "1.1.1.1")
             .header("x-forwarded-for", "2.2.2.2")
             .body(())
             .unwrap();
-        let ip = HeaderValue::from_static("10.0.0.1");
-        prepare_request(&mut r, &ip, &HeaderValue::from_static("http"));
-        assert_eq!(r.uri(), "/x?y");
-        assert_eq!(r.headers()["host"], "a.caas.local:8080");
-        assert_eq!(r.headers()["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.1");
+        let head = upstream_head(r);
+        assert!(head.starts_with("GET /x?y HTTP/1.1\r\n"), "{head}");
+        assert!(head.contains("\r\nhost: a.caas.local:8080\r\n"), "{head}");
+        assert!(
+            head.contains("\r\nx-forwarded-for: 1.1.1.1, 2.2.2.2, 10.0.0.1\r\n"),
+            "{head}"
+        );
     }
 }

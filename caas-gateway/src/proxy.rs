@@ -17,7 +17,7 @@ use tokio::io::AsyncWriteExt;
 use crate::body::{ProxyBody, RequestBody, UpstreamBody, clock_ms};
 use crate::error::ProxyError;
 use crate::h1;
-use crate::headers::{prepare_request, strip_hop_by_hop};
+use crate::headers::{is_upgrade_request, request_host, write_upstream_fields};
 use crate::server::Shared;
 use crate::upstream::{BodySender, Exchange, ExchangeError, UpstreamConn, UpstreamPool};
 
@@ -215,26 +215,24 @@ async fn proxy(
     };
     *app_out = Some(Arc::clone(&app));
 
+    let upgrade = is_upgrade_request(&req);
     let mut req = req.map(RequestBody::new);
-    let upgrade = prepare_request(&mut req, &conn.peer_ip, &conn.proto);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let has_body = !body.is_empty();
     // The head is encoded once: sending it again (on a fresh connection, or on another
     // endpoint) costs no copy of the request.
     let mut head = Vec::new();
-    let framing = h1::encode_request_head(&parts, has_body, &mut head);
+    let framing = h1::encode_request_head(&parts, has_body, &mut head, |out| {
+        write_upstream_fields(&parts, &conn.peer_ip, &conn.proto, upgrade, out);
+    });
     let mut body = has_body.then(|| BodySender::new(body, framing));
 
     // A bodyless idempotent request can be sent again, once, on another endpoint when the
     // first fails before answering: a container that died moments before its deregistration
     // reached the gateway (Docker's proxy accepts, then resets) costs the client nothing.
     let mut may_resend = !upgrade && !has_body && is_idempotent(&parts.method);
-    let host = parts
-        .headers
-        .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or_default();
+    let host = request_host(&parts).unwrap_or_default();
     let (resp_head, upstream, sending, complete, in_flight) = loop {
         let (mut upstream, mut reused) = connect_any(shared, conn, host, &mut ep).await?;
         let in_flight = ep.start_request();
@@ -288,7 +286,7 @@ async fn proxy(
     };
     ep.record_success();
     let h1::ResponseHead {
-        parts: mut resp,
+        parts: resp,
         framing,
         keep_alive,
     } = resp_head;
@@ -304,14 +302,12 @@ async fn proxy(
                 reason: "101 Switching Protocols to a request that asked for no upgrade".into(),
             });
         };
-        strip_hop_by_hop(&mut resp.headers, true);
         shared.stats.upgrades.fetch_add(1, Relaxed);
         let addr = upstream.addr();
         tokio::spawn(tunnel(client_upgrade, upstream, addr));
         drop(in_flight);
         return Ok(Response::from_parts(resp, ProxyBody::empty()));
     }
-    strip_hop_by_hop(&mut resp.headers, false);
     let reusable = keep_alive && (complete || sending.is_some());
     let body = UpstreamBody::new(upstream, framing, reusable, sending, in_flight, app);
     Ok(Response::from_parts(resp, ProxyBody::upstream(body)))
