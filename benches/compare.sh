@@ -458,6 +458,17 @@ rss_kib() {
   echo "$kib"
 }
 
+# CPU time (user + system, clock ticks) of a process and its descendants.
+cpu_ticks() {
+  local pid total=0 t
+  for pid in $(proc_tree "$1"); do
+    t=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
+    total=$((total + t))
+  done
+  echo "$total"
+}
+CLK_TCK=$(getconf CLK_TCK)
+
 # A process and its descendants, one pid a line.
 proc_tree() {
   local child
@@ -503,7 +514,7 @@ for size in $SIZES; do
   fi
 done
 
-RESULTS="$WORK/results.txt" # round size conns target rps p50 p99 status sock
+RESULTS="$WORK/results.txt" # round size conns target rps p50 p99 status sock cpu_us_per_req
 : >"$RESULTS"
 total=$((ROUNDS * ${#RUNS[@]} * ${#TARGETS[@]}))
 n=0
@@ -516,10 +527,17 @@ for ((round = 1; round <= ROUNDS; round++)); do
       n=$((n + 1))
       out="$WORK/wrk.r$round.s$size.c$conns.$target.txt"
       log "[$n/$total] round $round, $(size_path "$size") c$conns, $target"
+      # CPU of the process serving the run: the proxy, or the backend for "direct".
+      cpu_pid=$(pid_of "$([[ $target == direct ]] && echo backend || echo "$target")")
+      ticks0=$(cpu_ticks "$cpu_pid")
       "${PIN_WRK[@]}" wrk -t1 -c"$conns" -d"${DURATION}s" --latency \
         -H "Host: $HOST_HEADER" "${URL[$target]%/}$(size_path "$size")" >"$out" 2>&1 ||
         die "wrk failed against $target: $(tail -n 5 "$out")"
-      echo "$round $size $conns $target $(parse_wrk "$out")" >>"$RESULTS"
+      ticks1=$(cpu_ticks "$cpu_pid")
+      requests=$(awk '/requests in/ {print $1}' "$out")
+      cpu_us=$(awk -v t=$((ticks1 - ticks0)) -v hz="$CLK_TCK" -v n="${requests:-0}" \
+        'BEGIN {printf "%.2f", (n > 0 ? t / hz / n * 1e6 : 0)}')
+      echo "$round $size $conns $target $(parse_wrk "$out") $cpu_us" >>"$RESULTS"
     done
   done
 done
@@ -632,8 +650,8 @@ echo "- gateway: $GATEWAY_LABEL"
 echo "- CPU pinning: $([[ ${#PIN_PROXY[@]} -gt 0 ]] && echo "backend ${PIN_BACKEND[*]: -1}, proxy ${PIN_PROXY[*]: -1}, wrk ${PIN_WRK[*]: -1}" || echo none)"
 echo "- every request carries 'Host: $HOST_HEADER'; backend: nginx, 1 worker, return 200 \"ok\\n\" at /, static files (sendfile) at /8k, /256k, ..."
 echo
-echo "| body | conns | target | req/s | req/s min–max | p50 ms | p99 ms | non-2xx/3xx | socket errors | × nginx-proxy | × direct |"
-echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| body | conns | target | req/s | req/s min–max | p50 ms | p99 ms | non-2xx/3xx | socket errors | CPU µs/req | × nginx-proxy | × direct |"
+echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for run in "${RUNS[@]}"; do
   read -r size conns <<<"$run"
   label=$(size_label "$size")
@@ -647,17 +665,20 @@ for run in "${RUNS[@]}"; do
     p99=$(col "$size" "$conns" "$target" 7 | median)
     status=$(col "$size" "$conns" "$target" 8 | sum)
     sock=$(col "$size" "$conns" "$target" 9 | sum)
+    cpu=$(col "$size" "$conns" "$target" 10 | median)
     awk -v b="$label" -v c="$conns" -v t="$target" -v r="$rps" -v lo="$lo" -v hi="$hi" \
-      -v p50="$p50" -v p99="$p99" -v st="$status" -v so="$sock" -v n="$nginx_rps" \
+      -v p50="$p50" -v p99="$p99" -v st="$status" -v so="$sock" -v cpu="$cpu" -v n="$nginx_rps" \
       -v d="$direct_rps" 'BEGIN {
-        printf "| %s | %s | %s | %.0f | %.0f–%.0f | %.3f | %.3f | %d | %d | %.2f× | %.2f× |\n",
-          b, c, t, r, lo, hi, p50, p99, st, so, (n > 0 ? r / n : 0), (d > 0 ? r / d : 0)
+        printf "| %s | %s | %s | %.0f | %.0f–%.0f | %.3f | %.3f | %d | %d | %.2f | %.2f× | %.2f× |\n",
+          b, c, t, r, lo, hi, p50, p99, st, so, cpu, (n > 0 ? r / n : 0), (d > 0 ? r / d : 0)
       }'
   done
 done
 echo
 echo "Errors are summed over rounds; req/s min–max is the spread over rounds; everything else is"
-echo "a median over rounds. Raw wrk output: KEEP=1."
+echo "a median over rounds. CPU µs/req: user + system CPU time of the process serving the run"
+echo "(the proxy and its children; for direct, the backend) over the wrk run, per request"
+echo "(/proc/PID/stat, kernel time included). Raw wrk output: KEEP=1."
 
 if ((IDLE_CONNS > 0)); then
   echo

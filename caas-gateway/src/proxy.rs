@@ -252,7 +252,7 @@ async fn proxy(
                     // A pooled connection the upstream had closed: nothing of the request
                     // was consumed, so it goes again as it is on a fresh connection.
                     body = sender;
-                    upstream = UpstreamConn::connect(addr, shared.timeouts.connect)
+                    upstream = Box::pin(UpstreamConn::connect(addr, shared.timeouts.connect))
                         .await
                         .inspect_err(|_| fail_endpoint(shared, &ep))?;
                     shared.stats.upstream_connects.fetch_add(1, Relaxed);
@@ -390,7 +390,11 @@ async fn checkout(shared: &Shared, ep: &EndpointState) -> Result<(UpstreamConn, 
     if let Some(conn) = pool.and_then(|p| p.take(shared.timeouts.upstream_idle)) {
         return Ok((conn, true));
     }
-    let conn = UpstreamConn::connect(ep.endpoint().addr, shared.timeouts.connect).await?;
+    let conn = Box::pin(UpstreamConn::connect(
+        ep.endpoint().addr,
+        shared.timeouts.connect,
+    ))
+    .await?;
     shared.stats.upstream_connects.fetch_add(1, Relaxed);
     Ok((conn, false))
 }
