@@ -6,6 +6,7 @@
 # files of exactly 8 KiB at /8k and 256 KiB at /256k.
 #
 # wrk -t1 runs -c1, -c32 and -c256 on / and -c32 on /8k and /256k against each target in turn,
+# recording the CPU time (user + system, from /proc) the serving process spent per request,
 # for several rounds (targets rotate their order each round), and the script prints a markdown
 # table of the medians over rounds: requests/s, p50, p99, errors, and the ratio to nginx-proxy
 # and to direct. Then, for each proxy, it opens 10,000 keep-alive connections that each made
@@ -361,10 +362,6 @@ cat >"$WORK/gateway.toml" <<EOF
 listen = "127.0.0.1:$GATEWAY_PORT"
 domains = ["caas.local"]
 workers = 1
-[limits]
-# hyper's header read timeout also runs while a keep-alive connection waits for its next
-# request: at the default 10 s, idle connections close after 10 s (idle_timeout_ms is 60 s).
-header_read_timeout_ms = 60000
 [apps.hello]
 default_version = "v1"
 [apps.hello.versions.v1]
