@@ -718,6 +718,47 @@ mod tests {
         assert!(trailers.is_none());
     }
 
+    /// Upstream bytes are untrusted: no input may panic the parsers, whatever it is and
+    /// wherever reads cut it.
+    #[test]
+    fn arbitrary_upstream_bytes_never_panic() {
+        let seeds: &[&[u8]] = &[
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: a, b, close\r\n\r\nhello",
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n",
+            b"HTTP/1.0 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\nTransfer-Encoding: ,,\r\n\r\n",
+            b"5\r\nhello\r\nffffffffffffffff\r\n0;x\r\nT: 1\r\n\r\n",
+        ];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for round in 0..20_000 {
+            let mut input = seeds[round % seeds.len()].to_vec();
+            for _ in 0..(next() % 6) {
+                let i = usize::try_from(next()).unwrap() % input.len().max(1);
+                match next() % 4 {
+                    0 => input.truncate(i),
+                    1 => input.insert(i, (next() % 256) as u8),
+                    2 if !input.is_empty() => input[i] = b"\r\n:, 0;fHT"[(next() % 10) as usize],
+                    _ => input.extend_from_slice(&input[..i].to_vec()),
+                }
+            }
+            let mut buf = BytesMut::from(&input[..]);
+            let _ = parse_response_head(&mut buf, &Method::GET);
+            let mut state = Chunked::Size;
+            let mut buf = BytesMut::from(&input[..]);
+            for _ in 0..64 {
+                match state.step(&mut buf) {
+                    Ok(ChunkStep::Data(_)) => {}
+                    _ => break,
+                }
+            }
+        }
+    }
+
     #[test]
     fn malformed_chunked_bodies_are_errors() {
         assert!(decode_all(b"zz\r\nabc\r\n0\r\n\r\n", 64).is_err());
