@@ -304,6 +304,9 @@ impl Gateway {
     }
 }
 
+/// Largest write gathered into one buffer instead of a vectored write.
+const SMALL_WRITE: usize = 1024;
+
 /// Counts reads and writes on a client connection so the idle timer can tell it is alive,
 /// and notes when the first byte of a request head arrives.
 struct ActivityIo {
@@ -344,6 +347,18 @@ impl AsyncWrite for ActivityIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        // A small response (head plus a short body) goes out in one plain send: cheaper in
+        // the kernel than a writev of several pieces.
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if bufs.len() > 1 && total <= SMALL_WRITE {
+            let mut flat = [0u8; SMALL_WRITE];
+            let mut at = 0;
+            for b in bufs {
+                flat[at..at + b.len()].copy_from_slice(b);
+                at += b.len();
+            }
+            return self.poll_write(cx, &flat[..total]);
+        }
         let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
             self.info.activity.fetch_add(1, Relaxed);
