@@ -33,8 +33,9 @@ use crate::body::RequestBody;
 use crate::error::ProxyError;
 use crate::h1::{self, RequestFraming, ResponseHead};
 
-/// Free space the read buffer keeps before a read; a response head normally arrives whole.
-const READ_RESERVE: usize = 8 * 1024;
+/// Free space the read buffer has before a read: a response head arrives whole, and a
+/// response of up to about 16 KiB (an 8 KiB page and its head) in one read.
+const READ_RESERVE: usize = 16 * 1024;
 /// Read size while streaming a body that is known to be large.
 const READ_RESERVE_BODY: usize = 64 * 1024;
 
@@ -97,7 +98,8 @@ impl UpstreamConn {
         cx: &mut Context<'_>,
         reserve: usize,
     ) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < reserve / 2 {
+        if self.buf.capacity() - self.buf.len() < reserve {
+            // Reclaims the buffer's own space when the bytes handed out earlier are gone.
             self.buf.reserve(reserve);
         }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
