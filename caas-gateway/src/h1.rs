@@ -470,44 +470,43 @@ mod tests {
         parse_response_head(&mut buf, &method)
     }
 
+    /// The head of `req` with its fields as they are.
+    fn encoded(req: http::Request<()>, has_body: bool) -> (String, RequestFraming) {
+        let (parts, ()) = req.into_parts();
+        let mut out = Vec::new();
+        let framing = encode_request_head(&parts, has_body, &mut out, |out| {
+            for (k, v) in &parts.headers {
+                write_field(out, k.as_str().as_bytes(), v.as_bytes());
+            }
+        });
+        (String::from_utf8(out).unwrap(), framing)
+    }
+
     #[test]
     fn request_head_is_origin_form_http11_with_framing() {
-        let (parts, ()) = http::Request::post("http://a.example/up?x=1")
+        let req = http::Request::post("http://a.example/up?x=1")
             .header("host", "a.example")
             .header("x-one", "1")
             .body(())
-            .unwrap()
-            .into_parts();
-        let mut out = Vec::new();
-        let fields = |out: &mut Vec<u8>| {
-            for (k, v) in &parts.headers {
-                write_field(out, k.as_str().as_bytes(), v.as_bytes());
-            }
-        };
+            .unwrap();
         assert_eq!(
-            encode_request_head(&parts, true, &mut out, fields),
-            RequestFraming::Chunked
+            encoded(req, true),
+            (
+                "POST /up?x=1 HTTP/1.1\r\nhost: a.example\r\nx-one: 1\r\ntransfer-encoding: chunked\r\n\r\n".to_string(),
+                RequestFraming::Chunked
+            )
         );
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "POST /up?x=1 HTTP/1.1\r\nhost: a.example\r\nx-one: 1\r\ntransfer-encoding: chunked\r\n\r\n"
-        );
-        let (parts, ()) = http::Request::get("/")
+        let req = http::Request::get("/")
             .header("content-length", "0")
             .body(())
-            .unwrap()
-            .into_parts();
-        let mut out = Vec::new();
-        let fields = |out: &mut Vec<u8>| {
-            for (k, v) in &parts.headers {
-                write_field(out, k.as_str().as_bytes(), v.as_bytes());
-            }
-        };
+            .unwrap();
         assert_eq!(
-            encode_request_head(&parts, false, &mut out, fields),
-            RequestFraming::Empty
+            encoded(req, false),
+            (
+                "GET / HTTP/1.1\r\ncontent-length: 0\r\n\r\n".to_string(),
+                RequestFraming::Empty
+            )
         );
-        assert_eq!(out, b"GET / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
     }
 
     #[test]
