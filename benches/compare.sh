@@ -27,6 +27,8 @@
 #   SIZE_CONNS=32     connection count for the sizes other than 0
 #   IDLE_CONNS=10000  idle keep-alive connections held per proxy for the memory table (0: skip)
 #   GATEWAY_BIN=path  gateway binary to run as `$GATEWAY_BIN --config FILE` (skips cargo build)
+#   GATEWAY_BIN_B=path a second gateway build, measured as target `gateway-b` in the same
+#                     rounds (before/after a change: ratios between the two in one run)
 #   TASKSET=1         pin backend, proxies and wrk to separate CPUs (see "CPU pinning" below)
 #   KEEP=1            keep the temp dir (configs, logs, raw wrk output) even on success
 # Needs nginx, haproxy, wrk, curl and python3; runs scripts/install-deps.sh when one of the
@@ -139,6 +141,9 @@ else
   GATEWAY_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/gateway"
   [[ -x $GATEWAY_BIN ]] || die "built, but $GATEWAY_BIN is not there (CARGO_TARGET_DIR?)"
   GATEWAY_LABEL="caas gateway (examples/gateway, release)"
+fi
+if [[ -n ${GATEWAY_BIN_B:-} ]]; then
+  [[ -x $GATEWAY_BIN_B ]] || die "GATEWAY_BIN_B=$GATEWAY_BIN_B is not an executable file"
 fi
 
 # --- temp dir, processes, cleanup -----------------------------------------------------------
@@ -269,6 +274,7 @@ free_port BACKEND_PORT
 free_port NGINX_PORT
 free_port HAPROXY_PORT
 free_port GATEWAY_PORT
+free_port GATEWAY_B_PORT
 
 # nginx writes its temp files and pid under our dir, never under /var.
 nginx_common() {
@@ -368,6 +374,8 @@ default_version = "v1"
 endpoints = ["127.0.0.1:$BACKEND_PORT"]
 EOF
 
+sed "s/:$GATEWAY_PORT\"/:$GATEWAY_B_PORT\"/" "$WORK/gateway.toml" >"$WORK/gateway-b.toml"
+
 nginx -t -q -c "$WORK/backend.conf" -p "$WORK" -e "$WORK/backend.error.log" ||
   die "nginx rejected $WORK/backend.conf"
 nginx -t -q -c "$WORK/nginx-proxy.conf" -p "$WORK" -e "$WORK/nginx-proxy.error.log" ||
@@ -391,6 +399,10 @@ start_proxy() {
       RUST_LOG=${RUST_LOG:-warn} start gateway "${PIN_PROXY[@]}" "$GATEWAY_BIN" \
         --config "$WORK/gateway.toml"
       ;;
+    gateway-b)
+      RUST_LOG=${RUST_LOG:-warn} start gateway-b "${PIN_PROXY[@]}" "$GATEWAY_BIN_B" \
+        --config "$WORK/gateway-b.toml"
+      ;;
   esac
 }
 start_proxy nginx-proxy
@@ -399,6 +411,10 @@ start_proxy gateway
 wait_http nginx-proxy "$NGINX_PORT"
 wait_http haproxy "$HAPROXY_PORT"
 wait_http gateway "$GATEWAY_PORT"
+if [[ -n ${GATEWAY_BIN_B:-} ]]; then
+  start_proxy gateway-b
+  wait_http gateway-b "$GATEWAY_B_PORT"
+fi
 
 
 # Each target must answer 200 "ok" through the Host header before anything is measured, and
@@ -434,13 +450,20 @@ check_target haproxy "http://127.0.0.1:$HAPROXY_PORT/"
 
 TARGETS=(direct gateway nginx-proxy haproxy)
 IDLE_TARGETS=(gateway nginx-proxy haproxy)
+if [[ -n ${GATEWAY_BIN_B:-} ]]; then
+  check_target gateway-b "http://127.0.0.1:$GATEWAY_B_PORT/"
+  TARGETS=(direct gateway gateway-b nginx-proxy haproxy)
+  IDLE_TARGETS=(gateway gateway-b nginx-proxy haproxy)
+fi
 declare -A URL=(
   [direct]="http://127.0.0.1:$BACKEND_PORT/"
   [gateway]="http://127.0.0.1:$GATEWAY_PORT/"
+  [gateway-b]="http://127.0.0.1:$GATEWAY_B_PORT/"
   [nginx-proxy]="http://127.0.0.1:$NGINX_PORT/"
   [haproxy]="http://127.0.0.1:$HAPROXY_PORT/"
 )
-declare -A PORT=([gateway]=$GATEWAY_PORT [nginx-proxy]=$NGINX_PORT [haproxy]=$HAPROXY_PORT)
+declare -A PORT=([gateway]=$GATEWAY_PORT [gateway-b]=$GATEWAY_B_PORT [nginx-proxy]=$NGINX_PORT
+  [haproxy]=$HAPROXY_PORT)
 
 pid_of() { eval "echo \$PID_${1//-/_}"; }
 
@@ -643,7 +666,7 @@ echo
 echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
 echo "- machine: $(nproc) CPUs, ${cpu_model:-unknown CPU}, kernel $(uname -r)"
 echo "- $(nginx -v 2>&1 | sed 's/^nginx version: //'), $(haproxy -v | head -n 1 | awk '{print "HAProxy " $3}'), $(wrk -v 2>&1 | head -n 1 | awk '{print "wrk " $2}')"
-echo "- gateway: $GATEWAY_LABEL"
+echo "- gateway: $GATEWAY_LABEL$([[ -n ${GATEWAY_BIN_B:-} ]] && echo "; gateway-b: $GATEWAY_BIN_B")"
 echo "- CPU pinning: $([[ ${#PIN_PROXY[@]} -gt 0 ]] && echo "backend ${PIN_BACKEND[*]: -1}, proxy ${PIN_PROXY[*]: -1}, wrk ${PIN_WRK[*]: -1}" || echo none)"
 echo "- every request carries 'Host: $HOST_HEADER'; backend: nginx, 1 worker, return 200 \"ok\\n\" at /, static files (sendfile) at /8k, /256k, ..."
 echo
