@@ -742,7 +742,7 @@ mod tests {
                     0 => input.truncate(i),
                     1 => input.insert(i, (next() % 256) as u8),
                     2 if !input.is_empty() => input[i] = b"\r\n:, 0;fHT"[(next() % 10) as usize],
-                    _ => input.extend_from_slice(&input[..i].to_vec()),
+                    _ => input.extend_from_within(..i),
                 }
             }
             let mut buf = BytesMut::from(&input[..]);
