@@ -157,6 +157,7 @@ async fn kill_leaves_rotation_and_returns_while_load_runs() {
             grace_ms: 5000,
             ..HealthPolicy::default()
         },
+        sidecars: Vec::new(),
     };
     let hosts = HostStore::new(session.clone());
     let t0 = Instant::now();

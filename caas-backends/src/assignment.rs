@@ -8,8 +8,15 @@
 //! {"app": "hello", "version": "v1", "image": "127.0.0.1:5000/hello:v1",
 //!  "container_port": 8080, "memory": "512m", "cpu_shares": 1024,
 //!  "health": {"path": "/_ping", "interval_ms": 1000, "timeout_ms": 500, "fall": 3,
-//!             "rise": 1, "grace_ms": 5000, "policy": "restart"}}
+//!             "rise": 1, "grace_ms": 5000, "policy": "restart"},
+//!  "sidecars": [{"name": "cache", "image": "127.0.0.1:5000/hello-cache:v1",
+//!                "memory": "64m", "cpu_shares": 256}]}
 //! ```
+//!
+//! `sidecars` (optional, omitted when empty, so older agents and nodes read the same JSON)
+//! are containers that belong to the instance and run on its host as one unit with the main
+//! container: pulled, started, restarted and removed together. Only the main container
+//! publishes a port, is health-checked and is registered.
 //!
 //! `health` and each of its fields are optional; see [`HealthPolicy`] for the defaults and
 //! how they compare with Kubernetes' probe defaults. Parsing checks types and id syntax;
@@ -76,6 +83,58 @@ pub struct Assignment {
     /// Health checking and what to do on failure.
     #[serde(default)]
     pub health: HealthPolicy,
+    /// Containers started, restarted and removed together with the main one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sidecars: Vec<Sidecar>,
+}
+
+/// A container that runs beside an instance's main container, as part of the same unit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sidecar {
+    /// Unique within the instance: 1-63 characters of `[a-z0-9-]` (it is part of the
+    /// container's name and labels).
+    pub name: String,
+    /// Image reference `{registry}/{repository}:{tag}` (any repository of the registry).
+    pub image: String,
+    /// Memory limit, as the main container's.
+    pub memory: MemoryLimit,
+    /// Relative CPU weight, 2..=262144.
+    #[serde(default = "Sidecar::default_cpu_shares")]
+    pub cpu_shares: u32,
+}
+
+impl Sidecar {
+    fn default_cpu_shares() -> u32 {
+        256
+    }
+
+    /// Checks the name, image shape and limits.
+    pub fn validate(&self) -> Result<(), AssignmentError> {
+        if caas_core::InstanceId::new(&self.name).is_err() {
+            return Err(AssignmentError::Range {
+                field: "sidecars.name",
+                value: format!("{:?}", self.name),
+                why: "must be 1-63 characters of [a-z0-9-]",
+            });
+        }
+        ImageRef::parse(&self.image)?;
+        if self.memory.bytes() < MemoryLimit::MIN {
+            return Err(range(
+                "sidecars.memory",
+                self.memory,
+                "Docker's minimum is 6 MiB (\"6m\")",
+            ));
+        }
+        if !(2..=262_144).contains(&self.cpu_shares) {
+            return Err(range(
+                "sidecars.cpu_shares",
+                self.cpu_shares,
+                "must be 2..=262144",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Assignment {
@@ -129,7 +188,32 @@ impl Assignment {
         if !(2..=262_144).contains(&self.cpu_shares) {
             return Err(range("cpu_shares", self.cpu_shares, "must be 2..=262144"));
         }
+        for (i, sidecar) in self.sidecars.iter().enumerate() {
+            sidecar.validate()?;
+            if self.sidecars[..i].iter().any(|s| s.name == sidecar.name) {
+                return Err(AssignmentError::Range {
+                    field: "sidecars.name",
+                    value: format!("{:?}", sidecar.name),
+                    why: "sidecar names must be unique within an instance",
+                });
+            }
+        }
         self.health.validate()
+    }
+
+    /// Memory of the unit: the main container and its sidecars.
+    pub fn total_memory(&self) -> u64 {
+        self.memory.bytes() + self.sidecars.iter().map(|s| s.memory.bytes()).sum::<u64>()
+    }
+
+    /// CPU shares of the unit: the main container and its sidecars.
+    pub fn total_cpu_shares(&self) -> u64 {
+        u64::from(self.cpu_shares)
+            + self
+                .sidecars
+                .iter()
+                .map(|s| u64::from(s.cpu_shares))
+                .sum::<u64>()
     }
 }
 
@@ -460,6 +544,51 @@ mod tests {
         assert!(e.to_string().contains("reboot"), "{e}");
         let e = Assignment::from_json(with("app", r#""Hello""#).as_bytes()).unwrap_err();
         assert!(e.to_string().contains("app id"), "{e}");
+    }
+
+    #[test]
+    fn sidecars_are_optional_validated_and_omitted_when_empty() {
+        let a = Assignment::from_json(FULL.as_bytes()).unwrap();
+        assert!(a.sidecars.is_empty());
+        assert!(!String::from_utf8(a.to_json()).unwrap().contains("sidecars"));
+        let one =
+            r#"[{"name": "cache", "image": "127.0.0.1:5000/hello-cache:v1", "memory": "64m"}]"#;
+        let a = Assignment::from_json(with("sidecars", one).as_bytes()).unwrap();
+        assert_eq!(a.sidecars[0].cpu_shares, 256);
+        assert_eq!(a.total_memory(), (512 + 64) << 20);
+        assert_eq!(a.total_cpu_shares(), 1024 + 256);
+        let back = Assignment::from_json(&a.to_json()).unwrap();
+        assert_eq!(back, a);
+        for (value, needle) in [
+            (
+                r#"[{"name": "Cache", "image": "127.0.0.1:5000/c:v1", "memory": "64m"}]"#,
+                "sidecars.name",
+            ),
+            (
+                r#"[{"name": "c", "image": "c:v1", "memory": "64m"}]"#,
+                "no registry",
+            ),
+            (
+                r#"[{"name": "c", "image": "127.0.0.1:5000/c:v1", "memory": "1m"}]"#,
+                "sidecars.memory",
+            ),
+            (
+                r#"[{"name": "c", "image": "127.0.0.1:5000/c:v1", "memory": "64m", "cpu_shares": 1}]"#,
+                "sidecars.cpu_shares",
+            ),
+            (
+                r#"[{"name": "c", "image": "127.0.0.1:5000/c:v1", "memory": "64m", "port": 1}]"#,
+                "unknown field `port`",
+            ),
+            (
+                r#"[{"name": "c", "image": "127.0.0.1:5000/c:v1", "memory": "64m"},
+                    {"name": "c", "image": "127.0.0.1:5000/d:v1", "memory": "64m"}]"#,
+                "unique",
+            ),
+        ] {
+            let e = Assignment::from_json(with("sidecars", value).as_bytes()).unwrap_err();
+            assert!(e.to_string().contains(needle), "{value}: {e}");
+        }
     }
 
     #[test]

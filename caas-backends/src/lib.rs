@@ -29,7 +29,7 @@ pub mod zk;
 
 pub use agent::{Agent, AgentConfig, AgentError, AgentHandle};
 pub use assignment::{
-    Assignment, AssignmentError, FailurePolicy, HealthPolicy, ImageRef, MemoryLimit,
+    Assignment, AssignmentError, FailurePolicy, HealthPolicy, ImageRef, MemoryLimit, Sidecar,
 };
 pub use docker::{
     ContainerEvent, ContainerInfo, DockerError, DockerRuntime, RegistryAuth, RunSpec,

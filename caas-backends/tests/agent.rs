@@ -100,6 +100,7 @@ impl World {
                 grace_ms: 5000,
                 ..HealthPolicy::default()
             },
+            sidecars: Vec::new(),
         }
     }
 

@@ -247,6 +247,7 @@ async fn deploy(d: DeployArgs) -> Result<(), String> {
         memory: d.memory,
         cpu_shares: d.cpu_shares,
         health,
+        sidecars: Vec::new(),
     };
     assignment.validate().map_err(|e| e.to_string())?;
     let session = ZkSession::connect(d.zk.config())

@@ -313,6 +313,8 @@ impl State {
             labels: self.p.config.labels.clone(),
             capacity: self.p.capacity,
             allocated,
+            cpu_idle: None,
+            draining: false,
         };
         if let Err(e) = self.p.hosts.put_info(self.host(), &info).await {
             self.error("cannot write the host info", &e);

@@ -3,8 +3,15 @@
 //! ```text
 //! /hosts/{hostId}                              PERSISTENT  HostInfo JSON (versioned: optimistic locking)
 //! /hosts/{hostId}/alive                        EPHEMERAL   "{ip}" while the agent's session lives
-//! /hosts/{hostId}/assignments/{instanceId}     PERSISTENT  Assignment JSON
+//! /hosts/{hostId}/assignments/{instanceId}     PERSISTENT  Assignment JSON (written by schedulers)
+//! /hosts/{hostId}/status/{instanceId}          PERSISTENT  InstanceStatus JSON (written by the agent)
 //! ```
+//!
+//! Who writes which part of [`HostInfo`]: the agent owns `ip`, `labels`, `capacity` and
+//! `cpu_idle`; schedulers own `allocated` (changed in the same multi as the assignments,
+//! under the node's version); operators own `draining`. Every writer does a
+//! read-modify-write of its own fields under the node's version, so none overwrites
+//! another's.
 //!
 //! [`HostStore`] reads and writes them through a [`ZkSession`]. The `alive` node is created
 //! through the session's ephemeral bookkeeping, so it comes back after a session expiry.
@@ -36,6 +43,16 @@ pub fn alive_path(host: &str) -> String {
 /// `/hosts/{host}/assignments`.
 pub fn assignments_path(host: &str) -> String {
     format!("{HOSTS}/{host}/assignments")
+}
+
+/// `/hosts/{host}/status`.
+pub fn statuses_path(host: &str) -> String {
+    format!("{HOSTS}/{host}/status")
+}
+
+/// `/hosts/{host}/status/{instance}`.
+pub fn status_path(host: &str, instance: &InstanceId) -> String {
+    format!("{HOSTS}/{host}/status/{instance}")
 }
 
 /// `/hosts/{host}/assignments/{instance}`.
@@ -75,7 +92,7 @@ pub struct Resources {
 }
 
 /// What `/hosts/{hostId}` holds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostInfo {
     /// The advertised IP: containers are published and registered on it.
@@ -85,8 +102,62 @@ pub struct HostInfo {
     pub labels: BTreeMap<String, String>,
     /// What the host offers.
     pub capacity: Resources,
-    /// The sum over the host's assignments.
+    /// The sum over the host's assignments (main containers and sidecars).
     pub allocated: Resources,
+    /// Share of CPU time idle, 0.0..=1.0, measured by the agent from `/proc/stat` and
+    /// smoothed; absent until the first measurement (and from older agents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_idle: Option<f64>,
+    /// The host takes no new instances and its instances move elsewhere.
+    #[serde(default)]
+    pub draining: bool,
+}
+
+/// Where one instance stands on its host: what `/hosts/{hostId}/status/{instanceId}` holds,
+/// written by the host agent as the instance changes state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceStatus {
+    /// The app.
+    pub app: caas_core::AppId,
+    /// The version.
+    pub version: caas_core::Version,
+    /// The lifecycle state.
+    pub state: InstanceState,
+    /// `{hostIp}:{hostPort}` once a port is bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// The main container's id, once created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// Restarts since the assignment appeared.
+    #[serde(default)]
+    pub restarts: u32,
+    /// When the current container started, Unix milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<u64>,
+    /// Why the instance is not running or not healthy: the pull or start error, the last
+    /// failed probe's answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The lifecycle of an instance on its host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceState {
+    /// Pulling images or creating containers.
+    Starting,
+    /// Running, waiting for its first passing health check.
+    Unhealthy,
+    /// Passing health checks and registered.
+    Healthy,
+    /// Stopped, waiting to be started again (backoff).
+    Restarting,
+    /// Could not be started (pull or run failed); retried.
+    Failed,
+    /// Being stopped and removed.
+    Removing,
 }
 
 /// One child of `/hosts/{host}/assignments`, parsed or not.
@@ -289,6 +360,8 @@ mod tests {
                 instances: 299,
             },
             allocated: Resources::default(),
+            cpu_idle: Some(0.5),
+            draining: false,
         };
         let json = serde_json::to_string(&info).unwrap();
         assert!(
@@ -298,5 +371,10 @@ mod tests {
             "{json}"
         );
         assert_eq!(serde_json::from_str::<HostInfo>(&json).unwrap(), info);
+        // Nodes written before cpu_idle and draining existed still parse.
+        let old = r#"{"ip":"127.0.0.2","capacity":{"memory":1,"cpu_shares":2,"instances":3},
+            "allocated":{"memory":0,"cpu_shares":0,"instances":0}}"#;
+        let parsed: HostInfo = serde_json::from_str(old).unwrap();
+        assert_eq!((parsed.cpu_idle, parsed.draining), (None, false));
     }
 }

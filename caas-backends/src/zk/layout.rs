@@ -5,6 +5,9 @@
 //! /service/address/{appId}/{version}/{containerId}   EPHEMERAL   "{hostIp}:{hostPort}"
 //! /apps/{appId}                                      PERSISTENT  AppSpec JSON (maybe encrypted)
 //! /domains/{domain}                                  PERSISTENT  "{appId}"
+//! /deployments/{appId}/{version}                     PERSISTENT  Deployment JSON (desired state)
+//! /deployments/{appId}/{version}/status              PERSISTENT  written by the scheduler
+//! /hosts/...                                         see `hosts`
 //! ```
 
 use std::net::SocketAddr;
@@ -17,6 +20,18 @@ pub const SERVICE: &str = "/service/address";
 pub const APPS: &str = "/apps";
 /// Parent of the domain claims `/domains/{domain}`.
 pub const DOMAINS: &str = "/domains";
+/// Parent of the deployments `/deployments/{appId}/{version}`.
+pub const DEPLOYMENTS: &str = "/deployments";
+
+/// `/deployments/{app}/{version}`.
+pub fn deployment_path(app: &AppId, version: &Version) -> String {
+    format!("{DEPLOYMENTS}/{app}/{version}")
+}
+
+/// `/deployments/{app}/{version}/status`.
+pub fn deployment_status_path(app: &AppId, version: &Version) -> String {
+    format!("{DEPLOYMENTS}/{app}/{version}/status")
+}
 
 /// `/service/address/{app}/{version}/{instance}`.
 pub fn instance_path(app: &AppId, version: &Version, instance: &InstanceId) -> String {
