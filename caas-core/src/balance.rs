@@ -10,19 +10,12 @@ use std::any::Any;
 use std::fmt;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::spec::{BalancerKind, Endpoint};
 use crate::stats::Counters;
 
-/// Milliseconds since the first call, never 0 (0 means "not ejected").
-fn now_ms() -> u64 {
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    let base = BASE.get_or_init(Instant::now);
-    u64::try_from(base.elapsed().as_millis())
-        .unwrap_or(u64::MAX)
-        .saturating_add(1)
-}
+use crate::clock::now_ms;
 
 /// Live state of one upstream endpoint, shared by every table that contains it.
 pub struct EndpointState {

@@ -13,8 +13,10 @@
 //! - [`discovery`]: the [`Discovery`] update stream (`Reset` / `Upsert` / `Remove`) and the
 //!   in-memory [`Static`] source.
 //! - [`stats`], [`limit`]: lock-free counters and the per-app rate limiter.
+//! - [`clock`]: the one monotonic millisecond / nanosecond clock the data plane reads.
 
 pub mod balance;
+pub mod clock;
 pub mod discovery;
 pub mod id;
 pub mod limit;
@@ -27,6 +29,8 @@ pub use balance::{EndpointState, InFlight, Pool};
 pub use discovery::{Discovery, Static, StaticUpdates, Update};
 pub use id::{AppId, Domain, IdError, InstanceId, Version};
 pub use router::{ApplyReport, Router};
-pub use spec::{AppSpec, BalancerKind, Endpoint, IpNet, RateLimit, Snapshot, VersionSpec};
+pub use spec::{
+    AppSpec, BalancerKind, Endpoint, IpNet, RateLimit, Snapshot, SpecError, VersionSpec,
+};
 pub use stats::{Counters, CountersSnapshot};
 pub use table::{AppRoute, AppState, BuildWarning, Route, RouteTable, VersionRoute};

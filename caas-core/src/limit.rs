@@ -1,15 +1,9 @@
 //! A lock-free request rate limiter (GCRA, the token bucket's cousin that keeps one number).
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
+use crate::clock::now_ns;
 use crate::spec::RateLimit;
-
-fn now_ns() -> u64 {
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    u64::try_from(BASE.get_or_init(Instant::now).elapsed().as_nanos()).unwrap_or(u64::MAX)
-}
 
 /// Admits `rps` requests per second on average and bursts of up to `burst` more.
 #[derive(Debug)]

@@ -229,6 +229,57 @@ pub struct AppSpec {
     pub versions: BTreeMap<Version, VersionSpec>,
 }
 
+/// An app spec that parses but cannot work; the message starts with the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SpecError(pub String);
+
+impl AppSpec {
+    /// Checks what serde cannot, for every source of specs alike (the gateway's TOML file,
+    /// ZooKeeper's `/apps/{appId}` JSON, the control API):
+    ///
+    /// - `weights`: not all 0, and their sum fits in a `u32`;
+    /// - when the spec declares its `versions` (the TOML file does; in ZooKeeper they come
+    ///   from the registry and may appear later), `weights` and `default_version` name
+    ///   declared versions.
+    ///
+    /// Messages name the key relative to the app (`weights: ...`); callers prefix the app.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if !self.weights.is_empty() && self.weights.values().all(|&w| w == 0) {
+            return Err(SpecError("weights: all weights are 0".into()));
+        }
+        if self
+            .weights
+            .values()
+            .try_fold(0u32, |sum, &w| sum.checked_add(w))
+            .is_none()
+        {
+            return Err(SpecError("weights: the sum exceeds 4294967295".into()));
+        }
+        if !self.versions.is_empty() {
+            if let Some(v) = self
+                .weights
+                .keys()
+                .find(|v| !self.versions.contains_key(*v))
+            {
+                return Err(SpecError(format!(
+                    "weights: version {v} is not among the declared versions"
+                )));
+            }
+            if let Some(v) = self
+                .default_version
+                .as_ref()
+                .filter(|v| !self.versions.contains_key(*v))
+            {
+                return Err(SpecError(format!(
+                    "default_version: version {v} is not among the declared versions"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The full desired routing state: every app with its spec and endpoints.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -290,6 +341,43 @@ mod tests {
         let json = serde_json::to_string(&spec).unwrap();
         let back: AppSpec = serde_json::from_str(&json).unwrap();
         assert_eq!(back, spec);
+    }
+
+    #[test]
+    fn validate_checks_weights_and_default_version() {
+        for (src, err) in [
+            (
+                "weights = { v1 = 0 }\n[versions.v1]\n",
+                Some("weights: all weights are 0"),
+            ),
+            (
+                "weights = { v1 = 4294967295, v2 = 1 }\n",
+                Some("weights: the sum exceeds"),
+            ),
+            (
+                "weights = { v2 = 1 }\n[versions.v1]\n",
+                Some("weights: version v2 is not among"),
+            ),
+            (
+                "default_version = \"v3\"\n[versions.v1]\n",
+                Some("default_version: version v3 is not among"),
+            ),
+            // Without declared versions (ZooKeeper: they come from the registry) the names
+            // cannot be checked yet.
+            ("weights = { v2 = 1 }\ndefault_version = \"v3\"\n", None),
+            (
+                "weights = { v1 = 0, v2 = 1 }\n[versions.v1]\n[versions.v2]\n",
+                None,
+            ),
+            ("default_version = \"v1\"\n[versions.v1]\n", None),
+        ] {
+            let got = toml::from_str::<AppSpec>(src).unwrap().validate();
+            match (got, err) {
+                (Ok(()), None) => {}
+                (Err(e), Some(needle)) => assert!(e.0.starts_with(needle), "{src}: {e}"),
+                (got, want) => panic!("{src}: got {got:?}, want {want:?}"),
+            }
+        }
     }
 
     #[test]

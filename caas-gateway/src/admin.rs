@@ -15,8 +15,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::body::ProxyBody;
+use crate::error::ErrorCode;
 use crate::error::GatewayError;
-use crate::server::{ERROR_CODES, Gateway, pooled_idle};
+use crate::server::Gateway;
+use crate::upstream::pool::pooled_idle;
 
 impl Gateway {
     /// Serves the admin endpoints on `listener` until `shutdown` resolves.
@@ -209,11 +211,13 @@ pub fn metrics_text(gw: &Gateway) -> String {
         let _ = writeln!(out, "caas_gateway_{name} {v}");
     }
     let _ = writeln!(out, "# TYPE caas_gateway_errors_total counter");
-    for code in ERROR_CODES {
+    for code in ErrorCode::ALL {
         let _ = writeln!(
             out,
-            "caas_gateway_errors_total{{cause=\"{code}\"}} {}",
-            s.errors(code)
+            "caas_gateway_errors_total{{cause=\"{}\",blame=\"{}\"}} {}",
+            code.as_str(),
+            code.blame().as_str(),
+            s.error_count(*code)
         );
     }
     let table = gw.router().current();

@@ -181,23 +181,8 @@ impl FileConfig {
         };
         cfg.limits.validate().map_err(invalid)?;
         for (id, app) in &cfg.apps {
-            if app.weights.values().any(|&w| w > 0) && app.weights.values().sum::<u32>() == 0 {
-                return Err(invalid(format!("apps.{id}.weights: all weights are 0")));
-            }
-            for v in app.weights.keys() {
-                if !app.versions.contains_key(v) {
-                    return Err(invalid(format!(
-                        "apps.{id}.weights: version {v} has no [apps.{id}.versions.{v}] table"
-                    )));
-                }
-            }
-            if let Some(v) = &app.default_version {
-                if !app.versions.contains_key(v) {
-                    return Err(invalid(format!(
-                        "apps.{id}.default_version: version {v} has no [apps.{id}.versions.{v}] table"
-                    )));
-                }
-            }
+            app.validate()
+                .map_err(|e| invalid(format!("apps.{id}.{e}")))?;
         }
         Ok(cfg)
     }

@@ -1,9 +1,11 @@
-//! Header rewriting between client and upstream: hop-by-hop removal (RFC 9110 §7.6.1) and
-//! the `X-Forwarded-*` family. The client's `Host` is kept as sent.
+//! The request's authority, decided once ([`Authority`]), and the header rewriting between
+//! client and upstream: hop-by-hop removal (RFC 9110 §7.6.1) and the `X-Forwarded-*` family.
 
 use http::header::{CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, UPGRADE};
+use http::uri::Authority as UriAuthority;
 use http::{Request, Version, request};
 
+use crate::error::ProxyError;
 use crate::h1;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -28,21 +30,98 @@ pub(crate) fn is_upgrade_request<B>(req: &Request<B>) -> bool {
         && connection_tokens(req.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
-/// The host a request is for: `Host`, or the URI's authority (HTTP/2, absolute-form).
-pub(crate) fn request_host(parts: &request::Parts) -> Option<&str> {
-    match parts.headers.get(HOST) {
-        Some(h) => h.to_str().ok(),
-        None => parts.uri.authority().map(|a| a.as_str()),
+/// The authority (`host[:port]`) a request is for, decided once and used for everything:
+/// routing, every retry and its filters, the upstream's `Host` and `X-Forwarded-Host`.
+///
+/// - An HTTP/1 request in absolute form (`GET http://a.example/ HTTP/1.1`): the target's
+///   authority wins and replaces `Host`, as RFC 9112 §3.2.2 requires of a server and of a
+///   proxy. Rejecting a mismatch would break clients that speak to the gateway as to a
+///   forward proxy, and the RFC leaves no doubt which name the request is for.
+/// - HTTP/2: `:authority`; a `Host` naming another authority makes the request malformed
+///   (RFC 9113 §8.3.1), answered 400 rather than guessed.
+/// - Otherwise `Host`: exactly one field (RFC 9112 §3.2: several are a 400), a valid
+///   authority without user info.
+#[derive(Debug, Clone)]
+pub(crate) struct Authority(HeaderValue);
+
+impl Authority {
+    /// Decides the authority of a request (see the type's docs).
+    pub(crate) fn of(parts: &request::Parts) -> Result<Self, ProxyError> {
+        let mut hosts = parts.headers.get_all(HOST).iter();
+        let host = hosts.next();
+        if hosts.next().is_some() {
+            return Err(ProxyError::InvalidHost("more than one Host field"));
+        }
+        if let Some(target) = parts.uri.authority() {
+            let value = without_userinfo(target)?;
+            if parts.version == Version::HTTP_2 {
+                if let Some(h) = host {
+                    if !h.as_bytes().eq_ignore_ascii_case(value.as_bytes()) {
+                        return Err(ProxyError::InvalidHost(
+                            "Host names another authority than :authority",
+                        ));
+                    }
+                }
+            }
+            return Ok(Self(value));
+        }
+        let host = host.ok_or(ProxyError::MissingHost)?;
+        if host.to_str().is_err() {
+            return Err(ProxyError::InvalidHost("Host is not visible ASCII"));
+        }
+        let parsed = UriAuthority::try_from(host.as_bytes())
+            .map_err(|_| ProxyError::InvalidHost("Host is not a valid host[:port]"))?;
+        if parsed.as_str().contains('@') || !valid_host_port(&parsed) {
+            return Err(ProxyError::InvalidHost("Host is not a valid host[:port]"));
+        }
+        Ok(Self(host.clone()))
+    }
+
+    /// The authority as text (visible ASCII, checked when it was decided).
+    #[inline]
+    pub(crate) fn as_str(&self) -> &str {
+        self.0.to_str().unwrap_or_default()
+    }
+
+    /// The authority as a field value.
+    pub(crate) fn value(&self) -> &HeaderValue {
+        &self.0
     }
 }
 
+/// A host that is not empty and, when there is a port, a port that fits in 16 bits.
+fn valid_host_port(a: &UriAuthority) -> bool {
+    let host = a.host();
+    // What follows the host: "" or ":" and the port (an empty port means the default).
+    let port = a.as_str().rsplit_once(host).map_or("", |(_, rest)| rest);
+    !host.is_empty()
+        && match port.strip_prefix(':') {
+            None => port.is_empty(),
+            Some("") => true,
+            Some(p) => p.parse::<u16>().is_ok(),
+        }
+}
+
+/// `host[:port]` of a URI authority, dropping any `user@` part (never forwarded).
+fn without_userinfo(a: &UriAuthority) -> Result<HeaderValue, ProxyError> {
+    let s = a.as_str();
+    let s = s.rsplit_once('@').map_or(s, |(_, hostport)| hostport);
+    if !valid_host_port(a) {
+        return Err(ProxyError::InvalidHost(
+            "the authority is not a valid host[:port]",
+        ));
+    }
+    HeaderValue::from_str(s).map_err(|_| ProxyError::InvalidHost("unusable authority"))
+}
+
 /// Writes the fields of a client request as the upstream gets them, straight into its head
-/// (the request's own header map is not touched): `Host` kept (from `:authority` for HTTP/2
-/// clients), hop-by-hop fields dropped (RFC 9110 §7.6.1, with those `Connection` names),
-/// `X-Forwarded-For` appended to, `X-Forwarded-Proto/-Host` set. For a protocol upgrade,
-/// `Upgrade` is kept and `Connection: upgrade` sent.
+/// (the request's own header map is not touched): `Host` is the request's [`Authority`],
+/// hop-by-hop fields dropped (RFC 9110 §7.6.1, with those `Connection` names),
+/// `X-Forwarded-For` appended to, `X-Forwarded-Proto` set, `X-Forwarded-Host` the authority.
+/// For a protocol upgrade, `Upgrade` is kept and `Connection: upgrade` sent.
 pub(crate) fn write_upstream_fields(
     parts: &request::Parts,
+    authority: &Authority,
     client_ip: &HeaderValue,
     proto: &HeaderValue,
     upgrade: bool,
@@ -64,7 +143,8 @@ pub(crate) fn write_upstream_fields(
             }
             continue;
         }
-        if *name == X_FORWARDED_FOR
+        if *name == HOST
+            || *name == X_FORWARDED_FOR
             || *name == X_FORWARDED_PROTO
             || *name == X_FORWARDED_HOST
             || listed.iter().any(|t| t.eq_ignore_ascii_case(n))
@@ -73,12 +153,7 @@ pub(crate) fn write_upstream_fields(
         }
         h1::write_field(out, n.as_bytes(), value.as_bytes());
     }
-    let host = request_host(parts);
-    if !headers.contains_key(HOST) {
-        if let Some(authority) = host {
-            h1::write_field(out, b"host", authority.as_bytes());
-        }
-    }
+    h1::write_field(out, b"host", authority.value().as_bytes());
     out.extend_from_slice(b"x-forwarded-for: ");
     for prior in headers.get_all(&X_FORWARDED_FOR) {
         out.extend_from_slice(prior.as_bytes());
@@ -87,9 +162,7 @@ pub(crate) fn write_upstream_fields(
     out.extend_from_slice(client_ip.as_bytes());
     out.extend_from_slice(b"\r\n");
     h1::write_field(out, b"x-forwarded-proto", proto.as_bytes());
-    if let Some(host) = host {
-        h1::write_field(out, b"x-forwarded-host", host.as_bytes());
-    }
+    h1::write_field(out, b"x-forwarded-host", authority.value().as_bytes());
     if upgrade {
         h1::write_field(out, b"connection", b"upgrade");
     }
@@ -103,10 +176,12 @@ mod tests {
     fn upstream_head(req: Request<()>) -> String {
         let upgrade = is_upgrade_request(&req);
         let (parts, ()) = req.into_parts();
+        let authority = Authority::of(&parts).unwrap();
         let ip = HeaderValue::from_static("10.0.0.1");
         let mut out = Vec::new();
         h1::encode_request_head(&parts, false, &mut out, |out| {
-            write_upstream_fields(&parts, &ip, &HeaderValue::from_static("http"), upgrade, out);
+            let proto = HeaderValue::from_static("http");
+            write_upstream_fields(&parts, &authority, &ip, &proto, upgrade, out);
         });
         String::from_utf8(out).unwrap()
     }
@@ -135,7 +210,7 @@ mod tests {
         ]));
         assert_eq!(
             head,
-            "GET /p?q=1 HTTP/1.1\r\nhost: a.caas.local\r\nx-kept: yes\r\n\
+            "GET /p?q=1 HTTP/1.1\r\nx-kept: yes\r\nhost: a.caas.local\r\n\
              x-forwarded-for: 10.0.0.1\r\nx-forwarded-proto: http\r\n\
              x-forwarded-host: a.caas.local\r\n\r\n"
         );
@@ -157,6 +232,7 @@ mod tests {
     fn forwarded_for_appends_and_absolute_uri_becomes_origin_form() {
         let r = Request::builder()
             .uri("http://a.caas.local:8080/x?y")
+            .header("host", "b.caas.local")
             .header("x-forwarded-for", "1.1.1.1")
             .header("x-forwarded-for", "2.2.2.2")
             .body(())
@@ -165,8 +241,134 @@ mod tests {
         assert!(head.starts_with("GET /x?y HTTP/1.1\r\n"), "{head}");
         assert!(head.contains("\r\nhost: a.caas.local:8080\r\n"), "{head}");
         assert!(
+            head.contains("\r\nx-forwarded-host: a.caas.local:8080\r\n"),
+            "{head}"
+        );
+        assert!(!head.contains("b.caas.local"), "{head}");
+        assert!(
             head.contains("\r\nx-forwarded-for: 1.1.1.1, 2.2.2.2, 10.0.0.1\r\n"),
             "{head}"
         );
+    }
+
+    fn authority_of(version: Version, uri: &str, hosts: &[&str]) -> Result<String, &'static str> {
+        let mut b = Request::builder().version(version).uri(uri);
+        for h in hosts {
+            b = b.header("host", *h);
+        }
+        let (parts, ()) = b.body(()).unwrap().into_parts();
+        Authority::of(&parts)
+            .map(|a| a.as_str().to_owned())
+            .map_err(|e| e.code().as_str())
+    }
+
+    #[test]
+    fn the_authority_is_decided_once_by_the_rfc_rules() {
+        use Version as V;
+        for (version, uri, hosts, want) in [
+            (V::HTTP_11, "/", &["a.caas.local"][..], Ok("a.caas.local")),
+            (
+                V::HTTP_11,
+                "/",
+                &["A.caas.local:8080"],
+                Ok("A.caas.local:8080"),
+            ),
+            (V::HTTP_10, "/", &["a.caas.local"], Ok("a.caas.local")),
+            // RFC 9112 §3.2.2: the absolute form's authority wins and replaces Host.
+            (
+                V::HTTP_11,
+                "http://a.caas.local/",
+                &["b.caas.local"],
+                Ok("a.caas.local"),
+            ),
+            (
+                V::HTTP_11,
+                "http://a.caas.local:81/x",
+                &[],
+                Ok("a.caas.local:81"),
+            ),
+            (
+                V::HTTP_11,
+                "http://u:p@a.caas.local/",
+                &["b"],
+                Ok("a.caas.local"),
+            ),
+            // HTTP/2: :authority; a different Host is malformed (RFC 9113 §8.3.1).
+            (V::HTTP_2, "http://a.caas.local/", &[], Ok("a.caas.local")),
+            (
+                V::HTTP_2,
+                "http://a.caas.local/",
+                &["A.CAAS.local"],
+                Ok("a.caas.local"),
+            ),
+            (
+                V::HTTP_2,
+                "http://a.caas.local/",
+                &["b.caas.local"],
+                Err("invalid_host"),
+            ),
+            (V::HTTP_2, "/", &["a.caas.local"], Ok("a.caas.local")),
+            // RFC 9112 §3.2: no Host, several, or an invalid one is a 400.
+            (V::HTTP_11, "/", &[], Err("missing_host")),
+            (
+                V::HTTP_11,
+                "/",
+                &["a.caas.local", "b.caas.local"],
+                Err("invalid_host"),
+            ),
+            (
+                V::HTTP_11,
+                "/",
+                &["a.caas.local", "a.caas.local"],
+                Err("invalid_host"),
+            ),
+            (
+                V::HTTP_11,
+                "http://a.caas.local/",
+                &["a", "b"],
+                Err("invalid_host"),
+            ),
+            (V::HTTP_11, "/", &[""], Err("invalid_host")),
+            (V::HTTP_11, "/", &["user@a.caas.local"], Err("invalid_host")),
+            (V::HTTP_11, "/", &["a.caas.local/x"], Err("invalid_host")),
+            (V::HTTP_11, "/", &["a b"], Err("invalid_host")),
+            (
+                V::HTTP_11,
+                "/",
+                &["a.caas.local:99999999"],
+                Err("invalid_host"),
+            ),
+        ] {
+            let got = authority_of(version, uri, hosts);
+            assert_eq!(
+                got.as_deref().map_err(|e| *e),
+                want,
+                "{version:?} {uri} {hosts:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn arbitrary_host_values_never_panic() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = (seed % 24) as usize;
+            const CHARS: &[u8] = b"a.:@[]-_0912 /%\x7f\xff";
+            let bytes: Vec<u8> = (0..len)
+                .map(|i| CHARS[((seed >> (i % 56)) % CHARS.len() as u64) as usize])
+                .collect();
+            let Ok(value) = HeaderValue::from_bytes(&bytes) else {
+                continue;
+            };
+            let mut req = Request::new(());
+            req.headers_mut().insert(HOST, value);
+            let (parts, ()) = req.into_parts();
+            if let Ok(a) = Authority::of(&parts) {
+                assert!(!a.as_str().is_empty(), "{bytes:?}");
+            }
+        }
     }
 }

@@ -4,17 +4,27 @@
 //!
 //! - [`server`]: [`Gateway::builder`]`(config).discovery(d).serve(listener, shutdown)`:
 //!   accept on a pre-bound listener, HTTP/1.1 and HTTP/2 (h2c) via hyper, header-read and
-//!   idle timeouts, graceful drain on shutdown.
-//! - [`proxy`](crate::proxy): limits → route by `Host` through the lock-free
-//!   [`caas_core::Router`] → blacklist and rate limit → balancer pick → forward, retrying a
-//!   failed connect once on another endpoint; WebSocket upgrades tunnelled both ways.
-//! - `upstream`: per-endpoint pools of idle HTTP/1.1 connections, lock-free.
-//! - [`body`]: bodies stream through in both directions, never buffered whole.
-//! - `headers`: hop-by-hop removal and `X-Forwarded-*`.
-//! - [`error`]: each [`ProxyError`] is one status code with a short JSON body.
+//!   idle timeouts, graceful drain on shutdown. `conn`: the state every connection shares
+//!   and what is known of each client connection.
+//! - `proxy`: limits → the request's authority, decided once (`headers::Authority`) → route
+//!   through the lock-free [`caas_core::Router`] → blacklist and rate limit → balancer pick →
+//!   forward, retrying a failed connect on another endpoint through the same filters;
+//!   WebSocket upgrades tunnelled both ways. Blame is decided there: only the upstream's
+//!   failures count against its endpoint.
+//! - `upstream`: the gateway's own HTTP/1.1 client, run in the request's task: connections,
+//!   the exchange of a request for a response head, the streamed response body, and the
+//!   per-endpoint pools of idle connections. `h1` is its wire format.
+//! - [`body`]: [`ProxyBody`] and the client's request body; bodies stream through in both
+//!   directions, never buffered whole.
+//! - `headers`: the authority, hop-by-hop removal and `X-Forwarded-*`.
+//! - [`error`]: the [`ErrorCode`] table (one code, one status, one party to blame per cause)
+//!   and [`ProxyError`], each a short JSON answer; [`stats`]: [`GatewayStats`].
 //! - [`admin`]: `/healthz`, `/routes`, `/metrics` on a separate listener.
 //! - [`config`]: [`GatewayConfig`], [`Limits`] and the example server's [`FileConfig`];
 //!   [`file`]: the hot-reloading [`FileDiscovery`].
+//!
+//! Modules depend one way: `h1` ← `upstream` ← `body` ← `error` ← `stats` ← `conn` ←
+//! `proxy` ← `server` ← `admin`.
 //!
 //! ```no_run
 //! use caas_core::Static;
@@ -34,16 +44,19 @@
 pub mod admin;
 pub mod body;
 pub mod config;
+mod conn;
 pub mod error;
 pub mod file;
 mod h1;
 mod headers;
 mod proxy;
 pub mod server;
+pub mod stats;
 mod upstream;
 
 pub use body::ProxyBody;
 pub use config::{ConfigError, FileConfig, GatewayConfig, Limits};
-pub use error::{GatewayError, ProxyError};
+pub use error::{Blame, ErrorCode, GatewayError, ProxyError};
 pub use file::FileDiscovery;
-pub use server::{Gateway, GatewayBuilder, GatewayStats};
+pub use server::{Gateway, GatewayBuilder};
+pub use stats::GatewayStats;

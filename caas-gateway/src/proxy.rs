@@ -1,129 +1,57 @@
-//! The request path, top to bottom: limits → route by host → app filters → pick → forward on
-//! a pooled connection (retrying a failed connect once on another endpoint) → count → respond.
+//! The request path, top to bottom: limits → decide the authority once → route by it →
+//! filters → pick → forward on a pooled connection (retrying a failed connect on another
+//! endpoint, through the same filters) → count → respond.
+//!
+//! Blame is decided here: only what the upstream did (refused, reset, timed out, answered
+//! garbage) counts against its endpoint; what the client did (a malformed, stalled or
+//! abandoned body) is the client's error and leaves the endpoint alone.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use caas_core::{AppState, EndpointState, RouteTable};
-use http::header::HOST;
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use caas_core::{AppRoute, AppState, EndpointState, InFlight, RouteTable};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 
-use crate::body::{ProxyBody, RequestBody, UpstreamBody, clock_ms};
-use crate::error::ProxyError;
+use crate::body::{ProxyBody, RequestBody};
+use crate::conn::{ConnInfo, Shared, Tracked, Waiting};
+use crate::error::{Blame, ErrorCode, ProxyError};
 use crate::h1;
-use crate::headers::{is_upgrade_request, request_host, write_upstream_fields};
-use crate::server::Shared;
-use crate::upstream::{BodySender, Exchange, ExchangeError, UpstreamConn, UpstreamPool};
+use crate::headers::{Authority, is_upgrade_request, write_upstream_fields};
+use crate::stats::GatewayStats;
+use crate::upstream::{
+    BodySender, ConnectError, Exchange, ExchangeError, UpstreamBody, UpstreamConn, UpstreamPool,
+};
 
-/// What the gateway knows about one client connection.
-#[derive(Debug)]
-pub(crate) struct ConnInfo {
-    pub(crate) peer: SocketAddr,
-    /// The peer's IP, preformatted for `X-Forwarded-For`.
-    pub(crate) peer_ip: HeaderValue,
-    /// `http` or `https`, for `X-Forwarded-Proto`.
-    pub(crate) proto: HeaderValue,
-    /// Requests of this connection waiting for an upstream response head.
-    pub(crate) waiting: AtomicUsize,
-    /// Reads and writes that moved bytes (the idle timer watches it change).
-    pub(crate) activity: AtomicU64,
-    /// Requests whose response has not been sent in full.
-    open: AtomicUsize,
-    /// When the pending request head started ([`clock_ms`] + 1): the connection's start, or
-    /// the first byte after the last response; 0 while a request is open or the connection
-    /// waits on keep-alive with nothing received.
-    head_since: AtomicU64,
-    /// The client speaks HTTP/2 (no request-head timeout: the connection carries frames
-    /// between requests).
-    h2: bool,
-}
-
-impl ConnInfo {
-    pub(crate) fn new(peer: SocketAddr, h2: bool) -> Self {
-        let ip = peer.ip().to_canonical().to_string();
-        Self {
-            peer,
-            peer_ip: HeaderValue::from_str(&ip).unwrap_or(HeaderValue::from_static("unknown")),
-            proto: HeaderValue::from_static("http"),
-            waiting: AtomicUsize::new(0),
-            activity: AtomicU64::new(0),
-            open: AtomicUsize::new(0),
-            head_since: AtomicU64::new(clock_ms() + 1),
-            h2,
-        }
-    }
-
-    /// Called after each read that brought bytes from the client.
-    pub(crate) fn on_read(&self) {
-        self.activity.fetch_add(1, Relaxed);
-        if self.open.load(Relaxed) == 0 && self.head_since.load(Relaxed) == 0 {
-            self.head_since.store(clock_ms() + 1, Relaxed);
-        }
-    }
-
-    /// Whether an HTTP/1 request head has been pending for `timeout_ms` or more.
-    pub(crate) fn head_overdue(&self, timeout_ms: u64) -> bool {
-        let since = self.head_since.load(Relaxed);
-        since != 0 && !self.h2 && clock_ms() + 1 - since >= timeout_ms
-    }
-
-    /// A request head is complete: its response is open until [`ResponseDone`] drops.
-    fn request_started(self: &Arc<Self>) -> ResponseDone {
-        self.open.fetch_add(1, Relaxed);
-        self.head_since.store(0, Relaxed);
-        ResponseDone(Arc::clone(self))
-    }
-}
-
-/// Held by a response body: when it drops, the response has been sent (or abandoned).
-#[derive(Debug)]
-pub(crate) struct ResponseDone(Arc<ConnInfo>);
-
-impl Drop for ResponseDone {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Relaxed);
-    }
-}
-
-/// Counts a request as waiting on its connection (the idle timer leaves it alone).
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl<'a> Waiting<'a> {
-    fn new(c: &'a AtomicUsize) -> Self {
-        c.fetch_add(1, Relaxed);
-        Self(c)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Relaxed);
-    }
-}
+/// Consecutive failures (resets, timeouts) after which an endpoint is ejected like one that
+/// refused a connection.
+const EJECT_AFTER_FAILURES: u32 = 3;
 
 /// The hyper service function: never fails, every error becomes a response.
 pub(crate) async fn serve_request(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
+) -> Result<Response<Tracked<ProxyBody>>, Infallible> {
     let started = Instant::now();
     let done = conn.request_started();
     let _waiting = Waiting::new(&conn.waiting);
     shared.stats.requests.fetch_add(1, Relaxed);
+    let mut unanswered = Unanswered(Some(&shared.stats));
     let mut app_state = None;
     let resp = match proxy(&shared, &conn, req, started, &mut app_state).await {
         Ok(resp) => resp,
         Err(err) => {
             shared.stats.count_error(&err);
             if let Some(app) = app_state {
-                app.stats.record_error();
+                if err.blame() == Blame::Upstream {
+                    app.stats.record_error();
+                }
                 app.stats
                     .record_response(err.status().as_u16(), started.elapsed());
             }
@@ -131,15 +59,19 @@ pub(crate) async fn serve_request(
             err.into_response()
         }
     };
-    Ok(resp.map(|body| body.on_done(done)))
+    unanswered.0 = None;
+    Ok(resp.map(|body| Tracked::new(body, done)))
 }
 
-/// The host a request is for: the URI's authority (HTTP/2, absolute-form) or `Host`.
-#[inline]
-fn host_of<B>(req: &Request<B>) -> Option<&str> {
-    match req.uri().host() {
-        Some(h) => Some(h),
-        None => req.headers().get(HOST)?.to_str().ok(),
+/// Counts a request whose future hyper dropped before it was answered: the client went away
+/// while it waited (the client's doing, like nginx's 499).
+struct Unanswered<'a>(Option<&'a GatewayStats>);
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if let Some(stats) = self.0 {
+            stats.count(ErrorCode::ClientClosed);
+        }
     }
 }
 
@@ -165,36 +97,67 @@ fn check_head_limits<B>(shared: &Shared, req: &Request<B>) -> Result<(), ProxyEr
     Ok(())
 }
 
-/// The app and endpoint a request goes to.
-type Picked = (Arc<AppState>, Arc<EndpointState>);
-/// Why no endpoint was picked, and the app when one was found (to count the error against).
-type Rejected = (ProxyError, Option<Arc<AppState>>);
+/// Who a request is from and what it is for: decided once, used by the first pick and by
+/// every retry.
+struct Target<'a> {
+    authority: &'a Authority,
+    client: IpAddr,
+}
 
-/// Route, filter and pick, all without awaiting: the table guard is dropped before any I/O.
+/// The filters every try passes, the first and each retry: the app's blacklist.
 #[inline]
-fn pick(
-    table: &RouteTable,
-    host: &str,
-    peer: SocketAddr,
-    avoid: Option<&EndpointState>,
-    filter: bool,
-) -> Result<Picked, Rejected> {
-    let route = table.lookup(host).ok_or((ProxyError::UnknownHost, None))?;
+fn filter(app: &AppRoute, client: IpAddr) -> Result<(), ProxyError> {
+    if app.is_blacklisted(client) {
+        return Err(ProxyError::Blacklisted);
+    }
+    Ok(())
+}
+
+/// The app and endpoint a request goes to first.
+type Routed = (Arc<AppState>, Arc<EndpointState>);
+/// Why a request was not routed, and its app when one was found (to count the error against).
+type Unrouted = (ProxyError, Option<Arc<AppState>>);
+
+/// The first pick: route, filter, take a rate-limit token, pick; all without awaiting (the
+/// table guard is dropped before any I/O).
+#[inline]
+fn route(table: &RouteTable, target: &Target<'_>) -> Result<Routed, Unrouted> {
+    let route = table
+        .lookup(target.authority.as_str())
+        .ok_or((ProxyError::UnknownHost, None))?;
     let app = route.app();
     let state = || Some(Arc::clone(app.state()));
-    if filter {
-        if app.is_blacklisted(peer.ip()) {
-            return Err((ProxyError::Blacklisted, state()));
-        }
-        if !app.admit() {
-            return Err((ProxyError::RateLimited, state()));
-        }
+    filter(app, target.client).map_err(|e| (e, state()))?;
+    if !app.admit() {
+        return Err((ProxyError::RateLimited, state()));
     }
     let ep = route
         .pool()
-        .and_then(|p| p.pick_avoiding(avoid))
+        .and_then(|p| p.pick())
         .ok_or_else(|| (ProxyError::NoEndpoint, state()))?;
     Ok((Arc::clone(app.state()), Arc::clone(ep)))
+}
+
+/// A retry's pick: the same authority looked up in the current table, the same filters,
+/// another endpoint of the same app. The rate limit was charged once for the request. When
+/// the authority now belongs to another app, there is no retry: one app's failure is never
+/// sent to another.
+fn reroute(
+    table: &RouteTable,
+    target: &Target<'_>,
+    app: &Arc<AppState>,
+    avoid: &EndpointState,
+) -> Result<Arc<EndpointState>, ProxyError> {
+    let route = table
+        .lookup(target.authority.as_str())
+        .filter(|r| Arc::ptr_eq(r.app().state(), app))
+        .ok_or(ProxyError::NoEndpoint)?;
+    filter(route.app(), target.client)?;
+    route
+        .pool()
+        .and_then(|p| p.pick_avoiding(Some(avoid)))
+        .map(Arc::clone)
+        .ok_or(ProxyError::NoEndpoint)
 }
 
 async fn proxy(
@@ -205,151 +168,170 @@ async fn proxy(
     app_out: &mut Option<Arc<AppState>>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     check_head_limits(shared, &req)?;
-    let host = host_of(&req).ok_or(ProxyError::MissingHost)?;
-    let (app, mut ep) = match pick(&shared.router.load(), host, conn.peer, None, true) {
-        Ok(found) => found,
-        Err((e, app)) => {
-            *app_out = app;
-            return Err(e);
-        }
-    };
-    *app_out = Some(Arc::clone(&app));
-
     let upgrade = is_upgrade_request(&req);
     let mut req = req.map(RequestBody::new);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
-    let has_body = !body.is_empty();
+    let authority = Authority::of(&parts)?;
+    let target = Target {
+        authority: &authority,
+        client: conn.peer.ip(),
+    };
+    let (app, ep) = route(&shared.router.load(), &target).map_err(|(e, app)| {
+        *app_out = app;
+        e
+    })?;
+    *app_out = Some(Arc::clone(&app));
+
     // The head is encoded once: sending it again (on a fresh connection, or on another
     // endpoint) costs no copy of the request.
+    let has_body = !body.is_empty();
     let mut head = Vec::new();
     let framing = h1::encode_request_head(&parts, has_body, &mut head, |out| {
-        write_upstream_fields(&parts, &conn.peer_ip, &conn.proto, upgrade, out);
+        write_upstream_fields(&parts, &authority, &conn.peer_ip, &conn.proto, upgrade, out);
     });
-    let mut body = has_body.then(|| BodySender::new(body, framing));
-
-    // A bodyless idempotent request can be sent again, once, on another endpoint when the
-    // first fails before answering: a container that died moments before its deregistration
-    // reached the gateway (Docker's proxy accepts, then resets) costs the client nothing.
-    let mut may_resend = !upgrade && !has_body && is_idempotent(&parts.method);
-    let host = request_host(&parts).unwrap_or_default();
-    let (resp_head, upstream, sending, complete, in_flight) = loop {
-        let (mut upstream, mut reused) = connect_any(shared, conn, host, &mut ep).await?;
-        let in_flight = ep.start_request();
-        if let Some(b) = body.as_mut() {
-            b.count_to(&app, &ep);
-        }
-        let addr = ep.endpoint().addr;
-        let sent = loop {
-            let mut exchange = Exchange::new(&mut upstream, &head, body.take(), &parts.method);
-            let res = with_timeout(shared, &mut exchange, addr).await;
-            let complete = exchange.request_complete();
-            let sender = exchange.take_body();
-            match res {
-                // The rest of a body the upstream answered early goes on with the response.
-                Ok(h) => break Ok((h, sender.filter(|_| !complete), complete)),
-                Err(ExchangeError::Closed(_)) if reused => {
-                    // A pooled connection the upstream had closed: nothing of the request
-                    // was consumed, so it goes again as it is on a fresh connection.
-                    body = sender;
-                    upstream = Box::pin(UpstreamConn::connect(addr, shared.timeouts.connect))
-                        .await
-                        .inspect_err(|_| fail_endpoint(shared, &ep))?;
-                    shared.stats.upstream_connects.fetch_add(1, Relaxed);
-                    reused = false;
-                }
-                Err(ExchangeError::Closed(reason) | ExchangeError::Failed(reason)) => {
-                    body = sender;
-                    break Err(ProxyError::Upstream { addr, reason });
-                }
-                Err(ExchangeError::TimedOut(e)) => break Err(e),
-            }
-        };
-        match sent {
-            Ok((h, rest, complete)) => break (h, upstream, rest, complete, in_flight),
-            Err(e) => {
-                drop(in_flight);
-                if ep.record_failure() >= EJECT_AFTER_FAILURES {
-                    fail_endpoint(shared, &ep);
-                }
-                if !(may_resend && matches!(e, ProxyError::Upstream { .. })) {
-                    return Err(e);
-                }
-                may_resend = false;
-                match pick(&shared.router.load(), host, conn.peer, Some(&ep), false) {
-                    Ok((_, other)) => ep = other,
-                    Err(_) => return Err(e),
-                }
-                tracing::debug!(failed = %addr, next = %ep.endpoint().addr, "resending after: {e}");
-            }
-        }
+    let request = Outgoing {
+        head: &head,
+        method: &parts.method,
+        body: has_body.then(|| BodySender::new(body, framing)),
+        // A bodyless idempotent request can be sent again, once, on another endpoint when
+        // the first fails before answering: a container that died moments before its
+        // deregistration reached the gateway (Docker's proxy accepts, then resets) costs
+        // the client nothing.
+        may_resend: !upgrade && !has_body && is_idempotent(&parts.method),
     };
-    ep.record_success();
+    let fwd = forward(shared, &target, &app, ep, request).await?;
+    fwd.ep.record_success();
     let h1::ResponseHead {
         parts: resp,
         framing,
         keep_alive,
-    } = resp_head;
+    } = fwd.head;
     let status = resp.status;
     let latency = started.elapsed();
     app.stats.record_response(status.as_u16(), latency);
-    ep.stats.record_response(status.as_u16(), latency);
+    fwd.ep.stats.record_response(status.as_u16(), latency);
 
     if status == StatusCode::SWITCHING_PROTOCOLS {
+        let addr = fwd.conn.addr();
         let Some(client_upgrade) = client_upgrade else {
             return Err(ProxyError::Upstream {
-                addr: upstream.addr(),
+                addr,
                 reason: "101 Switching Protocols to a request that asked for no upgrade".into(),
             });
         };
         shared.stats.upgrades.fetch_add(1, Relaxed);
-        let addr = upstream.addr();
-        tokio::spawn(tunnel(client_upgrade, upstream, addr));
-        drop(in_flight);
+        tokio::spawn(tunnel(client_upgrade, fwd.conn, addr));
         return Ok(Response::from_parts(resp, ProxyBody::empty()));
     }
-    let reusable = keep_alive && (complete || sending.is_some());
-    let body = UpstreamBody::new(upstream, framing, reusable, sending, in_flight, app);
+    let reusable = keep_alive && (fwd.complete || fwd.sending.is_some());
+    let body = UpstreamBody::new(fwd.conn, framing, reusable, fwd.sending, fwd.in_flight, app);
     Ok(Response::from_parts(resp, ProxyBody::upstream(body)))
 }
 
-/// Runs an exchange up to the response head under the response timeout, which runs from the
-/// last request-body chunk sent, so an upload taking longer than the timeout is not cut.
-async fn with_timeout(
+/// A request as it goes upstream: its encoded head and the sender of its body.
+struct Outgoing<'a> {
+    head: &'a [u8],
+    method: &'a Method,
+    body: Option<BodySender<RequestBody>>,
+    may_resend: bool,
+}
+
+/// A request that got a response head from an upstream.
+struct Forwarded {
+    head: h1::ResponseHead,
+    conn: UpstreamConn,
+    ep: Arc<EndpointState>,
+    /// The rest of a body the upstream answered before it was all sent.
+    sending: Option<BodySender<RequestBody>>,
+    /// The whole request went out.
+    complete: bool,
+    in_flight: InFlight,
+}
+
+/// Sends the request until an upstream answers with a response head: a failed connect is
+/// retried on another endpoint, a pooled connection found closed is replaced, and a
+/// bodyless idempotent request reset before any answer is resent once on another endpoint.
+/// Each retry goes through the same authority and filters as the first try.
+async fn forward(
     shared: &Shared,
-    exchange: &mut Exchange<'_>,
-    addr: SocketAddr,
-) -> Result<h1::ResponseHead, ExchangeError> {
-    let timeout = shared.timeouts.response;
-    let progress = exchange.body.as_ref().and_then(BodySender::progress);
-    let response = exchange.response_head();
-    tokio::pin!(response);
-    let mut deadline = tokio::time::Instant::now() + timeout;
+    target: &Target<'_>,
+    app: &Arc<AppState>,
+    mut ep: Arc<EndpointState>,
+    mut req: Outgoing<'_>,
+) -> Result<Forwarded, ProxyError> {
     loop {
-        tokio::select! {
-            res = &mut response => return res,
-            () = tokio::time::sleep_until(deadline) => {
-                if let Some(p) = &progress {
-                    let quiet = clock_ms().saturating_sub(p.load(Relaxed));
-                    if let Some(left) = timeout.checked_sub(Duration::from_millis(quiet)) {
-                        if !left.is_zero() {
-                            deadline = tokio::time::Instant::now() + left;
-                            continue;
-                        }
-                    }
-                }
-                return Err(ExchangeError::TimedOut(ProxyError::Timeout {
-                    addr,
-                    timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-                }));
-            }
+        let (mut upstream, mut reused) = connect_any(shared, target, app, &mut ep).await?;
+        let in_flight = ep.start_request();
+        if let Some(b) = req.body.as_mut() {
+            b.body_mut().count_to(app, &ep);
         }
+        let addr = ep.endpoint().addr;
+        let failed = loop {
+            let mut exchange = Exchange::new(&mut upstream, req.head, req.body.take(), req.method);
+            let res = exchange.response_head(shared.timeouts.response).await;
+            let complete = exchange.request_complete();
+            req.body = exchange.take_body();
+            match res {
+                Ok(head) => {
+                    return Ok(Forwarded {
+                        head,
+                        conn: upstream,
+                        ep,
+                        // The rest of a body the upstream answered early goes on with the
+                        // response.
+                        sending: req.body.filter(|_| !complete),
+                        complete,
+                        in_flight,
+                    });
+                }
+                Err(ExchangeError::Closed(_)) if reused => {
+                    // A pooled connection the upstream had closed: nothing of the request
+                    // was consumed, so it goes again as it is on a fresh connection.
+                    upstream = Box::pin(UpstreamConn::connect(addr, shared.timeouts.connect))
+                        .await
+                        .map_err(|e| connect_failed(shared, &ep, e))?;
+                    shared.stats.upstream_connects.fetch_add(1, Relaxed);
+                    reused = false;
+                }
+                // The client's faults end the exchange (the connection is dropped with it)
+                // and touch no endpoint's health.
+                Err(ExchangeError::ClientBody(e)) => return Err(e.into()),
+                Err(ExchangeError::ClientStalled) => {
+                    return Err(ProxyError::ClientTimeout {
+                        timeout_ms: millis(shared.timeouts.response),
+                    });
+                }
+                Err(ExchangeError::Closed(reason) | ExchangeError::Upstream(reason)) => {
+                    break ProxyError::Upstream { addr, reason };
+                }
+                Err(ExchangeError::TimedOut) => {
+                    break ProxyError::Timeout {
+                        addr,
+                        timeout_ms: millis(shared.timeouts.response),
+                    };
+                }
+            }
+        };
+        drop(in_flight);
+        if ep.record_failure() >= EJECT_AFTER_FAILURES {
+            eject(shared, &ep);
+        }
+        if !(req.may_resend && matches!(failed, ProxyError::Upstream { .. })) {
+            return Err(failed);
+        }
+        req.may_resend = false;
+        let Ok(other) = reroute(&shared.router.load(), target, app, &ep) else {
+            return Err(failed);
+        };
+        tracing::debug!(failed = %addr, next = %other.endpoint().addr, "resending after: {failed}");
+        ep = other;
     }
 }
 
-/// Consecutive failures (resets, timeouts) after which an endpoint is ejected like one that
-/// refused a connection.
-const EJECT_AFTER_FAILURES: u32 = 3;
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
 
 fn is_idempotent(m: &Method) -> bool {
     matches!(
@@ -359,32 +341,35 @@ fn is_idempotent(m: &Method) -> bool {
 }
 
 /// A connection to `ep`, or, when connecting fails, to another endpoint of the same app
-/// (once); `ep` is updated to the endpoint connected to.
+/// (once, through the same filters); `ep` is updated to the endpoint connected to. The flag
+/// says whether the connection came from the pool.
 async fn connect_any(
     shared: &Shared,
-    conn: &ConnInfo,
-    host: &str,
+    target: &Target<'_>,
+    app: &Arc<AppState>,
     ep: &mut Arc<EndpointState>,
 ) -> Result<(UpstreamConn, bool), ProxyError> {
-    match checkout(shared, ep).await {
-        Ok(c) => Ok(c),
-        Err(first) => {
-            fail_endpoint(shared, ep);
-            match pick(&shared.router.load(), host, conn.peer, Some(ep), false) {
-                Ok((_, other)) => {
-                    *ep = other;
-                    checkout(shared, ep)
-                        .await
-                        .inspect_err(|_| fail_endpoint(shared, ep))
-                }
-                Err(_) => Err(first),
-            }
+    let first = match checkout(shared, ep).await {
+        Ok(c) => return Ok(c),
+        Err(e) => connect_failed(shared, ep, e),
+    };
+    match reroute(&shared.router.load(), target, app, ep) {
+        Ok(other) => {
+            *ep = other;
+            checkout(shared, ep)
+                .await
+                .map_err(|e| connect_failed(shared, ep, e))
         }
+        Err(ProxyError::NoEndpoint) => Err(first),
+        Err(refused) => Err(refused),
     }
 }
 
 /// An idle pooled connection to `ep`, or a new one. The flag says whether it was reused.
-async fn checkout(shared: &Shared, ep: &EndpointState) -> Result<(UpstreamConn, bool), ProxyError> {
+async fn checkout(
+    shared: &Shared,
+    ep: &EndpointState,
+) -> Result<(UpstreamConn, bool), ConnectError> {
     let pool =
         ep.attachment(|| UpstreamPool::new(shared.config.limits.upstream_max_idle_per_endpoint));
     if let Some(conn) = pool.and_then(|p| p.take(shared.timeouts.upstream_idle)) {
@@ -399,12 +384,21 @@ async fn checkout(shared: &Shared, ep: &EndpointState) -> Result<(UpstreamConn, 
     Ok((conn, false))
 }
 
-fn fail_endpoint(shared: &Shared, ep: &EndpointState) {
+/// A refused or timed-out connect: the endpoint sits out `eject_ms`.
+fn connect_failed(shared: &Shared, ep: &EndpointState, e: ConnectError) -> ProxyError {
     ep.record_failure();
+    eject(shared, ep);
+    ProxyError::Connect {
+        addr: e.addr,
+        reason: e.reason,
+    }
+}
+
+fn eject(shared: &Shared, ep: &EndpointState) {
     ep.eject_for(shared.timeouts.eject);
     tracing::warn!(
         endpoint = %ep.endpoint().addr,
-        "upstream connect failed; out of rotation for {} ms",
+        "upstream failing; out of rotation for {} ms",
         shared.timeouts.eject.as_millis()
     );
 }
@@ -430,5 +424,97 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: UpstreamConn, addr:
     match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         Ok((up, down)) => tracing::debug!(%addr, up, down, "upgraded connection closed"),
         Err(e) => tracing::debug!(%addr, "upgraded connection ended: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use caas_core::{AppId, AppSpec, Domain, Endpoint, Snapshot, Version, VersionSpec};
+    use http::HeaderValue;
+
+    fn spec(ports: &[u16], blacklist: &[&str]) -> AppSpec {
+        let endpoints = ports
+            .iter()
+            .map(|p| Endpoint::new(([127, 0, 0, 1], *p).into()))
+            .collect();
+        AppSpec {
+            versions: [(Version::new("v1").unwrap(), VersionSpec { endpoints })].into(),
+            blacklist: blacklist.iter().map(|b| b.parse().unwrap()).collect(),
+            ..AppSpec::default()
+        }
+    }
+
+    fn table(apps: &[(&str, AppSpec)]) -> RouteTable {
+        let snapshot = Snapshot {
+            apps: apps
+                .iter()
+                .map(|(id, s)| (AppId::new(id).unwrap(), s.clone()))
+                .collect(),
+        };
+        RouteTable::build(&snapshot, &[Domain::new("caas.local").unwrap()], None, 1).0
+    }
+
+    fn authority(s: &'static str) -> Authority {
+        let mut req = Request::new(());
+        req.headers_mut()
+            .insert(http::header::HOST, HeaderValue::from_static(s));
+        Authority::of(&req.into_parts().0).unwrap()
+    }
+
+    #[test]
+    fn a_retry_goes_through_the_same_authority_and_filters() {
+        let t = table(&[("a", spec(&[1, 2], &[])), ("b", spec(&[3], &[]))]);
+        let a = authority("a.caas.local");
+        let client: IpAddr = [10, 0, 0, 1].into();
+        let target = Target {
+            authority: &a,
+            client,
+        };
+        let (app, first) = route(&t, &target).unwrap();
+        let other = reroute(&t, &target, &app, &first).unwrap();
+        assert_ne!(other.endpoint().addr, first.endpoint().addr);
+        assert!([1, 2].contains(&other.endpoint().addr.port()), "stays in a");
+
+        // The blacklist changed between the tries: the retry is refused like a first try.
+        // (Built from the previous table, as the router does, so the app keeps its state.)
+        let t2 = RouteTable::build(
+            &Snapshot {
+                apps: [
+                    (AppId::new("a").unwrap(), spec(&[1, 2], &["10.0.0.0/8"])),
+                    (AppId::new("b").unwrap(), spec(&[3], &[])),
+                ]
+                .into(),
+            },
+            &[Domain::new("caas.local").unwrap()],
+            Some(&t),
+            2,
+        )
+        .0;
+        assert!(matches!(
+            reroute(&t2, &target, &app, &first),
+            Err(ProxyError::Blacklisted)
+        ));
+
+        // The authority now belongs to another app: no retry there.
+        let moved = RouteTable::build(
+            &Snapshot {
+                apps: [(AppId::new("c").unwrap(), {
+                    let mut s = spec(&[9], &[]);
+                    s.domains = vec![Domain::new("a.caas.local").unwrap()];
+                    s
+                })]
+                .into(),
+            },
+            &[Domain::new("other.test").unwrap()],
+            Some(&t),
+            3,
+        )
+        .0;
+        assert!(moved.lookup("a.caas.local").is_some());
+        assert!(matches!(
+            reroute(&moved, &target, &app, &first),
+            Err(ProxyError::NoEndpoint)
+        ));
     }
 }

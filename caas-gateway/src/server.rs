@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -20,83 +20,11 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::{GatewayConfig, Limits};
-use crate::error::{GatewayError, ProxyError};
-use crate::proxy::{ConnInfo, serve_request};
+use crate::conn::{ConnInfo, Shared, Timeouts};
+use crate::error::GatewayError;
+use crate::proxy::serve_request;
+use crate::stats::GatewayStats;
 use crate::upstream::UpstreamPool;
-
-/// Gateway-wide counters (per-app and per-endpoint ones live in the route table).
-#[derive(Debug, Default)]
-pub struct GatewayStats {
-    /// Client connections accepted.
-    pub connections_accepted: AtomicU64,
-    /// Client connections open now.
-    pub connections_active: AtomicUsize,
-    /// Requests received.
-    pub requests: AtomicU64,
-    /// New upstream connections opened (the rest reused pooled ones).
-    pub upstream_connects: AtomicU64,
-    /// Protocol upgrades (WebSocket) passed through.
-    pub upgrades: AtomicU64,
-    /// Connections closed for idleness.
-    pub idle_closed: AtomicU64,
-    /// Connections closed because a request head took longer than `header_read_timeout_ms`.
-    pub header_timeouts: AtomicU64,
-    /// Route-table updates applied from discovery.
-    pub route_updates: AtomicU64,
-    /// Requests the gateway answered itself, by cause (see [`ProxyError::code`]).
-    errors: [AtomicU64; ERROR_CODES.len()],
-}
-
-/// The causes counted in [`GatewayStats`], in a fixed order.
-pub const ERROR_CODES: [&str; 9] = [
-    "missing_host",
-    "headers_too_large",
-    "unknown_host",
-    "blacklisted",
-    "rate_limited",
-    "no_healthy_endpoint",
-    "upstream_connect_failed",
-    "upstream_reset",
-    "upstream_timeout",
-];
-
-impl GatewayStats {
-    pub(crate) fn count_error(&self, err: &ProxyError) {
-        if let Some(i) = ERROR_CODES.iter().position(|c| *c == err.code()) {
-            self.errors[i].fetch_add(1, Relaxed);
-        }
-    }
-
-    /// Requests answered by the gateway with the given cause.
-    pub fn errors(&self, code: &str) -> u64 {
-        ERROR_CODES
-            .iter()
-            .position(|c| *c == code)
-            .map_or(0, |i| self.errors[i].load(Relaxed))
-    }
-}
-
-/// Timeouts as `Duration`s, computed once.
-#[derive(Debug)]
-pub(crate) struct Timeouts {
-    pub(crate) connect: Duration,
-    pub(crate) response: Duration,
-    pub(crate) upstream_idle: Duration,
-    pub(crate) idle: Duration,
-    pub(crate) head: Duration,
-    pub(crate) eject: Duration,
-    pub(crate) grace: Duration,
-}
-
-/// State shared by every connection of one gateway.
-pub(crate) struct Shared {
-    pub(crate) router: Arc<Router>,
-    pub(crate) config: GatewayConfig,
-    pub(crate) timeouts: Timeouts,
-    pub(crate) stats: GatewayStats,
-    h1: http1::Builder,
-    h2: http2::Builder<TokioExecutor>,
-}
 
 type DiscoveryTask = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -544,10 +472,4 @@ async fn reap_idle_upstreams(shared: Arc<Shared>) {
             tracing::debug!(closed, "closed idle upstream connections");
         }
     }
-}
-
-/// Idle upstream connections pooled for one endpoint (for tests and the admin API).
-pub(crate) fn pooled_idle(ep: &caas_core::EndpointState) -> usize {
-    ep.get_attachment::<UpstreamPool>()
-        .map_or(0, UpstreamPool::idle_count)
 }

@@ -337,7 +337,7 @@ async fn admin_endpoints_report_routes_and_metrics() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("caas_gateway_errors_total{cause=\"unknown_host\"} 1"),
+        metrics.contains("caas_gateway_errors_total{cause=\"unknown_host\",blame=\"routing\"} 1"),
         "{metrics}"
     );
     assert!(

@@ -30,6 +30,10 @@ impl AppStore {
     /// merged in by the discovery; endpoints listed here are kept as static ones.
     pub async fn put_app(&self, app: &AppId, spec: &AppSpec) -> Result<()> {
         let path = app_path(app);
+        spec.validate().map_err(|e| ZkError::InvalidSpec {
+            app: app.clone(),
+            reason: e.to_string(),
+        })?;
         let json = serde_json::to_vec(spec).map_err(|e| ZkError::Encode {
             app: app.clone(),
             reason: e.to_string(),
@@ -139,10 +143,15 @@ pub(crate) fn parse_app(
     if data.iter().all(u8::is_ascii_whitespace) {
         return Ok(AppSpec::default());
     }
-    serde_json::from_slice(&data).map_err(|e| ZkError::BadData {
+    let spec: AppSpec = serde_json::from_slice(&data).map_err(|e| ZkError::BadData {
         path: path.to_owned(),
         reason: format!("not an app spec: {e}"),
-    })
+    })?;
+    spec.validate().map_err(|e| ZkError::BadData {
+        path: path.to_owned(),
+        reason: format!("invalid app spec: {e}"),
+    })?;
+    Ok(spec)
 }
 
 async fn delete_tree(client: &zookeeper_client::Client, path: &str) -> Result<()> {

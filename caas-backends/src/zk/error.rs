@@ -88,6 +88,14 @@ pub enum ZkError {
         /// The node.
         path: String,
     },
+    /// An app spec was refused before writing (see `AppSpec::validate`).
+    #[error("app {app}: invalid spec: {reason}")]
+    InvalidSpec {
+        /// The app.
+        app: AppId,
+        /// What is wrong, starting with the key.
+        reason: String,
+    },
     /// An app spec could not be serialized.
     #[error("app {app}: cannot encode spec: {reason}")]
     Encode {

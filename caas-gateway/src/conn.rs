@@ -1,0 +1,166 @@
+//! Connection state: what every connection of one gateway shares ([`Shared`]), what the
+//! gateway knows about one client connection ([`ConnInfo`]), and the guards that keep the
+//! connection's idle and head timers truthful while requests are open.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use caas_core::Router;
+use caas_core::clock::now_ms;
+use http::HeaderValue;
+use http_body::{Body, Frame, SizeHint};
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::TokioExecutor;
+
+use crate::config::GatewayConfig;
+use crate::stats::GatewayStats;
+
+/// Timeouts as `Duration`s, computed once.
+#[derive(Debug)]
+pub(crate) struct Timeouts {
+    pub(crate) connect: Duration,
+    pub(crate) response: Duration,
+    pub(crate) upstream_idle: Duration,
+    pub(crate) idle: Duration,
+    pub(crate) head: Duration,
+    pub(crate) eject: Duration,
+    pub(crate) grace: Duration,
+}
+
+/// State shared by every connection of one gateway.
+pub(crate) struct Shared {
+    pub(crate) router: Arc<Router>,
+    pub(crate) config: GatewayConfig,
+    pub(crate) timeouts: Timeouts,
+    pub(crate) stats: GatewayStats,
+    pub(crate) h1: http1::Builder,
+    pub(crate) h2: http2::Builder<TokioExecutor>,
+}
+
+/// What the gateway knows about one client connection.
+#[derive(Debug)]
+pub(crate) struct ConnInfo {
+    pub(crate) peer: SocketAddr,
+    /// The peer's IP, preformatted for `X-Forwarded-For`.
+    pub(crate) peer_ip: HeaderValue,
+    /// `http` or `https`, for `X-Forwarded-Proto`.
+    pub(crate) proto: HeaderValue,
+    /// Requests of this connection waiting for an upstream response head.
+    pub(crate) waiting: AtomicUsize,
+    /// Reads and writes that moved bytes (the idle timer watches it change).
+    pub(crate) activity: AtomicU64,
+    /// Requests whose response has not been sent in full.
+    open: AtomicUsize,
+    /// When the pending request head started ([`now_ms`]): the connection's start, or the
+    /// first byte after the last response; 0 while a request is open or the connection waits
+    /// on keep-alive with nothing received.
+    head_since: AtomicU64,
+    /// The client speaks HTTP/2 (no request-head timeout: the connection carries frames
+    /// between requests).
+    h2: bool,
+}
+
+impl ConnInfo {
+    pub(crate) fn new(peer: SocketAddr, h2: bool) -> Self {
+        let ip = peer.ip().to_canonical().to_string();
+        Self {
+            peer,
+            peer_ip: HeaderValue::from_str(&ip).unwrap_or(HeaderValue::from_static("unknown")),
+            proto: HeaderValue::from_static("http"),
+            waiting: AtomicUsize::new(0),
+            activity: AtomicU64::new(0),
+            open: AtomicUsize::new(0),
+            head_since: AtomicU64::new(now_ms()),
+            h2,
+        }
+    }
+
+    /// Called after each read that brought bytes from the client.
+    pub(crate) fn on_read(&self) {
+        self.activity.fetch_add(1, Relaxed);
+        if self.open.load(Relaxed) == 0 && self.head_since.load(Relaxed) == 0 {
+            self.head_since.store(now_ms(), Relaxed);
+        }
+    }
+
+    /// Whether an HTTP/1 request head has been pending for `timeout_ms` or more.
+    pub(crate) fn head_overdue(&self, timeout_ms: u64) -> bool {
+        let since = self.head_since.load(Relaxed);
+        since != 0 && !self.h2 && now_ms().saturating_sub(since) >= timeout_ms
+    }
+
+    /// A request head is complete: its response is open until [`ResponseDone`] drops.
+    pub(crate) fn request_started(self: &Arc<Self>) -> ResponseDone {
+        self.open.fetch_add(1, Relaxed);
+        self.head_since.store(0, Relaxed);
+        ResponseDone(Arc::clone(self))
+    }
+}
+
+/// Held by a response body: when it drops, the response has been sent (or abandoned).
+#[derive(Debug)]
+pub(crate) struct ResponseDone(Arc<ConnInfo>);
+
+impl Drop for ResponseDone {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Counts a request as waiting on its connection (the idle timer leaves it alone).
+pub(crate) struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    pub(crate) fn new(c: &'a AtomicUsize) -> Self {
+        c.fetch_add(1, Relaxed);
+        Self(c)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// A response body that tells its connection when the response is over (when it drops).
+#[derive(Debug)]
+pub(crate) struct Tracked<B> {
+    body: B,
+    _done: ResponseDone,
+}
+
+impl<B> Tracked<B> {
+    pub(crate) fn new(body: B, done: ResponseDone) -> Self {
+        Self { body, _done: done }
+    }
+}
+
+impl<B: Body<Data = Bytes, Error = io::Error> + Unpin> Body for Tracked<B> {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    #[inline]
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    #[inline]
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
