@@ -7,6 +7,8 @@
 //! logs the error with the file, the key and why.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use caas_core::{Discovery, Update};
@@ -21,7 +23,25 @@ pub struct FileDiscovery {
     /// The content last looked at (good or bad), so one broken save is reported once.
     last_text: Option<String>,
     loaded_once: bool,
-    errors: u64,
+    stats: ReloadStats,
+}
+
+/// How a [`FileDiscovery`]'s reloads went; a cheap clone that stays live after the
+/// discovery moved into a gateway.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadStats(Arc<[AtomicU64; 2]>);
+
+impl ReloadStats {
+    /// Versions of the file applied as routes.
+    pub fn applied(&self) -> u64 {
+        self.0[0].load(Relaxed)
+    }
+
+    /// Versions of the file rejected (unreadable or invalid), each logged; the last good
+    /// routes stay.
+    pub fn rejected(&self) -> u64 {
+        self.0[1].load(Relaxed)
+    }
 }
 
 impl FileDiscovery {
@@ -32,13 +52,13 @@ impl FileDiscovery {
             interval,
             last_text: None,
             loaded_once: false,
-            errors: 0,
+            stats: ReloadStats::default(),
         }
     }
 
-    /// Reload failures so far (each logged).
-    pub fn errors(&self) -> u64 {
-        self.errors
+    /// The reload counters, live while the discovery runs.
+    pub fn stats(&self) -> ReloadStats {
+        self.stats.clone()
     }
 }
 
@@ -58,10 +78,11 @@ impl Discovery for FileDiscovery {
                                 "routes loaded"
                             );
                             self.loaded_once = true;
+                            self.stats.0[0].fetch_add(1, Relaxed);
                             return Some(Update::Reset(snapshot));
                         }
                         Err(e) => {
-                            self.errors += 1;
+                            self.stats.0[1].fetch_add(1, Relaxed);
                             tracing::error!("{e}; keeping the last good routes");
                         }
                     }
@@ -69,7 +90,7 @@ impl Discovery for FileDiscovery {
                 Ok(_) => {}
                 Err(e) => {
                     if self.last_text.take().is_some() || !self.loaded_once {
-                        self.errors += 1;
+                        self.stats.0[1].fetch_add(1, Relaxed);
                         tracing::error!(
                             path = %self.path.display(),
                             "cannot read config: {e}; keeping the last good routes"

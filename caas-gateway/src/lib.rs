@@ -57,6 +57,6 @@ mod upstream;
 pub use body::ProxyBody;
 pub use config::{ConfigError, FileConfig, GatewayConfig, Limits};
 pub use error::{Blame, ErrorCode, GatewayError, ProxyError};
-pub use file::FileDiscovery;
+pub use file::{FileDiscovery, ReloadStats};
 pub use server::{Gateway, GatewayBuilder};
 pub use stats::GatewayStats;

@@ -237,12 +237,27 @@ async fn graceful_shutdown_stops_accepting_and_drains_in_flight_requests() {
         let (c, url) = (c.clone(), gw.url("/sleep/800"));
         tokio::spawn(async move { send(&c, get(&url, "a.caas.local")).await })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Shut down once the request is in flight at the upstream.
+    for _ in 0..500 {
+        if up.requests.load(SeqCst) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(up.requests.load(SeqCst), 1);
     let serving = gw.shutdown();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut refused = false;
+    for _ in 0..200 {
+        if TcpStream::connect(gw.addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(refused, "listener still accepting after shutdown");
     assert!(
-        TcpStream::connect(gw.addr).await.is_err(),
-        "listener still accepting after shutdown"
+        !in_flight.is_finished(),
+        "the request ended before the drain"
     );
     let (status, _, body) = in_flight.await.unwrap();
     assert_eq!(status, 200, "in-flight request was cut: {body}");

@@ -149,14 +149,13 @@ async fn config_file_changes_are_routed_and_a_broken_file_keeps_the_last_routes(
         .unwrap()
     };
     write(a.addr);
+    let file = caas_gateway::FileDiscovery::new(&path, Duration::from_millis(50));
+    let reloads = file.stats();
     let gateway = caas_gateway::Gateway::builder(caas_gateway::GatewayConfig {
         domains: vec![caas_core::Domain::new("caas.local").unwrap()],
         limits: limits(),
     })
-    .discovery(caas_gateway::FileDiscovery::new(
-        &path,
-        Duration::from_millis(50),
-    ))
+    .discovery(file)
     .build()
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -196,12 +195,22 @@ async fn config_file_changes_are_routed_and_a_broken_file_keeps_the_last_routes(
     }
     assert!(switched, "edit of the config file was not applied");
 
+    assert_eq!(reloads.rejected(), 0);
+    let applied = reloads.applied();
     std::fs::write(
         &path,
         "domains = [\"caas.local\"]\n[apps.f]\nbogus_key = 1\n",
     )
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The broken edit was read and refused...
+    for _ in 0..500 {
+        if reloads.rejected() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!((reloads.rejected(), reloads.applied()), (1, applied));
+    // ...and the routes are the last good ones.
     assert_eq!(
         upstream_of(&c).await,
         (200, Some("b".to_owned())),

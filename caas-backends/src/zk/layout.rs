@@ -1,4 +1,4 @@
-//! The node layout under the chroot (see DESIGN.md) in one place: path builders for writers
+//! The node layout under the chroot (docs/ARCHITECTURE.md) in one place: path builders for writers
 //! and a classifier for watch events and full reads.
 //!
 //! ```text
