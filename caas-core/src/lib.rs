@@ -5,17 +5,19 @@
 //!
 //! - [`id`]: validated identifiers ([`AppId`], [`Version`], [`InstanceId`], [`Domain`]).
 //! - [`spec`]: the desired state: [`AppSpec`] per app (versions, endpoints, custom domains,
-//!   weights, balancer, blacklist, rate limit) and the whole [`Snapshot`].
+//!   weights, balancer, blacklist, rate limit, HTTPS redirect) and the whole [`Snapshot`].
 //! - [`table`]: the immutable [`RouteTable`], O(1) lookup by `Host`.
 //! - [`balance`]: [`Pool`]s with round-robin, smooth weighted round-robin and
 //!   power-of-two-choices balancers, and the per-endpoint [`EndpointState`].
 //! - [`router`]: the [`Router`], one `ArcSwap` of the whole table; lock-free reads.
 //! - [`discovery`]: the [`Discovery`] update stream (`Reset` / `Upsert` / `Remove`) and the
 //!   in-memory [`Static`] source.
+//! - [`certs`]: the [`CertSource`] stream of custom-domain certificates (PEM) for HTTPS.
 //! - [`stats`], [`limit`]: lock-free counters and the per-app rate limiter.
 //! - [`clock`]: the one monotonic millisecond / nanosecond clock the data plane reads.
 
 pub mod balance;
+pub mod certs;
 pub mod clock;
 pub mod discovery;
 pub mod id;
@@ -26,6 +28,7 @@ pub mod stats;
 pub mod table;
 
 pub use balance::{EndpointState, InFlight, Pool};
+pub use certs::{CertSource, CertUpdate, DomainCert};
 pub use discovery::{Discovery, Static, StaticUpdates, Update};
 pub use id::{AppId, Domain, IdError, InstanceId, Version};
 pub use router::{ApplyReport, Router};

@@ -224,6 +224,10 @@ pub struct AppSpec {
     /// Request rate limit (429 beyond it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// Plain-HTTP requests are answered with a 308 to the same URL on HTTPS (the gateway's
+    /// TLS port); requests that came over TLS are served as usual.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub https_redirect: bool,
     /// The versions and their endpoints.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub versions: BTreeMap<Version, VersionSpec>,
@@ -330,12 +334,14 @@ mod tests {
             balancer = "p2c"
             blacklist = ["10.0.0.0/8"]
             rate_limit = { rps = 100 }
+            https_redirect = true
             [versions.v1]
             endpoints = ["127.0.0.1:9001", { addr = "127.0.0.1:9002", weight = 3 }]
         "#;
         let spec: AppSpec = toml::from_str(toml_src).unwrap();
         assert_eq!(spec.domains[0].as_str(), "www.hello.test");
         assert_eq!(spec.balancer, BalancerKind::P2c);
+        assert!(spec.https_redirect);
         let v1 = &spec.versions[&Version::new("v1").unwrap()];
         assert_eq!(v1.endpoints[1].weight, 3);
         let json = serde_json::to_string(&spec).unwrap();

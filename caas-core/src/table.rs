@@ -83,6 +83,7 @@ pub struct AppRoute {
     default_version: Option<Version>,
     weights: Box<[(Version, u32)]>,
     balancer: BalancerKind,
+    https_redirect: bool,
 }
 
 impl AppRoute {
@@ -114,6 +115,12 @@ impl AppRoute {
     /// The balancer of the app's pools.
     pub fn balancer(&self) -> BalancerKind {
         self.balancer
+    }
+
+    /// Whether plain-HTTP requests are redirected to HTTPS.
+    #[inline]
+    pub fn https_redirect(&self) -> bool {
+        self.https_redirect
     }
 
     /// Counters and other state that survives rebuilds.
@@ -228,6 +235,8 @@ pub struct RouteTable {
     apps: Box<[AppRoute]>,
     domains: Box<[Domain]>,
     generation: u64,
+    /// Some app redirects plain HTTP to HTTPS (plain requests then look their app up for it).
+    any_https_redirect: bool,
 }
 
 /// Longest host name (RFC 1035) plus a trailing dot.
@@ -304,7 +313,9 @@ impl RouteTable {
                 claim(d.to_string(), Target::App(ai as u32), &app.id, &apps);
             }
         }
+        let any_https_redirect = apps.iter().any(|a| a.https_redirect);
         let table = RouteTable {
+            any_https_redirect,
             hosts,
             by_id,
             apps: apps.into_boxed_slice(),
@@ -369,6 +380,12 @@ impl RouteTable {
     /// Counts up by one with every rebuild.
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// Whether any app redirects plain HTTP to HTTPS.
+    #[inline]
+    pub fn any_https_redirect(&self) -> bool {
+        self.any_https_redirect
     }
 }
 
@@ -484,6 +501,7 @@ fn build_app(
         default_version: spec.default_version.clone(),
         weights: spec.weights.iter().map(|(v, w)| (v.clone(), *w)).collect(),
         balancer: spec.balancer,
+        https_redirect: spec.https_redirect,
     }
 }
 
@@ -565,6 +583,25 @@ mod tests {
         assert!(t.lookup("").is_none());
         assert!(t.lookup(&"A".repeat(5000)).is_none());
         assert!(t.lookup("[::1]:80").is_none());
+    }
+
+    #[test]
+    fn https_redirect_follows_the_spec() {
+        let plain = app(&[("v1", &[1])]);
+        let (t, _) = RouteTable::build(&snapshot(vec![("a", plain.clone())]), &domains(), None, 1);
+        assert!(!t.any_https_redirect());
+        assert!(!t.lookup("a.caas.local").unwrap().app().https_redirect());
+        let mut secure = plain.clone();
+        secure.https_redirect = true;
+        let (t, _) = RouteTable::build(
+            &snapshot(vec![("a", plain), ("b", secure)]),
+            &domains(),
+            None,
+            1,
+        );
+        assert!(t.any_https_redirect());
+        assert!(!t.lookup("a.caas.local").unwrap().app().https_redirect());
+        assert!(t.lookup("b.caas.local").unwrap().app().https_redirect());
     }
 
     #[test]

@@ -180,6 +180,30 @@ fn write_counters(out: &mut String, prefix: &str, labels: &str, c: &CountersSnap
     );
 }
 
+fn write_cert_metrics(out: &mut String, certs: &crate::tls::CertResolver) {
+    let c = certs.stats();
+    let _ = writeln!(out, "# TYPE caas_gateway_tls_cert_updates_total counter");
+    for (source, result, v) in [
+        ("file", "applied", c.file_reloads.load(Relaxed)),
+        ("file", "rejected", c.file_rejected.load(Relaxed)),
+        ("store", "applied", c.store_applied.load(Relaxed)),
+        ("store", "rejected", c.store_rejected.load(Relaxed)),
+    ] {
+        let _ = writeln!(
+            out,
+            "caas_gateway_tls_cert_updates_total{{source=\"{source}\",result=\"{result}\"}} {v}"
+        );
+    }
+    let _ = writeln!(out, "# TYPE caas_gateway_tls_unknown_sni_total counter");
+    let _ = writeln!(
+        out,
+        "caas_gateway_tls_unknown_sni_total {}",
+        c.unknown_sni.load(Relaxed)
+    );
+    let _ = writeln!(out, "# TYPE caas_gateway_tls_names gauge");
+    let _ = writeln!(out, "caas_gateway_tls_names {}", certs.name_count());
+}
+
 /// Prometheus text exposition of gateway, app and endpoint counters.
 pub fn metrics_text(gw: &Gateway) -> String {
     // Writing to a String cannot fail; the `let _` below discard an always-Ok fmt::Result.
@@ -206,9 +230,18 @@ pub fn metrics_text(gw: &Gateway) -> String {
         ("upgrades_total", s.upgrades.load(Relaxed)),
         ("idle_closed_total", s.idle_closed.load(Relaxed)),
         ("header_timeouts_total", s.header_timeouts.load(Relaxed)),
+        ("tls_handshakes_total", s.tls_handshakes.load(Relaxed)),
+        (
+            "tls_handshake_failures_total",
+            s.tls_handshake_failures.load(Relaxed),
+        ),
+        ("https_redirects_total", s.https_redirects.load(Relaxed)),
     ] {
         let _ = writeln!(out, "# TYPE caas_gateway_{name} counter");
         let _ = writeln!(out, "caas_gateway_{name} {v}");
+    }
+    if let Some(certs) = gw.cert_resolver() {
+        write_cert_metrics(&mut out, certs);
     }
     let _ = writeln!(out, "# TYPE caas_gateway_errors_total counter");
     for code in ErrorCode::ALL {

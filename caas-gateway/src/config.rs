@@ -4,10 +4,13 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use caas_core::{AppId, AppSpec, Domain, Snapshot};
 use serde::{Deserialize, Serialize};
+
+use crate::tls::{CertResolver, TlsConfig};
 
 /// Limits and timeouts on every edge of the proxy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +98,9 @@ pub struct GatewayConfig {
     pub domains: Vec<Domain>,
     /// Limits and timeouts.
     pub limits: Limits,
+    /// The port clients reach the gateway's HTTPS on, for the `Location` of `https_redirect`
+    /// answers; `None` (or 443) leaves the port out of the URL.
+    pub https_port: Option<u16>,
 }
 
 /// The example server's TOML file.
@@ -104,6 +110,12 @@ pub struct FileConfig {
     /// Address the proxy listens on.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Address of the HTTPS listener; needs a `[tls]` table. None when absent.
+    #[serde(default)]
+    pub listen_tls: Option<SocketAddr>,
+    /// Certificates and SNI behaviour of the HTTPS listener.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
     /// Address of the admin listener (`/metrics`, `/routes`, `/healthz`); none when absent.
     #[serde(default)]
     pub admin_listen: Option<SocketAddr>,
@@ -180,6 +192,20 @@ impl FileConfig {
             message,
         };
         cfg.limits.validate().map_err(invalid)?;
+        match (&cfg.listen_tls, &cfg.tls) {
+            (Some(_), Some(tls)) => tls.validate().map_err(invalid)?,
+            (Some(_), None) => {
+                return Err(invalid(
+                    "listen_tls: needs a [tls] table with the certificates to serve".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "tls: given, but listen_tls (the HTTPS address) is not".into(),
+                ));
+            }
+            (None, None) => {}
+        }
         for (id, app) in &cfg.apps {
             app.validate()
                 .map_err(|e| invalid(format!("apps.{id}.{e}")))?;
@@ -192,7 +218,24 @@ impl FileConfig {
         GatewayConfig {
             domains: self.domains.clone(),
             limits: self.limits.clone(),
+            https_port: self.listen_tls.map(|a| a.port()),
         }
+    }
+
+    /// Loads the certificates of the `[tls]` table (`None` without one), with relative
+    /// paths taken from the directory of `path`, the config file. A certificate that cannot
+    /// be served is an error naming the file, the key and why.
+    pub fn cert_resolver(&self, path: &Path) -> Result<Option<Arc<CertResolver>>, ConfigError> {
+        let Some(tls) = &self.tls else {
+            return Ok(None);
+        };
+        let base = path.parent().unwrap_or(Path::new("."));
+        CertResolver::from_config(tls, base)
+            .map(Some)
+            .map_err(|e| ConfigError::Invalid {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })
     }
 
     /// The apps as a routing snapshot.

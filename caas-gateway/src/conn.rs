@@ -41,6 +41,8 @@ pub(crate) struct Shared {
     pub(crate) stats: GatewayStats,
     pub(crate) h1: http1::Builder,
     pub(crate) h2: http2::Builder<TokioExecutor>,
+    /// The certificate resolver of the TLS listener, once one serves (for `/metrics`).
+    pub(crate) certs: std::sync::OnceLock<Arc<crate::tls::CertResolver>>,
 }
 
 /// What the gateway knows about one client connection.
@@ -63,21 +65,24 @@ pub(crate) struct ConnInfo {
     head_since: AtomicU64,
     /// The client speaks HTTP/2 (no request-head timeout: the connection carries frames
     /// between requests).
-    h2: bool,
+    pub(crate) h2: bool,
+    /// The connection came in over TLS.
+    pub(crate) tls: bool,
 }
 
 impl ConnInfo {
-    pub(crate) fn new(peer: SocketAddr, h2: bool) -> Self {
+    pub(crate) fn new(peer: SocketAddr, h2: bool, tls: bool) -> Self {
         let ip = peer.ip().to_canonical().to_string();
         Self {
             peer,
             peer_ip: HeaderValue::from_str(&ip).unwrap_or(HeaderValue::from_static("unknown")),
-            proto: HeaderValue::from_static("http"),
+            proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
             waiting: AtomicUsize::new(0),
             activity: AtomicU64::new(0),
             open: AtomicUsize::new(0),
             head_since: AtomicU64::new(now_ms()),
             h2,
+            tls,
         }
     }
 

@@ -50,8 +50,10 @@ pub mod file;
 mod h1;
 mod headers;
 mod proxy;
+mod redirect;
 pub mod server;
 pub mod stats;
+pub mod tls;
 mod upstream;
 
 pub use body::ProxyBody;
@@ -60,3 +62,4 @@ pub use error::{Blame, ErrorCode, GatewayError, ProxyError};
 pub use file::{FileDiscovery, ReloadStats};
 pub use server::{Gateway, GatewayBuilder};
 pub use stats::GatewayStats;
+pub use tls::{CertResolver, TlsAcceptor, TlsConfig, TlsError, UnknownSni};

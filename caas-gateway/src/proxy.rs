@@ -23,6 +23,7 @@ use crate::conn::{ConnInfo, Shared, Tracked, Waiting};
 use crate::error::{Blame, ErrorCode, ProxyError};
 use crate::h1;
 use crate::headers::{Authority, is_upgrade_request, write_upstream_fields};
+use crate::redirect;
 use crate::stats::GatewayStats;
 use crate::upstream::{
     BodySender, ConnectError, Exchange, ExchangeError, UpstreamBody, UpstreamConn, UpstreamPool,
@@ -173,6 +174,9 @@ async fn proxy(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let authority = Authority::of(&parts)?;
+    if let Some(redirect) = redirect::to_https(shared, conn, &authority, &parts, started) {
+        return Ok(redirect);
+    }
     let target = Target {
         authority: &authority,
         client: conn.peer.ip(),

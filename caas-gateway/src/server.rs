@@ -4,8 +4,9 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -31,8 +32,10 @@ type DiscoveryTask = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// An embeddable L7 gateway. Cheap to clone; clones share routes and stats.
 #[derive(Clone)]
 pub struct Gateway {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     discovery: Arc<Mutex<Option<DiscoveryTask>>>,
+    /// A listener's loop runs the upstream reaper (one for all listeners).
+    reaping: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -133,8 +136,10 @@ impl GatewayBuilder {
                 stats: GatewayStats::default(),
                 h1,
                 h2,
+                certs: std::sync::OnceLock::new(),
             }),
             discovery: Arc::new(Mutex::new(self.discovery)),
+            reaping: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -173,6 +178,12 @@ impl Gateway {
         &self.shared.config
     }
 
+    /// The certificate resolver of the TLS listener, once [`serve_tls`](Self::serve_tls)
+    /// serves one.
+    pub fn cert_resolver(&self) -> Option<&Arc<crate::tls::CertResolver>> {
+        self.shared.certs.get()
+    }
+
     /// Serves `listener` until `shutdown` resolves, then stops accepting, lets in-flight
     /// requests finish (up to `limits.shutdown_grace_ms`) and returns.
     pub async fn serve(
@@ -180,6 +191,24 @@ impl Gateway {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), GatewayError> {
+        self.accept_loop(listener, shutdown, "gateway", serve_connection)
+            .await
+    }
+
+    /// Accepts connections on `listener` and runs `conn` for each until `shutdown`, then
+    /// drains. The first loop to start also runs the discovery and the upstream reaper
+    /// (a plain and a TLS listener share them) and stops them when it ends.
+    pub(crate) async fn accept_loop<F, Fut>(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+        kind: &'static str,
+        conn: F,
+    ) -> Result<(), GatewayError>
+    where
+        F: Fn(Arc<Shared>, TcpStream, SocketAddr, watch::Receiver<bool>) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let local = listener.local_addr().ok();
         let discovery = self
             .discovery
@@ -187,10 +216,11 @@ impl Gateway {
             .unwrap_or_else(PoisonError::into_inner)
             .take()
             .map(tokio::spawn);
-        let reaper = tokio::spawn(reap_idle_upstreams(Arc::clone(&self.shared)));
+        let reaper = (!self.reaping.swap(true, Relaxed))
+            .then(|| tokio::spawn(reap_idle_upstreams(Arc::clone(&self.shared))));
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut conns = JoinSet::new();
-        tracing::info!(addr = ?local, "gateway listening");
+        tracing::info!(addr = ?local, "{kind} listening");
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -199,7 +229,7 @@ impl Gateway {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let shared = Arc::clone(&self.shared);
-                        conns.spawn(serve_connection(shared, stream, peer, stop_rx.clone()));
+                        conns.spawn(conn(shared, stream, peer, stop_rx.clone()));
                     }
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning, keep serving.
@@ -211,7 +241,10 @@ impl Gateway {
             }
         }
         drop(listener);
-        tracing::info!(open = conns.len(), "shutting down: draining connections");
+        tracing::info!(
+            open = conns.len(),
+            "{kind} shutting down: draining connections"
+        );
         stop_tx.send_replace(true);
         let drained = tokio::time::timeout(self.shared.timeouts.grace, async {
             while conns.join_next().await.is_some() {}
@@ -224,7 +257,10 @@ impl Gateway {
             );
             conns.shutdown().await;
         }
-        reaper.abort();
+        if let Some(r) = reaper {
+            r.abort();
+            self.reaping.store(false, Relaxed);
+        }
         if let Some(d) = discovery {
             d.abort();
         }
@@ -235,14 +271,14 @@ impl Gateway {
 /// Largest write gathered into one buffer instead of a vectored write.
 const SMALL_WRITE: usize = 1024;
 
-/// Counts reads and writes on a client connection so the idle timer can tell it is alive,
-/// and notes when the first byte of a request head arrives.
-struct ActivityIo {
-    inner: TcpStream,
+/// Counts reads and writes on a client connection (plain or TLS) so the idle timer can tell
+/// it is alive, and notes when the first byte of a request head arrives.
+struct ActivityIo<S> {
+    inner: S,
     info: Arc<ConnInfo>,
 }
 
-impl AsyncRead for ActivityIo {
+impl<S: AsyncRead + Unpin> AsyncRead for ActivityIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -257,7 +293,7 @@ impl AsyncRead for ActivityIo {
     }
 }
 
-impl AsyncWrite for ActivityIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for ActivityIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -308,7 +344,16 @@ impl AsyncWrite for ActivityIo {
 }
 
 /// Drops the active-connection count when the connection task ends, however it ends.
-struct ActiveConn<'a>(&'a AtomicUsize);
+pub(crate) struct ActiveConn<'a>(&'a AtomicUsize);
+
+impl<'a> ActiveConn<'a> {
+    /// Counts a connection accepted and open until the guard drops.
+    pub(crate) fn open(stats: &'a GatewayStats) -> Self {
+        stats.connections_accepted.fetch_add(1, Relaxed);
+        stats.connections_active.fetch_add(1, Relaxed);
+        Self(&stats.connections_active)
+    }
+}
 
 impl Drop for ActiveConn<'_> {
     fn drop(&mut self) {
@@ -319,12 +364,10 @@ impl Drop for ActiveConn<'_> {
 async fn serve_connection(
     shared: Arc<Shared>,
     stream: TcpStream,
-    peer: std::net::SocketAddr,
+    peer: SocketAddr,
     mut stop: watch::Receiver<bool>,
 ) {
-    shared.stats.connections_accepted.fetch_add(1, Relaxed);
-    shared.stats.connections_active.fetch_add(1, Relaxed);
-    let _active = ActiveConn(&shared.stats.connections_active);
+    let _active = ActiveConn::open(&shared.stats);
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(%peer, "set_nodelay failed: {e}");
     }
@@ -345,25 +388,38 @@ async fn serve_connection(
         },
         _ = stop.changed() => return,
     };
-    let info = Arc::new(ConnInfo::new(peer, h2));
+    let info = Arc::new(ConnInfo::new(peer, h2, false));
+    serve_http(&shared, stream, info, stop).await;
+}
+
+/// Serves HTTP on an accepted client connection (plain, or TLS after the handshake) until
+/// it ends: HTTP/2 or HTTP/1.1 as `info` says, every request through the proxy.
+pub(crate) async fn serve_http<S>(
+    shared: &Arc<Shared>,
+    stream: S,
+    info: Arc<ConnInfo>,
+    stop: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let io = TokioIo::new(ActivityIo {
         inner: stream,
         info: Arc::clone(&info),
     });
     let svc = {
-        let shared = Arc::clone(&shared);
+        let shared = Arc::clone(shared);
         let info = Arc::clone(&info);
         // Boxed: hyper keeps a slot for the service's future in every connection from its
         // start; a box there costs an idle keep-alive connection 8 bytes instead of the
         // whole request state (about 3 KiB), for one allocation per request.
         service_fn(move |req| Box::pin(serve_request(Arc::clone(&shared), Arc::clone(&info), req)))
     };
-    if h2 {
+    if info.h2 {
         let conn = shared.h2.serve_connection(io, svc);
-        drive(&shared, &info, stop, conn, |c| c.graceful_shutdown()).await;
+        drive(shared, &info, stop, conn, |c| c.graceful_shutdown()).await;
     } else {
         let conn = shared.h1.serve_connection(io, svc).with_upgrades();
-        drive(&shared, &info, stop, conn, |c| c.graceful_shutdown()).await;
+        drive(shared, &info, stop, conn, |c| c.graceful_shutdown()).await;
     }
 }
 

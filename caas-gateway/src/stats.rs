@@ -24,6 +24,13 @@ pub struct GatewayStats {
     pub header_timeouts: AtomicU64,
     /// Route-table updates applied from discovery.
     pub route_updates: AtomicU64,
+    /// TLS handshakes completed.
+    pub tls_handshakes: AtomicU64,
+    /// TLS handshakes that failed or timed out (no certificate for the name, a client that
+    /// does not speak TLS or refused the certificate, ...).
+    pub tls_handshake_failures: AtomicU64,
+    /// Plain-HTTP requests answered with a 308 to HTTPS (`https_redirect`).
+    pub https_redirects: AtomicU64,
     /// Requests the gateway answered itself, indexed by [`ErrorCode`].
     errors: [AtomicU64; ErrorCode::COUNT],
 }

@@ -23,6 +23,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+pub mod tls;
+
 pub type TestBody = BoxBody<Bytes, hyper::Error>;
 
 fn full(s: impl Into<Bytes>) -> TestBody {
@@ -231,6 +233,7 @@ impl Gw {
                 Domain::new("apps.test").unwrap(),
             ],
             limits,
+            ..GatewayConfig::default()
         };
         let gateway = Gateway::builder(config)
             .discovery(routes.subscribe())

@@ -1,0 +1,177 @@
+//! HTTPS: TLS termination with rustls beside the plain listener.
+//!
+//! - [`TlsAcceptor`]: the server side of the handshake. [`TlsAcceptor::new`] serves a
+//!   [`CertResolver`] with the gateway's settings (TLS 1.2 and 1.3, ALPN `h2` and
+//!   `http/1.1`, a session cache and session tickets for resumption);
+//!   [`TlsAcceptor::with_resolver`] does the same for any rustls certificate resolver, and
+//!   [`TlsAcceptor::from_config`] takes an embedding program's own `rustls::ServerConfig`.
+//! - [`Gateway::serve_tls`]: accepts on a pre-bound listener, completes the handshake
+//!   within the head timeout, then serves HTTP/2 or HTTP/1.1 as ALPN chose, through the
+//!   same proxy as plain connections (with `X-Forwarded-Proto: https`).
+//! - `certs`: the SNI table (exact names, `*.{domain}` wildcards, the most specific wins,
+//!   a default certificate or a refusal for unknown names); `x509`: the names of a
+//!   certificate; `load`: PEM to a checked certificate and key.
+//! - [`CertResolver`] (`resolver`): the table in an `ArcSwap`, rebuilt on every change;
+//!   `reload`: certificate files re-read when they change, and a
+//!   [`CertSource`](caas_core::CertSource)'s custom-domain certificates applied live.
+//! - [`TlsConfig`] (`config`): the `[tls]` table of the config file; [`TlsError`].
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use caas_gateway::{CertResolver, Gateway, GatewayConfig, TlsAcceptor, TlsConfig};
+//!
+//! # async fn run(tls: TlsConfig) -> Result<(), Box<dyn std::error::Error>> {
+//! let gateway = Gateway::builder(GatewayConfig::default()).build()?;
+//! let certs = CertResolver::from_config(&tls, ".".as_ref())?;
+//! tokio::spawn(certs.clone().watch_files(Duration::from_secs(1)));
+//! let listener = tokio::net::TcpListener::bind("0.0.0.0:443").await?;
+//! gateway
+//!     .serve_tls(listener, TlsAcceptor::new(certs)?, std::future::pending())
+//!     .await?;
+//! # Ok(()) }
+//! ```
+
+mod certs;
+mod config;
+mod load;
+mod reload;
+mod resolver;
+mod x509;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use rustls::ServerConfig;
+use rustls::server::{ResolvesServerCert, ServerSessionMemoryCache};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+pub use config::{CertError, CertFiles, TlsConfig, TlsError, UnknownSni};
+pub use resolver::{CertResolver, CertStats};
+
+use crate::conn::{ConnInfo, Shared};
+use crate::error::GatewayError;
+use crate::server::{ActiveConn, Gateway, serve_http};
+
+/// TLS sessions remembered for resumption by session id (TLS 1.2; TLS 1.3 clients resume
+/// with tickets). About 100 bytes each.
+const SESSION_CACHE: usize = 8192;
+
+/// The server side of TLS for [`Gateway::serve_tls`]. Cheap to clone.
+#[derive(Clone)]
+pub struct TlsAcceptor {
+    acceptor: tokio_rustls::TlsAcceptor,
+    /// The gateway's own resolver, when that is what serves: its counters go to `/metrics`.
+    certs: Option<Arc<CertResolver>>,
+}
+
+impl std::fmt::Debug for TlsAcceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsAcceptor")
+            .field("alpn", &self.acceptor.config().alpn_protocols)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsAcceptor {
+    /// Serves the certificates of a [`CertResolver`] with the gateway's TLS settings.
+    pub fn new(certs: Arc<CertResolver>) -> Result<Self, TlsError> {
+        let mut acceptor = Self::with_resolver(Arc::clone(&certs) as Arc<dyn ResolvesServerCert>)?;
+        acceptor.certs = Some(certs);
+        Ok(acceptor)
+    }
+
+    /// Serves the certificates any rustls resolver picks, with the gateway's TLS settings:
+    /// TLS 1.2 and 1.3 (aws-lc-rs), ALPN `h2` then `http/1.1`, an in-memory session cache
+    /// and session tickets (keys rotated by rustls every 6 hours) for resumption.
+    pub fn with_resolver(resolver: Arc<dyn ResolvesServerCert>) -> Result<Self, TlsError> {
+        let mut config = ServerConfig::builder_with_provider(Arc::clone(load::provider()))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(resolver);
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
+        config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+        Ok(Self::from_config(Arc::new(config)))
+    }
+
+    /// Uses an embedding program's own rustls configuration as it is. HTTP/2 is served
+    /// when ALPN picks `h2`: put `h2` in its `alpn_protocols` (before `http/1.1`) to offer
+    /// it; a client that negotiates nothing gets HTTP/1.1.
+    pub fn from_config(config: Arc<ServerConfig>) -> Self {
+        Self {
+            acceptor: tokio_rustls::TlsAcceptor::from(config),
+            certs: None,
+        }
+    }
+
+    /// The rustls configuration in use.
+    pub fn config(&self) -> &Arc<ServerConfig> {
+        self.acceptor.config()
+    }
+}
+
+impl Gateway {
+    /// Serves HTTPS on `listener` until `shutdown` resolves, like [`serve`](Self::serve)
+    /// does plain HTTP (run both side by side with the same shutdown signal; they share
+    /// routes, stats and upstream pools). A handshake must complete within the head timeout
+    /// (`limits.header_read_timeout_ms`); ALPN `h2` gets HTTP/2, anything else HTTP/1.1.
+    pub async fn serve_tls(
+        &self,
+        listener: TcpListener,
+        tls: TlsAcceptor,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), GatewayError> {
+        if let Some(certs) = &tls.certs {
+            certs.reserve(&self.shared.config.domains);
+            // The first resolver served is the one `/metrics` reports on.
+            let _ = self.shared.certs.set(Arc::clone(certs));
+        }
+        self.accept_loop(
+            listener,
+            shutdown,
+            "gateway (TLS)",
+            move |shared, s, peer, stop| {
+                tls_connection(shared, tls.acceptor.clone(), s, peer, stop)
+            },
+        )
+        .await
+    }
+}
+
+async fn tls_connection(
+    shared: Arc<Shared>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) {
+    let _active = ActiveConn::open(&shared.stats);
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(%peer, "set_nodelay failed: {e}");
+    }
+    let handshake = tokio::time::timeout(shared.timeouts.head, acceptor.accept(stream));
+    let tls = tokio::select! {
+        done = handshake => match done {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                shared.stats.tls_handshake_failures.fetch_add(1, Relaxed);
+                tracing::debug!(%peer, "TLS handshake failed: {e}");
+                return;
+            }
+            Err(_) => {
+                shared.stats.tls_handshake_failures.fetch_add(1, Relaxed);
+                shared.stats.header_timeouts.fetch_add(1, Relaxed);
+                tracing::debug!(%peer, "TLS handshake not complete within the head timeout; closing");
+                return;
+            }
+        },
+        _ = stop.changed() => return,
+    };
+    shared.stats.tls_handshakes.fetch_add(1, Relaxed);
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let info = Arc::new(ConnInfo::new(peer, h2, true));
+    serve_http(&shared, tls, info, stop).await;
+}

@@ -1,0 +1,692 @@
+//! HTTPS end to end over loopback: certificates made at test time, real handshakes with a
+//! rustls client (and curl / openssl where installed): SNI selection, unknown names,
+//! ALPN h2 and http/1.1 through the proxy, `X-Forwarded-Proto: https`, `https_redirect`,
+//! session resumption, certificate files reloaded under an open connection, and
+//! custom-domain certificates from a certificate source.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use bytes::Bytes;
+use caas_core::{CertUpdate, Domain, DomainCert, Snapshot, Static};
+use caas_gateway::tls::{CertFiles, TlsConfig, UnknownSni};
+use caas_gateway::{CertResolver, FileConfig, Gateway, GatewayConfig, TlsAcceptor};
+use http_body_util::{BodyExt, Empty};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::tls::{Leaf, Pki, any_cert_client, connect, presented};
+use support::{Upstream, app, id, limits, snapshot};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A gateway with a plain and a TLS listener sharing routes.
+struct TlsGw {
+    plain: SocketAddr,
+    tls: SocketAddr,
+    gateway: Gateway,
+    _routes: Static,
+}
+
+async fn start(snapshot: Snapshot, certs: Arc<CertResolver>) -> TlsGw {
+    let tls_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tls = tls_listener.local_addr().unwrap();
+    let routes = Static::new(snapshot);
+    let gateway = Gateway::builder(GatewayConfig {
+        domains: vec![Domain::new("caas.local").unwrap()],
+        limits: limits(),
+        https_port: Some(tls.port()),
+    })
+    .discovery(routes.subscribe())
+    .build()
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let plain = listener.local_addr().unwrap();
+    let (g1, g2) = (gateway.clone(), gateway.clone());
+    tokio::spawn(async move { g1.serve(listener, std::future::pending()).await });
+    let acceptor = TlsAcceptor::new(certs).unwrap();
+    tokio::spawn(async move {
+        g2.serve_tls(tls_listener, acceptor, std::future::pending())
+            .await
+    });
+    while gateway.router().load().generation() < 1 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    TlsGw {
+        plain,
+        tls,
+        gateway,
+        _routes: routes,
+    }
+}
+
+fn pem_pairs(leaves: &[&Leaf]) -> Vec<(String, String)> {
+    leaves
+        .iter()
+        .map(|l| (l.cert_pem.clone(), l.key_pem.clone()))
+        .collect()
+}
+
+fn resolver(leaves: &[&Leaf], unknown: UnknownSni) -> Arc<CertResolver> {
+    let pairs = pem_pairs(leaves);
+    let refs: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(c, k)| (c.as_str(), k.as_str()))
+        .collect();
+    CertResolver::from_pem(&refs, unknown).unwrap()
+}
+
+type H1Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+
+/// An HTTP/1.1 client on an established (TLS) stream.
+async fn h1<S>(stream: S) -> H1Sender
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// Status, headers and body of one request on an HTTP/1.1 connection.
+async fn h1_get(
+    sender: &mut H1Sender,
+    host: &str,
+    path: &str,
+) -> (StatusCode, http::HeaderMap, String) {
+    let req = Request::get(path)
+        .header("host", host)
+        .body(Empty::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn sni_picks_exact_wildcard_and_most_specific_and_handles_unknown_names() {
+    let pki = Pki::new();
+    let gateway_cert = pki.leaf(&["caas.local", "*.caas.local"]);
+    let hello_wild = pki.leaf(&["*.hello.test"]);
+    let hello_www = pki.leaf(&["www.hello.test"]);
+    let up = Upstream::start("up").await;
+    let routes = snapshot(vec![("hello", app(&[("v1", &[up.addr])]))]);
+
+    for unknown in [UnknownSni::Default, UnknownSni::Reject] {
+        let certs = resolver(&[&gateway_cert, &hello_wild, &hello_www], unknown);
+        let gw = start(routes.clone(), Arc::clone(&certs)).await;
+        let client = any_cert_client();
+        for (sni, want) in [
+            ("www.hello.test", &hello_www),
+            ("WWW.hello.test", &hello_www),
+            ("api.hello.test", &hello_wild),
+            ("caas.local", &gateway_cert),
+            ("app01.caas.local", &gateway_cert),
+        ] {
+            let s = connect(gw.tls, sni, client.clone()).await.unwrap();
+            assert_eq!(presented(&s), want.der(), "{unknown:?}: SNI {sni}");
+        }
+        // A name no certificate serves, a wildcard's bare domain, and no SNI at all (an IP
+        // address as the server name sends none).
+        let before = certs.stats().unknown_sni.load(Relaxed);
+        for sni in [
+            "unknown.example",
+            "hello.test",
+            "a.b.hello.test",
+            "127.0.0.1",
+        ] {
+            let got = connect(gw.tls, sni, client.clone()).await;
+            match unknown {
+                UnknownSni::Default => {
+                    assert_eq!(presented(&got.unwrap()), gateway_cert.der(), "SNI {sni}");
+                }
+                UnknownSni::Reject => {
+                    let Err(err) = got else {
+                        panic!("SNI {sni}: the handshake must be refused")
+                    };
+                    let err = err.to_string();
+                    assert!(err.contains("AccessDenied"), "SNI {sni}: {err}");
+                }
+            }
+        }
+        assert_eq!(certs.stats().unknown_sni.load(Relaxed), before + 4);
+        let failures = gw.gateway.stats().tls_handshake_failures.load(Relaxed);
+        match unknown {
+            UnknownSni::Default => assert_eq!(failures, 0),
+            UnknownSni::Reject => {
+                // The server counts it when it has sent the alert: wait for it.
+                for _ in 0..200 {
+                    if gw.gateway.stats().tls_handshake_failures.load(Relaxed) >= 4 {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                assert_eq!(gw.gateway.stats().tls_handshake_failures.load(Relaxed), 4);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn alpn_h2_and_http11_are_proxied_with_forwarded_proto_https() {
+    let pki = Pki::new();
+    let leaf = pki.leaf(&["www.hello.test"]);
+    let up = Upstream::start("up").await;
+    let mut spec = app(&[("v1", &[up.addr])]);
+    spec.domains = vec![Domain::new("www.hello.test").unwrap()];
+    let gw = start(
+        snapshot(vec![("hello", spec)]),
+        resolver(&[&leaf], UnknownSni::Reject),
+    )
+    .await;
+
+    // HTTP/1.1, chosen by ALPN; the certificate verifies against the CA for the name.
+    let s = connect(gw.tls, "www.hello.test", pki.client(&[b"http/1.1"]))
+        .await
+        .unwrap();
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let mut sender = h1(s).await;
+    let (status, headers, body) = h1_get(&mut sender, "www.hello.test", "/one").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "up GET /one"));
+    assert_eq!(headers["x-echo-x-forwarded-proto"], "https");
+    assert_eq!(headers["x-echo-host"], "www.hello.test");
+
+    // HTTP/2, chosen by ALPN (h2 first in the client's list).
+    let s = connect(gw.tls, "www.hello.test", pki.client(&[b"h2", b"http/1.1"]))
+        .await
+        .unwrap();
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    for path in ["/two", "/three"] {
+        let req = Request::get(format!("https://www.hello.test{path}"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["x-echo-x-forwarded-proto"], "https");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, format!("up GET {path}"));
+    }
+
+    // No ALPN at all: HTTP/1.1.
+    let s = connect(gw.tls, "www.hello.test", pki.client(&[]))
+        .await
+        .unwrap();
+    assert_eq!(s.get_ref().1.alpn_protocol(), None);
+    let (status, _, body) = h1_get(&mut h1(s).await, "www.hello.test", "/four").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "up GET /four"));
+
+    // The same app over plain HTTP says http.
+    let mut plain = h1(TcpStream::connect(gw.plain).await.unwrap()).await;
+    let (_, headers, _) = h1_get(&mut plain, "www.hello.test", "/").await;
+    assert_eq!(headers["x-echo-x-forwarded-proto"], "http");
+    assert_eq!(gw.gateway.stats().tls_handshakes.load(Relaxed), 3);
+}
+
+#[tokio::test]
+async fn a_second_connection_resumes_the_session() {
+    let pki = Pki::new();
+    let leaf = pki.leaf(&["www.hello.test"]);
+    let gw = start(Snapshot::default(), resolver(&[&leaf], UnknownSni::Reject)).await;
+    // One client config = one client session cache, as in a browser.
+    let client = pki.client(&[b"http/1.1"]);
+    let mut kinds = Vec::new();
+    for _ in 0..2 {
+        let mut s = connect(gw.tls, "www.hello.test", client.clone())
+            .await
+            .unwrap();
+        // TLS 1.3 tickets arrive after the handshake: read until the server answers.
+        s.write_all(b"GET / HTTP/1.1\r\nHost: www.hello.test\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        assert!(
+            out.starts_with(b"HTTP/1.1 404"),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+        kinds.push(s.get_ref().1.handshake_kind());
+    }
+    use rustls::HandshakeKind::{Full, Resumed};
+    assert_eq!(kinds, [Some(Full), Some(Resumed)]);
+}
+
+#[tokio::test]
+async fn https_redirect_answers_plain_http_with_308_to_the_tls_port() {
+    let pki = Pki::new();
+    let leaf = pki.leaf(&["*.caas.local"]);
+    let up = Upstream::start("up").await;
+    let mut secure = app(&[("v1", &[up.addr])]);
+    secure.https_redirect = true;
+    let gw = start(
+        snapshot(vec![
+            ("secure", secure),
+            ("open", app(&[("v1", &[up.addr])])),
+        ]),
+        resolver(&[&leaf], UnknownSni::Default),
+    )
+    .await;
+    let tls_port = gw.tls.port();
+    let mut plain = h1(TcpStream::connect(gw.plain).await.unwrap()).await;
+
+    let (status, headers, body) = h1_get(&mut plain, "secure.caas.local:8080", "/a/b?c=1&d").await;
+    assert_eq!(status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(
+        headers["location"],
+        format!("https://secure.caas.local:{tls_port}/a/b?c=1&d")
+    );
+    assert_eq!(body, "");
+    assert_eq!(
+        up.requests.load(Relaxed),
+        0,
+        "a redirect never reaches the app"
+    );
+
+    // The authority decides, not a contradicting Host: absolute form wins (RFC 9112).
+    let req = Request::post("http://secure.caas.local/form")
+        .header("host", "open.caas.local")
+        .body(Empty::new())
+        .unwrap();
+    let resp = plain.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(
+        resp.headers()["location"],
+        format!("https://secure.caas.local:{tls_port}/form")
+    );
+    resp.into_body().collect().await.unwrap();
+
+    // Apps without the flag, and the same app over TLS, are served.
+    let (status, _, body) = h1_get(&mut plain, "open.caas.local", "/x").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "up GET /x"));
+    let s = connect(gw.tls, "secure.caas.local", pki.client(&[b"http/1.1"]))
+        .await
+        .unwrap();
+    let (status, headers, body) = h1_get(&mut h1(s).await, "secure.caas.local", "/a/b").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "up GET /a/b"));
+    assert_eq!(headers["x-echo-x-forwarded-proto"], "https");
+    assert_eq!(gw.gateway.stats().https_redirects.load(Relaxed), 2);
+}
+
+/// Waits until `counter` reaches `want`.
+async fn wait_count(what: &str, counter: &std::sync::atomic::AtomicU64, want: u64) {
+    for _ in 0..1000 {
+        if counter.load(Relaxed) >= want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("{what}: stayed at {} (want {want})", counter.load(Relaxed));
+}
+
+#[tokio::test]
+async fn certificate_files_reload_without_dropping_open_connections() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |leaf: &Leaf| {
+        // Written aside and renamed, as certificate tools do.
+        for (name, text) in [("www.key", &leaf.key_pem), ("www.pem", &leaf.cert_pem)] {
+            let tmp = dir.path().join(format!("{name}.tmp"));
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, dir.path().join(name)).unwrap();
+        }
+    };
+    let old = pki.leaf(&["www.hello.test"]);
+    write(&old);
+    let config = TlsConfig {
+        certificates: vec![CertFiles {
+            cert: "www.pem".into(),
+            key: "www.key".into(),
+        }],
+        unknown_sni: UnknownSni::Reject,
+    };
+    let certs = CertResolver::from_config(&config, dir.path()).unwrap();
+    tokio::spawn(Arc::clone(&certs).watch_files(Duration::from_millis(20)));
+    let up = Upstream::start("up").await;
+    let mut spec = app(&[("v1", &[up.addr])]);
+    spec.domains = vec![Domain::new("www.hello.test").unwrap()];
+    let gw = start(snapshot(vec![("hello", spec)]), Arc::clone(&certs)).await;
+
+    let client = any_cert_client();
+    let open = connect(gw.tls, "www.hello.test", client.clone())
+        .await
+        .unwrap();
+    assert_eq!(presented(&open), old.der());
+    let mut open = h1(open).await;
+    assert_eq!(
+        h1_get(&mut open, "www.hello.test", "/1").await.0,
+        StatusCode::OK
+    );
+
+    let new = pki.leaf(&["www.hello.test"]);
+    write(&new);
+    wait_count("reloads", &certs.stats().file_reloads, 1).await;
+    // The open connection goes on; new connections get the new certificate.
+    let (status, _, body) = h1_get(&mut open, "www.hello.test", "/2").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "up GET /2"));
+    let s = connect(gw.tls, "www.hello.test", client.clone())
+        .await
+        .unwrap();
+    assert_eq!(presented(&s), new.der());
+
+    // A broken version (here a key of another certificate) is refused and counted; the
+    // last good certificate stays in service.
+    let other = pki.leaf(&["www.hello.test"]);
+    std::fs::write(dir.path().join("www.key"), &other.key_pem).unwrap();
+    wait_count("rejections", &certs.stats().file_rejected, 1).await;
+    let s = connect(gw.tls, "www.hello.test", client.clone())
+        .await
+        .unwrap();
+    assert_eq!(presented(&s), new.der());
+    std::fs::remove_file(dir.path().join("www.pem")).unwrap();
+    wait_count("rejections", &certs.stats().file_rejected, 2).await;
+    let s = connect(gw.tls, "www.hello.test", client.clone())
+        .await
+        .unwrap();
+    assert_eq!(presented(&s), new.der());
+    assert_eq!(
+        h1_get(&mut open, "www.hello.test", "/3").await.0,
+        StatusCode::OK
+    );
+    assert_eq!(certs.stats().file_reloads.load(Relaxed), 1);
+}
+
+#[tokio::test]
+async fn certificate_source_updates_apply_live() {
+    let pki = Pki::new();
+    let gateway_cert = pki.leaf(&["*.caas.local", "www.operator.test"]);
+    let certs = resolver(&[&gateway_cert], UnknownSni::Reject);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(Arc::clone(&certs).follow(rx));
+    let gw = start(Snapshot::default(), Arc::clone(&certs)).await;
+    let client = any_cert_client();
+    let custom = Domain::new("www.custom.test").unwrap();
+    let stored = |leaf: &Leaf, domain: &Domain| DomainCert {
+        domain: domain.clone(),
+        app: id("custom"),
+        cert_pem: leaf.cert_pem.clone(),
+        key_pem: leaf.key_pem.clone(),
+    };
+
+    // Served for its domain only, though its SAN list names more.
+    let first = pki.leaf(&["www.custom.test", "other.custom.test"]);
+    tx.send(CertUpdate::Reset(vec![stored(&first, &custom)]))
+        .await
+        .unwrap();
+    wait_count("applied", &certs.stats().store_applied, 1).await;
+    let s = connect(gw.tls, "www.custom.test", client.clone())
+        .await
+        .unwrap();
+    assert_eq!(presented(&s), first.der());
+    assert!(
+        connect(gw.tls, "other.custom.test", client.clone())
+            .await
+            .is_err()
+    );
+
+    // A certificate that does not cover its domain is refused; the last good one stays.
+    let wrong = pki.leaf(&["elsewhere.test"]);
+    tx.send(CertUpdate::Upsert(stored(&wrong, &custom)))
+        .await
+        .unwrap();
+    wait_count("rejected", &certs.stats().store_rejected, 1).await;
+    let s = connect(gw.tls, "www.custom.test", client.clone())
+        .await
+        .unwrap();
+    assert_eq!(presented(&s), first.der());
+
+    // The operator's names stay the operator's: a stored certificate is not served for a
+    // name a configured certificate covers, nor under a gateway domain.
+    let operator = Domain::new("www.operator.test").unwrap();
+    let under_gateway = Domain::new("other-app.caas.local").unwrap();
+    for d in [&operator, &under_gateway] {
+        let grabber = pki.leaf(&[d.as_str()]);
+        tx.send(CertUpdate::Upsert(stored(&grabber, d)))
+            .await
+            .unwrap();
+    }
+    wait_count("applied", &certs.stats().store_applied, 3).await;
+    for d in [&operator, &under_gateway] {
+        let s = connect(gw.tls, d.as_str(), client.clone()).await.unwrap();
+        assert_eq!(presented(&s), gateway_cert.der(), "{d}");
+    }
+    assert_eq!(certs.store_count(), 3, "kept, not served");
+
+    tx.send(CertUpdate::Remove(custom.clone())).await.unwrap();
+    for _ in 0..200 {
+        if certs.store_count() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(certs.store_count(), 2);
+    assert!(
+        connect(gw.tls, "www.custom.test", client.clone())
+            .await
+            .is_err()
+    );
+}
+
+#[test]
+fn bad_tls_config_fails_at_start_with_file_key_and_why() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let good = pki.leaf(&["caas.local"]);
+    let other = pki.leaf(&["caas.local"]);
+    let no_san = {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "cn-only.test");
+        (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+    };
+    for (name, text) in [
+        ("good.pem", good.cert_pem.as_str()),
+        ("good.key", good.key_pem.as_str()),
+        ("other.key", other.key_pem.as_str()),
+        ("nosan.pem", no_san.0.as_str()),
+        ("nosan.key", no_san.1.as_str()),
+        ("garbage.key", "not a key"),
+    ] {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let config_path = dir.path().join("gw.toml");
+    let d = dir.path().display();
+    let load = |tls: &str| -> String {
+        let text = format!("listen_tls = \"127.0.0.1:8443\"\n{tls}");
+        match FileConfig::parse(&text, &config_path) {
+            Err(e) => e.to_string(),
+            Ok(cfg) => match cfg.cert_resolver(&config_path) {
+                Err(e) => e.to_string(),
+                Ok(_) => "ok".into(),
+            },
+        }
+    };
+    let good_entry = "{ cert = \"good.pem\", key = \"good.key\" }";
+    assert_eq!(
+        load(&format!("[tls]\ncertificates = [{good_entry}]\n")),
+        "ok"
+    );
+    for (tls, want) in [
+        (
+            format!(
+                "[tls]\ncertificates = [{good_entry}, {{ cert = \"missing.pem\", key = \"good.key\" }}]\n"
+            ),
+            format!("tls.certificates[1].cert {d}/missing.pem: cannot read: No such file"),
+        ),
+        (
+            "[tls]\ncertificates = [{ cert = \"good.pem\", key = \"other.key\" }]\n".into(),
+            format!(
+                "tls.certificates[0] (cert {d}/good.pem, key {d}/other.key): the private key does not match the certificate"
+            ),
+        ),
+        (
+            "[tls]\ncertificates = [{ cert = \"good.pem\", key = \"garbage.key\" }]\n".into(),
+            format!("tls.certificates[0].key {d}/garbage.key: no private key in it"),
+        ),
+        (
+            "[tls]\ncertificates = [{ cert = \"nosan.pem\", key = \"nosan.key\" }]\n".into(),
+            format!("tls.certificates[0].cert {d}/nosan.pem: the certificate has no DNS name"),
+        ),
+        (
+            "[tls]\ncertificates = []\n".into(),
+            "tls.certificates: empty, so there is no default certificate".into(),
+        ),
+        (
+            format!("[tls]\ncertificates = [{good_entry}]\nunknown_sni = \"maybe\"\n"),
+            "unknown variant `maybe`".into(),
+        ),
+        (
+            "[tls]\ncertificates = [{ cert = \"good.pem\", key = \"good.key\", chain = \"x\" }]\n"
+                .to_string(),
+            "unknown field `chain`".into(),
+        ),
+        ("".into(), "listen_tls: needs a [tls] table".into()),
+    ] {
+        let err = load(&tls);
+        assert!(
+            err.starts_with(&format!("config {}", config_path.display())),
+            "{err}"
+        );
+        assert!(err.contains(&want), "want {want:?} in {err:?}");
+    }
+    // [tls] without listen_tls.
+    let err = FileConfig::parse(
+        &format!("[tls]\ncertificates = [{good_entry}]\n"),
+        &config_path,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("tls: given, but listen_tls"), "{err}");
+    // Empty certificates are fine when unknown names are refused (a certificate source
+    // brings the rest).
+    assert_eq!(load("[tls]\nunknown_sni = \"reject\"\n"), "ok");
+}
+
+/// Runs an external TLS client; `None` (after a loud notice) when it is not installed,
+/// which fails under CI=true: scripts/install-deps.sh installs curl and openssl.
+async fn external(program: &str, args: &[&str], stdin: &[u8]) -> Option<(bool, String)> {
+    let ci = matches!(std::env::var("CI").as_deref(), Ok("true" | "1"));
+    let child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !ci => {
+            use std::io::Write as _;
+            let _ = std::io::stderr().write_all(
+                format!("\n!!! SKIPPED the {program} part: {program} is not installed (scripts/install-deps.sh)\n").as_bytes(),
+            );
+            return None;
+        }
+        Err(e) => panic!("cannot run {program}: {e}"),
+    };
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin).await.unwrap();
+    drop(input);
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("the external client hung")
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some((out.status.success(), text))
+}
+
+#[tokio::test]
+async fn curl_and_openssl_handshake_with_the_gateway() {
+    let pki = Pki::new();
+    let leaf = pki.leaf(&["www.hello.test"]);
+    let up = Upstream::start("up").await;
+    let mut spec = app(&[("v1", &[up.addr])]);
+    spec.domains = vec![Domain::new("www.hello.test").unwrap()];
+    let gw = start(
+        snapshot(vec![("hello", spec)]),
+        resolver(&[&leaf], UnknownSni::Reject),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, pki.ca_pem()).unwrap();
+    let (ca, port) = (ca.display().to_string(), gw.tls.port());
+    let resolve = format!("www.hello.test:{port}:127.0.0.1");
+    let url = format!("https://www.hello.test:{port}/curl");
+
+    for (flag, version) in [("--http1.1", "1.1"), ("--http2", "2")] {
+        let args = [
+            "-sS",
+            "--cacert",
+            &ca,
+            "--resolve",
+            &resolve,
+            flag,
+            "-w",
+            "\n%{http_version} %{http_code}",
+            "-H",
+            "x-probe: 1",
+            &url,
+        ];
+        if let Some((ok, out)) = external("curl", &args, b"").await {
+            assert!(ok, "curl {flag}: {out}");
+            assert!(out.starts_with("up GET /curl"), "curl {flag}: {out}");
+            assert!(
+                out.ends_with(&format!("\n{version} 200")),
+                "curl {flag}: {out}"
+            );
+        }
+    }
+
+    let connect = format!("127.0.0.1:{port}");
+    for (sni, alpn, want) in [
+        ("www.hello.test", "h2", "ALPN protocol: h2"),
+        ("www.hello.test", "http/1.1", "ALPN protocol: http/1.1"),
+        ("www.hello.test", "h2", "Verify return code: 0 (ok)"),
+    ] {
+        let args = [
+            "s_client",
+            "-connect",
+            &connect,
+            "-servername",
+            sni,
+            "-alpn",
+            alpn,
+            "-CAfile",
+            &ca,
+            "-verify_return_error",
+        ];
+        if let Some((ok, out)) = external("openssl", &args, b"").await {
+            assert!(ok, "openssl s_client: {out}");
+            assert!(out.contains(want), "want {want:?}: {out}");
+        }
+    }
+    // An unknown name is refused cleanly (an alert, no certificate).
+    let args = ["s_client", "-connect", &connect, "-servername", "nope.test"];
+    if let Some((ok, out)) = external("openssl", &args, b"").await {
+        assert!(!ok, "handshake for an unknown name must fail: {out}");
+        assert!(out.contains("alert"), "{out}");
+    }
+}
