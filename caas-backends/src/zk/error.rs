@@ -59,6 +59,20 @@ pub enum ZkError {
         /// The app holding the claim.
         owner: String,
     },
+    /// A certificate was offered for a domain no app has claimed.
+    #[error("domain {domain} is not claimed: claim it for the app before storing its certificate")]
+    DomainNotClaimed {
+        /// The domain.
+        domain: Domain,
+    },
+    /// A certificate or key was refused before writing.
+    #[error("certificate for {domain}: {reason}")]
+    InvalidCert {
+        /// The domain.
+        domain: Domain,
+        /// What is wrong.
+        reason: String,
+    },
     /// The session lacks the permission for this write or read (digest ACLs).
     #[error("zookeeper {op} {path}: permission denied for this identity")]
     Denied {

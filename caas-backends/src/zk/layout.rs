@@ -5,6 +5,7 @@
 //! /service/address/{appId}/{version}/{containerId}   EPHEMERAL   "{hostIp}:{hostPort}"
 //! /apps/{appId}                                      PERSISTENT  AppSpec JSON (maybe encrypted)
 //! /domains/{domain}                                  PERSISTENT  "{appId}"
+//! /certs/{domain}                                    PERSISTENT  CertNode JSON (key encrypted)
 //! /deployments/{appId}/{version}                     PERSISTENT  Deployment JSON (desired state)
 //! /deployments/{appId}/{version}/status              PERSISTENT  written by the scheduler
 //! /hosts/...                                         see `hosts`
@@ -20,6 +21,8 @@ pub const SERVICE: &str = "/service/address";
 pub const APPS: &str = "/apps";
 /// Parent of the domain claims `/domains/{domain}`.
 pub const DOMAINS: &str = "/domains";
+/// Parent of the custom-domain certificates `/certs/{domain}`.
+pub const CERTS: &str = "/certs";
 /// Parent of the deployments `/deployments/{appId}/{version}`.
 pub const DEPLOYMENTS: &str = "/deployments";
 
@@ -51,6 +54,11 @@ pub fn app_path(app: &AppId) -> String {
 /// `/domains/{domain}`.
 pub fn domain_path(domain: &Domain) -> String {
     format!("{DOMAINS}/{domain}")
+}
+
+/// `/certs/{domain}`.
+pub fn cert_path(domain: &Domain) -> String {
+    format!("{CERTS}/{domain}")
 }
 
 /// What a node path (relative to the chroot) is, by its place in the layout. Segments are

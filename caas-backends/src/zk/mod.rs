@@ -6,6 +6,7 @@
 //! /service/address/{appId}/{version}/{containerId}   EPHEMERAL   "{hostIp}:{hostPort}"
 //! /apps/{appId}                                      PERSISTENT  AppSpec JSON (optionally encrypted)
 //! /domains/{domain}                                  PERSISTENT  "{appId}" (exclusive CNAME claim)
+//! /certs/{domain}                                    PERSISTENT  certificate + sealed key (HTTPS)
 //! /hosts/{hostId}[/alive|/assignments/{instanceId}]  see [`hosts`]
 //! ```
 //!
@@ -19,6 +20,8 @@
 //! - [`ZkDiscovery`] ([`discovery`]): caas-core's `Discovery`, one persistent recursive watch
 //!   plus full reads, cached locally; feed it to a `Router`.
 //! - [`AppStore`] ([`apps`]): write app specs, claim and release custom domains.
+//! - [`certs`]: custom-domain certificates: [`CertStore`] writes them for the claimant app,
+//!   [`ZkCertSource`] feeds them to a gateway's TLS listener (caas-core's `CertSource`).
 //! - [`acl`]: digest ids and the admin / tenant / gateway ACL helpers.
 //! - [`crypto`]: AES-256-GCM envelopes for config values.
 //! - [`ZkError`] ([`error`]) and [`ZkStats`] ([`stats`]).
@@ -26,6 +29,7 @@
 pub mod acl;
 pub mod apps;
 mod cache;
+pub mod certs;
 pub mod config;
 pub mod crypto;
 pub mod discovery;
@@ -39,6 +43,7 @@ pub mod stats;
 
 pub use acl::{digest_id, grant_app, provision_tree};
 pub use apps::AppStore;
+pub use certs::{CertStore, ZkCertSource};
 pub use config::{ZkConfig, ZkTlsConfig};
 pub use crypto::ValueCipher;
 pub use discovery::ZkDiscovery;
