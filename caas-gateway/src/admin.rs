@@ -122,6 +122,7 @@ pub fn routes_json(table: &RouteTable) -> String {
                 "default_version": app.default_version(),
                 "weights": app.weights().iter().map(|(v, w)| (v.to_string(), *w)).collect::<std::collections::BTreeMap<_, _>>(),
                 "balancer": app.balancer().as_str(),
+                "https_redirect": app.https_redirect(),
                 "versions": versions,
             })
         })

@@ -19,12 +19,20 @@
 //! - `headers`: the authority, hop-by-hop removal and `X-Forwarded-*`.
 //! - [`error`]: the [`ErrorCode`] table (one code, one status, one party to blame per cause)
 //!   and [`ProxyError`], each a short JSON answer; [`stats`]: [`GatewayStats`].
+//! - [`tls`]: HTTPS beside the plain listener: [`Gateway::serve_tls`] with a
+//!   [`TlsAcceptor`] (rustls, ALPN `h2` / `http/1.1`, session resumption and tickets);
+//!   certificates chosen by SNI from the [`CertResolver`] (exact names over `*.{domain}`
+//!   wildcards, a default certificate or a refused handshake for unknown names), files
+//!   reloaded live, custom domains' certificates from any [`caas_core::CertSource`]. Or
+//!   bring your own `rustls::ServerConfig` ([`TlsAcceptor::from_config`]) or resolver
+//!   ([`TlsAcceptor::with_resolver`]).
+//! - `redirect`: apps with `https_redirect` answer plain HTTP with a 308 to HTTPS.
 //! - [`admin`]: `/healthz`, `/routes`, `/metrics` on a separate listener.
 //! - [`config`]: [`GatewayConfig`], [`Limits`] and the example server's [`FileConfig`];
 //!   [`file`]: the hot-reloading [`FileDiscovery`].
 //!
 //! Modules depend one way: `h1` ← `upstream` ← `body` ← `error` ← `stats` ← `conn` ←
-//! `proxy` ← `server` ← `admin`.
+//! `proxy` ← `server` ← `tls` ← `admin` (`redirect` sits beside `proxy`).
 //!
 //! ```no_run
 //! use caas_core::Static;
@@ -38,6 +46,33 @@
 //!     .discovery(routes.subscribe())
 //!     .serve(listener, async { let _ = tokio::signal::ctrl_c().await; })
 //!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! HTTPS with the program's own rustls configuration, beside plain HTTP:
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use caas_gateway::{Gateway, GatewayConfig, TlsAcceptor};
+//!
+//! # async fn run(server_config: rustls::ServerConfig) -> Result<(), Box<dyn std::error::Error>> {
+//! let gateway = Gateway::builder(GatewayConfig::default()).build()?;
+//! let tls = TlsAcceptor::from_config(Arc::new(server_config)); // alpn_protocols: h2, http/1.1
+//! let (plain, secure) = (
+//!     tokio::net::TcpListener::bind("0.0.0.0:80").await?,
+//!     tokio::net::TcpListener::bind("0.0.0.0:443").await?,
+//! );
+//! let (stop_tx, stop) = tokio::sync::watch::channel(());
+//! let stopped = |mut rx: tokio::sync::watch::Receiver<()>| async move {
+//!     let _ = rx.changed().await;
+//! };
+//! let (a, b) = tokio::join!(
+//!     gateway.serve(plain, stopped(stop.clone())),
+//!     gateway.serve_tls(secure, tls, stopped(stop)),
+//! );
+//! # drop(stop_tx);
+//! a?;
+//! b?;
 //! # Ok(()) }
 //! ```
 

@@ -9,11 +9,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
-use caas_backends::zk::{ZkConfig, ZkDiscovery, ZkTlsConfig};
+use caas_backends::zk::{ZkCertSource, ZkConfig, ZkDiscovery, ZkTlsConfig};
 use caas_core::Static;
-use caas_gateway::{FileConfig, FileDiscovery, Gateway};
+use caas_gateway::{FileConfig, FileDiscovery, Gateway, TlsAcceptor};
 use clap::Parser;
 use tokio::net::TcpListener;
 
@@ -45,18 +46,21 @@ endpoints = ["127.0.0.1:9001", "127.0.0.1:9002"]
 #[derive(Parser, Debug)]
 #[command(about = "caas L7 gateway: routes {app}.{domain} to the app's endpoints")]
 struct Args {
-    /// Gateway config (TOML). Its [apps] are watched and reloaded live.
+    /// Gateway config (TOML). Its [apps] and its [tls] certificate files are watched and
+    /// reloaded live.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Start a tiny upstream on every endpoint address of the config (with no --config, use
     /// a built-in config: hello.caas.local on 127.0.0.1:8080 → 127.0.0.1:9001 and :9002).
     #[arg(long)]
     demo: bool,
-    /// How often the config file is checked for changes, in milliseconds.
+    /// How often the config file and the certificate files are checked for changes, in
+    /// milliseconds.
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     reload_interval_ms: u64,
     /// Take apps from ZooKeeper (`host:port[,host:port...]`) instead of the file's [apps];
-    /// listen address, domains and limits still come from the file.
+    /// listen addresses, domains, limits and [tls] still come from the file. With [tls],
+    /// custom domains' certificates stored at {chroot}/certs/{domain} are served too.
     #[arg(long, value_name = "HOST:PORT")]
     zk: Option<String>,
     /// Root of the caas tree in ZooKeeper.
@@ -74,7 +78,7 @@ struct Args {
     /// Client private key (PKCS#8 PEM) for TLS to ZooKeeper.
     #[arg(long, value_name = "FILE", requires = "zk_tls_ca")]
     zk_tls_key: Option<PathBuf>,
-    /// AES-256-GCM key file for encrypted app config values.
+    /// AES-256-GCM key file for encrypted app config values and certificate keys.
     #[arg(long, value_name = "FILE", requires = "zk")]
     zk_key_file: Option<PathBuf>,
 }
@@ -161,9 +165,21 @@ fn load(args: &Args) -> Result<(FileConfig, Option<PathBuf>), String> {
 }
 
 async fn run(args: Args, config: FileConfig, path: Option<PathBuf>) -> Result<(), String> {
+    // Certificates first: a bad one stops the start with the file, the key and why.
+    let certs = config
+        .cert_resolver(path.as_deref().unwrap_or("<built-in demo config>".as_ref()))
+        .map_err(|e| e.to_string())?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let tls_listener = match config.listen_tls {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr} (listen_tls): {e}"))?,
+        ),
+        None => None,
+    };
     if args.demo {
         let addrs: Vec<SocketAddr> = config
             .apps
@@ -179,6 +195,7 @@ async fn run(args: Args, config: FileConfig, path: Option<PathBuf>) -> Result<()
     // Held for the life of the server: dropping it would end the built-in routes' stream.
     let routes = Static::new(config.snapshot());
     let zk = args.zk_config()?;
+    let reload_every = Duration::from_millis(args.reload_interval_ms);
     let builder = match (&zk, &path) {
         (Some(zk), _) => {
             if !config.apps.is_empty() {
@@ -188,12 +205,15 @@ async fn run(args: Args, config: FileConfig, path: Option<PathBuf>) -> Result<()
                 .await
                 .map_err(|e| format!("cannot use ZooKeeper at {}: {e}", zk.servers))?;
             tracing::info!(servers = %zk.servers, chroot = %zk.chroot, "routes from ZooKeeper");
+            if let Some(certs) = &certs {
+                // Custom domains' certificates, stored at {chroot}/certs/{domain}.
+                let source = ZkCertSource::start(discovery.session());
+                tokio::spawn(Arc::clone(certs).follow(source));
+                tracing::info!("custom-domain certificates from ZooKeeper");
+            }
             builder.discovery(discovery)
         }
-        (None, Some(p)) => builder.discovery(FileDiscovery::new(
-            p.clone(),
-            Duration::from_millis(args.reload_interval_ms),
-        )),
+        (None, Some(p)) => builder.discovery(FileDiscovery::new(p.clone(), reload_every)),
         (None, None) => builder.discovery(routes.subscribe()),
     };
     let gateway = builder.build().map_err(|e| e.to_string())?;
@@ -217,10 +237,37 @@ async fn run(args: Args, config: FileConfig, path: Option<PathBuf>) -> Result<()
             );
         }
     }
+    // One shutdown signal for both listeners.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stop_tx.send_replace(());
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<()>| async move {
+        let _ = rx.changed().await;
+    };
+    let tls = match (tls_listener, certs) {
+        (Some(l), Some(certs)) => {
+            tokio::spawn(Arc::clone(&certs).watch_files(reload_every));
+            let acceptor = TlsAcceptor::new(certs).map_err(|e| e.to_string())?;
+            let gw = gateway.clone();
+            let stop = stopped(stop_rx.clone());
+            Some(tokio::spawn(async move {
+                gw.serve_tls(l, acceptor, stop).await
+            }))
+        }
+        _ => None,
+    };
     gateway
-        .serve(listener, shutdown_signal())
+        .serve(listener, stopped(stop_rx))
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    if let Some(tls) = tls {
+        tls.await
+            .map_err(|e| format!("TLS listener task failed: {e}"))?
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -50,6 +50,8 @@ use tokio::sync::watch;
 
 pub use config::{CertError, CertFiles, TlsConfig, TlsError, UnknownSni};
 pub use resolver::{CertResolver, CertStats};
+/// The rustls this crate is built with, for programs that bring their own `ServerConfig`.
+pub use rustls;
 
 use crate::conn::{ConnInfo, Shared};
 use crate::error::GatewayError;

@@ -21,11 +21,16 @@ use super::resolver::{CertResolver, blame};
 
 impl CertResolver {
     /// Re-reads the certificate files every `every` and puts changed ones in service.
-    /// Runs until dropped: spawn it beside the gateway.
+    /// Runs until dropped: spawn it beside the gateway. (Certificates given as PEM text
+    /// have no files: there is nothing to re-read.)
     pub async fn watch_files(self: Arc<Self>, every: Duration) {
-        let count = self.lock().files.len();
-        if count == 0 || self.lock().files[0].cert_path.as_os_str().is_empty() {
-            return; // nothing to watch (no files, or PEM given in memory)
+        let (count, watched) = {
+            let inputs = self.lock();
+            let watched = inputs.files.iter().any(|f| f.paths.is_some());
+            (inputs.files.len(), watched)
+        };
+        if !watched {
+            return;
         }
         let mut failing = vec![false; count];
         let mut ticker = tokio::time::interval(every);
@@ -42,10 +47,13 @@ impl CertResolver {
     /// Looks at one configured certificate's files; `failing` remembers an unreadable
     /// state so it is reported once.
     async fn check_file(&self, i: usize, failing: &mut bool) {
-        let (key_name, cert_path, key_path) = {
+        let (key_name, (cert_path, key_path)) = {
             let inputs = self.lock();
             let f = &inputs.files[i];
-            (f.key_name.clone(), f.cert_path.clone(), f.key_path.clone())
+            match &f.paths {
+                Some(paths) => (f.key_name.clone(), paths.clone()),
+                None => return, // PEM given in memory: nothing to watch
+            }
         };
         let read = tokio::try_join!(
             async {

@@ -35,13 +35,13 @@ pub struct CertStats {
     pub unknown_sni: AtomicU64,
 }
 
-/// One certificate from the configuration's files.
+/// One configured certificate (from files, or PEM given in memory).
 #[derive(Debug)]
 pub(crate) struct FileCert {
     /// Config key of the entry, `tls.certificates[N]`.
     pub(crate) key_name: String,
-    pub(crate) cert_path: PathBuf,
-    pub(crate) key_path: PathBuf,
+    /// The certificate and key files; `None` for PEM given in memory (nothing to watch).
+    pub(crate) paths: Option<(PathBuf, PathBuf)>,
     /// The bytes last read from both files (good or not), to notice changes.
     pub(crate) seen: (Vec<u8>, Vec<u8>),
     /// The certificate in service.
@@ -115,8 +115,7 @@ impl CertResolver {
             })?;
             files.push(FileCert {
                 key_name,
-                cert_path,
-                key_path,
+                paths: Some((cert_path, key_path)),
                 seen,
                 loaded,
             });
@@ -155,8 +154,7 @@ impl CertResolver {
             })?;
             files.push(FileCert {
                 key_name,
-                cert_path: PathBuf::new(),
-                key_path: PathBuf::new(),
+                paths: None,
                 seen: (cert.as_bytes().to_vec(), key.as_bytes().to_vec()),
                 loaded,
             });
@@ -173,14 +171,11 @@ impl CertResolver {
     fn with_inputs(inputs: Inputs, unknown_sni: UnknownSni) -> Arc<Self> {
         let resolver = Arc::new(Self {
             table: ArcSwap::from_pointee(CertTable::default()),
-            inputs: Mutex::new(Inputs::default()),
+            inputs: Mutex::new(inputs),
             unknown_sni,
             stats: CertStats::default(),
         });
-        let mut guard = resolver.lock();
-        *guard = inputs;
-        resolver.rebuild(&guard);
-        drop(guard);
+        resolver.rebuild(&resolver.lock());
         resolver
     }
 
@@ -264,7 +259,11 @@ impl CertResolver {
         app: AppId,
         pem: (String, String),
     ) {
-        if inputs.store.get(&domain).is_some_and(|s| s.pem == pem) {
+        if inputs
+            .store
+            .get(&domain)
+            .is_some_and(|s| s.pem == pem && s.app == app)
+        {
             return;
         }
         let loaded = load_pem(pem.0.as_bytes(), pem.1.as_bytes()).and_then(|l| {
