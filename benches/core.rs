@@ -1,5 +1,5 @@
-//! Benchmarks of caas-core's hot data structures, measured against the targets in
-//! DESIGN.md (there is no other implementation to compare with in-process; the side-by-side
+//! Benchmarks of caas-core's hot data structures, each measured against the target given
+//! below (there is no other implementation to compare with in-process; the side-by-side
 //! comparison with nginx and HAProxy is `benches/compare.sh`):
 //!
 //! - `lookup/*`: `RouteTable::lookup` by `Host` at 10, 10,000 and 100,000 apps — target
@@ -451,7 +451,7 @@ fn bench_rebuild_while_serving(c: &mut Criterion) {
         Err(_) => panic!("reader thread panicked"),
     };
 
-    // A request holds the table it started with (DESIGN.md); if it still holds it when the
+    // A request holds the table it started with; if it still holds it when the
     // writer swaps, the request's thread is the one that frees the old table.
     let held = router.current();
     step += 1;
