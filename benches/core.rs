@@ -1,5 +1,5 @@
-//! Benchmarks of caas-core's hot data structures, measured against the targets in
-//! docs/ARCHITECTURE.md (there is no other implementation to compare with in-process; the side-by-side
+//! Benchmarks of caas-core's hot data structures, each measured against the target given
+//! below (there is no other implementation to compare with in-process; the side-by-side
 //! comparison with nginx and HAProxy is `benches/compare.sh`):
 //!
 //! - `lookup/*`: `RouteTable::lookup` by `Host` at 10, 10,000 and 100,000 apps — target
