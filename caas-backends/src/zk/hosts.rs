@@ -7,11 +7,27 @@
 //! /hosts/{hostId}/status/{instanceId}          PERSISTENT  InstanceStatus JSON (written by the agent)
 //! ```
 //!
-//! Who writes which part of [`HostInfo`]: the agent owns `ip`, `labels`, `capacity` and
-//! `cpu_idle`; schedulers own `allocated` (changed in the same multi as the assignments,
-//! under the node's version); operators own `draining`. Every writer does a
-//! read-modify-write of its own fields under the node's version, so none overwrites
-//! another's.
+//! **Who owns which field of [`HostInfo`]**:
+//!
+//! | field | owner | how it is written |
+//! |---|---|---|
+//! | `ip`, `labels`, `capacity`, `cpu_idle` | the host agent | [`HostStore::publish_agent_fields`] |
+//! | `allocated` | schedulers | `setData(host, version)` in the same multi as the assignments |
+//! | `draining` | operators | read-modify-write under the node's version |
+//!
+//! Every writer reads the node, changes only its own fields and writes under the version it
+//! read; a `BadVersion` means someone else wrote in between, so it reads again and retries.
+//! No writer ever overwrites another's fields with what it read before their change. The
+//! agent creates the node when it is missing, with `allocated` = the sum over the host's
+//! assignments present at that moment ([`allocated_by`]) and `draining` false; after that
+//! it never touches either.
+//!
+//! **Status nodes**: the agent writes `/hosts/{hostId}/status/{instanceId}` (created with
+//! the session's node ACL) when the instance changes state — `starting`, `unhealthy`,
+//! `healthy`, `restarting`, `failed`, `removing` (see [`InstanceState`]) — and deletes it
+//! once the instance is removed; status nodes with no assignment are deleted by the agent's
+//! reconcile. It writes on a change of state, address, message or restart count only, never
+//! per health probe.
 //!
 //! [`HostStore`] reads and writes them through a [`ZkSession`]. The `alive` node is created
 //! through the session's ephemeral bookkeeping, so it comes back after a session expiry.
@@ -113,6 +129,78 @@ pub struct HostInfo {
     pub draining: bool,
 }
 
+/// The fields of [`HostInfo`] the host agent owns and publishes; the rest (`allocated`,
+/// `draining`) belongs to schedulers and operators.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentHostFields {
+    /// The advertised IP.
+    pub ip: IpAddr,
+    /// The host's labels.
+    pub labels: BTreeMap<String, String>,
+    /// What the host offers.
+    pub capacity: Resources,
+    /// The smoothed CPU idle share, once measured.
+    pub cpu_idle: Option<f64>,
+}
+
+impl AgentHostFields {
+    /// `info` with the agent's fields replaced; `allocated` and `draining` as they were.
+    pub fn apply(&self, info: HostInfo) -> HostInfo {
+        HostInfo {
+            ip: self.ip,
+            labels: self.labels.clone(),
+            capacity: self.capacity,
+            cpu_idle: self.cpu_idle,
+            ..info
+        }
+    }
+
+    /// A new host node: the agent's fields, `allocated` as given, not draining.
+    pub fn new_info(&self, allocated: Resources) -> HostInfo {
+        HostInfo {
+            ip: self.ip,
+            labels: self.labels.clone(),
+            capacity: self.capacity,
+            allocated,
+            cpu_idle: self.cpu_idle,
+            draining: false,
+        }
+    }
+}
+
+/// What [`HostStore::publish_agent_fields`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// The node did not exist (or was empty) and now holds a full HostInfo.
+    Created,
+    /// The agent's fields changed.
+    Updated,
+    /// The node already held these fields: nothing written.
+    Unchanged,
+}
+
+/// The resources a set of assignments takes: memory and CPU shares of every unit (main
+/// container and sidecars), one instance per assignment.
+pub fn allocated_by<'a>(assignments: impl IntoIterator<Item = &'a Assignment>) -> Resources {
+    assignments
+        .into_iter()
+        .fold(Resources::default(), |r, a| Resources {
+            memory: r.memory.saturating_add(a.total_memory()),
+            cpu_shares: r.cpu_shares.saturating_add(a.total_cpu_shares()),
+            instances: r.instances + 1,
+        })
+}
+
+/// Read-modify-write rounds before [`HostStore::publish_agent_fields`] gives up.
+const PUBLISH_ATTEMPTS: usize = 20;
+
+fn encode<T: Serialize>(path: &str, value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| ZkError::BadData {
+        path: path.to_owned(),
+        reason: format!("cannot encode: {e}"),
+    })
+}
+
 /// Where one instance stands on its host: what `/hosts/{hostId}/status/{instanceId}` holds,
 /// written by the host agent as the instance changes state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -191,31 +279,42 @@ impl HostStore {
         self.session.mkdir(&assignments_path(host)).await
     }
 
-    /// Writes `info` to `/hosts/{host}`: read-modify-write with the node's version, retried
-    /// on a concurrent change (a scheduler writes `allocated` under the same lock).
-    pub async fn put_info(&self, host: &str, info: &HostInfo) -> Result<()> {
+    /// Publishes the agent's fields of `/hosts/{host}` (see [`AgentHostFields`]): a
+    /// read-modify-write under the node's version that keeps `allocated` and `draining` as
+    /// they are, retried when another writer got in between (`BadVersion`). A missing node
+    /// (or one created empty as a parent) is created with `allocated` = the sum over the
+    /// host's current assignments ([`allocated_by`]) and `draining` false. Nothing is written
+    /// when the agent's fields are already what the node holds. A node that holds something
+    /// else than HostInfo JSON is an error and is left as it is.
+    pub async fn publish_agent_fields(
+        &self,
+        host: &str,
+        fields: &AgentHostFields,
+    ) -> Result<Published> {
         let path = host_path(host);
-        let data = serde_json::to_vec(info).map_err(|e| ZkError::BadData {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
         let client = self.session.client()?;
-        for _ in 0..10 {
-            match client.get_data(&path).await {
-                Ok((old, stat)) => {
-                    if old == data {
-                        return Ok(());
+        for _ in 0..PUBLISH_ATTEMPTS {
+            let (info, version) = match client.get_data(&path).await {
+                Ok((data, stat)) if data.is_empty() => {
+                    (fields.new_info(self.allocated(host).await?), stat.version)
+                }
+                Ok((data, stat)) => {
+                    let old: HostInfo =
+                        serde_json::from_slice(&data).map_err(|e| ZkError::BadData {
+                            path: path.clone(),
+                            reason: format!("not HostInfo JSON, left as it is: {e}"),
+                        })?;
+                    let new = fields.apply(old.clone());
+                    if new == old {
+                        return Ok(Published::Unchanged);
                     }
-                    match client.set_data(&path, &data, Some(stat.version)).await {
-                        Ok(_) => return Ok(()),
-                        Err(zookeeper_client::Error::BadVersion) => continue,
-                        Err(e) => return Err(ZkError::op("set", &path, e)),
-                    }
+                    (new, stat.version)
                 }
                 Err(zookeeper_client::Error::NoNode) => {
+                    let info = fields.new_info(self.allocated(host).await?);
                     let opts = CreateMode::Persistent.with_acls(Acls::new(self.session.node_acl()));
-                    match client.create(&path, &data, &opts).await {
-                        Ok(_) => return Ok(()),
+                    match client.create(&path, &encode(&path, &info)?, &opts).await {
+                        Ok(_) => return Ok(Published::Created),
                         Err(zookeeper_client::Error::NodeExists) => continue,
                         Err(zookeeper_client::Error::NoNode) => {
                             self.session.mkdir(HOSTS).await?;
@@ -225,8 +324,19 @@ impl HostStore {
                     }
                 }
                 Err(e) => return Err(ZkError::op("get", &path, e)),
+            };
+            match client
+                .set_data(&path, &encode(&path, &info)?, Some(version))
+                .await
+            {
+                Ok(_) => return Ok(Published::Updated),
+                Err(zookeeper_client::Error::BadVersion | zookeeper_client::Error::NoNode) => {
+                    continue;
+                }
+                Err(e) => return Err(ZkError::op("set", &path, e)),
             }
         }
+        // Other writers won every round: the caller logs it and tries again later.
         Err(ZkError::op(
             "set",
             &path,
@@ -234,10 +344,20 @@ impl HostStore {
         ))
     }
 
-    /// Reads `/hosts/{host}`; `None` when absent.
+    /// The sum over the host's valid assignments (see [`allocated_by`]).
+    async fn allocated(&self, host: &str) -> Result<Resources> {
+        let nodes = self.assignments(host).await?;
+        Ok(allocated_by(
+            nodes.iter().filter_map(|n| n.assignment.as_ref().ok()),
+        ))
+    }
+
+    /// Reads `/hosts/{host}`; `None` when absent or not written yet (a node created empty
+    /// as the parent of the host's assignments).
     pub async fn info(&self, host: &str) -> Result<Option<HostInfo>> {
         let path = host_path(host);
         match self.session.client()?.get_data(&path).await {
+            Ok((data, _)) if data.is_empty() => Ok(None),
             Ok((data, _)) => {
                 serde_json::from_slice(&data)
                     .map(Some)
