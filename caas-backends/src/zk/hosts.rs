@@ -294,10 +294,12 @@ impl HostStore {
         let path = host_path(host);
         let client = self.session.client()?;
         for _ in 0..PUBLISH_ATTEMPTS {
-            let (info, version) = match client.get_data(&path).await {
-                Ok((data, stat)) if data.is_empty() => {
-                    (fields.new_info(self.allocated(host).await?), stat.version)
-                }
+            let (info, version, outcome) = match client.get_data(&path).await {
+                Ok((data, stat)) if data.is_empty() => (
+                    fields.new_info(self.allocated(host).await?),
+                    stat.version,
+                    Published::Created,
+                ),
                 Ok((data, stat)) => {
                     let old: HostInfo =
                         serde_json::from_slice(&data).map_err(|e| ZkError::BadData {
@@ -308,7 +310,7 @@ impl HostStore {
                     if new == old {
                         return Ok(Published::Unchanged);
                     }
-                    (new, stat.version)
+                    (new, stat.version, Published::Updated)
                 }
                 Err(zookeeper_client::Error::NoNode) => {
                     let info = fields.new_info(self.allocated(host).await?);
@@ -329,7 +331,7 @@ impl HostStore {
                 .set_data(&path, &encode(&path, &info)?, Some(version))
                 .await
             {
-                Ok(_) => return Ok(Published::Updated),
+                Ok(_) => return Ok(outcome),
                 Err(zookeeper_client::Error::BadVersion | zookeeper_client::Error::NoNode) => {
                     continue;
                 }
@@ -496,5 +498,64 @@ mod tests {
             "allocated":{"memory":0,"cpu_shares":0,"instances":0}}"#;
         let parsed: HostInfo = serde_json::from_str(old).unwrap();
         assert_eq!((parsed.cpu_idle, parsed.draining), (None, false));
+    }
+
+    #[test]
+    fn agent_fields_leave_allocated_and_draining_alone() {
+        let fields = AgentHostFields {
+            ip: "127.0.0.3".parse().unwrap(),
+            labels: BTreeMap::from([("disk".into(), "ssd".into())]),
+            capacity: Resources {
+                memory: 8 << 30,
+                cpu_shares: 4096,
+                instances: 100,
+            },
+            cpu_idle: Some(0.75),
+        };
+        let scheduled = Resources {
+            memory: 1 << 30,
+            cpu_shares: 1024,
+            instances: 2,
+        };
+        let old = HostInfo {
+            ip: "127.0.0.2".parse().unwrap(),
+            labels: BTreeMap::new(),
+            capacity: Resources::default(),
+            allocated: scheduled,
+            cpu_idle: None,
+            draining: true,
+        };
+        let new = fields.apply(old);
+        assert_eq!((new.allocated, new.draining), (scheduled, true));
+        assert_eq!(new.ip, fields.ip);
+        assert_eq!(new.labels, fields.labels);
+        assert_eq!(new.capacity, fields.capacity);
+        assert_eq!(new.cpu_idle, Some(0.75));
+        let fresh = fields.new_info(scheduled);
+        assert_eq!((fresh.allocated, fresh.draining), (scheduled, false));
+    }
+
+    #[test]
+    fn allocated_counts_units_with_their_sidecars() {
+        let plain = Assignment::from_json(
+            br#"{"app": "a", "version": "v1", "image": "r.io/a:v1", "container_port": 80,
+                 "memory": "512m", "cpu_shares": 1024}"#,
+        )
+        .unwrap();
+        let pod = Assignment::from_json(
+            br#"{"app": "a", "version": "v1", "image": "r.io/a:v1", "container_port": 80,
+                 "memory": "512m", "cpu_shares": 1024,
+                 "sidecars": [{"name": "c", "image": "r.io/c:v1", "memory": "64m"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(allocated_by([]), Resources::default());
+        assert_eq!(
+            allocated_by([&plain, &pod]),
+            Resources {
+                memory: (512 + 512 + 64) << 20,
+                cpu_shares: 1024 + 1024 + 256,
+                instances: 2,
+            }
+        );
     }
 }
