@@ -261,6 +261,7 @@ impl State {
             }
             return;
         }
+        AgentStats::bump(&self.p.stats.cpu_samples);
         let current = self.cpu.value();
         if cpu::moved_enough(
             self.published_idle,

@@ -56,6 +56,8 @@ counters! {
     status_writes,
     /// Writes of the agent's fields of the host node.
     host_writes,
+    /// CPU counter samples read (see `cpu_idle`).
+    cpu_samples,
     /// Background errors (ZooKeeper, Docker, bad assignments), each also logged.
     errors,
 }
