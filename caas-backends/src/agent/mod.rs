@@ -9,7 +9,7 @@
 //!   [`AgentConfig::resync`]) against the containers labelled `caas.host={hostId}`. The
 //!   decision is a pure function (`plan`: desired assignments + containers found + instances
 //!   tracked → steps, table-tested); the loop only executes it: starts what is missing (pull
-//!   if absent, a port from the [`PortPool`](crate::PortPool), run with the assignment's
+//!   if absent, a port from the [`PortPool`], run with the assignment's
 //!   limits and `caas.*` labels), **adopts** its own containers after a restart (ports
 //!   recovered from their `caas.port` labels, no duplicates), removes orphans (labelled for
 //!   this host, no assignment), stops+removes and deregisters what lost its assignment,
