@@ -31,6 +31,7 @@ pub mod config;
 pub mod crypto;
 pub mod discovery;
 pub mod error;
+mod host_info;
 mod host_status;
 pub mod hosts;
 pub mod layout;
