@@ -198,6 +198,39 @@ async fn a_restarted_agent_adopts_the_unit_with_its_sidecar() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_that_crashes_at_start_restarts_its_unit() {
+    let Some(w) = world("units-crash", "h-units-crash", "127.0.0.10").await else {
+        return;
+    };
+    let mut config = w.config();
+    config.restart_backoff = Duration::from_secs(2);
+    let agent = Agent::start(config).await.unwrap();
+    // The hello image as the sidecar wants port 8080 too, which the main container holds:
+    // it exits with code 1 right after its start.
+    let mut a = w.assignment();
+    a.sidecars = vec![Sidecar {
+        name: "cache".into(),
+        image: w.image.clone(),
+        memory: "32m".parse().unwrap(),
+        cpu_shares: 128,
+    }];
+    w.assign_one("crash-0", &a).await;
+    let status = until("restarting because of the sidecar", || async {
+        w.status("crash-0")
+            .await
+            .filter(|s| s.state == InstanceState::Restarting)
+    })
+    .await;
+    assert_eq!(
+        status.message.as_deref(),
+        Some("sidecar cache exited (code 1)")
+    );
+    assert!(status.restarts >= 1);
+    assert!(agent.stats().exits >= 1);
+    agent.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_nodes_say_what_a_user_needs() {
     let Some(w) = world("status", "h-status", "127.0.0.8").await else {
         return;

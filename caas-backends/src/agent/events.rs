@@ -30,6 +30,9 @@ fn exit_reason(kind: EventKind, sidecar: Option<&str>) -> String {
     }
 }
 
+/// How many exits of unowned containers are remembered (see `State::recent_exits`).
+const RECENT_EXITS: usize = 64;
+
 fn now_ms() -> Option<u64> {
     let d = SystemTime::now().duration_since(UNIX_EPOCH).ok()?;
     u64::try_from(d.as_millis()).ok()
@@ -71,15 +74,18 @@ impl State {
         if ev.kind == EventKind::Start {
             return;
         }
-        let Some((inst, sidecar)) = self.instances.values_mut().find_map(|i| {
+        let owner = self.instances.values_mut().find_map(|i| {
             let sidecar = i.owns(&ev.id)?.map(str::to_owned);
             Some((i, sidecar))
-        }) else {
+        });
+        let Some((inst, sidecar)) = owner.filter(|(i, _)| i.phase.is_up()) else {
+            // Perhaps a unit still being started: remembered for its start report.
+            if self.recent_exits.len() == RECENT_EXITS {
+                self.recent_exits.pop_front();
+            }
+            self.recent_exits.push_back((ev.id, ev.kind));
             return;
         };
-        if !inst.phase.is_up() {
-            return;
-        }
         let id = inst.id.clone();
         let why = exit_reason(ev.kind, sidecar.as_deref());
         tracing::warn!(instance = %id, container = %ev.id, %why, "unit lost a container");
@@ -153,6 +159,25 @@ impl State {
         }
     }
 
+    /// A container of a unit that died before the unit's start was reported (its event
+    /// came first): the unit is treated as exited at once, not left to the health checker.
+    async fn exited_while_starting(&mut self, id: &InstanceId) {
+        let Some(inst) = self.instances.get_mut(id) else {
+            return;
+        };
+        let found = self.recent_exits.iter().find_map(|(c, kind)| {
+            let sidecar = inst.owns(c)?;
+            Some(exit_reason(*kind, sidecar))
+        });
+        let Some(why) = found else {
+            return;
+        };
+        tracing::warn!(instance = %id, %why, "unit lost a container while starting");
+        AgentStats::bump(&self.p.stats.exits);
+        let actions = inst.exited(why, Instant::now());
+        self.execute(id, actions).await;
+    }
+
     async fn on_started(
         &mut self,
         id: InstanceId,
@@ -190,6 +215,7 @@ impl State {
                     inst.message = None;
                 }
                 self.watch_health(&id);
+                self.exited_while_starting(&id).await;
             }
             Err(e) => {
                 AgentStats::bump(&self.p.stats.start_failures);

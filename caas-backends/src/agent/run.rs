@@ -10,7 +10,7 @@
 //! Slow Docker work (pull, run, stop) runs in spawned jobs so a deregistration is never
 //! queued behind a pull. ZooKeeper writes are done inline: they are what must happen first.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use caas_core::InstanceId;
@@ -23,7 +23,7 @@ use super::instance::Instance;
 use super::plan::{self, Observed, Tracked};
 use super::stats::AgentStats;
 use super::tasks::{self, StartFailure, UnitStarted};
-use crate::docker::{DockerError, DockerRuntime};
+use crate::docker::{DockerError, DockerRuntime, EventKind};
 use crate::health::{HealthEvent, KillLimiter};
 use crate::ports::PortPool;
 use crate::zk::Registry;
@@ -88,6 +88,9 @@ pub(super) struct State {
     health_rx: Option<mpsc::Receiver<HealthEvent<Key>>>,
     /// Wakes a reconcile (the assignment watch, and a finished removal).
     pub(super) changed: Arc<Notify>,
+    /// Die/oom events of containers no running unit owned (yet): a container that dies
+    /// while its start job is still reporting is recognised when the report comes.
+    pub(super) recent_exits: VecDeque<(String, EventKind)>,
     cpu: CpuMeter,
     /// The `cpu_idle` the host node holds (as far as this agent wrote it).
     published_idle: Option<f64>,
@@ -128,6 +131,7 @@ impl State {
             rx: Some(rx),
             health_rx: Some(health_rx),
             changed: Arc::new(Notify::new()),
+            recent_exits: VecDeque::new(),
             cpu: CpuMeter::default(),
             published_idle: None,
             cpu_failures: 0,
