@@ -77,6 +77,7 @@ pub use stats::{AgentStats, AgentStatsSnapshot};
 
 use crate::docker::{DockerError, DockerRuntime};
 use crate::ports::PortPool;
+use crate::zk::hosts::AgentHostFields;
 use crate::zk::{HostStore, Registry, ZkError, ZkSession};
 
 /// Why an agent could not start.
@@ -99,7 +100,8 @@ pub struct Agent;
 
 impl Agent {
     /// Connects to ZooKeeper and Docker, recovers the port pool from the host's containers,
-    /// publishes the host node, and starts the reconcile loop.
+    /// publishes its fields of the host node, marks the host alive, and starts the reconcile
+    /// loop.
     pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
         config.validate().map_err(AgentError::Config)?;
         let docker = match &config.docker_socket {
@@ -109,7 +111,6 @@ impl Agent {
         let session = ZkSession::connect(config.zk.clone()).await?;
         let hosts = HostStore::new(session.clone());
         hosts.ensure(&config.host_id).await?;
-        hosts.mark_alive(&config.host_id, config.ip).await?;
 
         let mut pool = PortPool::new(config.ip, config.ports);
         let containers = docker.list_managed(&config.host_id).await?;
@@ -119,6 +120,19 @@ impl Agent {
         }
         let capacity = run::capacity(&docker, &config).await;
         let stats = Arc::new(AgentStats::default());
+        // Before `alive`: a scheduler never sees a live host without its capacity.
+        let fields = AgentHostFields {
+            ip: config.ip,
+            labels: config.labels.clone(),
+            capacity,
+            cpu_idle: None,
+        };
+        if let Err(e) = hosts.publish_agent_fields(&config.host_id, &fields).await {
+            // The loop tries again; containers are managed meanwhile.
+            AgentStats::bump(&stats.errors);
+            tracing::error!(host = %config.host_id, error = %e, "cannot write the host info");
+        }
+        hosts.mark_alive(&config.host_id, config.ip).await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let state = run::State::new(run::Parts {
             config,
