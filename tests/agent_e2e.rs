@@ -122,6 +122,7 @@ async fn kill_leaves_rotation_and_returns_while_load_runs() {
             shutdown_grace_ms: 2_000,
             ..Limits::default()
         },
+        ..GatewayConfig::default()
     })
     .discovery(discovery)
     .build()

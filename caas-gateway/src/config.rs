@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use caas_core::{AppId, AppSpec, Domain, Snapshot};
+use caas_core::{AppId, AppSpec, Blacklist, Domain, IpNet, Snapshot};
 use serde::{Deserialize, Serialize};
 
 /// Limits and timeouts on every edge of the proxy.
@@ -95,6 +95,10 @@ pub struct GatewayConfig {
     pub domains: Vec<Domain>,
     /// Limits and timeouts.
     pub limits: Limits,
+    /// Peers whose `X-Forwarded-For` is believed (load balancers in front of the gateway):
+    /// for a request from one of them, the client is the nearest address in that field that
+    /// is not itself trusted. From anyone else, the client is the socket peer.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// The example server's TOML file.
@@ -116,6 +120,13 @@ pub struct FileConfig {
     /// Limits and timeouts.
     #[serde(default)]
     pub limits: Limits,
+    /// Networks whose `X-Forwarded-For` is believed (see [`GatewayConfig::trusted_proxies`]).
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpNet>,
+    /// Requests refused for every app (networks, path prefixes, user agents), applied live
+    /// on reload; ZooKeeper-fed gateways take it from `/caas/blacklist` instead.
+    #[serde(default, skip_serializing_if = "Blacklist::is_empty")]
+    pub blacklist: Blacklist,
     /// Apps served from this file (ignored when routes come from ZooKeeper).
     #[serde(default)]
     pub apps: BTreeMap<AppId, AppSpec>,
@@ -180,6 +191,7 @@ impl FileConfig {
             message,
         };
         cfg.limits.validate().map_err(invalid)?;
+        cfg.blacklist.validate().map_err(|e| invalid(e.0))?;
         for (id, app) in &cfg.apps {
             app.validate()
                 .map_err(|e| invalid(format!("apps.{id}.{e}")))?;
@@ -192,6 +204,7 @@ impl FileConfig {
         GatewayConfig {
             domains: self.domains.clone(),
             limits: self.limits.clone(),
+            trusted_proxies: self.trusted_proxies.clone(),
         }
     }
 
@@ -199,6 +212,7 @@ impl FileConfig {
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             apps: self.apps.clone(),
+            blacklist: self.blacklist.clone(),
         }
     }
 }

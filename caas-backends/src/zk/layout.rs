@@ -5,6 +5,7 @@
 //! /service/address/{appId}/{version}/{containerId}   EPHEMERAL   "{hostIp}:{hostPort}"
 //! /apps/{appId}                                      PERSISTENT  AppSpec JSON (maybe encrypted)
 //! /domains/{domain}                                  PERSISTENT  "{appId}"
+//! /blacklist                                         PERSISTENT  Blacklist JSON: refused for every app
 //! /deployments/{appId}/{version}                     PERSISTENT  Deployment JSON (desired state)
 //! /deployments/{appId}/{version}/status              PERSISTENT  written by the scheduler
 //! /hosts/...                                         see `hosts`
@@ -20,6 +21,8 @@ pub const SERVICE: &str = "/service/address";
 pub const APPS: &str = "/apps";
 /// Parent of the domain claims `/domains/{domain}`.
 pub const DOMAINS: &str = "/domains";
+/// The gateway-wide blacklist.
+pub const BLACKLIST: &str = "/blacklist";
 /// Parent of the deployments `/deployments/{appId}/{version}`.
 pub const DEPLOYMENTS: &str = "/deployments";
 
@@ -69,11 +72,16 @@ pub(crate) enum Node<'a> {
     App(&'a str),
     /// A domain claim.
     Domain(&'a str),
+    /// The gateway-wide blacklist.
+    Blacklist,
     /// Anything else (the parents, `/apps/{app}/versions/...`, `/hosts/...`).
     Other,
 }
 
 pub(crate) fn classify(path: &str) -> Node<'_> {
+    if path == BLACKLIST {
+        return Node::Blacklist;
+    }
     if let Some(rest) = path.strip_prefix(SERVICE).and_then(|r| r.strip_prefix('/')) {
         let mut it = rest.split('/');
         return match (it.next(), it.next(), it.next(), it.next()) {
@@ -129,6 +137,8 @@ mod tests {
         assert_eq!(classify("/apps/a/versions/v1"), Node::Other);
         assert_eq!(classify("/domains/www.a.test"), Node::Domain("www.a.test"));
         assert_eq!(classify("/apps"), Node::Other);
+        assert_eq!(classify("/blacklist"), Node::Blacklist);
+        assert_eq!(classify("/blacklist/x"), Node::Other);
         assert_eq!(classify("/hosts/h1"), Node::Other);
         assert_eq!(classify("/service/addressx/a/b/c"), Node::Other);
     }
