@@ -14,8 +14,9 @@
 # RSS after the wrk runs, and on a fresh process its RSS at start and with the connections
 # held, and KiB per connection ((with − at start) / connections). Compare ratios
 # measured in one run, never absolute numbers across runs or machines: on a small machine
-# wrk, the proxy and the backend share the CPUs. Targets (DESIGN.md): ≥ 1.25× nginx at c32,
-# ≥ 1.6× at c256, ahead of HAProxy at both, p99 no worse than HAProxy's.
+# wrk, the proxy and the backend share the CPUs. Targets for the gateway: ≥ 1.25× nginx at
+# c32, ≥ 1.6× at c256, ahead of HAProxy at both, p99 no worse than HAProxy's; 10,000 idle
+# connections under 200 MiB. The setup it shares with cpu_per_request.sh is in benches/lib.sh.
 #
 # Usage: benches/compare.sh [--quick] [-h|--help]
 #   --quick           1 round of 2 s (a smoke test, not a measurement)
@@ -36,20 +37,10 @@
 # raises ulimit -n up to the hard limit (see benches/README.md).
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-
-usage() {
-  sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
-}
-
-QUICK=false
-for arg in "$@"; do
-  case "$arg" in
-    --quick) QUICK=true ;;
-    -h | --help) usage; exit 0 ;;
-    *) echo "compare: unknown argument: $arg" >&2; usage >&2; exit 2 ;;
-  esac
-done
+BENCH_NAME=compare
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+parse_flags "$@"
 
 if $QUICK; then
   ROUNDS=${ROUNDS:-1}
@@ -64,10 +55,6 @@ SIZE_CONNS=${SIZE_CONNS:-32}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 TASKSET=${TASKSET:-0}
 KEEP=${KEEP:-0}
-HOST_HEADER="hello.caas.local"
-
-log() { printf 'compare: %s\n' "$*" >&2; }
-die() { printf 'compare: error: %s\n' "$*" >&2; exit 1; }
 
 for c in $CONNS $SIZE_CONNS; do
   [[ $c =~ ^[1-9][0-9]*$ ]] || die "CONNS and SIZE_CONNS take positive integers, got '$c'"
@@ -89,18 +76,7 @@ size_path() { if [[ $1 == 0 ]]; then echo /; else echo "/$1"; fi; }
 
 # --- tools ------------------------------------------------------------------------------
 
-need_install=false
-for tool in nginx haproxy wrk curl; do
-  command -v "$tool" >/dev/null 2>&1 || [[ -x /usr/sbin/$tool ]] || need_install=true
-done
-if $need_install; then
-  log "nginx, haproxy, wrk or curl missing: running scripts/install-deps.sh"
-  "$ROOT/scripts/install-deps.sh"
-fi
-export PATH="$PATH:/usr/sbin:/sbin"
-for tool in nginx haproxy wrk curl; do
-  command -v "$tool" >/dev/null 2>&1 || die "$tool not found even after scripts/install-deps.sh"
-done
+require_tools nginx haproxy wrk curl
 if ((IDLE_CONNS > 0)); then
   command -v python3 >/dev/null 2>&1 || die "IDLE_CONNS=$IDLE_CONNS needs python3 (IDLE_CONNS=0 skips)"
 fi
@@ -123,65 +99,32 @@ NOFILE=$(ulimit -Sn)
 [[ $NOFILE == unlimited ]] && NOFILE=1048576
 # Client connections each proxy accepts: 4096 (as before) or IDLE_CONNS + 1024. nginx
 # preallocates its worker_connections slots, so its RSS at start grows with them. HAProxy
-# asks for 2×maxconn files and by default stops when it can't have them; with
-# `no strict-limits` it warns and runs on what ulimit -n allows (enough: an idle client
-# connection has no server side).
+# runs on what ulimit -n allows (`no strict-limits`: see write_haproxy_cfg in lib.sh).
 NGINX_WORKER_CONNS=$((IDLE_CONNS + 1024 > 4096 ? IDLE_CONNS + 1024 : 4096))
 HAPROXY_MAXCONN=$NGINX_WORKER_CONNS
 
 # --- gateway binary (before any process starts: a failed build leaves nothing behind) ----
 
-if [[ -n ${GATEWAY_BIN:-} ]]; then
-  [[ -x $GATEWAY_BIN ]] || die "GATEWAY_BIN=$GATEWAY_BIN is not an executable file"
-  GATEWAY_LABEL="gateway ($GATEWAY_BIN)"
-else
-  log "building the gateway: cargo build --release --example gateway"
-  (cd "$ROOT" && cargo build --release --example gateway) ||
-    die "cargo build --release --example gateway failed"
-  GATEWAY_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/gateway"
-  [[ -x $GATEWAY_BIN ]] || die "built, but $GATEWAY_BIN is not there (CARGO_TARGET_DIR?)"
-  GATEWAY_LABEL="caas gateway (examples/gateway, release)"
-fi
+build_gateway
 if [[ -n ${GATEWAY_BIN_B:-} ]]; then
   [[ -x $GATEWAY_BIN_B ]] || die "GATEWAY_BIN_B=$GATEWAY_BIN_B is not an executable file"
 fi
 
 # --- temp dir, processes, cleanup -----------------------------------------------------------
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/caas-compare.XXXXXX")
-# nginx workers run as an unprivileged user when started as root: let them in.
-chmod 755 "$WORK"
-PIDS=()
+make_workdir caas-compare
 HOLDER_PID="" # benches/idle_conns.py while it holds connections
-STATUS=1
 
+# On exit: the idle-connection holder first, then every process (1 s each to exit cleanly).
 cleanup() {
-  local pid
   if [[ -n $HOLDER_PID ]]; then
     kill -TERM "$HOLDER_PID" 2>/dev/null || true
     wait "$HOLDER_PID" 2>/dev/null || true
   fi
-  for pid in "${PIDS[@]}"; do
-    kill -TERM "$pid" 2>/dev/null || true
-  done
-  for pid in "${PIDS[@]}"; do
-    # Give each a moment to exit cleanly, then make sure.
-    for _ in 1 2 3 4 5 6 7 8 9 10; do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  if [[ $STATUS -eq 0 && $KEEP != 1 ]]; then
-    rm -rf "$WORK"
-  else
-    log "configs, logs and raw wrk output kept in $WORK"
-  fi
+  kill_and_reap 10 "${PIDS[@]}"
+  finish_workdir "configs, logs and raw wrk output"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+on_exit cleanup
 
 # CPU pinning (TASKSET=1). With 3+ CPUs: backend on CPU 0, the proxy under test on CPU 1, wrk
 # on CPU 2. With 2 CPUs there is no third core: wrk shares CPU 0 with the backend, so the
@@ -202,72 +145,14 @@ if [[ $TASKSET == 1 ]]; then
   fi
 fi
 
-# A free loopback port below the kernel's ephemeral range (outgoing connections of wrk, curl
-# and the proxies take ports from that range, and a listener can't bind one in use), not in
-# use in any state now, and not handed out before.
-read -r EPHEMERAL_LO _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || EPHEMERAL_LO=32768
-if ((EPHEMERAL_LO > 12000)); then
-  PORT_LO=10000 PORT_SPAN=$((EPHEMERAL_LO - 10000))
-else
-  PORT_LO=$((EPHEMERAL_LO / 2)) PORT_SPAN=$((EPHEMERAL_LO / 2))
-fi
-USED_PORTS=" "
-# Sets the variable named $1 (not a $(subshell): USED_PORTS must persist).
-free_port() {
-  local port in_use
-  in_use=" $(ss -Htan 2>/dev/null | awk '{sub(/.*:/, "", $4); print $4}' | tr '\n' ' ') "
-  for _ in $(seq 1 200); do
-    port=$((PORT_LO + (RANDOM * 32768 + RANDOM) % PORT_SPAN))
-    [[ $in_use == *" $port "* || $USED_PORTS == *" $port "* ]] && continue
-    USED_PORTS+="$port "
-    printf -v "$1" '%s' "$port"
-    return 0
-  done
-  die "no free loopback port found"
-}
-
-# Starts "$@" in the background, logging to $WORK/$name.log (appending: a proxy restarted for
-# the idle part logs to the same file), and records its pid.
-start() {
-  local name=$1
-  shift
-  "$@" >>"$WORK/$name.log" 2>&1 &
-  PIDS+=("$!")
-  eval "PID_${name//-/_}=$!"
-}
-
 # Stops pid $1 (SIGTERM, then SIGKILL after 10 s) and forgets it.
 stop() {
   local pid=$1 p keep=()
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 1 100); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
+  kill_and_reap 100 "$pid"
   for p in "${PIDS[@]}"; do
     [[ $p == "$pid" ]] || keep+=("$p")
   done
   PIDS=("${keep[@]}")
-}
-
-# Waits until http://127.0.0.1:$port/ answers (any status) or the process dies.
-wait_http() {
-  local name=$1 port=$2 pid
-  pid=$(eval "echo \$PID_${name//-/_}")
-  for _ in $(seq 1 100); do
-    if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/"; then
-      return 0
-    fi
-    if ! kill -0 "$pid" 2>/dev/null; then
-      tail -n 20 "$WORK/$name.log" "$WORK/$name.error.log" 2>/dev/null >&2 || true
-      die "$name exited before answering on 127.0.0.1:$port (logs above, in $WORK)"
-    fi
-    sleep 0.1
-  done
-  tail -n 20 "$WORK/$name.log" "$WORK/$name.error.log" 2>/dev/null >&2 || true
-  die "$name did not answer on 127.0.0.1:$port within 10 s (logs in $WORK)"
 }
 
 free_port BACKEND_PORT
@@ -275,28 +160,6 @@ free_port NGINX_PORT
 free_port HAPROXY_PORT
 free_port GATEWAY_PORT
 free_port GATEWAY_B_PORT
-
-# nginx writes its temp files and pid under our dir, never under /var.
-nginx_common() {
-  local name=$1
-  mkdir -p "$WORK/$name"
-  cat <<EOF
-worker_processes 1;
-worker_rlimit_nofile $NOFILE;
-daemon off;
-pid $WORK/$name/nginx.pid;
-error_log $WORK/$name.error.log warn;
-events { worker_connections $NGINX_WORKER_CONNS; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/$name/body;
-  proxy_temp_path $WORK/$name/proxy;
-  fastcgi_temp_path $WORK/$name/fastcgi;
-  uwsgi_temp_path $WORK/$name/uwsgi;
-  scgi_temp_path $WORK/$name/scgi;
-  keepalive_requests 100000;
-EOF
-}
 
 # The bodies: files of exactly their size, served by the backend at their path.
 mkdir -p "$WORK/body"
@@ -307,91 +170,26 @@ for size in $SIZES; do
   body_locations+="    location = /$size { alias $WORK/body/$size; }"$'\n'
 done
 
-{
-  nginx_common backend
-  cat <<EOF
-  default_type application/octet-stream;
-  sendfile on;
-  server {
-    listen 127.0.0.1:$BACKEND_PORT;
-    location / { return 200 "ok\n"; }
-$body_locations  }
-}
-EOF
-} >"$WORK/backend.conf"
-
-{
-  nginx_common nginx-proxy
-  cat <<EOF
-  upstream backend {
-    server 127.0.0.1:$BACKEND_PORT;
-    keepalive 64;
-    keepalive_requests 100000;
-  }
-  server {
-    listen 127.0.0.1:$NGINX_PORT;
-    location / {
-      proxy_pass http://backend;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
-  }
-}
-EOF
-} >"$WORK/nginx-proxy.conf"
-
+# Every nginx may open NOFILE files; the backend serves the bodies with sendfile.
+write_backend_conf "worker_rlimit_nofile $NOFILE;" \
+  "  default_type application/octet-stream;"$'\n'"  sendfile on;"$'\n' "$body_locations"
+write_nginx_proxy_conf "$NGINX_PORT" "worker_rlimit_nofile $NOFILE;"
 # Idle keep-alive client connections stay open 60 s or more on every proxy (nginx: its
 # default keepalive_timeout, 75 s), long enough to hold IDLE_CONNS of them and read the RSS.
-cat >"$WORK/haproxy.cfg" <<EOF
-global
-  nbthread 1
-  maxconn $HAPROXY_MAXCONN
-  no strict-limits
-  pidfile $WORK/haproxy.pid
-defaults
-  mode http
-  maxconn $HAPROXY_MAXCONN
-  option http-keep-alive
-  http-reuse always
-  timeout connect 5s
-  timeout client 30s
-  timeout server 30s
-  timeout http-keep-alive 60s
-frontend fe
-  bind 127.0.0.1:$HAPROXY_PORT
-  default_backend be
-backend be
-  server s1 127.0.0.1:$BACKEND_PORT
-EOF
-
-cat >"$WORK/gateway.toml" <<EOF
-listen = "127.0.0.1:$GATEWAY_PORT"
-domains = ["caas.local"]
-workers = 1
-[apps.hello]
-default_version = "v1"
-[apps.hello.versions.v1]
-endpoints = ["127.0.0.1:$BACKEND_PORT"]
-EOF
-
-sed "s/:$GATEWAY_PORT\"/:$GATEWAY_B_PORT\"/" "$WORK/gateway.toml" >"$WORK/gateway-b.toml"
-
-nginx -t -q -c "$WORK/backend.conf" -p "$WORK" -e "$WORK/backend.error.log" ||
-  die "nginx rejected $WORK/backend.conf"
-nginx -t -q -c "$WORK/nginx-proxy.conf" -p "$WORK" -e "$WORK/nginx-proxy.error.log" ||
-  die "nginx rejected $WORK/nginx-proxy.conf"
-haproxy -c -q -f "$WORK/haproxy.cfg" || die "haproxy rejected $WORK/haproxy.cfg"
+write_haproxy_cfg "$HAPROXY_PORT"
+write_gateway_toml gateway "$GATEWAY_PORT"
+write_gateway_toml gateway-b "$GATEWAY_B_PORT"
+check_configs
 
 log "temp dir $WORK"
 log "backend :$BACKEND_PORT  gateway :$GATEWAY_PORT  nginx-proxy :$NGINX_PORT  haproxy :$HAPROXY_PORT"
 
-start backend "${PIN_BACKEND[@]}" nginx -c "$WORK/backend.conf" -p "$WORK" -e "$WORK/backend.error.log"
-wait_http backend "$BACKEND_PORT"
+start_backend
 start_proxy() {
   case "$1" in
     nginx-proxy)
-      start nginx-proxy "${PIN_PROXY[@]}" nginx -c "$WORK/nginx-proxy.conf" -p "$WORK" \
-        -e "$WORK/nginx-proxy.error.log"
+      nginx_cmd nginx-proxy
+      start nginx-proxy "${PIN_PROXY[@]}" "${NGINX_CMD[@]}"
       ;;
     haproxy) start haproxy "${PIN_PROXY[@]}" haproxy -db -f "$WORK/haproxy.cfg" ;;
     # Per-request logging would measure the logger; warnings still reach gateway.log.
@@ -420,15 +218,8 @@ fi
 # Each target must answer 200 "ok" through the Host header before anything is measured, and
 # 200 with exactly the file's bytes and Content-Length on the path of every other body size.
 check_target() {
-  local name=$1 url=$2 code body size want got len
-  body=$(curl -s --max-time 5 -H "Host: $HOST_HEADER" -o - -w '\n%{http_code}' "$url") || true
-  code=${body##*$'\n'}
-  body=${body%$'\n'*}
-  body=${body%$'\n'}
-  if [[ $code != 200 || $body != ok ]]; then
-    tail -n 20 "$WORK/$name.log" "$WORK/$name.error.log" 2>/dev/null >&2 || true
-    die "$name: GET $url with 'Host: $HOST_HEADER' answered ${code:-nothing} (body: ${body:0:200}), want 200 \"ok\"; check its config ($WORK) and logs above"
-  fi
+  local name=$1 url=$2 size want got len
+  check_ok "$name" "$url"
   for size in $SIZES; do
     [[ $size == 0 ]] && continue
     want=$(size_bytes "$size")
@@ -464,8 +255,6 @@ declare -A URL=(
 )
 declare -A PORT=([gateway]=$GATEWAY_PORT [gateway-b]=$GATEWAY_B_PORT [nginx-proxy]=$NGINX_PORT
   [haproxy]=$HAPROXY_PORT)
-
-pid_of() { eval "echo \$PID_${1//-/_}"; }
 
 # VmRSS in KiB of a process and all its descendants (nginx: the master and its worker).
 rss_kib() {
@@ -659,13 +448,11 @@ size_label() {
   esac
 }
 
-cpu_model=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 echo
 echo "## caas gateway vs nginx vs HAProxy (loopback, wrk -t1, medians of $ROUNDS round(s) × ${DURATION}s)"
 echo
-echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-echo "- machine: $(nproc) CPUs, ${cpu_model:-unknown CPU}, kernel $(uname -r)"
-echo "- $(nginx -v 2>&1 | sed 's/^nginx version: //'), $(haproxy -v | head -n 1 | awk '{print "HAProxy " $3}'), $(wrk -v 2>&1 | head -n 1 | awk '{print "wrk " $2}')"
+report_machine
+echo "- $(proxy_versions), $(wrk -v 2>&1 | head -n 1 | awk '{print "wrk " $2}')"
 echo "- gateway: $GATEWAY_LABEL$([[ -n ${GATEWAY_BIN_B:-} ]] && echo "; gateway-b: $GATEWAY_BIN_B")"
 echo "- CPU pinning: $([[ ${#PIN_PROXY[@]} -gt 0 ]] && echo "backend ${PIN_BACKEND[*]: -1}, proxy ${PIN_PROXY[*]: -1}, wrk ${PIN_WRK[*]: -1}" || echo none)"
 echo "- every request carries 'Host: $HOST_HEADER'; backend: nginx, 1 worker, return 200 \"ok\\n\" at /, static files (sendfile) at /8k, /256k, ..."

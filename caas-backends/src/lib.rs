@@ -7,15 +7,18 @@
 //! - [`assignment`]: the [`Assignment`] JSON (one container on one host) with its
 //!   [`HealthPolicy`], parsed and validated.
 //! - [`docker`]: the [`DockerRuntime`] over the Docker Engine API (bollard): pull with registry
-//!   credentials, run with port binding, limits and `caas.*` labels, stop, remove, inspect,
-//!   list managed containers, and the die/oom/start event stream.
+//!   credentials, run with port binding, limits and `caas.*` labels, sidecars in a main
+//!   container's network namespace, stop, remove, inspect, list managed containers, and the
+//!   die/oom/start event stream.
 //! - [`ports`]: the per-host [`PortPool`] of published ports.
 //! - [`health`]: active `GET /_ping` checks ([`HealthChecker`]) with fall/rise thresholds and a
 //!   grace period, restart [`Backoff`], the per-host [`KillLimiter`] and the [`Supervisor`]
 //!   that orders register / deregister / restart / remove.
 //! - [`agent`]: the host [`Agent`]: reconciles the host's assignments in ZooKeeper with its
-//!   containers (start, adopt, remove orphans), health-checks them, registers the healthy
-//!   ones and deregisters, restarts or removes the failing ones.
+//!   units of containers (main + sidecars: start, adopt, remove orphans) through a pure
+//!   plan, health-checks them, registers the healthy ones and deregisters, restarts or
+//!   removes the failing ones; publishes each instance's status, and the host's own fields
+//!   of its HostInfo (capacity, labels, measured CPU idle).
 //! - `testing` (feature `testing`): a real ZooKeeper server for tests, started on a free
 //!   loopback port (`testing::ZkServer`), and a `testing::TcpProxy` that cuts the network
 //!   to make sessions expire.
@@ -32,7 +35,7 @@ pub use assignment::{
     Assignment, AssignmentError, FailurePolicy, HealthPolicy, ImageRef, MemoryLimit, Sidecar,
 };
 pub use docker::{
-    ContainerEvent, ContainerInfo, DockerError, DockerRuntime, RegistryAuth, RunSpec,
+    ContainerEvent, ContainerInfo, DockerError, DockerRuntime, RegistryAuth, RunSpec, SidecarSpec,
 };
 pub use health::{Backoff, HealthChecker, HealthEvent, HealthState, KillLimiter, Supervisor};
 pub use ports::{PortError, PortPool, PortRange};

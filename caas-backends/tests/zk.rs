@@ -182,7 +182,8 @@ async fn discovery_feeds_the_router_and_follows_registry_and_config() {
         .register(&a, &ver("v1"), &inst("c1"), addr(9101))
         .await
         .unwrap();
-    let discovery = ZkDiscovery::start(ZkSession::connect(config(&zk, "/t2")).await.unwrap());
+    let watching = ZkSession::connect(config(&zk, "/t2")).await.unwrap();
+    let discovery = ZkDiscovery::start(watching.clone());
     let (router, _task) = gateway(discovery);
     eventually_picks(&router, "shop.caas.local", &[9101]).await;
 
@@ -219,13 +220,47 @@ async fn discovery_feeds_the_router_and_follows_registry_and_config() {
     eventually_picks(&router, "shop.caas.local", &[9101, 9102, 9103]).await;
     eventually("blacklist applied", || {
         router.load().lookup("shop.caas.local").is_some_and(|r| {
-            r.app().is_blacklisted("10.1.2.3".parse().unwrap())
-                && !r.app().is_blacklisted("192.168.0.1".parse().unwrap())
+            r.app()
+                .blocked("10.1.2.3".parse().unwrap(), "/", None)
+                .is_some()
+                && r.app()
+                    .blocked("192.168.0.1".parse().unwrap(), "/", None)
+                    .is_none()
         })
     })
     .await;
     store.put_app(&a, &spec).await.unwrap();
     eventually_picks(&router, "shop.caas.local", &[9103, 9109]).await;
+
+    // The gateway-wide blacklist (/blacklist) applies live to every app; a broken edit
+    // keeps the last good one; deleting it lifts it.
+    let global: caas_core::Blacklist =
+        serde_json::from_str(r#"{"paths":["/admin"],"user_agents":["sqlmap"]}"#).unwrap();
+    store.put_blacklist(&global).await.unwrap();
+    let ip: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+    eventually("global blacklist applied", || {
+        let t = router.load();
+        t.blocked(ip, "/admin/x", None).is_some() && t.blocked(ip, "/", Some(b"curl")).is_none()
+    })
+    .await;
+    let raw = raw_client(&zk).await;
+    let skipped = watching.stats().snapshot().skipped_nodes;
+    raw.set_data("/t2/blacklist", b"{\"paths\": [\"no-slash\"]}", None)
+        .await
+        .unwrap();
+    eventually("the broken blacklist edit skipped", || {
+        watching.stats().snapshot().skipped_nodes > skipped
+    })
+    .await;
+    assert!(
+        router.load().blocked(ip, "/admin/x", None).is_some(),
+        "the last good blacklist stays"
+    );
+    raw.set_data("/t2/blacklist", b"", None).await.unwrap();
+    eventually("an empty blacklist node lifts it", || {
+        router.load().blocked(ip, "/admin/x", None).is_none()
+    })
+    .await;
 
     // Deregistration evicts at once; deleting the app node falls back to all versions.
     registry

@@ -10,7 +10,7 @@ use std::future::Future;
 use tokio::sync::{mpsc, watch};
 
 use crate::id::AppId;
-use crate::spec::{AppSpec, Snapshot};
+use crate::spec::{AppSpec, Blacklist, Snapshot};
 
 /// One change to the routing state.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,6 +21,8 @@ pub enum Update {
     Upsert(AppId, AppSpec),
     /// Remove an app.
     Remove(AppId),
+    /// Replace the gateway-wide blacklist.
+    Blacklist(Blacklist),
 }
 
 /// A source of routing updates.

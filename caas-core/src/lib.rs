@@ -13,7 +13,10 @@
 //! - [`discovery`]: the [`Discovery`] update stream (`Reset` / `Upsert` / `Remove`) and the
 //!   in-memory [`Static`] source.
 //! - [`certs`]: the [`CertSource`] stream of custom-domain certificates (PEM) for HTTPS.
-//! - [`stats`], [`limit`]: lock-free counters and the per-app rate limiter.
+//! - [`policy`]: the [`Blacklist`] (networks, paths, user agents) and [`RateLimit`] (per app,
+//!   per client) of an app, and the gateway-wide blacklist.
+//! - [`stats`], [`limit`]: lock-free counters and the rate limiters (per app, and per client
+//!   in a bounded cache).
 //! - [`clock`]: the one monotonic millisecond / nanosecond clock the data plane reads.
 
 pub mod balance;
@@ -22,6 +25,7 @@ pub mod clock;
 pub mod discovery;
 pub mod id;
 pub mod limit;
+pub mod policy;
 pub mod router;
 pub mod spec;
 pub mod stats;
@@ -31,9 +35,12 @@ pub use balance::{EndpointState, InFlight, Pool};
 pub use certs::{CertSource, CertUpdate, DomainCert};
 pub use discovery::{Discovery, Static, StaticUpdates, Update};
 pub use id::{AppId, Domain, IdError, InstanceId, Version};
+pub use policy::{Blacklist, BlacklistMatcher, Blocked};
 pub use router::{ApplyReport, Router};
 pub use spec::{
     AppSpec, BalancerKind, Endpoint, IpNet, RateLimit, Snapshot, SpecError, VersionSpec,
 };
 pub use stats::{Counters, CountersSnapshot};
-pub use table::{AppRoute, AppState, BuildWarning, Route, RouteTable, VersionRoute};
+pub use table::{
+    AppInFlight, AppRoute, AppState, BuildWarning, Refused, Route, RouteTable, VersionRoute,
+};

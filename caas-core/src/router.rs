@@ -121,6 +121,7 @@ impl Router {
             Update::Remove(id) => {
                 w.snapshot.apps.remove(&id);
             }
+            Update::Blacklist(b) => w.snapshot.blacklist = b,
         }
         self.rebuild(&mut w)
     }

@@ -11,6 +11,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::id::{AppId, Domain, Version};
+pub use crate::policy::{Blacklist, RateLimit};
 
 /// One upstream address of an app version, with its weight for the weighted balancer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -181,17 +182,6 @@ impl<'de> Deserialize<'de> for IpNet {
     }
 }
 
-/// A token-bucket request limit for one app (across all its endpoints, per gateway).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimit {
-    /// Sustained requests per second.
-    pub rps: u32,
-    /// Extra requests allowed in a burst above the sustained rate (default: `rps`).
-    #[serde(default)]
-    pub burst: Option<u32>,
-}
-
 /// The endpoints of one version of an app.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -218,16 +208,20 @@ pub struct AppSpec {
     /// How requests are spread over a version's endpoints.
     #[serde(default)]
     pub balancer: BalancerKind,
-    /// Client networks refused with 403.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub blacklist: Vec<IpNet>,
-    /// Request rate limit (429 beyond it).
+    /// Requests refused with 403 (client networks, path prefixes, user agents).
+    #[serde(default, skip_serializing_if = "Blacklist::is_empty")]
+    pub blacklist: Blacklist,
+    /// Request rate limits, per app and per client (429 beyond them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
     /// Plain-HTTP requests are answered with a 308 to the same URL on HTTPS (the gateway's
     /// TLS port); requests that came over TLS are served as usual.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub https_redirect: bool,
+    /// Most requests of this app in flight at once in one gateway; beyond it, 503
+    /// `app_overloaded` (one tenant's flood cannot take every connection).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
     /// The versions and their endpoints.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub versions: BTreeMap<Version, VersionSpec>,
@@ -243,12 +237,21 @@ impl AppSpec {
     /// ZooKeeper's `/apps/{appId}` JSON, the control API):
     ///
     /// - `weights`: not all 0, and their sum fits in a `u32`;
+    /// - `blacklist`, `rate_limit`: see [`Blacklist::validate`], [`RateLimit::validate`];
+    /// - `max_in_flight`: at least 1;
     /// - when the spec declares its `versions` (the TOML file does; in ZooKeeper they come
     ///   from the registry and may appear later), `weights` and `default_version` name
     ///   declared versions.
     ///
     /// Messages name the key relative to the app (`weights: ...`); callers prefix the app.
     pub fn validate(&self) -> Result<(), SpecError> {
+        self.blacklist.validate()?;
+        if let Some(rl) = &self.rate_limit {
+            rl.validate()?;
+        }
+        if self.max_in_flight == Some(0) {
+            return Err(SpecError("max_in_flight: must be at least 1".into()));
+        }
         if !self.weights.is_empty() && self.weights.values().all(|&w| w == 0) {
             return Err(SpecError("weights: all weights are 0".into()));
         }
@@ -291,6 +294,9 @@ pub struct Snapshot {
     /// Apps by id.
     #[serde(default)]
     pub apps: BTreeMap<AppId, AppSpec>,
+    /// Requests refused for every app, before any app's own blacklist.
+    #[serde(default, skip_serializing_if = "Blacklist::is_empty")]
+    pub blacklist: Blacklist,
 }
 
 impl Snapshot {

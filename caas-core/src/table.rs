@@ -12,13 +12,15 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
 
 use rustc_hash::FxHashMap;
 
 use crate::balance::{EndpointState, Pool, smooth_sequence};
 use crate::id::{AppId, Domain, Version};
-use crate::limit::TokenBucket;
-use crate::spec::{AppSpec, BalancerKind, IpNet, Snapshot};
+use crate::limit::{ClientLimiter, Gcra, TokenBucket};
+use crate::policy::{BlacklistMatcher, Blocked, RateLimit};
+use crate::spec::{AppSpec, BalancerKind, Snapshot};
 use crate::stats::Counters;
 
 /// Where a host name leads.
@@ -28,11 +30,48 @@ enum Target {
     Version(u32, u32),
 }
 
-/// Per-app state that outlives table rebuilds: counters and the rate limiter.
+/// Per-app state that outlives table rebuilds: counters and requests in flight.
 #[derive(Debug, Default)]
 pub struct AppState {
     /// Traffic counters of the app.
     pub stats: Counters,
+    /// Requests of the app between admission and the end of their response.
+    in_flight: AtomicUsize,
+}
+
+impl AppState {
+    /// Requests of the app in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Relaxed)
+    }
+}
+
+/// A request counted in its app's in-flight total until this drops (the end of its
+/// response).
+#[derive(Debug)]
+pub struct AppInFlight(Arc<AppState>);
+
+impl AppInFlight {
+    /// The app's state (its counters).
+    #[inline]
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.0
+    }
+}
+
+impl Drop for AppInFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Why an app did not admit a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Over a rate limit; the next token comes after this long.
+    RateLimited(Duration),
+    /// `max_in_flight` requests are already in flight.
+    Overloaded,
 }
 
 /// Which pool `{appId}.{domain}` uses.
@@ -76,8 +115,10 @@ pub struct AppRoute {
     id: AppId,
     versions: Box<[VersionRoute]>,
     default: DefaultRoute,
-    blacklist: Box<[IpNet]>,
+    blacklist: BlacklistMatcher,
     limiter: Option<Arc<TokenBucket>>,
+    client_limiter: Option<Arc<ClientLimiter>>,
+    max_in_flight: Option<usize>,
     state: Arc<AppState>,
     domains: Box<[Domain]>,
     default_version: Option<Version>,
@@ -129,16 +170,34 @@ impl AppRoute {
         &self.state
     }
 
-    /// Whether a client address is refused by the app's blacklist.
+    /// The rule of the app's blacklist a request matches, if any.
     #[inline]
-    pub fn is_blacklisted(&self, ip: IpAddr) -> bool {
-        !self.blacklist.is_empty() && self.blacklist.iter().any(|n| n.contains(ip))
+    pub fn blocked(
+        &self,
+        client: IpAddr,
+        path: &str,
+        user_agent: Option<&[u8]>,
+    ) -> Option<Blocked> {
+        self.blacklist.check(client, path, user_agent)
     }
 
-    /// Takes one token from the app's rate limiter; false when the limit is exceeded.
+    /// Admits a request from `client`: a place under `max_in_flight`, held until the
+    /// returned guard drops, then a token from the app's rate limit and from the client's
+    /// (an overloaded app spends no tokens).
     #[inline]
-    pub fn admit(&self) -> bool {
-        self.limiter.as_ref().is_none_or(|l| l.try_acquire())
+    pub fn admit(&self, client: IpAddr) -> Result<AppInFlight, Refused> {
+        let before = self.state.in_flight.fetch_add(1, Relaxed);
+        let slot = AppInFlight(Arc::clone(&self.state));
+        if self.max_in_flight.is_some_and(|max| before >= max) {
+            return Err(Refused::Overloaded);
+        }
+        if let Some(l) = &self.limiter {
+            l.try_acquire().map_err(Refused::RateLimited)?;
+        }
+        if let Some(l) = &self.client_limiter {
+            l.try_acquire(client).map_err(Refused::RateLimited)?;
+        }
+        Ok(slot)
     }
 
     /// The pool `{appId}.{domain}` uses now (one step of a weighted split), if any.
@@ -230,6 +289,8 @@ impl fmt::Display for BuildWarning {
 /// The immutable routing table.
 #[derive(Debug, Default)]
 pub struct RouteTable {
+    /// The gateway-wide blacklist, checked before any app's.
+    blacklist: BlacklistMatcher,
     hosts: FxHashMap<Box<str>, Target>,
     by_id: FxHashMap<AppId, u32>,
     apps: Box<[AppRoute]>,
@@ -316,6 +377,7 @@ impl RouteTable {
         let any_https_redirect = apps.iter().any(|a| a.https_redirect);
         let table = RouteTable {
             any_https_redirect,
+            blacklist: BlacklistMatcher::new(&snapshot.blacklist),
             hosts,
             by_id,
             apps: apps.into_boxed_slice(),
@@ -355,6 +417,17 @@ impl RouteTable {
                 }
             }
         })
+    }
+
+    /// The rule of the gateway-wide blacklist a request matches, if any.
+    #[inline]
+    pub fn blocked(
+        &self,
+        client: IpAddr,
+        path: &str,
+        user_agent: Option<&[u8]>,
+    ) -> Option<Blocked> {
+        self.blacklist.check(client, path, user_agent)
     }
 
     /// An app by id.
@@ -484,18 +557,15 @@ fn build_app(
         DefaultRoute::All(Pool::new(spec.balancer, all, cursor))
     };
 
-    let limiter = spec
-        .rate_limit
-        .map(|rl| match prev.and_then(|p| p.limiter.as_ref()) {
-            Some(old) if old.limit() == rl => Arc::clone(old),
-            _ => Arc::new(TokenBucket::new(rl)),
-        });
+    let (limiter, client_limiter) = limiters(spec.rate_limit.as_ref(), prev);
     AppRoute {
         id: id.clone(),
         versions: versions.into_boxed_slice(),
         default,
-        blacklist: spec.blacklist.clone().into_boxed_slice(),
+        blacklist: BlacklistMatcher::new(&spec.blacklist),
         limiter,
+        client_limiter,
+        max_in_flight: spec.max_in_flight.map(|m| m as usize),
         state: prev.map(|p| Arc::clone(&p.state)).unwrap_or_default(),
         domains: spec.domains.clone().into_boxed_slice(),
         default_version: spec.default_version.clone(),
@@ -503,6 +573,34 @@ fn build_app(
         balancer: spec.balancer,
         https_redirect: spec.https_redirect,
     }
+}
+
+/// The app's limiters, kept from the previous table (with their state) when unchanged.
+fn limiters(
+    rl: Option<&RateLimit>,
+    prev: Option<&AppRoute>,
+) -> (Option<Arc<TokenBucket>>, Option<Arc<ClientLimiter>>) {
+    let Some(rl) = rl else {
+        return (None, None);
+    };
+    let app = rl.rps.map(|rps| {
+        let gcra = Gcra::new(rps, rl.burst);
+        match prev.and_then(|p| p.limiter.as_ref()) {
+            Some(old) if old.gcra() == gcra => Arc::clone(old),
+            _ => Arc::new(TokenBucket::new(gcra)),
+        }
+    });
+    let client = rl.per_client_rps.map(|rps| {
+        let config = (
+            Gcra::new(rps, rl.per_client_burst),
+            rl.per_client_tracked.unwrap_or(RateLimit::DEFAULT_TRACKED),
+        );
+        match prev.and_then(|p| p.client_limiter.as_ref()) {
+            Some(old) if old.config() == config => Arc::clone(old),
+            _ => Arc::new(ClientLimiter::new(config.0, config.1)),
+        }
+    });
+    (app, client)
 }
 
 impl BalancerKind {
@@ -543,6 +641,7 @@ mod tests {
                 .into_iter()
                 .map(|(id, s)| (AppId::new(id).unwrap(), s))
                 .collect(),
+            ..Snapshot::default()
         }
     }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use caas_core::{AppId, AppSpec, Domain, Snapshot};
+use caas_core::{AppId, AppSpec, Blacklist, Domain, IpNet, Snapshot};
 use serde::{Deserialize, Serialize};
 
 use crate::tls::{CertResolver, TlsConfig};
@@ -101,6 +101,10 @@ pub struct GatewayConfig {
     /// The port clients reach the gateway's HTTPS on, for the `Location` of `https_redirect`
     /// answers; `None` (or 443) leaves the port out of the URL.
     pub https_port: Option<u16>,
+    /// Peers whose `X-Forwarded-For` is believed (load balancers in front of the gateway):
+    /// for a request from one of them, the client is the nearest address in that field that
+    /// is not itself trusted. From anyone else, the client is the socket peer.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// The example server's TOML file.
@@ -128,6 +132,13 @@ pub struct FileConfig {
     /// Limits and timeouts.
     #[serde(default)]
     pub limits: Limits,
+    /// Networks whose `X-Forwarded-For` is believed (see [`GatewayConfig::trusted_proxies`]).
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpNet>,
+    /// Requests refused for every app (networks, path prefixes, user agents), applied live
+    /// on reload; ZooKeeper-fed gateways take it from `/caas/blacklist` instead.
+    #[serde(default, skip_serializing_if = "Blacklist::is_empty")]
+    pub blacklist: Blacklist,
     /// Apps served from this file (ignored when routes come from ZooKeeper).
     #[serde(default)]
     pub apps: BTreeMap<AppId, AppSpec>,
@@ -206,6 +217,7 @@ impl FileConfig {
             }
             (None, None) => {}
         }
+        cfg.blacklist.validate().map_err(|e| invalid(e.0))?;
         for (id, app) in &cfg.apps {
             app.validate()
                 .map_err(|e| invalid(format!("apps.{id}.{e}")))?;
@@ -219,6 +231,7 @@ impl FileConfig {
             domains: self.domains.clone(),
             limits: self.limits.clone(),
             https_port: self.listen_tls.map(|a| a.port()),
+            trusted_proxies: self.trusted_proxies.clone(),
         }
     }
 
@@ -242,6 +255,7 @@ impl FileConfig {
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             apps: self.apps.clone(),
+            blacklist: self.blacklist.clone(),
         }
     }
 }

@@ -100,6 +100,12 @@ impl ConnInfo {
         since != 0 && !self.h2 && now_ms().saturating_sub(since) >= timeout_ms
     }
 
+    /// No request of this HTTP/1 connection is open: whatever hyper writes now is its own
+    /// answer to a head it could not parse.
+    pub(crate) fn between_http1_requests(&self) -> bool {
+        !self.h2 && self.open.load(Relaxed) == 0
+    }
+
     /// A request head is complete: its response is open until [`ResponseDone`] drops.
     pub(crate) fn request_started(self: &Arc<Self>) -> ResponseDone {
         self.open.fetch_add(1, Relaxed);

@@ -7,7 +7,9 @@
 //! the metrics and the status follow from it.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
+use caas_core::Blocked;
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::body::{ClientBodyError, ProxyBody};
@@ -71,6 +73,10 @@ macro_rules! error_codes {
 }
 
 error_codes! {
+    /// A request head that is not HTTP (refused by the parser before routing).
+    MalformedRequest => ("malformed_request", 400, Client),
+    /// A request target longer than the parser accepts.
+    UriTooLong => ("uri_too_long", 414, Client),
     /// No `Host` (or `:authority`).
     MissingHost => ("missing_host", 400, Client),
     /// Several `Host` fields, an unparsable one, or an HTTP/2 `Host` naming another
@@ -85,7 +91,7 @@ error_codes! {
     /// The client went away before its request was complete or answered (never seen by
     /// it; counted, as nginx's 499).
     ClientClosed => ("client_closed", 499, Client),
-    /// The client is on the app's blacklist.
+    /// The request matched the gateway's or the app's blacklist.
     Blacklisted => ("blacklisted", 403, Client),
     /// Over the app's rate limit.
     RateLimited => ("rate_limited", 429, Client),
@@ -93,6 +99,8 @@ error_codes! {
     UnknownHost => ("unknown_host", 404, Routing),
     /// The app has no endpoint that can take the request.
     NoEndpoint => ("no_healthy_endpoint", 503, Routing),
+    /// The app has `max_in_flight` requests in flight already.
+    AppOverloaded => ("app_overloaded", 503, Routing),
     /// Connecting to the upstream failed (after the retry).
     UpstreamConnect => ("upstream_connect_failed", 502, Upstream),
     /// The upstream closed, reset or answered garbage before a complete response head.
@@ -133,15 +141,21 @@ pub enum ProxyError {
     /// No app is bound to the host.
     #[error("no app is bound to this host")]
     UnknownHost,
-    /// The client's address is on the app's blacklist.
-    #[error("client address is blacklisted for this app")]
-    Blacklisted,
-    /// The app's rate limit is exceeded.
+    /// The request matched a blacklist rule.
+    #[error("refused by the blacklist ({0})")]
+    Blacklisted(Blocked),
+    /// A rate limit of the app is exceeded.
     #[error("rate limit exceeded for this app")]
-    RateLimited,
+    RateLimited {
+        /// When the next request would be admitted.
+        retry_after: Duration,
+    },
     /// The app exists but has no endpoint that can take the request.
     #[error("app has no healthy endpoint")]
     NoEndpoint,
+    /// The app has `max_in_flight` requests in flight already.
+    #[error("app has too many requests in flight")]
+    AppOverloaded,
     /// Connecting to the upstream failed (after the retry).
     #[error("cannot connect to upstream {addr}: {reason}")]
     Connect {
@@ -179,9 +193,10 @@ impl ProxyError {
             Self::ClientTimeout { .. } => ErrorCode::ClientTimeout,
             Self::ClientClosed(_) => ErrorCode::ClientClosed,
             Self::UnknownHost => ErrorCode::UnknownHost,
-            Self::Blacklisted => ErrorCode::Blacklisted,
-            Self::RateLimited => ErrorCode::RateLimited,
+            Self::Blacklisted(_) => ErrorCode::Blacklisted,
+            Self::RateLimited { .. } => ErrorCode::RateLimited,
             Self::NoEndpoint => ErrorCode::NoEndpoint,
+            Self::AppOverloaded => ErrorCode::AppOverloaded,
             Self::Connect { .. } => ErrorCode::UpstreamConnect,
             Self::Upstream { .. } => ErrorCode::UpstreamReset,
             Self::Timeout { .. } => ErrorCode::UpstreamTimeout,
@@ -201,22 +216,50 @@ impl ProxyError {
     /// The response sent to the client.
     pub fn into_response(self) -> Response<ProxyBody> {
         let code = self.code();
-        let status = code.status();
-        let body = serde_json::json!({
-            "error": code.as_str(),
-            "status": status.as_u16(),
-            "message": self.to_string(),
-        })
-        .to_string();
-        let mut resp = Response::new(ProxyBody::full(body));
-        *resp.status_mut() = status;
+        let mut resp = Response::new(ProxyBody::full(json_body(code, &self.to_string())));
+        *resp.status_mut() = code.status();
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
         resp.headers_mut()
             .insert("x-caas-error", HeaderValue::from_static(code.as_str()));
+        if let Self::RateLimited { retry_after } = self {
+            // Whole seconds, rounded up (RFC 9110 §10.2.3): never tell a client to retry
+            // before it would be admitted.
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
         resp
+    }
+}
+
+/// The JSON body of an error answer.
+fn json_body(code: ErrorCode, message: &str) -> String {
+    serde_json::json!({
+        "error": code.as_str(),
+        "status": code.status().as_u16(),
+        "message": message,
+    })
+    .to_string()
+}
+
+impl ErrorCode {
+    /// A whole HTTP/1.1 error response for this cause, `Connection: close`: what the server
+    /// sends in place of the bare one hyper writes for a head it could not parse.
+    pub(crate) fn http1_response(self, message: &str) -> Vec<u8> {
+        let status = self.status();
+        let body = json_body(self, message);
+        format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\nx-caas-error: {}\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            self.as_str(),
+            body.len(),
+        )
+        .into_bytes()
     }
 }
 
@@ -276,6 +319,22 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_parsers_answers_are_whole_json_responses() {
+        let resp = ErrorCode::MalformedRequest.http1_response("invalid header");
+        let text = String::from_utf8(resp).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{head}");
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{head}"
+        );
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"], "malformed_request");
+        let text = String::from_utf8(ErrorCode::UriTooLong.http1_response("x")).unwrap();
+        assert!(text.starts_with("HTTP/1.1 414 URI Too Long\r\n"), "{text}");
+    }
+
     #[tokio::test]
     async fn each_error_has_one_status_and_a_json_body() {
         let addr: SocketAddr = ([127, 0, 0, 1], 1).into();
@@ -288,8 +347,14 @@ mod tests {
             (ProxyError::BadRequestBody("bad chunk".into()), 400),
             (ProxyError::ClientTimeout { timeout_ms: 5 }, 408),
             (ProxyError::ClientClosed("eof".into()), 499),
-            (ProxyError::Blacklisted, 403),
-            (ProxyError::RateLimited, 429),
+            (ProxyError::Blacklisted(Blocked::Ip), 403),
+            (
+                ProxyError::RateLimited {
+                    retry_after: Duration::from_millis(1500),
+                },
+                429,
+            ),
+            (ProxyError::AppOverloaded, 503),
             (
                 ProxyError::Connect {
                     addr,
@@ -312,10 +377,15 @@ mod tests {
                 504,
             ),
         ];
-        assert_eq!(cases.len(), ErrorCode::COUNT, "a case per code");
+        // The parser's causes have no ProxyError: they are answered by `http1_response`.
+        assert_eq!(cases.len(), ErrorCode::COUNT - 2, "a case per code");
         for (err, status) in cases {
             let code = err.code();
+            let limited = matches!(err, ProxyError::RateLimited { .. });
             let resp = err.into_response();
+            if limited {
+                assert_eq!(resp.headers()["retry-after"], "2", "rounded up");
+            }
             assert_eq!(resp.status().as_u16(), status);
             assert_eq!(resp.headers()["x-caas-error"], code.as_str());
             let body = resp.into_body().collect().await.unwrap().to_bytes();

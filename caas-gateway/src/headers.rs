@@ -1,6 +1,9 @@
 //! The request's authority, decided once ([`Authority`]), and the header rewriting between
 //! client and upstream: hop-by-hop removal (RFC 9110 §7.6.1) and the `X-Forwarded-*` family.
 
+use std::net::IpAddr;
+
+use caas_core::IpNet;
 use http::header::{CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, UPGRADE};
 use http::uri::Authority as UriAuthority;
 use http::{Request, Version, request};
@@ -187,6 +190,48 @@ fn without_userinfo(a: &UriAuthority) -> Result<HeaderValue, ProxyError> {
         ));
     }
     HeaderValue::from_str(s).map_err(|_| ProxyError::InvalidHost("unusable authority"))
+}
+
+/// The client a request is from: the socket peer, or, when the peer is a trusted proxy, the
+/// nearest address in `X-Forwarded-For` that is not itself trusted (read from the right,
+/// across all the fields, as each proxy appends). An entry that is not an IP address stops
+/// the walk: what lies beyond it cannot be told apart from a client's forgery, so the last
+/// trusted hop's view stands.
+pub(crate) fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let peer = peer.to_canonical();
+    if trusted.is_empty() || !trusted.iter().any(|n| n.contains(peer)) {
+        return peer;
+    }
+    let mut client = peer;
+    for field in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
+        let Ok(text) = field.to_str() else {
+            return client;
+        };
+        for entry in text.rsplit(',') {
+            let Ok(ip) = entry.trim().parse::<IpAddr>() else {
+                return client;
+            };
+            client = ip.to_canonical();
+            if !trusted.iter().any(|n| n.contains(client)) {
+                return client;
+            }
+        }
+    }
+    client
+}
+
+/// Whether a trusted proxy in front of the gateway says the client reached it over HTTPS
+/// (the last `X-Forwarded-Proto` value, as the nearest proxy set or appended it, is
+/// `https`). Such a request counts as HTTPS: it is not redirected by `https_redirect` (no
+/// loop behind a load balancer that terminates TLS) and goes upstream with
+/// `X-Forwarded-Proto: https`. From anyone else the field is ignored (and replaced).
+pub(crate) fn forwarded_https(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> bool {
+    if trusted.is_empty() || !trusted.iter().any(|n| n.contains(peer.to_canonical())) {
+        return false;
+    }
+    let last = headers.get_all(&X_FORWARDED_PROTO).iter().next_back();
+    last.and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
+        .is_some_and(|p| p.trim_ascii().eq_ignore_ascii_case(b"https"))
 }
 
 /// Writes the fields of a client request as the upstream gets them, straight into its head
@@ -447,5 +492,77 @@ mod tests {
                 assert!(UriAuthority::try_from(&bytes[..]).is_ok(), "{bytes:?}");
             }
         }
+    }
+
+    #[test]
+    fn the_client_is_the_peer_unless_a_trusted_proxy_vouches() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap(), "::1".parse().unwrap()];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        for (peer, xff, want) in [
+            // Untrusted peers are taken as they are, whatever they claim.
+            ("192.0.2.7", &["1.2.3.4"][..], "192.0.2.7"),
+            // A trusted proxy: the nearest untrusted address.
+            ("10.0.0.1", &["1.2.3.4"], "1.2.3.4"),
+            ("10.0.0.1", &["6.6.6.6, 1.2.3.4, 10.0.0.9"], "1.2.3.4"),
+            ("10.0.0.1", &["6.6.6.6", "1.2.3.4, 10.0.0.9"], "1.2.3.4"),
+            ("::ffff:10.0.0.1", &["1.2.3.4"], "1.2.3.4"),
+            ("::1", &["2001:db8::5"], "2001:db8::5"),
+            // Nothing but trusted hops: the farthest one.
+            ("10.0.0.1", &["10.0.0.3, 10.0.0.2"], "10.0.0.3"),
+            // No field: the peer itself.
+            ("10.0.0.1", &[], "10.0.0.1"),
+            // Garbage stops the walk at the last trusted hop.
+            ("10.0.0.1", &["1.2.3.4, junk, 10.0.0.2"], "10.0.0.2"),
+            ("10.0.0.1", &["unknown"], "10.0.0.1"),
+        ] {
+            let mut h = HeaderMap::new();
+            for v in xff {
+                h.append(X_FORWARDED_FOR.clone(), HeaderValue::from_str(v).unwrap());
+            }
+            assert_eq!(
+                client_ip(ip(peer), &h, &trusted),
+                ip(want),
+                "{peer} {xff:?}"
+            );
+        }
+        let mut h = HeaderMap::new();
+        h.append(X_FORWARDED_FOR.clone(), HeaderValue::from_static("1.2.3.4"));
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &h, &[]),
+            ip("10.0.0.1"),
+            "nothing trusted"
+        );
+    }
+
+    #[test]
+    fn only_a_trusted_proxy_can_say_the_client_used_https() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        for (peer, xfp, want) in [
+            ("10.0.0.1", &["https"][..], true),
+            ("10.0.0.1", &["HTTPS "], true),
+            ("::ffff:10.0.0.1", &["https"], true),
+            ("10.0.0.1", &["http"], false),
+            ("10.0.0.1", &[], false),
+            // The nearest proxy's word is the last value.
+            ("10.0.0.1", &["http, https"], true),
+            ("10.0.0.1", &["https", "http"], false),
+            ("10.0.0.1", &["https, http"], false),
+            // Anyone else: ignored.
+            ("192.0.2.7", &["https"], false),
+        ] {
+            let mut h = HeaderMap::new();
+            for v in xfp {
+                h.append(X_FORWARDED_PROTO.clone(), HeaderValue::from_str(v).unwrap());
+            }
+            assert_eq!(
+                forwarded_https(ip(peer), &h, &trusted),
+                want,
+                "{peer} {xfp:?}"
+            );
+        }
+        let mut h = HeaderMap::new();
+        h.append(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
+        assert!(!forwarded_https(ip("10.0.0.1"), &h, &[]), "nothing trusted");
     }
 }

@@ -5,7 +5,8 @@
 //! - [`server`]: [`Gateway::builder`]`(config).discovery(d).serve(listener, shutdown)`:
 //!   accept on a pre-bound listener, HTTP/1.1 and HTTP/2 (h2c) via hyper, header-read and
 //!   idle timeouts, graceful drain on shutdown. `conn`: the state every connection shares
-//!   and what is known of each client connection.
+//!   and what is known of each client connection; `client_io`: the client socket as hyper
+//!   sees it (activity for the timers, JSON in place of hyper's bare parse-error answers).
 //! - `proxy`: limits → the request's authority, decided once (`headers::Authority`) → route
 //!   through the lock-free [`caas_core::Router`] → blacklist and rate limit → balancer pick →
 //!   forward, retrying a failed connect on another endpoint through the same filters;
@@ -78,6 +79,7 @@
 
 pub mod admin;
 pub mod body;
+mod client_io;
 pub mod config;
 mod conn;
 pub mod error;

@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use caas_core::{AppRoute, AppState, EndpointState, InFlight, RouteTable};
-use http::{Method, Request, Response, StatusCode};
+use caas_core::{AppInFlight, AppRoute, AppState, EndpointState, InFlight, Refused, RouteTable};
+use http::header::USER_AGENT;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
@@ -22,7 +23,9 @@ use crate::body::{ProxyBody, RequestBody};
 use crate::conn::{ConnInfo, Shared, Tracked, Waiting};
 use crate::error::{Blame, ErrorCode, ProxyError};
 use crate::h1;
-use crate::headers::{Authority, is_upgrade_request, write_upstream_fields};
+use crate::headers::{
+    Authority, client_ip, forwarded_https, is_upgrade_request, write_upstream_fields,
+};
 use crate::redirect;
 use crate::stats::GatewayStats;
 use crate::upstream::{
@@ -102,25 +105,33 @@ fn check_head_limits<B>(shared: &Shared, req: &Request<B>) -> Result<(), ProxyEr
 /// every retry.
 struct Target<'a> {
     authority: &'a Authority,
+    /// The client's address (the peer, or what a trusted proxy says).
     client: IpAddr,
+    path: &'a str,
+    user_agent: Option<&'a [u8]>,
 }
 
-/// The filters every try passes, the first and each retry: the app's blacklist.
+/// The filters every try passes, the first and each retry: the gateway's blacklist, then
+/// the app's.
 #[inline]
-fn filter(app: &AppRoute, client: IpAddr) -> Result<(), ProxyError> {
-    if app.is_blacklisted(client) {
-        return Err(ProxyError::Blacklisted);
+fn filter(table: &RouteTable, app: &AppRoute, t: &Target<'_>) -> Result<(), ProxyError> {
+    let blocked = table
+        .blocked(t.client, t.path, t.user_agent)
+        .or_else(|| app.blocked(t.client, t.path, t.user_agent));
+    match blocked {
+        Some(rule) => Err(ProxyError::Blacklisted(rule)),
+        None => Ok(()),
     }
-    Ok(())
 }
 
-/// The app and endpoint a request goes to first.
-type Routed = (Arc<AppState>, Arc<EndpointState>);
+/// The app and endpoint a request goes to first; the app's admission lasts until the
+/// response ends.
+type Routed = (AppInFlight, Arc<EndpointState>);
 /// Why a request was not routed, and its app when one was found (to count the error against).
 type Unrouted = (ProxyError, Option<Arc<AppState>>);
 
-/// The first pick: route, filter, take a rate-limit token, pick; all without awaiting (the
-/// table guard is dropped before any I/O).
+/// The first pick: route, filter, admit (max_in_flight and the rate limits), pick; all
+/// without awaiting (the table guard is dropped before any I/O).
 #[inline]
 fn route(table: &RouteTable, target: &Target<'_>) -> Result<Routed, Unrouted> {
     let route = table
@@ -128,21 +139,25 @@ fn route(table: &RouteTable, target: &Target<'_>) -> Result<Routed, Unrouted> {
         .ok_or((ProxyError::UnknownHost, None))?;
     let app = route.app();
     let state = || Some(Arc::clone(app.state()));
-    filter(app, target.client).map_err(|e| (e, state()))?;
-    if !app.admit() {
-        return Err((ProxyError::RateLimited, state()));
-    }
+    filter(table, app, target).map_err(|e| (e, state()))?;
+    let admitted = app.admit(target.client).map_err(|refused| {
+        let e = match refused {
+            Refused::RateLimited(retry_after) => ProxyError::RateLimited { retry_after },
+            Refused::Overloaded => ProxyError::AppOverloaded,
+        };
+        (e, state())
+    })?;
     let ep = route
         .pool()
         .and_then(|p| p.pick())
         .ok_or_else(|| (ProxyError::NoEndpoint, state()))?;
-    Ok((Arc::clone(app.state()), Arc::clone(ep)))
+    Ok((admitted, Arc::clone(ep)))
 }
 
 /// A retry's pick: the same authority looked up in the current table, the same filters,
-/// another endpoint of the same app. The rate limit was charged once for the request. When
-/// the authority now belongs to another app, there is no retry: one app's failure is never
-/// sent to another.
+/// another endpoint of the same app. The request was admitted once (rate limits,
+/// max_in_flight). When the authority now belongs to another app, there is no retry: one
+/// app's failure is never sent to another.
 fn reroute(
     table: &RouteTable,
     target: &Target<'_>,
@@ -153,7 +168,7 @@ fn reroute(
         .lookup(target.authority.as_str())
         .filter(|r| Arc::ptr_eq(r.app().state(), app))
         .ok_or(ProxyError::NoEndpoint)?;
-    filter(route.app(), target.client)?;
+    filter(table, route.app(), target)?;
     route
         .pool()
         .and_then(|p| p.pick_avoiding(Some(avoid)))
@@ -174,25 +189,48 @@ async fn proxy(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let authority = Authority::of(&parts)?;
-    if let Some(redirect) = redirect::to_https(shared, conn, &authority, &parts, started) {
-        return Ok(redirect);
-    }
     let target = Target {
         authority: &authority,
-        client: conn.peer.ip(),
+        client: client_ip(
+            conn.peer.ip(),
+            &parts.headers,
+            &shared.config.trusted_proxies,
+        ),
+        path: parts.uri.path(),
+        user_agent: parts.headers.get(USER_AGENT).map(HeaderValue::as_bytes),
     };
-    let (app, ep) = route(&shared.router.load(), &target).map_err(|(e, app)| {
+    // Over TLS here, or at a trusted proxy in front (which then said so).
+    let https = conn.tls
+        || forwarded_https(
+            conn.peer.ip(),
+            &parts.headers,
+            &shared.config.trusted_proxies,
+        );
+    let routed = {
+        let table = shared.router.load();
+        // A plain request for an app that wants HTTPS, past its blacklists: sent there.
+        if let Some(app) = redirect::wanted(https, &table, &authority)
+            && filter(&table, app, &target).is_ok()
+            && let Some(to) = redirect::to_https(shared, app, &authority, &parts, started)
+        {
+            return Ok(to);
+        }
+        route(&table, &target)
+    };
+    let (admitted, ep) = routed.map_err(|(e, app)| {
         *app_out = app;
         e
     })?;
-    *app_out = Some(Arc::clone(&app));
+    let app = admitted.state();
+    *app_out = Some(Arc::clone(app));
 
     // The head is encoded once: sending it again (on a fresh connection, or on another
     // endpoint) costs no copy of the request.
     let has_body = !body.is_empty();
     let mut head = Vec::new();
     let framing = h1::encode_request_head(&parts, has_body, &mut head, |out| {
-        write_upstream_fields(&parts, &authority, &conn.peer_ip, &conn.proto, upgrade, out);
+        let proto = if https { &redirect::HTTPS } else { &conn.proto };
+        write_upstream_fields(&parts, &authority, &conn.peer_ip, proto, upgrade, out);
     });
     let request = Outgoing {
         head: &head,
@@ -204,7 +242,7 @@ async fn proxy(
         // the client nothing.
         may_resend: !upgrade && !has_body && is_idempotent(&parts.method),
     };
-    let fwd = forward(shared, &target, &app, ep, request).await?;
+    let fwd = forward(shared, &target, app, ep, request).await?;
     fwd.ep.record_success();
     let h1::ResponseHead {
         parts: resp,
@@ -229,7 +267,14 @@ async fn proxy(
         return Ok(Response::from_parts(resp, ProxyBody::empty()));
     }
     let reusable = keep_alive && (fwd.complete || fwd.sending.is_some());
-    let body = UpstreamBody::new(fwd.conn, framing, reusable, fwd.sending, fwd.in_flight, app);
+    let body = UpstreamBody::new(
+        fwd.conn,
+        framing,
+        reusable,
+        fwd.sending,
+        fwd.in_flight,
+        admitted,
+    );
     Ok(Response::from_parts(resp, ProxyBody::upstream(body)))
 }
 
@@ -444,7 +489,10 @@ mod tests {
             .collect();
         AppSpec {
             versions: [(Version::new("v1").unwrap(), VersionSpec { endpoints })].into(),
-            blacklist: blacklist.iter().map(|b| b.parse().unwrap()).collect(),
+            blacklist: caas_core::Blacklist {
+                ips: blacklist.iter().map(|b| b.parse().unwrap()).collect(),
+                ..Default::default()
+            },
             ..AppSpec::default()
         }
     }
@@ -455,6 +503,7 @@ mod tests {
                 .iter()
                 .map(|(id, s)| (AppId::new(id).unwrap(), s.clone()))
                 .collect(),
+            ..Snapshot::default()
         };
         RouteTable::build(&snapshot, &[Domain::new("caas.local").unwrap()], None, 1).0
     }
@@ -474,9 +523,12 @@ mod tests {
         let target = Target {
             authority: &a,
             client,
+            path: "/",
+            user_agent: None,
         };
-        let (app, first) = route(&t, &target).unwrap();
-        let other = reroute(&t, &target, &app, &first).unwrap();
+        let (admitted, first) = route(&t, &target).unwrap();
+        let app = admitted.state();
+        let other = reroute(&t, &target, app, &first).unwrap();
         assert_ne!(other.endpoint().addr, first.endpoint().addr);
         assert!([1, 2].contains(&other.endpoint().addr.port()), "stays in a");
 
@@ -489,6 +541,7 @@ mod tests {
                     (AppId::new("b").unwrap(), spec(&[3], &[])),
                 ]
                 .into(),
+                ..Snapshot::default()
             },
             &[Domain::new("caas.local").unwrap()],
             Some(&t),
@@ -496,8 +549,8 @@ mod tests {
         )
         .0;
         assert!(matches!(
-            reroute(&t2, &target, &app, &first),
-            Err(ProxyError::Blacklisted)
+            reroute(&t2, &target, app, &first),
+            Err(ProxyError::Blacklisted(_))
         ));
 
         // The authority now belongs to another app: no retry there.
@@ -509,6 +562,7 @@ mod tests {
                     s
                 })]
                 .into(),
+                ..Snapshot::default()
             },
             &[Domain::new("other.test").unwrap()],
             Some(&t),
@@ -517,7 +571,7 @@ mod tests {
         .0;
         assert!(moved.lookup("a.caas.local").is_some());
         assert!(matches!(
-            reroute(&moved, &target, &app, &first),
+            reroute(&moved, &target, app, &first),
             Err(ProxyError::NoEndpoint)
         ));
     }

@@ -3,38 +3,47 @@
 //! the client repeats the same method and body (RFC 9110 §15.4.9).
 //!
 //! The Location is built from the request's [`Authority`], the one name the request is
-//! for (never from another header), with its port replaced by the TLS port.
+//! for (never from another header), with its port replaced by the TLS port. The app's
+//! blacklists apply first: a refused client gets its 403 here as over HTTPS.
 
 use std::time::Instant;
 
+use caas_core::{AppRoute, RouteTable};
 use http::header::{CONTENT_LENGTH, LOCATION};
 use http::{HeaderValue, Response, StatusCode, request};
 
 use crate::body::ProxyBody;
-use crate::conn::{ConnInfo, Shared};
+use crate::conn::Shared;
 use crate::headers::Authority;
 
-/// The redirect a plain request gets when its app wants HTTPS; `None` to serve it as usual
-/// (it came over TLS, or its app does not ask for HTTPS, or no app has the host).
+/// `X-Forwarded-Proto` of a request that came over HTTPS (here or at a trusted proxy).
+pub(crate) static HTTPS: HeaderValue = HeaderValue::from_static("https");
+
+/// The app of a plain request whose app wants HTTPS; `None` to serve it as usual (it came
+/// over HTTPS, no app asks for HTTPS, or not this one). Costs plain requests one branch
+/// while no app sets `https_redirect`.
 #[inline]
+pub(crate) fn wanted<'t>(
+    https: bool,
+    table: &'t RouteTable,
+    authority: &Authority,
+) -> Option<&'t AppRoute> {
+    if https || !table.any_https_redirect() {
+        return None;
+    }
+    let app = table.lookup(authority.as_str())?.app();
+    app.https_redirect().then_some(app)
+}
+
+/// The 308 to the same URL on the gateway's TLS port, counted for `app`; `None` when no
+/// valid URL comes out (not for an authority that passed `headers::Authority`).
 pub(crate) fn to_https(
     shared: &Shared,
-    conn: &ConnInfo,
+    app: &AppRoute,
     authority: &Authority,
     parts: &request::Parts,
     started: Instant,
 ) -> Option<Response<ProxyBody>> {
-    if conn.tls {
-        return None;
-    }
-    let table = shared.router.load();
-    if !table.any_https_redirect() {
-        return None;
-    }
-    let app = table.lookup(authority.as_str())?.app();
-    if !app.https_redirect() {
-        return None;
-    }
     let path = parts.uri.path_and_query().map(|p| p.as_str());
     let location = https_location(authority.as_str(), shared.config.https_port, path)?;
     app.state()

@@ -8,18 +8,18 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use caas_core::{Discovery, Router};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::client_io::ClientIo;
 use crate::config::{GatewayConfig, Limits};
 use crate::conn::{ConnInfo, Shared, Timeouts};
 use crate::error::GatewayError;
@@ -268,81 +268,6 @@ impl Gateway {
     }
 }
 
-/// Largest write gathered into one buffer instead of a vectored write.
-const SMALL_WRITE: usize = 1024;
-
-/// Counts reads and writes on a client connection (plain or TLS) so the idle timer can tell
-/// it is alive, and notes when the first byte of a request head arrives.
-struct ActivityIo<S> {
-    inner: S,
-    info: Arc<ConnInfo>,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for ActivityIo<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() != before {
-            self.info.on_read();
-        }
-        res
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for ActivityIo<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.info.activity.fetch_add(1, Relaxed);
-        }
-        res
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        // A small response (head plus a short body) goes out in one plain send: cheaper in
-        // the kernel than a writev of several pieces.
-        let total: usize = bufs.iter().map(|b| b.len()).sum();
-        if bufs.len() > 1 && total <= SMALL_WRITE {
-            let mut flat = [0u8; SMALL_WRITE];
-            let mut at = 0;
-            for b in bufs {
-                flat[at..at + b.len()].copy_from_slice(b);
-                at += b.len();
-            }
-            return self.poll_write(cx, &flat[..total]);
-        }
-        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.info.activity.fetch_add(1, Relaxed);
-        }
-        res
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
 /// Drops the active-connection count when the connection task ends, however it ends.
 pub(crate) struct ActiveConn<'a>(&'a AtomicUsize);
 
@@ -402,10 +327,7 @@ pub(crate) async fn serve_http<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let io = TokioIo::new(ActivityIo {
-        inner: stream,
-        info: Arc::clone(&info),
-    });
+    let io = TokioIo::new(ClientIo::new(stream, Arc::clone(&info), Arc::clone(shared)));
     let svc = {
         let shared = Arc::clone(shared);
         let info = Arc::clone(&info);

@@ -396,7 +396,7 @@ async fn an_absolute_form_request_is_routed_filtered_and_forwarded_by_its_own_au
     // `a` is down; `b` answers but refuses this client (127.0.0.1).
     let b_up = Upstream::start("b").await;
     let mut b = app(&[("v1", &[b_up.addr])]);
-    b.blacklist = vec!["127.0.0.0/8".parse().unwrap()];
+    b.blacklist.ips = vec!["127.0.0.0/8".parse().unwrap()];
     let gw = Gw::start_with(
         snapshot(vec![
             ("a", app(&[("v1", &[dead_addr().await, dead_addr().await])])),

@@ -242,11 +242,12 @@ async fn dead_upstream_is_502_slow_one_504_dropped_one_502() {
 async fn blacklist_is_403_and_rate_limit_is_429() {
     let up = Upstream::start("a").await;
     let mut blocked = app(&[("v1", &[up.addr])]);
-    blocked.blacklist = vec!["127.0.0.0/8".parse().unwrap()];
+    blocked.blacklist.ips = vec!["127.0.0.0/8".parse().unwrap()];
     let mut limited = app(&[("v1", &[up.addr])]);
     limited.rate_limit = Some(caas_core::RateLimit {
-        rps: 1,
+        rps: Some(1),
         burst: Some(2),
+        ..Default::default()
     });
     let gw = Gw::start(snapshot(vec![("blocked", blocked), ("limited", limited)])).await;
     let c = client();

@@ -154,7 +154,7 @@ async fn config_file_changes_are_routed_and_a_broken_file_keeps_the_last_routes(
     let gateway = caas_gateway::Gateway::builder(caas_gateway::GatewayConfig {
         domains: vec![caas_core::Domain::new("caas.local").unwrap()],
         limits: limits(),
-        ..caas_gateway::GatewayConfig::default()
+        ..Default::default()
     })
     .discovery(file)
     .build()

@@ -34,6 +34,15 @@ struct TlsGw {
 }
 
 async fn start(snapshot: Snapshot, certs: Arc<CertResolver>) -> TlsGw {
+    start_trusting(snapshot, certs, Vec::new()).await
+}
+
+/// A gateway that believes the `X-Forwarded-*` fields of `trusted_proxies`.
+async fn start_trusting(
+    snapshot: Snapshot,
+    certs: Arc<CertResolver>,
+    trusted_proxies: Vec<caas_core::IpNet>,
+) -> TlsGw {
     let tls_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let tls = tls_listener.local_addr().unwrap();
     let routes = Static::new(snapshot);
@@ -41,6 +50,7 @@ async fn start(snapshot: Snapshot, certs: Arc<CertResolver>) -> TlsGw {
         domains: vec![Domain::new("caas.local").unwrap()],
         limits: limits(),
         https_port: Some(tls.port()),
+        trusted_proxies,
     })
     .discovery(routes.subscribe())
     .build()
@@ -276,6 +286,7 @@ async fn https_redirect_answers_plain_http_with_308_to_the_tls_port() {
     let up = Upstream::start("up").await;
     let mut secure = app(&[("v1", &[up.addr])]);
     secure.https_redirect = true;
+    secure.blacklist.paths = vec!["/admin".into()];
     let gw = start(
         snapshot(vec![
             ("secure", secure),
@@ -313,6 +324,11 @@ async fn https_redirect_answers_plain_http_with_308_to_the_tls_port() {
     );
     resp.into_body().collect().await.unwrap();
 
+    // The app's blacklist applies first: refused over plain HTTP as over HTTPS.
+    let (status, headers, _) = h1_get(&mut plain, "secure.caas.local", "/admin/x").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(!headers.contains_key("location"));
+
     // Apps without the flag, and the same app over TLS, are served.
     let (status, _, body) = h1_get(&mut plain, "open.caas.local", "/x").await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "up GET /x"));
@@ -323,6 +339,36 @@ async fn https_redirect_answers_plain_http_with_308_to_the_tls_port() {
     assert_eq!((status, body.as_str()), (StatusCode::OK, "up GET /a/b"));
     assert_eq!(headers["x-echo-x-forwarded-proto"], "https");
     assert_eq!(gw.gateway.stats().https_redirects.load(Relaxed), 2);
+
+    // Behind a load balancer that terminates TLS: its word (X-Forwarded-Proto) is believed
+    // when it is a trusted proxy, so there is no redirect loop; anyone else's is not.
+    let routes = snapshot(vec![("secure", {
+        let mut s = app(&[("v1", &[up.addr])]);
+        s.https_redirect = true;
+        s
+    })]);
+    for (trusted, want) in [
+        ("127.0.0.1", StatusCode::OK),
+        ("10.0.0.0/8", StatusCode::PERMANENT_REDIRECT),
+    ] {
+        let certs = resolver(&[&leaf], UnknownSni::Default);
+        let gw = start_trusting(routes.clone(), certs, vec![trusted.parse().unwrap()]).await;
+        let mut plain = h1(TcpStream::connect(gw.plain).await.unwrap()).await;
+        let req = Request::get("/lb")
+            .header("host", "secure.caas.local")
+            .header("x-forwarded-proto", "https")
+            .body(Empty::new())
+            .unwrap();
+        let resp = plain.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), want, "trusting {trusted}");
+        if want == StatusCode::OK {
+            assert_eq!(resp.headers()["x-echo-x-forwarded-proto"], "https");
+        }
+        resp.into_body().collect().await.unwrap();
+        // Without the field, the trusted proxy's plain request is redirected.
+        let (status, _, _) = h1_get(&mut plain, "secure.caas.local", "/lb").await;
+        assert_eq!(status, StatusCode::PERMANENT_REDIRECT, "trusting {trusted}");
+    }
 }
 
 /// Waits until `counter` reaches `want`.

@@ -96,6 +96,14 @@ struct AgentArgs {
     /// First restart delay in milliseconds (doubles per restart, up to 60 s).
     #[arg(long, default_value_t = 1000)]
     restart_backoff_ms: u64,
+    /// CPU idle sample interval in milliseconds (/proc/stat; smoothed, published as
+    /// cpu_idle when it moves by 0.02 or more).
+    #[arg(long, default_value_t = 5000)]
+    cpu_sample_ms: u64,
+    /// Rewrite the host node's agent fields (with the latest cpu_idle) at least this often,
+    /// in milliseconds.
+    #[arg(long, default_value_t = 60_000)]
+    host_refresh_ms: u64,
 }
 
 #[derive(Args, Debug)]
@@ -196,6 +204,8 @@ async fn agent(a: AgentArgs) -> Result<(), String> {
     config.resync = Duration::from_millis(a.resync_ms.max(100));
     config.kills_per_minute = a.kills_per_minute;
     config.restart_backoff = Duration::from_millis(a.restart_backoff_ms.max(1));
+    config.cpu_sample = Duration::from_millis(a.cpu_sample_ms.max(100));
+    config.host_refresh = Duration::from_millis(a.host_refresh_ms.max(100));
     let password = match (a.registry_password, a.registry_password_file) {
         (Some(p), _) => Some(p),
         (None, Some(f)) => Some(

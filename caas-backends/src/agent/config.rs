@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::docker::RegistryAuth;
@@ -42,6 +43,18 @@ pub struct AgentConfig {
     pub stop_timeout: Duration,
     /// Extra labels put on every container (tests mark theirs with one).
     pub container_labels: BTreeMap<String, String>,
+    /// Read the CPU counters this often (the idle share between two reads is smoothed and
+    /// published as `cpu_idle`).
+    pub cpu_sample: Duration,
+    /// The smoothed idle share is written to ZooKeeper when it moved this much since the
+    /// last write (0.0..=1.0), so an idle host does not rewrite its node every sample.
+    pub cpu_idle_min_change: f64,
+    /// The host node's agent fields are written this often anyway (with the latest
+    /// `cpu_idle`), besides the writes on a meaningful change.
+    pub host_refresh: Duration,
+    /// Where the CPU counters are read: the host's `/proc/stat` (an agent in a container
+    /// reads the host's, mounted e.g. at `/host/proc/stat`).
+    pub proc_stat: PathBuf,
 }
 
 impl AgentConfig {
@@ -63,6 +76,64 @@ impl AgentConfig {
             stable_after: Duration::from_secs(60),
             stop_timeout: Duration::from_secs(10),
             container_labels: BTreeMap::new(),
+            cpu_sample: Duration::from_secs(5),
+            cpu_idle_min_change: 0.02,
+            host_refresh: Duration::from_secs(60),
+            proc_stat: PathBuf::from("/proc/stat"),
+        }
+    }
+
+    /// Checks the values [`super::Agent::start`] cannot work with.
+    pub(super) fn validate(&self) -> Result<(), String> {
+        crate::zk::hosts::validate_host_id(&self.host_id)?;
+        if self.ip.is_unspecified() {
+            return Err(format!(
+                "advertised ip {} is unspecified: give the address gateways reach",
+                self.ip
+            ));
+        }
+        for (name, d) in [
+            ("resync", self.resync),
+            ("cpu_sample", self.cpu_sample),
+            ("host_refresh", self.host_refresh),
+        ] {
+            if d.is_zero() {
+                return Err(format!("{name} must be longer than zero"));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.cpu_idle_min_change) {
+            return Err(format!(
+                "cpu_idle_min_change {} is outside 0.0..=1.0",
+                self.cpu_idle_min_change
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_values_are_refused_with_the_field() {
+        let ok = AgentConfig::new(ZkConfig::new("127.0.0.1:2181"), "h1", [127, 0, 0, 2].into());
+        assert_eq!(ok.validate(), Ok(()));
+        type Edit = fn(&mut AgentConfig);
+        let rows: Vec<(Edit, &str)> = vec![
+            (|c| c.host_id = "H1".into(), "invalid host id"),
+            (|c| c.ip = [0, 0, 0, 0].into(), "unspecified"),
+            (|c| c.cpu_sample = Duration::ZERO, "cpu_sample"),
+            (|c| c.host_refresh = Duration::ZERO, "host_refresh"),
+            (|c| c.resync = Duration::ZERO, "resync"),
+            (|c| c.cpu_idle_min_change = 1.5, "cpu_idle_min_change"),
+            (|c| c.cpu_idle_min_change = f64::NAN, "cpu_idle_min_change"),
+        ];
+        for (edit, needle) in rows {
+            let mut c = ok.clone();
+            edit(&mut c);
+            let e = c.validate().unwrap_err();
+            assert!(e.contains(needle), "{needle}: {e}");
         }
     }
 }

@@ -1,6 +1,8 @@
-//! One assigned instance as the agent tracks it, and what the agent does to it: the
-//! [`Supervisor`]'s actions executed against ZooKeeper and Docker.
+//! One assigned instance as the agent tracks it: its unit of containers (the main one and
+//! its sidecars), where it is in its life ([`Phase`]), its health supervisor and what its
+//! status node should say.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use caas_core::InstanceId;
@@ -8,20 +10,32 @@ use tokio::time::Instant;
 
 use crate::assignment::Assignment;
 use crate::health::{Action, Backoff, HealthHandle, Supervisor};
+use crate::zk::hosts::InstanceStatus;
 
 /// Where an instance is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Phase {
-    /// A start job (remove old, pull, run) is in flight.
+    /// A start job (remove old, pull, run main and sidecars) is in flight.
     Starting,
-    /// The container runs and is health-checked.
+    /// The unit runs and its main container is health-checked.
     Running,
-    /// Failed; a restart is due when the timer fires.
+    /// Failed (an exit, a failed check, or a failed start); a start is due when the timer
+    /// fires.
     Waiting,
     /// Unhealthy but the kill limit refused the kill: deregistered, still running.
     Held,
     /// Removed by its failure policy: stays down until its assignment changes.
     Stopped,
+    /// Its assignment is gone: deregistered, its containers are being stopped and removed;
+    /// forgotten (and its status node deleted) once they are.
+    Removing,
+}
+
+impl Phase {
+    /// Whether the unit's containers are supposed to be running.
+    pub(super) fn is_up(self) -> bool {
+        matches!(self, Phase::Running | Phase::Held)
+    }
 }
 
 /// One assignment on this host.
@@ -30,8 +44,10 @@ pub(super) struct Instance {
     pub(super) id: InstanceId,
     pub(super) assignment: Assignment,
     pub(super) port: u16,
-    /// The current container, once started or adopted.
+    /// The current main container, once started or adopted.
     pub(super) container: Option<String>,
+    /// The current sidecar containers, by sidecar name.
+    pub(super) sidecars: BTreeMap<String, String>,
     pub(super) phase: Phase,
     /// Bumped at every (re)start and failure: health events, timers and jobs carry the
     /// generation they were made for, and stale ones are ignored.
@@ -40,6 +56,16 @@ pub(super) struct Instance {
     pub(super) supervisor: Supervisor,
     /// Delay between failed start attempts (pull/run errors).
     pub(super) start_backoff: Backoff,
+    /// The last start attempt failed (a `Waiting` instance is `failed`, not `restarting`).
+    pub(super) start_failed: bool,
+    /// Why the instance is not running or not healthy (start error, exit, failed probe).
+    pub(super) message: Option<String>,
+    /// Restarts after an exit or a failed health check since the assignment appeared.
+    pub(super) restarts: u32,
+    /// When the current main container started, Unix milliseconds.
+    pub(super) started_at_ms: Option<u64>,
+    /// What the status node holds (as far as this agent wrote it).
+    pub(super) published: Option<InstanceStatus>,
 }
 
 impl Instance {
@@ -56,17 +82,53 @@ impl Instance {
             assignment,
             port,
             container: None,
+            sidecars: BTreeMap::new(),
             phase: Phase::Starting,
             generation: 0,
             health: None,
             supervisor,
             start_backoff: backoff,
+            start_failed: false,
+            message: None,
+            restarts: 0,
+            started_at_ms: None,
+            published: None,
         }
     }
 
     /// The registered address.
     pub(super) fn addr(&self, ip: std::net::IpAddr) -> SocketAddr {
         SocketAddr::new(ip, self.port)
+    }
+
+    /// Every container of the unit: sidecars first (they live in the main one's network
+    /// namespace), then the main container.
+    pub(super) fn containers(&self) -> Vec<String> {
+        self.sidecars
+            .values()
+            .cloned()
+            .chain(self.container.clone())
+            .collect()
+    }
+
+    /// Takes every container of the unit out of the instance (for a removal job).
+    pub(super) fn take_containers(&mut self) -> Vec<String> {
+        let all = self.containers();
+        self.sidecars.clear();
+        self.container = None;
+        all
+    }
+
+    /// Whether `container` is the main container or a sidecar of this unit; `Some(None)` for
+    /// the main one, `Some(Some(name))` for a sidecar.
+    pub(super) fn owns(&self, container: &str) -> Option<Option<&str>> {
+        if self.container.as_deref() == Some(container) {
+            return Some(None);
+        }
+        self.sidecars
+            .iter()
+            .find(|(_, c)| c.as_str() == container)
+            .map(|(name, _)| Some(name.as_str()))
     }
 
     /// Stops health checking and invalidates what was scheduled for the current generation.
@@ -76,8 +138,10 @@ impl Instance {
         self.generation
     }
 
-    /// The container exited (die/oom event, or gone from Docker's list).
-    pub(super) fn exited(&mut self, now: Instant) -> Vec<Action> {
+    /// A container of the unit exited (die/oom event, found stopped, or gone from Docker's
+    /// list) because of `why`.
+    pub(super) fn exited(&mut self, why: String, now: Instant) -> Vec<Action> {
+        self.message = Some(why);
         self.bump();
         self.supervisor.on_exit(now)
     }

@@ -1,38 +1,70 @@
 //! The host agent: makes the containers on one Docker host match the assignments in
-//! ZooKeeper, keeps them healthy, and keeps the registry truthful about them.
+//! ZooKeeper, keeps them healthy, and keeps the registry and the host's nodes truthful.
 //!
 //! One agent per host id; several agents on one machine act as several hosts, each
 //! publishing on its own loopback IP. What it does:
 //!
-//! - **Reconcile** ([`run`]): the assignments under `/hosts/{hostId}/assignments` (watched,
-//!   plus a full resync every [`AgentConfig::resync`]) against the containers labelled
-//!   `caas.host={hostId}`: starts what is missing (pull if absent, a port from the
-//!   [`PortPool`](crate::PortPool), run with the assignment's limits and `caas.*` labels),
-//!   **adopts** its own running containers after a restart (ports recovered from their
-//!   `caas.port` labels, no duplicates), removes orphans (labelled for this host, no
-//!   assignment), and stops+removes and deregisters what lost its assignment. A container
-//!   whose assignment changed (image, port, limits) is replaced.
-//! - **Health** per container: a [`HealthChecker`](crate::HealthChecker) on its published
-//!   port; registered in `/service/address/{app}/{version}/{instanceId}` only after its first
-//!   passing ping; on unhealthy, or at once on a Docker `die`/`oom` event, deregistered
-//!   first, then restarted (new container, same port, with backoff) or removed per its policy.
-//!   Kills for failed pings respect the per-host [`KillLimiter`](crate::KillLimiter).
-//! - **Host node**: `/hosts/{hostId}` (HostInfo: ip, labels, capacity, allocated) and the
-//!   ephemeral `/hosts/{hostId}/alive`.
+//! - **Reconcile** (`run`, `plan`, `steps`): the assignments under
+//!   `/hosts/{hostId}/assignments` (watched, plus a full resync every
+//!   [`AgentConfig::resync`]) against the containers labelled `caas.host={hostId}`. The
+//!   decision is a pure function (`plan`: desired assignments + containers found + instances
+//!   tracked → steps, table-tested); the loop only executes it: starts what is missing (pull
+//!   if absent, a port from the [`PortPool`], run with the assignment's
+//!   limits and `caas.*` labels), **adopts** its own containers after a restart (ports
+//!   recovered from their `caas.port` labels, no duplicates), removes orphans (labelled for
+//!   this host, no assignment), stops+removes and deregisters what lost its assignment,
+//!   and replaces a unit whose assignment changed. Bad assignment nodes are skipped and
+//!   counted, and a node with a valid name but invalid JSON leaves its unit alone.
+//! - **Units and sidecars**: an instance is a unit of containers, its main container plus
+//!   the assignment's `sidecars`, pulled, started, restarted and removed together. Sidecars
+//!   join the main container's network namespace (`--network container:{main}`: main and
+//!   sidecars reach each other on localhost, as in a Kubernetes pod), get their own memory
+//!   and CPU-share limits, and carry the instance's labels plus `caas.sidecar={name}`, so
+//!   adoption and orphan removal find them. Only the main container publishes a port, is
+//!   health-checked and is registered. A unit is started complete or not at all.
+//! - **Health** per unit: a [`HealthChecker`](crate::HealthChecker) on the main container's
+//!   published port; registered in `/service/address/{app}/{version}/{instanceId}` only
+//!   after its first passing ping. The instance is healthy only while all its containers run
+//!   and the check passes: on unhealthy, or at once on a Docker `die`/`oom` event of **any**
+//!   container of the unit, it is deregistered first, then the unit is restarted (new
+//!   containers, same port, with backoff) or removed per its policy. Kills for failed pings
+//!   respect the per-host [`KillLimiter`](crate::KillLimiter).
+//! - **Instance status** (`status`): `/hosts/{hostId}/status/{instanceId}`
+//!   ([`InstanceStatus`](crate::zk::hosts::InstanceStatus)), written when what it says
+//!   changes — `starting`, `unhealthy` (running, no pass yet or failing: `message` holds the
+//!   last failed probe's answer), `healthy` (registered, with `address`), `restarting` (with
+//!   `restarts` counted), `failed` (`message`: e.g. `image pull failed: ...`), `removing` —
+//!   never per probe; deleted once the instance is removed, and stale ones are deleted by
+//!   the reconcile.
+//! - **Host node**: `/hosts/{hostId}` ([`HostInfo`](crate::zk::HostInfo)) and the ephemeral
+//!   `/hosts/{hostId}/alive`. The agent owns only `ip`, `labels`, `capacity` and
+//!   `cpu_idle`, and writes them with a read-modify-write under the node's version
+//!   ([`HostStore::publish_agent_fields`]); `allocated` belongs to schedulers and
+//!   `draining` to operators, and survive every agent write. A missing node is created with
+//!   `allocated` summed over the host's assignments.
+//! - **CPU idle** (`cpu`): sampled from `/proc/stat` every [`AgentConfig::cpu_sample`],
+//!   smoothed (EWMA), written when it moved by [`AgentConfig::cpu_idle_min_change`] or more,
+//!   and at every [`AgentConfig::host_refresh`], so an idle host does not churn ZooKeeper.
 //!
 //! Registrations use the **assignment's instance id**, not the Docker container id: it is a
 //! valid DNS label (Docker's ids are 64 characters, `InstanceId` allows 63), it stays the same
-//! across restarts of the instance (which get a new container), and it names the assignment
+//! across restarts of the instance (which get new containers), and it names the assignment
 //! node the registration came from.
 //!
 //! Stopping the agent ([`AgentHandle::shutdown`]) closes its ZooKeeper session (its
 //! registrations and `alive` node vanish) but leaves the containers running: the next agent
 //! with the same host id adopts them and registers them again after their first ping.
 
+mod actions;
 mod config;
+mod cpu;
+mod events;
 mod instance;
+mod plan;
 mod run;
 mod stats;
+mod status;
+mod steps;
 mod tasks;
 
 use std::sync::Arc;
@@ -45,6 +77,7 @@ pub use stats::{AgentStats, AgentStatsSnapshot};
 
 use crate::docker::{DockerError, DockerRuntime};
 use crate::ports::PortPool;
+use crate::zk::hosts::AgentHostFields;
 use crate::zk::{HostStore, Registry, ZkError, ZkSession};
 
 /// Why an agent could not start.
@@ -67,15 +100,10 @@ pub struct Agent;
 
 impl Agent {
     /// Connects to ZooKeeper and Docker, recovers the port pool from the host's containers,
-    /// publishes the host node, and starts the reconcile loop.
+    /// publishes its fields of the host node, marks the host alive, and starts the reconcile
+    /// loop.
     pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
-        crate::zk::hosts::validate_host_id(&config.host_id).map_err(AgentError::Config)?;
-        if config.ip.is_unspecified() {
-            return Err(AgentError::Config(format!(
-                "advertised ip {} is unspecified: give the address gateways reach",
-                config.ip
-            )));
-        }
+        config.validate().map_err(AgentError::Config)?;
         let docker = match &config.docker_socket {
             Some(s) => DockerRuntime::connect(s).await?,
             None => DockerRuntime::connect_default().await?,
@@ -83,7 +111,6 @@ impl Agent {
         let session = ZkSession::connect(config.zk.clone()).await?;
         let hosts = HostStore::new(session.clone());
         hosts.ensure(&config.host_id).await?;
-        hosts.mark_alive(&config.host_id, config.ip).await?;
 
         let mut pool = PortPool::new(config.ip, config.ports);
         let containers = docker.list_managed(&config.host_id).await?;
@@ -93,6 +120,19 @@ impl Agent {
         }
         let capacity = run::capacity(&docker, &config).await;
         let stats = Arc::new(AgentStats::default());
+        // Before `alive`: a scheduler never sees a live host without its capacity.
+        let fields = AgentHostFields {
+            ip: config.ip,
+            labels: config.labels.clone(),
+            capacity,
+            cpu_idle: None,
+        };
+        if let Err(e) = hosts.publish_agent_fields(&config.host_id, &fields).await {
+            // The loop tries again; containers are managed meanwhile.
+            AgentStats::bump(&stats.errors);
+            tracing::error!(host = %config.host_id, error = %e, "cannot write the host info");
+        }
+        hosts.mark_alive(&config.host_id, config.ip).await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let state = run::State::new(run::Parts {
             config,

@@ -29,7 +29,8 @@ macro_rules! counters {
 counters! {
     /// Full reconciles run.
     reconciles,
-    /// Containers started (first starts and restarts).
+    /// Units started (first starts and restarts; a unit is the main container and its
+    /// sidecars).
     started,
     /// Container starts that failed (pull, port, run).
     start_failures,
@@ -49,6 +50,14 @@ counters! {
     kills_held,
     /// Docker die/oom events acted on.
     exits,
+    /// Assignment nodes skipped because their name or JSON is invalid (per reconcile).
+    invalid_assignments,
+    /// Instance status nodes written (created or changed).
+    status_writes,
+    /// Writes of the agent's fields of the host node.
+    host_writes,
+    /// CPU counter samples read (see `cpu_idle`).
+    cpu_samples,
     /// Background errors (ZooKeeper, Docker, bad assignments), each also logged.
     errors,
 }

@@ -5,8 +5,10 @@
 //!   set again after a reconnect or a new session; every event wakes the loop.
 //! - [`docker_events`]: the Engine's die/oom events of this host's containers, re-subscribed
 //!   from the last event's time when the stream breaks.
-//! - [`start_container`] and [`remove_container`]: the slow Docker calls of one instance.
+//! - [`start_unit`] and [`remove_containers`]: the slow Docker calls of one instance (its
+//!   main container and its sidecars, made and removed together).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,7 +17,9 @@ use tokio::sync::{Notify, mpsc};
 use zookeeper_client::{AddWatchMode, EventType, SessionState};
 
 use super::stats::AgentStats;
-use crate::docker::{ContainerEvent, ContainerInfo, DockerError, DockerRuntime, RunSpec};
+use crate::docker::{
+    ContainerEvent, ContainerInfo, DockerError, DockerRuntime, RegistryAuth, RunSpec, SidecarSpec,
+};
 use crate::zk::ZkSession;
 use crate::zk::hosts::assignments_path;
 
@@ -95,50 +99,150 @@ pub(super) async fn docker_events(
     }
 }
 
-/// Removes `old` (the failed container, if any), pulls the image when it is not present,
-/// and runs `spec`. A container of the same name left behind (a crash between create and
-/// bookkeeping) is removed and the run tried once more.
-pub(super) async fn start_container(
+/// A unit that runs: its main container and its sidecars by name.
+#[derive(Debug)]
+pub(super) struct UnitStarted {
+    pub(super) main: ContainerInfo,
+    pub(super) sidecars: BTreeMap<String, String>,
+}
+
+/// Why a unit could not be started; the text is what the instance's status shows.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum StartFailure {
+    /// The containers of the previous attempt could not be removed.
+    #[error("removing the old container failed: {0}")]
+    Cleanup(DockerError),
+    /// An image (the main one or a sidecar's) could not be pulled.
+    #[error("image pull failed: {0}")]
+    Pull(DockerError),
+    /// The main container could not be created or started.
+    #[error("container start failed: {0}")]
+    Run(DockerError),
+    /// A sidecar could not be created or started (the main container was removed again).
+    #[error("sidecar {name} start failed: {source}")]
+    Sidecar {
+        /// The sidecar's name.
+        name: String,
+        /// What Docker said.
+        source: DockerError,
+    },
+}
+
+/// Removes `old` (the containers of a failed unit, if any), pulls every image that is not
+/// present, runs the main container from `spec`, then each sidecar of `sidecars` in its
+/// network namespace. A sidecar that fails takes the whole unit down again: a unit runs
+/// complete or not at all. A container of the same name left behind (a crash between create
+/// and bookkeeping) is removed and the run tried once more.
+pub(super) async fn start_unit(
     docker: DockerRuntime,
-    auth: Option<crate::docker::RegistryAuth>,
+    auth: Option<RegistryAuth>,
     spec: RunSpec,
-    old: Option<String>,
-) -> Result<ContainerInfo, DockerError> {
-    if let Some(old) = old {
-        match docker.remove(&old).await {
+    sidecars: Vec<SidecarSpec>,
+    old: Vec<String>,
+) -> Result<UnitStarted, StartFailure> {
+    for c in old {
+        match docker.remove(&c).await {
             Ok(()) | Err(DockerError::NotFound { .. }) => {}
-            Err(e) => return Err(e),
+            Err(e) => return Err(StartFailure::Cleanup(e)),
         }
     }
-    if docker.client().inspect_image(&spec.image).await.is_err() {
-        docker.pull(&spec.image, auth.as_ref()).await?;
+    let images: BTreeSet<&str> = std::iter::once(spec.image.as_str())
+        .chain(sidecars.iter().map(|s| s.image.as_str()))
+        .collect();
+    for image in images {
+        if docker.client().inspect_image(image).await.is_err() {
+            docker
+                .pull(image, auth.as_ref())
+                .await
+                .map_err(StartFailure::Pull)?;
+        }
     }
-    match docker.run(&spec).await {
-        Err(DockerError::AlreadyExists { name, .. }) => {
+    let main = replacing(&docker, &spec.container_name(), || docker.run(&spec))
+        .await
+        .map_err(StartFailure::Run)?;
+    let mut started = BTreeMap::new();
+    for mut sidecar in sidecars {
+        sidecar.network_container = main.id.clone();
+        let name = sidecar.name.clone();
+        match replacing(&docker, &sidecar.container_name(), || {
+            docker.run_sidecar(&sidecar)
+        })
+        .await
+        {
+            Ok(info) => {
+                started.insert(name, info.id);
+            }
+            Err(source) => {
+                let all = started.into_values().chain(std::iter::once(main.id));
+                for c in all {
+                    if let Err(e) = docker.remove(&c).await {
+                        tracing::warn!(container = %c, error = %e, "cannot remove a container of a unit that failed to start; the next reconcile removes it");
+                    }
+                }
+                return Err(StartFailure::Sidecar { name, source });
+            }
+        }
+    }
+    Ok(UnitStarted {
+        main,
+        sidecars: started,
+    })
+}
+
+/// Runs `run`; when a container named `name` is in the way, removes it and runs once more.
+async fn replacing<F, Fut>(
+    docker: &DockerRuntime,
+    name: &str,
+    run: F,
+) -> Result<ContainerInfo, DockerError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<ContainerInfo, DockerError>>,
+{
+    match run().await {
+        Err(DockerError::AlreadyExists { .. }) => {
             tracing::warn!(container = %name, "a container of this name is in the way; replacing it");
-            match docker.remove(&name).await {
+            match docker.remove(name).await {
                 Ok(()) | Err(DockerError::NotFound { .. }) => {}
                 Err(e) => return Err(e),
             }
-            docker.run(&spec).await
+            run().await
         }
         other => other,
     }
 }
 
-/// Stops `id` (SIGTERM, SIGKILL after `grace`; zero kills at once) and removes it.
-pub(super) async fn remove_container(
+/// Stops every container of `ids` (SIGTERM, SIGKILL after `grace`; zero kills at once) and
+/// removes them, in order (sidecars before their main container). All are tried; the first
+/// error is returned.
+pub(super) async fn remove_containers(
     docker: DockerRuntime,
-    id: String,
+    ids: Vec<String>,
+    grace: Duration,
+) -> Result<(), DockerError> {
+    let mut first = Ok(());
+    for id in ids {
+        if let Err(e) = remove_container(&docker, &id, grace).await
+            && first.is_ok()
+        {
+            first = Err(e);
+        }
+    }
+    first
+}
+
+async fn remove_container(
+    docker: &DockerRuntime,
+    id: &str,
     grace: Duration,
 ) -> Result<(), DockerError> {
     if !grace.is_zero() {
-        match docker.stop(&id, grace).await {
+        match docker.stop(id, grace).await {
             Ok(()) | Err(DockerError::NotFound { .. }) => {}
             Err(e) => tracing::warn!(container = %id, error = %e, "stop failed; removing by force"),
         }
     }
-    match docker.remove(&id).await {
+    match docker.remove(id).await {
         Ok(()) | Err(DockerError::NotFound { .. }) => Ok(()),
         Err(e) => Err(e),
     }

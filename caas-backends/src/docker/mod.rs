@@ -2,8 +2,10 @@
 //!
 //! [`DockerRuntime`] pulls images with registry credentials, runs a container as
 //! `-p {hostIp}:{hostPort}:{containerPort} -m {memory} -c {cpuShares}` with `caas.*` labels
-//! and `CAAS_*` environment, stops, removes, inspects and lists the containers of one host,
-//! and streams their start/die/oom events. Docker's own restart policy stays off: restarts are
+//! and `CAAS_*` environment, runs an instance's sidecars in its main container's network
+//! namespace (`--network container:{main}`, as the containers of a Kubernetes pod: they talk
+//! over localhost), stops, removes, inspects and lists the containers of one host, and
+//! streams their start/die/oom events. Docker's own restart policy stays off: restarts are
 //! the host agent's decision (after deregistration, with backoff and a kill-rate limit).
 //!
 //! Every failure is one [`DockerError`] variant with context. Nothing is left half-made: if a
@@ -14,6 +16,7 @@
 mod error;
 mod events;
 mod spec;
+mod time;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,7 +38,7 @@ pub use error::DockerError;
 pub use events::{ContainerEvent, EventKind};
 pub use spec::{
     ContainerInfo, ContainerState, LABEL_APP, LABEL_CONTAINER_PORT, LABEL_HOST, LABEL_INSTANCE,
-    LABEL_PORT, LABEL_VERSION, ManagedContainer, RegistryAuth, RunSpec,
+    LABEL_PORT, LABEL_SIDECAR, LABEL_VERSION, ManagedContainer, RegistryAuth, RunSpec, SidecarSpec,
 };
 
 use error::{classify_container, classify_image, is_daemon_unreachable, is_port_taken};
@@ -188,8 +191,59 @@ impl DockerRuntime {
             }),
             ..Default::default()
         };
+        self.create_and_start(&name, &spec.image, body, |e| {
+            is_port_taken(e).then(|| DockerError::PortTaken {
+                host_ip: spec.host_ip.to_string(),
+                host_port: spec.host_port,
+                message: error::message_of(e).1,
+            })
+        })
+        .await
+    }
+
+    /// Creates and starts a sidecar in the network namespace of its instance's main
+    /// container, with its own limits and labels; on any failure after create, removes it.
+    pub async fn run_sidecar(&self, spec: &SidecarSpec) -> Result<ContainerInfo, DockerError> {
+        let name = spec.container_name();
+        let memory = i64::try_from(spec.memory.bytes()).unwrap_or(i64::MAX);
+        let env = vec![
+            format!("CAAS_APP={}", spec.app),
+            format!("CAAS_VERSION={}", spec.version),
+            format!("CAAS_INSTANCE={}", spec.instance),
+            format!("CAAS_SIDECAR={}", spec.name),
+        ];
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            env: Some(env),
+            labels: Some(spec.labels()),
+            host_config: Some(HostConfig {
+                network_mode: Some(spec.network_mode()),
+                memory: Some(memory),
+                memory_swap: Some(memory),
+                cpu_shares: Some(i64::from(spec.cpu_shares)),
+                restart_policy: Some(RestartPolicy {
+                    name: Some(RestartPolicyNameEnum::NO),
+                    maximum_retry_count: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.create_and_start(&name, &spec.image, body, |_| None)
+            .await
+    }
+
+    /// Creates `name` from `body` and starts it; `start_error` may sort a start failure
+    /// (the port check of a main container). Nothing is left behind on failure.
+    async fn create_and_start(
+        &self,
+        name: &str,
+        image: &str,
+        body: ContainerCreateBody,
+        start_error: impl FnOnce(&bollard::errors::Error) -> Option<DockerError>,
+    ) -> Result<ContainerInfo, DockerError> {
         let options = CreateContainerOptions {
-            name: Some(name.clone()),
+            name: Some(name.to_owned()),
             ..Default::default()
         };
         let created = self
@@ -197,8 +251,8 @@ impl DockerRuntime {
             .create_container(Some(options), body)
             .await
             .map_err(|e| match error::message_of(&e) {
-                (Some(404), _) => classify_image("create", &self.endpoint, &spec.image, e),
-                _ => classify_container("create", &self.endpoint, &name, e),
+                (Some(404), _) => classify_image("create", &self.endpoint, image, e),
+                _ => classify_container("create", &self.endpoint, name, e),
             })?;
         let id = created.id;
         for w in created.warnings {
@@ -207,15 +261,8 @@ impl DockerRuntime {
 
         if let Err(e) = self.docker.start_container(&id, None).await {
             self.remove_half_made(&id, "start failed").await;
-            return Err(if is_port_taken(&e) {
-                DockerError::PortTaken {
-                    host_ip: spec.host_ip.to_string(),
-                    host_port: spec.host_port,
-                    message: error::message_of(&e).1,
-                }
-            } else {
-                classify_container("start", &self.endpoint, &name, e)
-            });
+            return Err(start_error(&e)
+                .unwrap_or_else(|| classify_container("start", &self.endpoint, name, e)));
         }
         match self.inspect(&id).await {
             Ok(info) => Ok(info),

@@ -1,5 +1,10 @@
-//! What goes into Docker ([`RunSpec`], [`RegistryAuth`]) and what comes back
-//! ([`ContainerInfo`]), plus the `caas.*` label names that mark a container as ours.
+//! What goes into Docker ([`RunSpec`], [`SidecarSpec`], [`RegistryAuth`]) and what comes back
+//! ([`ContainerInfo`], [`ManagedContainer`]), plus the `caas.*` label names that mark a
+//! container as ours.
+//!
+//! A sidecar carries the labels of its instance (`caas.app`, `caas.version`,
+//! `caas.instance`, `caas.host`) plus `caas.sidecar={name}`, and no `caas.port`: it publishes
+//! nothing and joins the network namespace of the instance's main container.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -8,7 +13,7 @@ use std::net::IpAddr;
 use bollard::models::{ContainerInspectResponse, ContainerStateStatusEnum, ContainerSummary};
 use caas_core::{AppId, InstanceId, Version};
 
-use crate::assignment::{Assignment, MemoryLimit};
+use crate::assignment::{Assignment, MemoryLimit, Sidecar};
 
 /// Label: the app id.
 pub const LABEL_APP: &str = "caas.app";
@@ -22,6 +27,8 @@ pub const LABEL_HOST: &str = "caas.host";
 pub const LABEL_PORT: &str = "caas.port";
 /// Label: the container port the host port is bound to.
 pub const LABEL_CONTAINER_PORT: &str = "caas.container_port";
+/// Label: the sidecar's name; absent on an instance's main container.
+pub const LABEL_SIDECAR: &str = "caas.sidecar";
 
 /// Credentials for a private registry (Docker's `X-Registry-Auth`).
 #[derive(Clone, PartialEq, Eq)]
@@ -120,6 +127,85 @@ impl RunSpec {
     }
 }
 
+/// Everything needed to create and start one sidecar of an instance: no published port, the
+/// main container's network namespace (`NetworkMode: container:{main}`), its own limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SidecarSpec {
+    /// App id of the instance.
+    pub app: AppId,
+    /// Version of the instance.
+    pub version: Version,
+    /// Instance id.
+    pub instance: InstanceId,
+    /// Host id of the owning agent.
+    pub host_id: String,
+    /// The sidecar's name within the instance (label `caas.sidecar`, `CAAS_SIDECAR`).
+    pub name: String,
+    /// Image reference; must be present locally.
+    pub image: String,
+    /// Id of the instance's main container, whose network namespace the sidecar joins.
+    pub network_container: String,
+    /// Memory limit.
+    pub memory: MemoryLimit,
+    /// CPU shares.
+    pub cpu_shares: u32,
+    /// More labels (tests mark their containers with one).
+    pub extra_labels: BTreeMap<String, String>,
+}
+
+impl SidecarSpec {
+    /// The spec for `sidecar` of the instance `instance` of `a`, beside `main`.
+    pub fn from_assignment(
+        a: &Assignment,
+        sidecar: &Sidecar,
+        instance: InstanceId,
+        host_id: &str,
+        main: &str,
+    ) -> Self {
+        Self {
+            app: a.app.clone(),
+            version: a.version.clone(),
+            instance,
+            host_id: host_id.to_owned(),
+            name: sidecar.name.clone(),
+            image: sidecar.image.clone(),
+            network_container: main.to_owned(),
+            memory: sidecar.memory,
+            cpu_shares: sidecar.cpu_shares,
+            extra_labels: BTreeMap::new(),
+        }
+    }
+
+    /// The container name: `caas-{app}-{version}-{instance}_{sidecar}` (ids never contain
+    /// `_`, so it cannot be another instance's main container name).
+    pub fn container_name(&self) -> String {
+        format!(
+            "caas-{}-{}-{}_{}",
+            self.app, self.version, self.instance, self.name
+        )
+    }
+
+    /// The `NetworkMode` value: `container:{main}`.
+    pub fn network_mode(&self) -> String {
+        format!("container:{}", self.network_container)
+    }
+
+    /// All labels: the instance's `caas.*` ones, `caas.sidecar`, plus the extra ones.
+    pub fn labels(&self) -> HashMap<String, String> {
+        let mut l: HashMap<String, String> = self
+            .extra_labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        l.insert(LABEL_APP.into(), self.app.to_string());
+        l.insert(LABEL_VERSION.into(), self.version.to_string());
+        l.insert(LABEL_INSTANCE.into(), self.instance.to_string());
+        l.insert(LABEL_HOST.into(), self.host_id.clone());
+        l.insert(LABEL_SIDECAR.into(), self.name.clone());
+        l
+    }
+}
+
 /// Coarse container state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ContainerState {
@@ -156,6 +242,10 @@ pub struct ContainerInfo {
     pub memory: i64,
     /// CPU shares (0 = default).
     pub cpu_shares: i64,
+    /// `HostConfig.NetworkMode` (`container:{id}` for a sidecar).
+    pub network_mode: String,
+    /// When the container last started, Unix milliseconds (`None` if it never did).
+    pub started_at_ms: Option<u64>,
 }
 
 impl ContainerInfo {
@@ -167,6 +257,11 @@ impl ContainerInfo {
     /// The `caas.instance` label.
     pub fn instance(&self) -> Option<&str> {
         self.labels.get(LABEL_INSTANCE).map(String::as_str)
+    }
+
+    /// The `caas.sidecar` label: `Some(name)` for a sidecar, `None` for a main container.
+    pub fn sidecar(&self) -> Option<&str> {
+        self.labels.get(LABEL_SIDECAR).map(String::as_str)
     }
 
     /// The `caas.port` label, parsed.
@@ -214,12 +309,17 @@ impl ContainerInfo {
                 }
                 _ => ContainerState::Other,
             },
+            started_at_ms: state
+                .started_at
+                .as_deref()
+                .and_then(super::time::rfc3339_to_unix_ms),
             exit_code: state.exit_code,
             oom_killed: state.oom_killed.unwrap_or(false),
             labels,
             host_binding,
             memory: host.memory.unwrap_or(0),
             cpu_shares: host.cpu_shares.unwrap_or(0),
+            network_mode: host.network_mode.unwrap_or_default(),
         }
     }
 }
@@ -244,6 +344,11 @@ impl ManagedContainer {
     /// The `caas.instance` label.
     pub fn instance(&self) -> Option<&str> {
         self.labels.get(LABEL_INSTANCE).map(String::as_str)
+    }
+
+    /// The `caas.sidecar` label: `Some(name)` for a sidecar, `None` for a main container.
+    pub fn sidecar(&self) -> Option<&str> {
+        self.labels.get(LABEL_SIDECAR).map(String::as_str)
     }
 
     pub(crate) fn from_summary(s: ContainerSummary) -> Self {

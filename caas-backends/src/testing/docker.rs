@@ -8,6 +8,10 @@
 //!   running for the next test process).
 //! - [`hello_image`]: `examples/hello-app/build.sh --push {registry}/hello:v1`, once per test
 //!   process and serialized across processes with `flock` (cargo and docker cache the work).
+//! - [`sidecar_image`]: `{registry}/hello-cache:v1`, the hello-app image with `PORT` set to
+//!   [`SIDECAR_PORT`], so it can run as a sidecar beside a hello-app main container (which
+//!   listens on 8080) in the same network namespace. Built `FROM` the local hello image
+//!   (nothing is pulled from the internet) and pushed like it.
 //! - [`remove_labelled`]: `docker rm -f` every container with a label.
 #![allow(clippy::panic, clippy::expect_used, clippy::unwrap_used)]
 
@@ -114,6 +118,42 @@ pub fn hello_image() -> String {
                 .arg("--push")
                 .arg(&image));
             eprintln!("hello-app image {image} ready in {:?}", t0.elapsed());
+            image
+        })
+        .clone()
+}
+
+/// The port the [`sidecar_image`] listens on inside its container.
+pub const SIDECAR_PORT: u16 = 6379;
+
+/// `{registry}/hello-cache:v1`, built and pushed (see the module docs).
+pub fn sidecar_image() -> String {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            let base = hello_image();
+            let image = format!("{}/hello-cache:v1", registry());
+            let dir = tempfile::tempdir().expect("temp dir for the sidecar Dockerfile");
+            std::fs::write(
+                dir.path().join("Dockerfile"),
+                format!("FROM {base}\nENV PORT={SIDECAR_PORT}\n"),
+            )
+            .expect("write the sidecar Dockerfile");
+            // As build.sh: the legacy builder when buildx is missing (it uses the local base).
+            let buildkit = std::env::var("DOCKER_BUILDKIT").unwrap_or_else(|_| {
+                let buildx = Command::new("docker")
+                    .args(["buildx", "version"])
+                    .output()
+                    .is_ok_and(|o| o.status.success());
+                if buildx { "1" } else { "0" }.to_owned()
+            });
+            let lock = std::env::temp_dir().join("caas-hello-app-build.lock");
+            sh(Command::new("flock")
+                .arg(&lock)
+                .args(["docker", "build", "-q", "-t", &image])
+                .arg(dir.path())
+                .env("DOCKER_BUILDKIT", buildkit));
+            sh(Command::new("docker").args(["push", &image]));
             image
         })
         .clone()

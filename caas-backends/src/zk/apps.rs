@@ -6,12 +6,12 @@
 //! custom domain only for the app holding its claim (unclaimed domains listed in an app's
 //! spec are routed for it).
 
-use caas_core::{AppId, AppSpec, Domain};
+use caas_core::{AppId, AppSpec, Blacklist, Domain};
 use zookeeper_client::{Acls, CreateMode};
 
 use super::crypto;
 use super::error::{Result, ZkError};
-use super::layout::{DOMAINS, app_path, domain_path};
+use super::layout::{BLACKLIST, DOMAINS, app_path, domain_path};
 use super::session::ZkSession;
 
 /// Reads and writes app config and domain claims.
@@ -38,27 +38,48 @@ impl AppStore {
             app: app.clone(),
             reason: e.to_string(),
         })?;
-        let data = crypto::seal(self.session.cipher(), &path, json)?;
+        self.put_node(&path, json).await
+    }
+
+    /// Writes the gateway-wide blacklist (`/blacklist`), applied live by every gateway fed
+    /// by ZooKeeper.
+    pub async fn put_blacklist(&self, blacklist: &Blacklist) -> Result<()> {
+        blacklist.validate().map_err(|e| ZkError::BadData {
+            path: BLACKLIST.to_owned(),
+            reason: format!("invalid blacklist: {e}"),
+        })?;
+        let json = serde_json::to_vec(blacklist).map_err(|e| ZkError::BadData {
+            path: BLACKLIST.to_owned(),
+            reason: e.to_string(),
+        })?;
+        self.put_node(BLACKLIST, json).await
+    }
+
+    /// Sets a config node's data (sealed when a key is configured), creating it when missing.
+    async fn put_node(&self, path: &str, json: Vec<u8>) -> Result<()> {
+        let data = crypto::seal(self.session.cipher(), path, json)?;
         let client = self.session.client()?;
-        match client.set_data(&path, &data, None).await {
+        match client.set_data(path, &data, None).await {
             Ok(_) => Ok(()),
             Err(zookeeper_client::Error::NoNode) => {
                 let (parent, _) = path.rsplit_once('/').unwrap_or(("/", ""));
-                self.session.mkdir(parent).await?;
+                if !parent.is_empty() {
+                    self.session.mkdir(parent).await?;
+                }
                 let acl = self.session.node_acl();
                 let mode = CreateMode::Persistent.with_acls(Acls::new(acl));
-                match client.create(&path, &data, &mode).await {
+                match client.create(path, &data, &mode).await {
                     Ok(_) => Ok(()),
                     // Created meanwhile by someone else: last writer wins, as with set_data.
                     Err(zookeeper_client::Error::NodeExists) => client
-                        .set_data(&path, &data, None)
+                        .set_data(path, &data, None)
                         .await
                         .map(|_| ())
-                        .map_err(|e| ZkError::op("set_data", &path, e)),
-                    Err(e) => Err(ZkError::op("create", &path, e)),
+                        .map_err(|e| ZkError::op("set_data", path, e)),
+                    Err(e) => Err(ZkError::op("create", path, e)),
                 }
             }
-            Err(e) => Err(ZkError::op("set_data", &path, e)),
+            Err(e) => Err(ZkError::op("set_data", path, e)),
         }
     }
 
@@ -131,6 +152,28 @@ impl AppStore {
             Err(e) => Err(ZkError::op("delete", &path, e)),
         }
     }
+}
+
+/// Decodes the `/blacklist` node: Blacklist JSON (decrypted when needed), validated; empty
+/// data means nothing is refused.
+pub(crate) fn parse_blacklist(
+    cipher: Option<&crypto::ValueCipher>,
+    path: &str,
+    data: Vec<u8>,
+) -> Result<Blacklist> {
+    let data = crypto::open(cipher, path, data)?;
+    if data.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Blacklist::default());
+    }
+    let bad = |reason: String| ZkError::BadData {
+        path: path.to_owned(),
+        reason,
+    };
+    let b: Blacklist =
+        serde_json::from_slice(&data).map_err(|e| bad(format!("not a blacklist: {e}")))?;
+    b.validate()
+        .map_err(|e| bad(format!("invalid blacklist: {e}")))?;
+    Ok(b)
 }
 
 /// Decodes an app node: decrypts when needed; empty data means the default spec.

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
-use caas_core::{AppId, AppSpec, Domain, Endpoint, InstanceId, Snapshot, Version};
+use caas_core::{AppId, AppSpec, Blacklist, Domain, Endpoint, InstanceId, Snapshot, Version};
 
 /// Instances by version and id.
 pub(crate) type Instances = BTreeMap<Version, BTreeMap<InstanceId, SocketAddr>>;
@@ -22,6 +22,8 @@ pub(crate) struct Cache {
     pub(crate) instances: BTreeMap<AppId, Instances>,
     pub(crate) specs: BTreeMap<AppId, AppSpec>,
     pub(crate) claims: BTreeMap<Domain, AppId>,
+    /// The gateway-wide blacklist (`/blacklist`; empty when absent).
+    pub(crate) blacklist: Blacklist,
 }
 
 impl Cache {
@@ -116,7 +118,10 @@ impl Cache {
             .into_iter()
             .filter_map(|id| self.merged(&id).map(|s| (id, s)))
             .collect();
-        Snapshot { apps }
+        Snapshot {
+            apps,
+            blacklist: self.blacklist.clone(),
+        }
     }
 }
 

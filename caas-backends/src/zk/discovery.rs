@@ -22,11 +22,11 @@ use zookeeper_client::{
     AddWatchMode, Client, EventType, PersistentWatcher, SessionState, WatchedEvent,
 };
 
-use super::apps::parse_app;
+use super::apps::{parse_app, parse_blacklist};
 use super::cache::Cache;
 use super::crypto::ValueCipher;
 use super::error::{Result, ZkError};
-use super::layout::{APPS, DOMAINS, Node, SERVICE, classify, parse_address};
+use super::layout::{APPS, BLACKLIST, DOMAINS, Node, SERVICE, classify, parse_address};
 use super::read::{Read, children, parse_owner, pipelined_children, pipelined_data};
 use super::session::{Current, ZkSession};
 use super::stats::{ZkStats, ZkStatsSnapshot};
@@ -375,6 +375,23 @@ impl Worker {
             }
         }
 
+        // The gateway-wide blacklist; a bad one keeps the last good one.
+        cache.blacklist = match client.get_data(BLACKLIST).await {
+            Ok((data, _)) => match parse_blacklist(self.cipher.as_ref(), BLACKLIST, data) {
+                Ok(b) => b,
+                Err(e) => {
+                    self.skip(BLACKLIST, e);
+                    self.cache.blacklist.clone()
+                }
+            },
+            Err(zookeeper_client::Error::NoNode) => Default::default(),
+            Err(zookeeper_client::Error::NoAuth) => {
+                self.skip(BLACKLIST, "not readable by this identity (ACL)");
+                self.cache.blacklist.clone()
+            }
+            Err(e) => return Err(ZkError::op("get_data", BLACKLIST, e)),
+        };
+
         self.cache = cache;
         let snapshot = self.cache.snapshot();
         self.sent = snapshot.apps.clone();
@@ -401,6 +418,7 @@ impl Worker {
             reads.push((path, fut));
         }
         let mut dirty = BTreeSet::new();
+        let blacklist_before = self.cache.blacklist.clone();
         for (path, fut) in reads {
             let data = match fut.await {
                 Ok((d, _)) => Some(d),
@@ -412,6 +430,10 @@ impl Worker {
                 Err(e) => return Err(ZkError::op("get_data", &path, e)),
             };
             self.apply_node(&path, data, &mut dirty);
+        }
+        if self.cache.blacklist != blacklist_before {
+            self.send(Update::Blacklist(self.cache.blacklist.clone()))
+                .await;
         }
         for app in dirty {
             let now = self.cache.merged(&app);
@@ -513,6 +535,12 @@ impl Worker {
                 }
                 dirty.extend(self.cache.apps_touching(&domain));
             }
+            Node::Blacklist => match data.map(|d| parse_blacklist(self.cipher.as_ref(), path, d)) {
+                Some(Ok(b)) => self.cache.blacklist = b,
+                // A bad edit keeps the last good blacklist.
+                Some(Err(e)) => self.skip(path, e),
+                None => self.cache.blacklist = Default::default(),
+            },
             Node::ServiceDir | Node::Other => {}
         }
     }

@@ -7,11 +7,27 @@
 //! /hosts/{hostId}/status/{instanceId}          PERSISTENT  InstanceStatus JSON (written by the agent)
 //! ```
 //!
-//! Who writes which part of [`HostInfo`]: the agent owns `ip`, `labels`, `capacity` and
-//! `cpu_idle`; schedulers own `allocated` (changed in the same multi as the assignments,
-//! under the node's version); operators own `draining`. Every writer does a
-//! read-modify-write of its own fields under the node's version, so none overwrites
-//! another's.
+//! **Who owns which field of [`HostInfo`]**:
+//!
+//! | field | owner | how it is written |
+//! |---|---|---|
+//! | `ip`, `labels`, `capacity`, `cpu_idle` | the host agent | [`HostStore::publish_agent_fields`] |
+//! | `allocated` | schedulers | `setData(host, version)` in the same multi as the assignments |
+//! | `draining` | operators | read-modify-write under the node's version |
+//!
+//! Every writer reads the node, changes only its own fields and writes under the version it
+//! read; a `BadVersion` means someone else wrote in between, so it reads again and retries.
+//! No writer ever overwrites another's fields with what it read before their change. The
+//! agent creates the node when it is missing, with `allocated` = the sum over the host's
+//! assignments present at that moment ([`allocated_by`]) and `draining` false; after that
+//! it never touches either.
+//!
+//! **Status nodes**: the agent writes `/hosts/{hostId}/status/{instanceId}` (created with
+//! the session's node ACL) when the instance changes state — `starting`, `unhealthy`,
+//! `healthy`, `restarting`, `failed`, `removing` (see [`InstanceState`]) — and deletes it
+//! once the instance is removed; status nodes with no assignment are deleted by the agent's
+//! reconcile. It writes on a change of state, address, message or restart count only, never
+//! per health probe.
 //!
 //! [`HostStore`] reads and writes them through a [`ZkSession`]. The `alive` node is created
 //! through the session's ephemeral bookkeeping, so it comes back after a session expiry.
@@ -24,6 +40,7 @@ use serde::{Deserialize, Serialize};
 use zookeeper_client::{Acls, CreateMode};
 
 use super::error::{Result, ZkError};
+pub use super::host_info::{AgentHostFields, Published, allocated_by};
 use super::session::ZkSession;
 use crate::assignment::{Assignment, AssignmentError};
 
@@ -191,53 +208,12 @@ impl HostStore {
         self.session.mkdir(&assignments_path(host)).await
     }
 
-    /// Writes `info` to `/hosts/{host}`: read-modify-write with the node's version, retried
-    /// on a concurrent change (a scheduler writes `allocated` under the same lock).
-    pub async fn put_info(&self, host: &str, info: &HostInfo) -> Result<()> {
-        let path = host_path(host);
-        let data = serde_json::to_vec(info).map_err(|e| ZkError::BadData {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        let client = self.session.client()?;
-        for _ in 0..10 {
-            match client.get_data(&path).await {
-                Ok((old, stat)) => {
-                    if old == data {
-                        return Ok(());
-                    }
-                    match client.set_data(&path, &data, Some(stat.version)).await {
-                        Ok(_) => return Ok(()),
-                        Err(zookeeper_client::Error::BadVersion) => continue,
-                        Err(e) => return Err(ZkError::op("set", &path, e)),
-                    }
-                }
-                Err(zookeeper_client::Error::NoNode) => {
-                    let opts = CreateMode::Persistent.with_acls(Acls::new(self.session.node_acl()));
-                    match client.create(&path, &data, &opts).await {
-                        Ok(_) => return Ok(()),
-                        Err(zookeeper_client::Error::NodeExists) => continue,
-                        Err(zookeeper_client::Error::NoNode) => {
-                            self.session.mkdir(HOSTS).await?;
-                            continue;
-                        }
-                        Err(e) => return Err(ZkError::op("create", &path, e)),
-                    }
-                }
-                Err(e) => return Err(ZkError::op("get", &path, e)),
-            }
-        }
-        Err(ZkError::op(
-            "set",
-            &path,
-            zookeeper_client::Error::BadVersion,
-        ))
-    }
-
-    /// Reads `/hosts/{host}`; `None` when absent.
+    /// Reads `/hosts/{host}`; `None` when absent or not written yet (a node created empty
+    /// as the parent of the host's assignments).
     pub async fn info(&self, host: &str) -> Result<Option<HostInfo>> {
         let path = host_path(host);
         match self.session.client()?.get_data(&path).await {
+            Ok((data, _)) if data.is_empty() => Ok(None),
             Ok((data, _)) => {
                 serde_json::from_slice(&data)
                     .map(Some)

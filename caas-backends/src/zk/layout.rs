@@ -6,6 +6,7 @@
 //! /apps/{appId}                                      PERSISTENT  AppSpec JSON (maybe encrypted)
 //! /domains/{domain}                                  PERSISTENT  "{appId}"
 //! /certs/{domain}                                    PERSISTENT  CertNode JSON (key encrypted)
+//! /blacklist                                         PERSISTENT  Blacklist JSON: refused for every app
 //! /deployments/{appId}/{version}                     PERSISTENT  Deployment JSON (desired state)
 //! /deployments/{appId}/{version}/status              PERSISTENT  written by the scheduler
 //! /hosts/...                                         see `hosts`
@@ -23,6 +24,8 @@ pub const APPS: &str = "/apps";
 pub const DOMAINS: &str = "/domains";
 /// Parent of the custom-domain certificates `/certs/{domain}`.
 pub const CERTS: &str = "/certs";
+/// The gateway-wide blacklist.
+pub const BLACKLIST: &str = "/blacklist";
 /// Parent of the deployments `/deployments/{appId}/{version}`.
 pub const DEPLOYMENTS: &str = "/deployments";
 
@@ -77,11 +80,16 @@ pub(crate) enum Node<'a> {
     App(&'a str),
     /// A domain claim.
     Domain(&'a str),
+    /// The gateway-wide blacklist.
+    Blacklist,
     /// Anything else (the parents, `/apps/{app}/versions/...`, `/hosts/...`).
     Other,
 }
 
 pub(crate) fn classify(path: &str) -> Node<'_> {
+    if path == BLACKLIST {
+        return Node::Blacklist;
+    }
     if let Some(rest) = path.strip_prefix(SERVICE).and_then(|r| r.strip_prefix('/')) {
         let mut it = rest.split('/');
         return match (it.next(), it.next(), it.next(), it.next()) {
@@ -137,6 +145,8 @@ mod tests {
         assert_eq!(classify("/apps/a/versions/v1"), Node::Other);
         assert_eq!(classify("/domains/www.a.test"), Node::Domain("www.a.test"));
         assert_eq!(classify("/apps"), Node::Other);
+        assert_eq!(classify("/blacklist"), Node::Blacklist);
+        assert_eq!(classify("/blacklist/x"), Node::Other);
         assert_eq!(classify("/hosts/h1"), Node::Other);
         assert_eq!(classify("/service/addressx/a/b/c"), Node::Other);
     }

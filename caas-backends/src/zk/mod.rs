@@ -7,7 +7,7 @@
 //! /apps/{appId}                                      PERSISTENT  AppSpec JSON (optionally encrypted)
 //! /domains/{domain}                                  PERSISTENT  "{appId}" (exclusive CNAME claim)
 //! /certs/{domain}                                    PERSISTENT  certificate + sealed key (HTTPS)
-//! /hosts/{hostId}[/alive|/assignments/{instanceId}]  see [`hosts`]
+//! /hosts/{hostId}[/alive|/assignments/{id}|/status/{id}]  see [`hosts`]
 //! ```
 //!
 //! - [`ZkConfig`] (serde, `deny_unknown_fields`): servers, chroot, session timeout, digest
@@ -15,8 +15,9 @@
 //! - [`ZkSession`] ([`session`]): one session that reconnects and, after an expiry, starts a
 //!   new one and re-creates the ephemeral nodes it owns (as Curator does).
 //! - [`Registry`] ([`registry`]): `register` / `deregister` instances.
-//! - [`HostStore`] ([`hosts`]): `/hosts/{hostId}` HostInfo, its `alive` node and its
-//!   assignments, for the host agent.
+//! - [`HostStore`] ([`hosts`]): `/hosts/{hostId}` HostInfo (each writer changes only the
+//!   fields it owns), its `alive` node, its assignments and the agent's instance status
+//!   nodes.
 //! - [`ZkDiscovery`] ([`discovery`]): caas-core's `Discovery`, one persistent recursive watch
 //!   plus full reads, cached locally; feed it to a `Router`.
 //! - [`AppStore`] ([`apps`]): write app specs, claim and release custom domains.
@@ -34,6 +35,8 @@ pub mod config;
 pub mod crypto;
 pub mod discovery;
 pub mod error;
+mod host_info;
+mod host_status;
 pub mod hosts;
 pub mod layout;
 mod read;

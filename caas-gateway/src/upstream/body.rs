@@ -8,11 +8,10 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use caas_core::{AppState, InFlight};
+use caas_core::{AppInFlight, InFlight};
 use http_body::{Body, Frame, SizeHint};
 
 use super::{BodySender, UpstreamConn, UpstreamPool, body_reserve};
@@ -31,7 +30,8 @@ pub(crate) struct UpstreamBody<B> {
     /// The rest of a request body the upstream started answering before it was all sent.
     sending: Option<BodySender<B>>,
     in_flight: InFlight,
-    app: Arc<AppState>,
+    /// The app's request, counted in flight until the response ends.
+    app: AppInFlight,
     bytes: u64,
 }
 
@@ -52,7 +52,7 @@ impl<B> UpstreamBody<B> {
         reusable: bool,
         sending: Option<BodySender<B>>,
         in_flight: InFlight,
-        app: Arc<AppState>,
+        app: AppInFlight,
     ) -> Self {
         let state = match framing {
             ResponseFraming::Empty => BodyState::Done,
@@ -217,7 +217,7 @@ where
 impl<B> Drop for UpstreamBody<B> {
     fn drop(&mut self) {
         if self.bytes > 0 {
-            self.app.stats.add_bytes_out(self.bytes);
+            self.app.state().stats.add_bytes_out(self.bytes);
             self.in_flight.endpoint().stats.add_bytes_out(self.bytes);
         }
     }

@@ -199,6 +199,7 @@ pub fn snapshot(apps: Vec<(&str, AppSpec)>) -> Snapshot {
             .into_iter()
             .map(|(a, s)| (id(a), s))
             .collect::<BTreeMap<_, _>>(),
+        ..Snapshot::default()
     }
 }
 
@@ -226,20 +227,40 @@ impl Gw {
     }
 
     pub async fn start_with(snapshot: Snapshot, limits: Limits) -> Self {
-        let routes = Static::new(snapshot);
-        let config = GatewayConfig {
+        Self::start_config(
+            snapshot,
+            GatewayConfig {
+                limits,
+                ..Self::config()
+            },
+        )
+        .await
+    }
+
+    /// The config `start` uses: domains `caas.local` and `apps.test`, test limits.
+    pub fn config() -> GatewayConfig {
+        GatewayConfig {
             domains: vec![
                 Domain::new("caas.local").unwrap(),
                 Domain::new("apps.test").unwrap(),
             ],
-            limits,
+            limits: limits(),
             ..GatewayConfig::default()
-        };
+        }
+    }
+
+    pub async fn start_config(snapshot: Snapshot, config: GatewayConfig) -> Self {
+        Self::start_on("127.0.0.1:0", snapshot, config).await
+    }
+
+    /// A gateway listening on `bind` (e.g. `[::1]:0`).
+    pub async fn start_on(bind: &str, snapshot: Snapshot, config: GatewayConfig) -> Self {
+        let routes = Static::new(snapshot);
         let gateway = Gateway::builder(config)
             .discovery(routes.subscribe())
             .build()
             .unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind(bind).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let gw = gateway.clone();

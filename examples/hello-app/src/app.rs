@@ -145,6 +145,7 @@ pub fn reason(status: u16) -> &'static str {
         408 => "Request Timeout",
         413 => "Content Too Large",
         431 => "Request Header Fields Too Large",
+        502 => "Bad Gateway",
         501 => "Not Implemented",
         503 => "Service Unavailable",
         505 => "HTTP Version Not Supported",
@@ -182,7 +183,7 @@ pub fn info_json(state: &AppState, path: &str) -> String {
     )
 }
 
-/// Routes one request. May block (`/_sleep`) and may flip `state.failing`.
+/// Routes one request. May block (`/_sleep`, `/_probe`) and may flip `state.failing`.
 pub fn route(req: &Request, body: &[u8], state: &AppState) -> Response {
     let method = req.method.as_str();
     let is_get = matches!(method, "GET" | "HEAD");
@@ -196,7 +197,8 @@ pub fn route(req: &Request, body: &[u8], state: &AppState) -> Response {
             }
         }
         "/_sleep" if is_get => sleep(req),
-        "/_ping" | "/_sleep" => Response::method_not_allowed("GET, HEAD"),
+        "/_probe" if is_get => crate::probe::probe(req),
+        "/_ping" | "/_sleep" | "/_probe" => Response::method_not_allowed("GET, HEAD"),
         "/_fail" if is_post => {
             state.failing.store(true, Ordering::SeqCst);
             Response::text(200, "failing")

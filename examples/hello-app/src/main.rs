@@ -4,6 +4,7 @@
 
 mod app;
 mod http;
+mod probe;
 mod server;
 
 use std::net::{SocketAddr, TcpListener};

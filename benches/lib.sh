@@ -1,0 +1,386 @@
+# shellcheck shell=bash
+# benches/lib.sh — the setup that benches/compare.sh and benches/cpu_per_request.sh share,
+# sourced by both (not run on its own): flags, tool checks, the gateway build, the temp dir and
+# its cleanup, free ports, starting processes and waiting for them, and the configs of the
+# backend and of the three proxies. Each benchmark's own logic (what it runs, measures and
+# prints) stays in its script.
+#
+# The sourcing script sets BENCH_NAME (the prefix of its messages) before sourcing. The
+# functions below use these globals:
+#   ROOT                 the repository (set here)
+#   HOST_HEADER          the Host every request carries: app `hello` under domain caas.local
+#   WORK                 the temp dir (make_workdir): configs, logs, pids, temp files
+#   PIDS                 processes to stop on exit (start adds to it); STATUS=0 on success
+#   BACKEND_PORT         the backend nginx's port (the script picks it with free_port)
+#   PIN_BACKEND          command prefix for the backend (compare.sh: taskset), empty here
+#   NGINX_WORKER_CONNS   nginx worker_connections; HAPROXY_MAXCONN: HAProxy's maxconn (4096
+#                        here; compare.sh raises both for its idle connections)
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+HOST_HEADER="hello.caas.local"
+PIN_BACKEND=()
+NGINX_WORKER_CONNS=4096
+HAPROXY_MAXCONN=4096
+
+# --- messages and flags ---------------------------------------------------------------------
+
+# Prints a progress line on stderr, prefixed with the script's name.
+log() { printf '%s: %s\n' "$BENCH_NAME" "$*" >&2; }
+
+# Prints an error on stderr and exits 1 (the EXIT trap then cleans up).
+die() { printf '%s: error: %s\n' "$BENCH_NAME" "$*" >&2; exit 1; }
+
+# Prints the sourcing script's usage: its header comment, from line 2 to `set -euo`.
+usage() {
+  sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+}
+
+# Reads the flags both scripts take: sets QUICK=true for --quick, prints the usage for
+# -h/--help and exits, and exits 2 with the usage on anything else.
+# shellcheck disable=SC2034 # QUICK is read by the sourcing script
+parse_flags() {
+  local arg
+  QUICK=false
+  for arg in "$@"; do
+    case "$arg" in
+      --quick) QUICK=true ;;
+      -h | --help) usage; exit 0 ;;
+      *) echo "$BENCH_NAME: unknown argument: $arg" >&2; usage >&2; exit 2 ;;
+    esac
+  done
+}
+
+# --- tools and the gateway binary -------------------------------------------------------------
+
+# Makes sure the commands named exist: runs scripts/install-deps.sh once when one is missing,
+# puts /usr/sbin and /sbin on PATH (nginx and haproxy live there) and dies naming any still
+# missing.
+require_tools() {
+  local tool missing=false names
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null 2>&1 || [[ -x /usr/sbin/$tool ]] || missing=true
+  done
+  if $missing; then
+    # "nginx, haproxy or curl"
+    names=${*: -1}
+    if (($# > 1)); then
+      names="$(printf '%s, ' "${@:1:$#-1}")"
+      names="${names%, } or ${*: -1}"
+    fi
+    log "$names missing: running scripts/install-deps.sh"
+    "$ROOT/scripts/install-deps.sh"
+  fi
+  export PATH="$PATH:/usr/sbin:/sbin"
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null 2>&1 || die "$tool not found even after scripts/install-deps.sh"
+  done
+}
+
+# Sets GATEWAY_BIN and GATEWAY_LABEL (for the report): the GATEWAY_BIN the user gave, checked,
+# or `cargo build --release --example gateway`. Called before any process starts, so a failed
+# build leaves nothing behind.
+# shellcheck disable=SC2034 # GATEWAY_LABEL is read by the sourcing script
+build_gateway() {
+  if [[ -n ${GATEWAY_BIN:-} ]]; then
+    [[ -x $GATEWAY_BIN ]] || die "GATEWAY_BIN=$GATEWAY_BIN is not an executable file"
+    GATEWAY_LABEL="gateway ($GATEWAY_BIN)"
+  else
+    log "building the gateway: cargo build --release --example gateway"
+    (cd "$ROOT" && cargo build --release --example gateway) ||
+      die "cargo build --release --example gateway failed"
+    GATEWAY_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/gateway"
+    [[ -x $GATEWAY_BIN ]] || die "built, but $GATEWAY_BIN is not there (CARGO_TARGET_DIR?)"
+    GATEWAY_LABEL="caas gateway (examples/gateway, release)"
+  fi
+}
+
+# --- temp dir, processes, cleanup -------------------------------------------------------------
+
+# Creates the temp dir WORK ($TMPDIR/$1.XXXXXX) and starts with no processes and STATUS=1
+# (the script sets STATUS=0 once it has printed its report).
+make_workdir() {
+  WORK=$(mktemp -d "${TMPDIR:-/tmp}/$1.XXXXXX")
+  # nginx workers run as an unprivileged user when started as root: let them in.
+  chmod 755 "$WORK"
+  PIDS=()
+  STATUS=1
+}
+
+# Installs the traps: function $1 runs on exit; Ctrl-C and SIGTERM exit through it (130, 143).
+on_exit() {
+  # shellcheck disable=SC2064 # the function name is fixed now, on purpose
+  trap "$1" EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+}
+
+# Removes WORK after a successful run unless KEEP=1; otherwise says where it is and that it
+# holds $1 ("configs, logs and ...").
+finish_workdir() {
+  if [[ $STATUS -eq 0 && ${KEEP:-0} != 1 ]]; then
+    rm -rf "$WORK"
+  else
+    log "$1 kept in $WORK"
+  fi
+}
+
+# Waits up to $2 tenths of a second for pid $1 to exit; fails if it still runs.
+wait_exit() {
+  local pid=$1 tenths=$2
+  for _ in $(seq 1 "$tenths"); do
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.1
+  done
+  ! kill -0 "$pid" 2>/dev/null
+}
+
+# Sends SIGTERM to every pid after $1, gives each up to $1 tenths of a second to exit
+# cleanly, then SIGKILLs and reaps it.
+kill_and_reap() {
+  local tenths=$1 pid
+  shift
+  for pid in "$@"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "$@"; do
+    wait_exit "$pid" "$tenths" || true
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+}
+
+# Starts "$@" in the background as process $name ($1), logging to $WORK/$name.log (appending:
+# a process restarted later logs to the same file); records its pid in PIDS and in PID_$name
+# (dashes as underscores; read it with pid_of).
+start() {
+  local name=$1
+  shift
+  "$@" >>"$WORK/$name.log" 2>&1 &
+  PIDS+=("$!")
+  eval "PID_${name//-/_}=$!"
+}
+
+# The pid of the process that start recorded as $1.
+pid_of() { eval "echo \$PID_${1//-/_}"; }
+
+# --- ports and readiness ----------------------------------------------------------------------
+
+USED_PORTS=" "
+# Sets the variable named $1 (not a $(subshell): USED_PORTS must persist) to a free loopback
+# port below the kernel's ephemeral range (outgoing connections of wrk, curl and the proxies
+# take ports from that range, and a listener can't bind one in use), not in use in any state
+# now, and not handed out before.
+free_port() {
+  local lo span ephemeral_lo port in_use
+  read -r ephemeral_lo _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || ephemeral_lo=32768
+  if ((ephemeral_lo > 12000)); then
+    lo=10000 span=$((ephemeral_lo - 10000))
+  else
+    lo=$((ephemeral_lo / 2)) span=$((ephemeral_lo / 2))
+  fi
+  in_use=" $(ss -Htan 2>/dev/null | awk '{sub(/.*:/, "", $4); print $4}' | tr '\n' ' ') "
+  for _ in $(seq 1 200); do
+    port=$((lo + (RANDOM * 32768 + RANDOM) % span))
+    [[ $in_use == *" $port "* || $USED_PORTS == *" $port "* ]] && continue
+    USED_PORTS+="$port "
+    printf -v "$1" '%s' "$port"
+    return 0
+  done
+  die "no free loopback port found"
+}
+
+# Polls `"${@:5}"` every 0.1 s until it succeeds. Dies, showing the tail of process $1's logs,
+# if pid $2 exits first ("$1 exited before ${3}ing on $4") or $5 seconds pass ("$1 did not $3
+# on $4 within N s").
+await_ready() {
+  local name=$1 pid=$2 verb=$3 addr=$4 secs=$5
+  shift 5
+  for _ in $(seq 1 $((secs * 10))); do
+    "$@" && return 0
+    if ! kill -0 "$pid" 2>/dev/null; then
+      tail -n 20 "$WORK/$name.log" "$WORK/$name.error.log" 2>/dev/null >&2 || true
+      die "$name exited before ${verb}ing on $addr (logs above, in $WORK)"
+    fi
+    sleep 0.1
+  done
+  tail -n 20 "$WORK/$name.log" "$WORK/$name.error.log" 2>/dev/null >&2 || true
+  die "$name did not $verb on $addr within $secs s (logs in $WORK)"
+}
+
+# Waits up to 10 s until http://127.0.0.1:$2/ answers (any status) or process $1 (started
+# with start) dies.
+wait_http() {
+  await_ready "$1" "$(pid_of "$1")" answer "127.0.0.1:$2" 10 \
+    curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$2/"
+}
+
+# Waits up to 120 s until something listens on 127.0.0.1:$2, sending no request (it would be
+# counted), or pid $3 (process $1) dies; valgrind takes a while to start a program.
+wait_listen() {
+  await_ready "$1" "$3" listen "127.0.0.1:$2" 120 listening "$2"
+}
+
+# Whether something listens on TCP 127.0.0.1:$1.
+listening() { [[ -n $(ss -Htln "sport = :$1" 2>/dev/null) ]]; }
+
+# Dies unless GET $2 with the Host header answers 200 "ok", showing process $1's log tails.
+check_ok() {
+  local name=$1 url=$2 body code
+  body=$(curl -s --max-time 5 -H "Host: $HOST_HEADER" -o - -w '\n%{http_code}' "$url") || true
+  code=${body##*$'\n'}
+  body=${body%$'\n'*}
+  body=${body%$'\n'}
+  if [[ $code != 200 || $body != ok ]]; then
+    tail -n 20 "$WORK/$name.log" "$WORK/$name.error.log" 2>/dev/null >&2 || true
+    die "$name: GET $url with 'Host: $HOST_HEADER' answered ${code:-nothing} (body: ${body:0:200}), want 200 \"ok\"; check its config ($WORK) and logs above"
+  fi
+}
+
+# --- configs ----------------------------------------------------------------------------------
+
+# The start of the nginx config of process $1 (backend, nginx-proxy), on stdout: one worker,
+# in the foreground, NGINX_WORKER_CONNS connections, no access log, 100,000 requests per
+# client connection; pid, error log and temp files under WORK, never under /var. $2: more
+# main-context lines (may be empty). Leaves `http {` open for the servers.
+nginx_common() {
+  local name=$1 main=$2
+  mkdir -p "$WORK/$name"
+  cat <<EOF
+worker_processes 1;
+daemon off;
+$main
+pid $WORK/$name/nginx.pid;
+error_log $WORK/$name.error.log warn;
+events { worker_connections $NGINX_WORKER_CONNS; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/$name/body;
+  proxy_temp_path $WORK/$name/proxy;
+  fastcgi_temp_path $WORK/$name/fastcgi;
+  uwsgi_temp_path $WORK/$name/uwsgi;
+  scgi_temp_path $WORK/$name/scgi;
+  keepalive_requests 100000;
+EOF
+}
+
+# Writes $WORK/backend.conf: the backend nginx on BACKEND_PORT, `return 200 "ok\n"` at /.
+# $1: more main-context lines, $2: more http-context lines, $3: more `location` lines.
+write_backend_conf() {
+  {
+    nginx_common backend "$1"
+    cat <<EOF
+$2  server {
+    listen 127.0.0.1:$BACKEND_PORT;
+    location / { return 200 "ok\n"; }
+$3  }
+}
+EOF
+  } >"$WORK/backend.conf"
+}
+
+# Writes $WORK/nginx-proxy.conf: nginx as a reverse proxy on port $1 to the backend over
+# keep-alive upstream connections (up to 64 idle ones kept). $2: more main-context lines.
+write_nginx_proxy_conf() {
+  {
+    nginx_common nginx-proxy "$2"
+    cat <<EOF
+  upstream backend {
+    server 127.0.0.1:$BACKEND_PORT;
+    keepalive 64;
+    keepalive_requests 100000;
+  }
+  server {
+    listen 127.0.0.1:$1;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+EOF
+  } >"$WORK/nginx-proxy.conf"
+}
+
+# Writes $WORK/haproxy.cfg: HAProxy, one thread, HTTP mode with keep-alive on both sides and
+# upstream connections shared between clients, on port $1 to the backend. HAPROXY_MAXCONN
+# client connections: HAProxy asks for 2×maxconn files and by default stops when it can't
+# have them; with `no strict-limits` it warns and runs on what ulimit -n allows (enough: an
+# idle client connection has no server side). Idle keep-alive client connections stay open
+# 60 s, long enough for compare.sh to hold many and read the RSS.
+write_haproxy_cfg() {
+  cat >"$WORK/haproxy.cfg" <<EOF
+global
+  nbthread 1
+  maxconn $HAPROXY_MAXCONN
+  no strict-limits
+  pidfile $WORK/haproxy.pid
+defaults
+  mode http
+  maxconn $HAPROXY_MAXCONN
+  option http-keep-alive
+  http-reuse always
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  timeout http-keep-alive 60s
+frontend fe
+  bind 127.0.0.1:$1
+  default_backend be
+backend be
+  server s1 127.0.0.1:$BACKEND_PORT
+EOF
+}
+
+# Writes $WORK/$1.toml (gateway, gateway-b): the gateway, one worker, on port $2, routing
+# HOST_HEADER (app hello, version v1) to the backend.
+write_gateway_toml() {
+  cat >"$WORK/$1.toml" <<EOF
+listen = "127.0.0.1:$2"
+domains = ["caas.local"]
+workers = 1
+[apps.hello]
+default_version = "v1"
+[apps.hello.versions.v1]
+endpoints = ["127.0.0.1:$BACKEND_PORT"]
+EOF
+}
+
+# Has nginx and HAProxy check the configs written above; dies naming the one they reject.
+check_configs() {
+  local name
+  for name in backend nginx-proxy; do
+    nginx -t -q -c "$WORK/$name.conf" -p "$WORK" -e "$WORK/$name.error.log" ||
+      die "nginx rejected $WORK/$name.conf"
+  done
+  haproxy -c -q -f "$WORK/haproxy.cfg" || die "haproxy rejected $WORK/haproxy.cfg"
+}
+
+# The command line of nginx process $1 (backend, nginx-proxy) with its config, prefix and
+# error log under WORK, in the array NGINX_CMD.
+nginx_cmd() {
+  NGINX_CMD=(nginx -c "$WORK/$1.conf" -p "$WORK" -e "$WORK/$1.error.log")
+}
+
+# Starts the backend nginx (under PIN_BACKEND) and waits until it answers 200 "ok".
+start_backend() {
+  nginx_cmd backend
+  start backend "${PIN_BACKEND[@]}" "${NGINX_CMD[@]}"
+  wait_http backend "$BACKEND_PORT"
+  check_ok backend "http://127.0.0.1:$BACKEND_PORT/"
+}
+
+# --- report -----------------------------------------------------------------------------------
+
+# The report's first lines: the date and the machine, as markdown list items.
+report_machine() {
+  local cpu_model
+  cpu_model=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
+  echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+  echo "- machine: $(nproc) CPUs, ${cpu_model:-unknown CPU}, kernel $(uname -r)"
+}
+
+# The versions of the proxies compared: "nginx/1.22.1, HAProxy 2.6.12".
+proxy_versions() {
+  echo "$(nginx -v 2>&1 | sed 's/^nginx version: //'), $(haproxy -v | head -n 1 | awk '{print "HAProxy " $3}')"
+}
