@@ -1,9 +1,22 @@
 //! TLS test support: a throwaway CA issuing certificates at test time (rcgen), rustls
 //! clients (one that verifies against the CA, one that accepts anything and lets the test
-//! look at what it was given), and handshakes over real loopback sockets.
+//! look at what it was given), handshakes over real loopback sockets, and a gateway with a
+//! plain and a TLS listener.
 
+use super::limits;
+use bytes::Bytes;
+use caas_core::Domain;
+use caas_core::{IpNet, Snapshot, Static};
+use caas_gateway::tls::UnknownSni;
+use caas_gateway::{CertResolver, Gateway, GatewayConfig, TlsAcceptor};
+use http_body_util::{BodyExt, Empty};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+use tokio::net::TcpListener;
 
 use rustls::ClientConfig;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -161,4 +174,117 @@ pub async fn connect(
 /// The DER of the leaf certificate the server presented.
 pub fn presented(stream: &TlsStream<TcpStream>) -> Vec<u8> {
     stream.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+// --- gateways with a TLS listener -------------------------------------------------------
+
+/// A gateway with a plain and a TLS listener sharing routes.
+pub struct TlsGw {
+    pub plain: SocketAddr,
+    pub tls: SocketAddr,
+    pub gateway: Gateway,
+    _routes: Static,
+}
+
+pub async fn start(snapshot: Snapshot, certs: Arc<CertResolver>) -> TlsGw {
+    start_trusting(snapshot, certs, Vec::new()).await
+}
+
+/// A gateway that believes the `X-Forwarded-*` fields of `trusted_proxies`.
+pub async fn start_trusting(
+    snapshot: Snapshot,
+    certs: Arc<CertResolver>,
+    trusted_proxies: Vec<IpNet>,
+) -> TlsGw {
+    let tls_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tls = tls_listener.local_addr().unwrap();
+    let routes = Static::new(snapshot);
+    let gateway = Gateway::builder(GatewayConfig {
+        domains: vec![Domain::new("caas.local").unwrap()],
+        limits: limits(),
+        https_port: Some(tls.port()),
+        trusted_proxies,
+    })
+    .discovery(routes.subscribe())
+    .build()
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let plain = listener.local_addr().unwrap();
+    let (g1, g2) = (gateway.clone(), gateway.clone());
+    tokio::spawn(async move { g1.serve(listener, std::future::pending()).await });
+    let acceptor = TlsAcceptor::new(certs).unwrap();
+    tokio::spawn(async move {
+        g2.serve_tls(tls_listener, acceptor, std::future::pending())
+            .await
+    });
+    while gateway.router().load().generation() < 1 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    TlsGw {
+        plain,
+        tls,
+        gateway,
+        _routes: routes,
+    }
+}
+
+pub fn pem_pairs(leaves: &[&Leaf]) -> Vec<(String, String)> {
+    leaves
+        .iter()
+        .map(|l| (l.cert_pem.clone(), l.key_pem.clone()))
+        .collect()
+}
+
+pub fn resolver(leaves: &[&Leaf], unknown: UnknownSni) -> Arc<CertResolver> {
+    let pairs = pem_pairs(leaves);
+    let refs: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(c, k)| (c.as_str(), k.as_str()))
+        .collect();
+    CertResolver::from_pem(&refs, unknown).unwrap()
+}
+
+pub type H1Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+
+/// An HTTP/1.1 client on an established (TLS) stream.
+pub async fn h1<S>(stream: S) -> H1Sender
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// Status, headers and body of one request on an HTTP/1.1 connection.
+pub async fn h1_get(
+    sender: &mut H1Sender,
+    host: &str,
+    path: &str,
+) -> (StatusCode, http::HeaderMap, String) {
+    let req = Request::get(path)
+        .header("host", host)
+        .body(Empty::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+/// Waits until `counter` reaches `want`.
+pub async fn wait_count(what: &str, counter: &std::sync::atomic::AtomicU64, want: u64) {
+    for _ in 0..1000 {
+        if counter.load(Relaxed) >= want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("{what}: stayed at {} (want {want})", counter.load(Relaxed));
 }
