@@ -13,7 +13,7 @@
 //!   certificate served. [`CertStore`] refuses to store a certificate for a domain another
 //!   app holds, and [`ZkCertSource`] re-checks on every read, so a claim that moves (or a
 //!   node written around the store) takes the certificate out of service at once.
-//! - [`decide`] is that rule, pure and table-tested; [`store`] writes, [`source`] watches
+//! - `decide` is that rule, pure and table-tested; `store` writes, `source` watches
 //!   and feeds the gateway's `CertSource`.
 
 mod source;
