@@ -488,3 +488,7 @@ impl Drop for SchedulerHandle {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "run_tests.rs"]
+mod tests;
