@@ -265,12 +265,19 @@ fn parse_policy(s: &str) -> Result<FailurePolicy, String> {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The daemons log what they do; the one-shot commands only warnings (their result is
+    // printed on stdout).
+    let default = match cli.command {
+        Command::Agent(_) | Command::Scheduler(_) => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default.into()),
         )
         .init();
-    let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

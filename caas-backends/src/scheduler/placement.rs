@@ -149,9 +149,12 @@ struct Candidate<'a> {
 
 impl<'a> Candidate<'a> {
     fn new(host: &'a HostState, req: &Request<'_>) -> Self {
+        // One walk over the host's instances for its use and this app's counts.
+        let mut used = Resources::default();
         let mut this_version = 0;
         let mut this_app = 0;
         for a in host.instances.values() {
+            used = add(used, super::snapshot::need(a));
             if &a.app == req.app {
                 this_app += 1;
                 if &a.version == req.version {
@@ -161,7 +164,7 @@ impl<'a> Candidate<'a> {
         }
         Self {
             host,
-            used: host.used(),
+            used,
             this_version,
             this_app,
             placed_shares: 0,

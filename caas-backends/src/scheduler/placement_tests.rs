@@ -224,8 +224,7 @@ fn unreadable_hosts_and_an_empty_cluster_are_reported() {
         e.to_string(),
         "cannot place 1 instance (only 0 fit): no hosts"
     );
-    s.bad_hosts
-        .insert("h9".into(), "host info is not valid JSON".into());
+    s.bad_hosts.insert("h9".into(), Default::default());
     let e = place_web(&s, &spec(1, 64), 1).unwrap_err();
     assert_eq!(e.rejected["host info"], ["h9"]);
     assert_eq!(place_web(&s, &spec(0, 64), 0), Ok(vec![]));

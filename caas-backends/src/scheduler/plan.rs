@@ -3,7 +3,8 @@
 //!
 //! Replicated (`replicas: N`), with *normal* instances those on hosts that are neither lost
 //! nor draining (a host whose `alive` node is gone for less than the grace period still
-//! counts as normal):
+//! counts as normal; so do instances on a host whose node is unreadable, which are never
+//! removed):
 //!
 //! - fewer than N normal: place the missing ones (all or none, see [`place`]); instances on
 //!   lost hosts are deleted in the same commit as their replacements are created, and kept
@@ -21,7 +22,7 @@
 //! New instance ids are `{appId}-{version}-{n}` with `n` from the status node's counter
 //! (shortened with a hash when longer than 63 characters), never an id in use.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use caas_core::{AppId, InstanceId, Version};
 
@@ -104,20 +105,35 @@ pub fn plan(
     } else {
         plan_replicas(snap, &req, spec.replicas.unwrap_or(0), &mut p)
     };
+    // An id must not name an instance of this deployment anywhere (registry paths and
+    // container names are per app version) nor anything on its target host (assignment
+    // paths are per host).
+    let taken: HashSet<&InstanceId> = snap
+        .hosts
+        .values()
+        .flat_map(|h| h.instances.iter())
+        .chain(snap.bad_hosts.values().flat_map(|b| b.instances.iter()))
+        .filter(|(_, a)| &a.app == app && &a.version == version)
+        .map(|(id, _)| id)
+        .collect();
+    let mut added = Vec::with_capacity(hosts.len());
     let mut n = next_instance;
     for host in hosts {
+        let on_host = snap.hosts.get(&host).map(|h| &h.instances);
         let id = loop {
             let candidate = instance_id(app, version, n);
             n += 1;
             if let Some(id) = candidate
-                && !snap.instance_exists(&id)
-                && !p.add.iter().any(|(_, a)| a == &id)
+                && !taken.contains(&id)
+                && !on_host.is_some_and(|i| i.contains_key(&id))
             {
                 break id;
             }
         };
-        p.add.push((host, id));
+        added.push((host, id));
     }
+    // Within the plan, ids differ by their counter.
+    p.add = added;
     p.next_instance = n;
     p
 }
@@ -163,14 +179,23 @@ fn plan_replicas(snap: &Snapshot, req: &Request<'_>, want: u32, p: &mut Plan) ->
             });
         }
     };
-    let excess = normal.len().saturating_sub(want);
+    // Instances on unreadable hosts count, but cannot be removed (their node cannot be
+    // rewritten).
+    let frozen = snap
+        .bad_hosts
+        .values()
+        .flat_map(|b| b.instances.values())
+        .filter(|a| &a.app == req.app && &a.version == req.version)
+        .count();
+    let excess = (normal.len() + frozen).saturating_sub(want);
     let surplus = scale_down(&mut normal, excess);
     remove(p, &surplus, Why::ScaleDown);
-    let hosts = if normal.len() >= want {
+    let running = normal.len() + frozen;
+    let hosts = if running >= want {
         remove(p, &lost, Why::Lost);
         Vec::new()
     } else {
-        match place(snap, req, want - normal.len()) {
+        match place(snap, req, want - running) {
             Ok(hosts) => {
                 remove(p, &lost, Why::Lost);
                 hosts

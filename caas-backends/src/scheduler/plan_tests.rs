@@ -270,3 +270,35 @@ fn orphans_are_instances_whose_deployment_is_gone() {
     s.listed_after.insert((app("db"), ver("v1")));
     assert!(orphans(&s).is_empty());
 }
+
+#[test]
+fn instances_on_an_unreadable_host_count_and_are_never_touched() {
+    let mut broken = big("h9");
+    run_as(&mut broken, "web-v1-0", "web", "v1", 64);
+    let mut s = snap(vec![big("h1")]);
+    s.bad_hosts.insert(
+        "h9".into(),
+        crate::scheduler::snapshot::BadHost {
+            reason: "host info is not valid JSON".into(),
+            instances: broken.instances,
+        },
+    );
+    let d = spec(2, 64);
+    with_web(&mut s, &d, &[]);
+    // One of two is on h9: one more is placed, with an id not in use there.
+    let p = web_plan(&s, &d, 0);
+    assert_eq!(adds(&p), [("h1", "web-v1-1")]);
+    // Scaled to zero: only what can be written is removed.
+    let mut none = s.clone();
+    run_as(
+        none.hosts.get_mut("h1").unwrap(),
+        "web-v1-1",
+        "web",
+        "v1",
+        64,
+    );
+    let p = web_plan(&none, &spec(0, 64), 2);
+    assert_eq!(removes(&p), [("h1", "web-v1-1", Why::ScaleDown)]);
+    let status = crate::scheduler::status::build(&none, &app("web"), &ver("v1"), false, &p);
+    assert_eq!(status.instances[0].state, "host_unreadable");
+}

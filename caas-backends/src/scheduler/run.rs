@@ -88,7 +88,7 @@ pub struct Scheduler<S: Store> {
     stats: Arc<SchedulerStats>,
     missing_since: HashMap<String, Instant>,
     rng: u64,
-    /// Bad nodes already logged (each is logged once, counted each pass).
+    /// Bad nodes already logged and counted (each once, until it changes).
     reported: HashSet<String>,
 }
 
@@ -161,7 +161,7 @@ impl<S: Store> Scheduler<S> {
         let hosts = snap
             .bad_hosts
             .iter()
-            .map(|(h, why)| (format!("{HOSTS}/{h}"), why));
+            .map(|(h, b)| (format!("{HOSTS}/{h}"), &b.reason));
         let names = snap.bad_deployments.iter().map(|(p, why)| (p.clone(), why));
         let assignments = snap.hosts.values().flat_map(|h| {
             h.invalid
@@ -169,8 +169,8 @@ impl<S: Store> Scheduler<S> {
                 .map(move |(n, why)| (format!("{HOSTS}/{}/assignments/{n}", h.id), why))
         });
         for (path, why) in hosts.chain(names).chain(assignments) {
-            SchedulerStats::bump(&self.stats.errors);
             if self.reported.insert(format!("{path}: {why}")) {
+                SchedulerStats::bump(&self.stats.errors);
                 tracing::warn!(scheduler = %self.config.name, %path, reason = %why, "skipping an unusable node");
             }
         }
@@ -234,9 +234,11 @@ impl<S: Store> Scheduler<S> {
                     return Ok(());
                 }
                 Work::Commit { ops, status, plan } => {
+                    let sent = Instant::now();
                     match self.store.commit(ops.clone()).await {
                         Ok(versions) => {
-                            self.committed(snap, key, &ops, &versions, status, &plan);
+                            let took = sent.elapsed();
+                            self.committed(snap, key, (&ops, &versions), status, &plan, took);
                             return Ok(());
                         }
                         Err(e) => {
@@ -268,10 +270,10 @@ impl<S: Store> Scheduler<S> {
         &mut self,
         snap: &mut Snapshot,
         key: &Key,
-        ops: &[Op],
-        versions: &[Option<i64>],
+        (ops, versions): (&[Op], &[Option<i64>]),
         status: Option<DeploymentStatus>,
         plan: &Plan,
+        took: Duration,
     ) {
         SchedulerStats::bump(&self.stats.commits);
         SchedulerStats::add(&self.stats.placed, plan.add.len() as u64);
@@ -290,7 +292,7 @@ impl<S: Store> Scheduler<S> {
             .iter()
             .map(|r| format!("{}@{} ({:?})", r.id, r.host, r.why))
             .collect();
-        tracing::info!(scheduler = %self.config.name, app = %key.0, version = %key.1, ?added, ?removed, "committed");
+        tracing::info!(scheduler = %self.config.name, app = %key.0, version = %key.1, ?added, ?removed, ops = ops.len(), commit_ms = took.as_secs_f64() * 1e3, "committed");
     }
 
     /// What `key` needs now. Changes `snap` when it returns [`Work::Commit`].
@@ -327,11 +329,11 @@ impl<S: Store> Scheduler<S> {
             Ok(spec) => spec.clone(),
             Err(why) => {
                 let path = deployment_path(app, version);
-                SchedulerStats::bump(&self.stats.errors);
                 if self
                     .reported
                     .insert(format!("{path}@{spec_version}: {why}"))
                 {
+                    SchedulerStats::bump(&self.stats.errors);
                     tracing::warn!(scheduler = %self.config.name, %path, reason = %why, "invalid deployment; its instances are left as they are");
                 }
                 let status = status::invalid(snap, app, version, why, next);

@@ -138,13 +138,24 @@ pub struct DeploymentState {
     pub registered: BTreeMap<InstanceId, String>,
 }
 
+/// A host whose node cannot be used (no info yet, or not valid JSON): it takes nothing, and
+/// its instances, still counted for their deployments, are never touched (a commit would
+/// have to rewrite its node).
+#[derive(Debug, Clone, Default)]
+pub struct BadHost {
+    /// Why the node cannot be used.
+    pub reason: String,
+    /// Its valid assignments.
+    pub instances: BTreeMap<InstanceId, Assignment>,
+}
+
 /// Everything one scheduling pass decides from.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     /// Hosts with a readable info node.
     pub hosts: BTreeMap<String, HostState>,
-    /// Host nodes that could not be used, and why.
-    pub bad_hosts: BTreeMap<String, String>,
+    /// Host nodes that could not be used.
+    pub bad_hosts: BTreeMap<String, BadHost>,
     /// Deployments with valid node names.
     pub deployments: BTreeMap<Key, DeploymentState>,
     /// Nodes under `/deployments` whose name is not a valid id, and why.
@@ -188,6 +199,13 @@ impl Snapshot {
                 return;
             }
         }
+    }
+}
+
+fn bad(reason: String) -> BadHost {
+    BadHost {
+        reason,
+        instances: BTreeMap::new(),
     }
 }
 
@@ -307,7 +325,7 @@ pub async fn read<S: Store>(store: &S) -> Result<Snapshot, StoreError> {
         let Some(info) = info else { continue };
         if info.data.is_empty() {
             snap.bad_hosts
-                .insert(id.clone(), "no host info published yet".into());
+                .insert(id.clone(), bad("no host info published yet".into()));
             continue;
         }
         match serde_json::from_slice::<HostInfo>(&info.data) {
@@ -324,24 +342,26 @@ pub async fn read<S: Store>(store: &S) -> Result<Snapshot, StoreError> {
             }
             Err(e) => {
                 snap.bad_hosts
-                    .insert(id.clone(), format!("host info is not valid JSON: {e}"));
+                    .insert(id.clone(), bad(format!("host info is not valid JSON: {e}")));
             }
         }
     }
     for ((host, name, _), data) in a_paths.into_iter().zip(a_data) {
-        let (Some(h), Some(data)) = (snap.hosts.get_mut(&host), data) else {
-            continue;
-        };
+        let Some(data) = data else { continue };
         let parsed = InstanceId::new(&name)
             .map_err(unreadable)
             .and_then(|id| Ok((id, Assignment::from_json(&data.data).map_err(unreadable)?)));
-        match parsed {
-            Ok((id, a)) => {
-                h.instances.insert(id, a);
+        if let Some(h) = snap.hosts.get_mut(&host) {
+            match parsed {
+                Ok((id, a)) => {
+                    h.instances.insert(id, a);
+                }
+                Err(e) => {
+                    h.invalid.insert(name, e);
+                }
             }
-            Err(e) => {
-                h.invalid.insert(name, e);
-            }
+        } else if let (Some(b), Ok((id, a))) = (snap.bad_hosts.get_mut(&host), parsed) {
+            b.instances.insert(id, a);
         }
     }
     for ((host, name, _), data) in s_paths.into_iter().zip(s_data) {

@@ -45,7 +45,8 @@ counters! {
     status_writes,
     /// Status-only writes refused (someone wrote it first; the next pass looks again).
     status_conflicts,
-    /// Errors (reads that failed, unusable nodes), each also logged.
+    /// Errors (failed passes and writes, unusable nodes: each distinct one once), each also
+    /// logged.
     errors,
 }
 

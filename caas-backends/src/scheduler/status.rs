@@ -63,7 +63,8 @@ pub struct InstanceReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
     /// The agent's state for it (`starting`, `healthy`, ...), `assigned` before the agent
-    /// reported anything, `host_down` while its host's `alive` node is gone.
+    /// reported anything, `host_down` while its host's `alive` node is gone,
+    /// `host_unreadable` while its host's node cannot be read.
     pub state: String,
     /// See [`Health`].
     pub health: Health,
@@ -154,6 +155,25 @@ pub fn build(
                 health,
                 draining: is_draining,
             });
+        }
+    }
+    for (host, b) in &snap.bad_hosts {
+        for (id, a) in &b.instances {
+            if &a.app == app && &a.version == version {
+                let reg = registered.and_then(|r| r.get(id));
+                instances.push(InstanceReport {
+                    id: id.clone(),
+                    host: host.clone(),
+                    address: reg.cloned(),
+                    state: "host_unreadable".into(),
+                    health: if reg.is_some() {
+                        Health::Healthy
+                    } else {
+                        Health::Unknown
+                    },
+                    draining: false,
+                });
+            }
         }
     }
     instances.sort_by(|a, b| a.id.cmp(&b.id));
