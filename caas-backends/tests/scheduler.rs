@@ -164,6 +164,14 @@ impl World {
             .unwrap()
     }
 
+    /// The status, or `None` also while the read fails (a ZooKeeper leader change).
+    async fn try_status(&self, a: &str, v: &str) -> Option<DeploymentStatus> {
+        control::status(&self.store, &app(a), &ver(v))
+            .await
+            .ok()
+            .flatten()
+    }
+
     /// Waits until the status of `a:v` satisfies `ok`; returns it.
     async fn wait_status(
         &self,
@@ -174,7 +182,7 @@ impl World {
     ) -> DeploymentStatus {
         let deadline = Instant::now() + WAIT;
         loop {
-            let s = self.status(a, v).await;
+            let s = self.try_status(a, v).await;
             if let Some(s) = &s
                 && ok(s)
             {
@@ -677,9 +685,13 @@ async fn race(w: &mut World, label: &str, mid_race: impl AsyncFnOnce(&World)) {
     }
     // Then every one to 10 (200): scale-ups racing across the schedulers for the last slots.
     for i in 0..20 {
-        control::scale(&w.store, &app(&format!("app{i}")), &ver("v1"), 10)
-            .await
-            .unwrap();
+        // An operator retries a command that failed on a lost connection.
+        let deadline = Instant::now() + WAIT;
+        while let Err(e) = control::scale(&w.store, &app(&format!("app{i}")), &ver("v1"), 10).await
+        {
+            assert!(Instant::now() < deadline, "scale app{i}: {e}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     for i in 0..20 {
         w.wait_status(&format!("app{i}"), "v1", "10 instances", |s| {
@@ -748,14 +760,24 @@ async fn the_zookeeper_leader_dies_in_the_middle_of_deploys() {
     let mut w = World::new(ensemble.connect_string(), "/sched_ensemble").await;
     let ens = std::sync::Mutex::new(&mut ensemble);
     race(&mut w, "leader kill", async |w| {
-        // Kill the leader while the first placements are being committed.
-        w.wait_status("app0", "v1", "some placements", |s| !s.instances.is_empty())
-            .await;
-        let mut e = ens.lock().unwrap();
-        e.kill(leader).unwrap();
-        eprintln!("killed the leader (server {})", leader + 1);
-        e.wait_for_quorum(Duration::from_secs(30)).unwrap();
-        eprintln!("new leader: server {}", e.leader().map_or(0, |l| l + 1));
+        // Kill the leader while placements are being committed: after the first few.
+        let deadline = Instant::now() + WAIT;
+        while w.schedulers.iter().map(|s| s.stats().placed).sum::<u64>() < 24 {
+            assert!(Instant::now() < deadline, "no placements");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        ens.lock().unwrap().kill(leader).unwrap();
+        let placed: u64 = w.schedulers.iter().map(|s| s.stats().placed).sum();
+        eprintln!(
+            "killed the leader (server {}) with {placed} of 120 placed",
+            leader + 1
+        );
     })
     .await;
+    let stats: Vec<_> = w.schedulers.iter().map(SchedulerHandle::stats).collect();
+    eprintln!(
+        "new leader: server {}; unknown outcomes {}",
+        ensemble.leader().map_or(0, |l| l + 1),
+        stats.iter().map(|s| s.unknown_outcomes).sum::<u64>()
+    );
 }
