@@ -35,6 +35,12 @@ use crate::store::{Op, Store, StoreError};
 use crate::zk::hosts::HOSTS;
 use crate::zk::layout::{DEPLOYMENTS, SERVICE, deployment_path};
 
+/// The least time between two status-only writes of one deployment by one scheduler. Two
+/// schedulers that disagree for a while (one already counts a host lost, the other still
+/// within its grace period) would otherwise overwrite each other's status in a loop, each
+/// write waking the other.
+const STATUS_SPACING: Duration = Duration::from_millis(500);
+
 /// How a scheduler behaves.
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
@@ -87,6 +93,11 @@ pub struct Scheduler<S: Store> {
     config: SchedulerConfig,
     stats: Arc<SchedulerStats>,
     missing_since: HashMap<String, Instant>,
+    /// When this scheduler last wrote each deployment's status on its own (not with a
+    /// placement): such writes are spaced by [`STATUS_SPACING`].
+    status_written: HashMap<Key, Instant>,
+    /// A status write held back by the spacing is due then: the loop wakes for it.
+    status_due: Option<Instant>,
     rng: u64,
     /// Bad nodes already logged and counted (each once, until it changes).
     reported: HashSet<String>,
@@ -107,6 +118,8 @@ impl<S: Store> Scheduler<S> {
             config,
             stats: Arc::default(),
             missing_since: HashMap::new(),
+            status_written: HashMap::new(),
+            status_due: None,
             rng: seed | 1,
             reported: HashSet::new(),
         }
@@ -190,7 +203,10 @@ impl<S: Store> Scheduler<S> {
     /// instance) in line. Errors are a failed read; commits that keep failing are counted
     /// and left to the next pass.
     pub async fn pass(&mut self) -> Result<(), StoreError> {
+        self.status_due = None;
         let mut snap = self.read().await?;
+        self.status_written
+            .retain(|k, at| snap.deployments.contains_key(k) && at.elapsed() < STATUS_SPACING);
         let mut keys: Vec<Key> = snap.deployments.keys().cloned().collect();
         keys.extend(plan::orphans(&snap).into_keys());
         if !keys.is_empty() {
@@ -215,6 +231,15 @@ impl<S: Store> Scheduler<S> {
                     return Ok(());
                 }
                 Work::Status { ops, status } => {
+                    let now = Instant::now();
+                    if let Some(last) = self.status_written.get(key)
+                        && now.duration_since(*last) < STATUS_SPACING
+                    {
+                        let due = *last + STATUS_SPACING;
+                        self.status_due = Some(self.status_due.map_or(due, |d| d.min(due)));
+                        return Ok(());
+                    }
+                    self.status_written.insert(key.clone(), now);
                     match self.store.commit(ops).await {
                         Ok(versions) => {
                             SchedulerStats::bump(&self.stats.status_writes);
@@ -414,11 +439,16 @@ impl<S: Store> Scheduler<S> {
                 }
             };
             let next_resync = Instant::now() + self.config.resync;
-            let deadline = [Some(next_resync), retry_at, self.next_grace_deadline()]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap_or(next_resync);
+            let deadline = [
+                Some(next_resync),
+                retry_at,
+                self.next_grace_deadline(),
+                self.status_due,
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(next_resync);
             let [w0, w1, w2] = &mut watches;
             let event = tokio::select! {
                 _ = shutdown.changed() => break,

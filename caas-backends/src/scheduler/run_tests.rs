@@ -349,3 +349,39 @@ async fn drain_and_scale_touch_only_their_field() {
         .unwrap_err();
     assert!(e.to_string().contains("not the version"), "{e}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn two_schedulers_that_disagree_do_not_rewrite_the_status_in_a_loop() {
+    let store = MemStore::new();
+    add_host(&store, "h1", 8 * GIB, 50).await;
+    add_host(&store, "h2", 100 * MIB, 50).await;
+    control::deploy(&store, &app("web"), &ver("v1"), &spec(2, 64))
+        .await
+        .unwrap();
+    let mut a = scheduler(&store, Duration::ZERO);
+    let mut b = scheduler(&store, Duration::from_secs(3600));
+    a.pass().await.unwrap();
+    assert_eq!(audit(&store).await["h1"].0.len(), 2);
+    // h1 goes away: `a` counts it lost at once but cannot fit both replacements on h2
+    // (unschedulable); `b` is within its grace period (deploying).
+    crate::store::delete_tree(&store, &alive_path("h1"))
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        a.pass().await.unwrap();
+        b.pass().await.unwrap();
+    }
+    let writes = a.stats().snapshot().status_writes + b.stats().snapshot().status_writes;
+    assert!(writes <= 3, "{writes} status writes without time passing");
+    // Time passes: each may write again, once per spacing.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    a.pass().await.unwrap();
+    b.pass().await.unwrap();
+    let later = a.stats().snapshot().status_writes + b.stats().snapshot().status_writes;
+    assert!(later <= writes + 2, "{later}");
+    assert_eq!(
+        audit(&store).await["h1"].0.len(),
+        2,
+        "nothing moved: all or nothing"
+    );
+}
