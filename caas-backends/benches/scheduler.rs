@@ -13,6 +13,11 @@
 //! Not criterion: each figure needs a live server and a one-off setup. Run with
 //! `cargo bench -p caas-backends --bench scheduler` (prints the figures; add
 //! `CARGO_PROFILE_BENCH_LTO=false CARGO_PROFILE_BENCH_CODEGEN_UNITS=16` for a quicker build).
+//!
+//! Measured on the 2-core dev machine (load average 6–10 from other work), four runs:
+//! 20 hosts: 1 scheduler 2,100–3,300 placements/s, 3 schedulers 840–1,770/s with a conflict
+//! rate of 5.7–7.4 %; 4 hosts: 1 scheduler 1,030–1,450/s, 3 schedulers 990–3,200/s, conflict
+//! rate 9.1–13 %.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::BTreeSet;
