@@ -6,6 +6,7 @@
 //! /service/address/{appId}/{version}/{containerId}   EPHEMERAL   "{hostIp}:{hostPort}"
 //! /apps/{appId}                                      PERSISTENT  AppSpec JSON (optionally encrypted)
 //! /domains/{domain}                                  PERSISTENT  "{appId}" (exclusive CNAME claim)
+//! /deployments/{appId}/{version}[/status]            PERSISTENT  see `crate::scheduler`
 //! /hosts/{hostId}[/alive|/assignments/{id}|/status/{id}]  see [`hosts`]
 //! ```
 //!
