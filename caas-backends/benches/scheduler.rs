@@ -66,7 +66,10 @@ async fn round(zk: &ZkServer, name: &str, r: &Round, schedulers: usize) {
             draining: false,
         };
         hosts.ensure(&id).await.unwrap();
-        hosts.put_info(&id, &info).await.unwrap();
+        hosts
+            .publish_agent_fields(&id, &(&info).into())
+            .await
+            .unwrap();
         hosts.mark_alive(&id, info.ip).await.unwrap();
     }
     let v1 = Version::new("v1").unwrap();

@@ -121,7 +121,10 @@ impl World {
         let session = ZkSession::connect(self.config()).await.unwrap();
         let hosts = HostStore::new(session.clone());
         hosts.ensure(id).await.unwrap();
-        hosts.put_info(id, &info).await.unwrap();
+        hosts
+            .publish_agent_fields(id, &(&info).into())
+            .await
+            .unwrap();
         hosts.mark_alive(id, info.ip).await.unwrap();
         self.hosts.insert(id.to_owned(), session);
     }
@@ -139,7 +142,10 @@ impl World {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        hosts.put_info(id, &info).await.unwrap();
+        hosts
+            .publish_agent_fields(id, &(&info).into())
+            .await
+            .unwrap();
     }
 
     async fn scheduler(&mut self, name: &str, grace: Duration) {
