@@ -19,6 +19,12 @@
 //!   plan, health-checks them, registers the healthy ones and deregisters, restarts or
 //!   removes the failing ones; publishes each instance's status, and the host's own fields
 //!   of its HostInfo (capacity, labels, measured CPU idle).
+//! - [`store`]: the small [`Store`] contract (versioned reads, children, an all-or-nothing
+//!   commit with version checks, prefix watches) with [`ZkStore`] and the in-memory
+//!   [`MemStore`].
+//! - [`scheduler`]: the [`Scheduler`]: deployments in, assignments out; filters and
+//!   strategies as pure functions, each deployment's change as one commit under version
+//!   checks, several schedulers safe at once.
 //! - `testing` (feature `testing`): a real ZooKeeper server for tests, started on a free
 //!   loopback port (`testing::ZkServer`), and a `testing::TcpProxy` that cuts the network
 //!   to make sessions expire.
@@ -28,6 +34,8 @@ pub mod assignment;
 pub mod docker;
 pub mod health;
 pub mod ports;
+pub mod scheduler;
+pub mod store;
 pub mod zk;
 
 pub use agent::{Agent, AgentConfig, AgentError, AgentHandle};
@@ -39,6 +47,8 @@ pub use docker::{
 };
 pub use health::{Backoff, HealthChecker, HealthEvent, HealthState, KillLimiter, Supervisor};
 pub use ports::{PortError, PortPool, PortRange};
+pub use scheduler::{Deployment, Scheduler, SchedulerConfig, SchedulerHandle};
+pub use store::{MemStore, Store, ZkStore};
 pub use zk::{AppStore, Registry, ZkConfig, ZkDiscovery, ZkError, ZkSession};
 
 #[cfg(feature = "testing")]

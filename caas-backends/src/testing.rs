@@ -8,13 +8,20 @@
 //! DIR/zoo.cfg`, with `CAAS_ZK_CLASSPATH` defaulting to the Debian jars (zookeeper, slf4j-simple,
 //! netty-codec). When java or the jars are missing, [`ZkServer::start_or_skip`] fails under
 //! `CI=true` and otherwise prints a loud SKIPPED banner and returns `None`.
+//!
+//! [`shared_zk`] hands every test of one process the same server (each test works under its
+//! own chroot); [`ZkEnsemble`] runs three servers as one ensemble.
 
 pub mod docker;
+mod ensemble;
+
+pub use ensemble::ZkEnsemble;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
@@ -270,6 +277,24 @@ impl Drop for ZkServer {
             let _ = child.wait();
         }
     }
+}
+
+/// The ZooKeeper server shared by the tests of this process: started by the first test that
+/// asks, kept while any test holds it, stopped when the last one drops it (a later test starts
+/// a new one). Tests running in one process (`cargo test`) share it; under a runner that gives
+/// each test its own process (nextest) each process has its own. `None` (with a SKIPPED
+/// banner) when ZooKeeper is not installed, as [`ZkServer::start_or_skip`].
+pub fn shared_zk(test: &str) -> Option<Arc<ZkServer>> {
+    static SHARED: Mutex<Weak<ZkServer>> = Mutex::new(Weak::new());
+    // The lock only guards the Weak: a test that panicked while holding it left nothing
+    // half-done.
+    let mut shared = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(server) = shared.upgrade() {
+        return Some(server);
+    }
+    let server = Arc::new(ZkServer::start_or_skip(ZkServerBuilder::default(), test)?);
+    *shared = Arc::downgrade(&server);
+    Some(server)
 }
 
 /// A loopback TCP proxy that can cut the network between clients and a server, to make a

@@ -1,10 +1,17 @@
-//! caasd: a caas node. `agent` runs the host agent for one host id; `deploy` writes
-//! assignment nodes for an app by hand (until the scheduler and control API do it).
+//! caasd: a caas node and its operator commands.
+//!
+//! - `agent` runs the host agent for one host id;
+//! - `scheduler` runs a scheduler (several may run at once);
+//! - `deploy` writes a deployment node, `scale` changes its replicas, `undeploy` removes an
+//!   app or one version, `drain` marks a host draining, `status` prints a deployment's
+//!   status node.
 //!
 //! ```text
 //! cargo run --release --example caasd -- agent --zk 127.0.0.1:2181 --host-id h1 --ip 127.0.0.2
-//! cargo run --release --example caasd -- deploy --zk 127.0.0.1:2181 --host h1 hello:v1 \
+//! cargo run --release --example caasd -- scheduler --zk 127.0.0.1:2181
+//! cargo run --release --example caasd -- deploy --zk 127.0.0.1:2181 hello:v1 \
 //!     --image 127.0.0.1:5000/hello:v1 --replicas 3 --port 8080 --memory 512m --cpu-shares 1024
+//! cargo run --release --example caasd -- scale --zk 127.0.0.1:2181 hello:v1 5
 //! ```
 
 use std::collections::BTreeMap;
@@ -13,16 +20,18 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use caas_backends::assignment::{Assignment, FailurePolicy, HealthPolicy, MemoryLimit};
+use caas_backends::assignment::{FailurePolicy, HealthPolicy, MemoryLimit};
 use caas_backends::docker::RegistryAuth;
 use caas_backends::ports::PortRange;
-use caas_backends::zk::{HostStore, ZkConfig, ZkSession};
-use caas_backends::{Agent, AgentConfig};
-use caas_core::{AppId, InstanceId, Version};
+use caas_backends::scheduler::control;
+use caas_backends::scheduler::deployment::{AppRule, Constraint, Deployment, Strategy};
+use caas_backends::zk::{ZkConfig, ZkSession};
+use caas_backends::{Agent, AgentConfig, Scheduler, SchedulerConfig, ZkStore};
+use caas_core::{AppId, Version};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(about = "caas node: host agent and helpers")]
+#[command(about = "caas node: host agent, scheduler and operator commands")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -32,8 +41,18 @@ struct Cli {
 enum Command {
     /// Run the host agent: reconcile /caas/hosts/{host-id}/assignments with Docker.
     Agent(AgentArgs),
-    /// Write N assignment nodes of one app version on one host.
+    /// Run a scheduler: turn /caas/deployments into assignments (several may run at once).
+    Scheduler(SchedulerArgs),
+    /// Write the deployment node of APP:VERSION (created or replaced).
     Deploy(DeployArgs),
+    /// Set the replicas of a deployment.
+    Scale(ScaleArgs),
+    /// Remove an app (every version) or one version: assignments, allocations, nodes.
+    Undeploy(UndeployArgs),
+    /// Mark a host draining (it takes nothing new; its instances move elsewhere).
+    Drain(DrainArgs),
+    /// Print the status node of a deployment (JSON).
+    Status(StatusArgs),
 }
 
 #[derive(Args, Debug)]
@@ -107,20 +126,35 @@ struct AgentArgs {
 }
 
 #[derive(Args, Debug)]
+struct SchedulerArgs {
+    #[command(flatten)]
+    zk: ZkArgs,
+    /// How long a host's alive node must be gone before its instances move, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    host_grace_ms: u64,
+    /// Full pass interval in milliseconds (besides the watches).
+    #[arg(long, default_value_t = 10_000)]
+    resync_ms: u64,
+    /// A name for the logs.
+    #[arg(long, default_value = "scheduler")]
+    name: String,
+}
+
+#[derive(Args, Debug)]
 struct DeployArgs {
     #[command(flatten)]
     zk: ZkArgs,
-    /// Host id to place the instances on.
-    #[arg(long)]
-    host: String,
     /// APP:VERSION, e.g. hello:v1.
     app_version: String,
     /// Image, {registry}/{app}:{version}.
     #[arg(long)]
     image: String,
-    /// Number of instances (ids {app}-{version}-{n}).
-    #[arg(long, default_value_t = 1)]
-    replicas: u32,
+    /// Number of instances (default 1).
+    #[arg(long, conflicts_with = "global")]
+    replicas: Option<u32>,
+    /// One instance on every eligible host instead of a replica count.
+    #[arg(long)]
+    global: bool,
     /// Container port.
     #[arg(long, default_value_t = 8080)]
     port: u16,
@@ -130,12 +164,87 @@ struct DeployArgs {
     /// CPU shares.
     #[arg(long, default_value_t = 1024)]
     cpu_shares: u32,
+    /// Label constraint key==value or key!=value (repeatable); hostname==ID pins a host.
+    #[arg(long = "constraint", value_parser = parse_constraint)]
+    constraints: Vec<Constraint>,
+    /// Pin to one host: the same as --constraint hostname==HOST.
+    #[arg(long)]
+    host: Option<String>,
+    /// At most one instance of this version per host (see --max-per-host).
+    #[arg(long)]
+    spread: bool,
+    /// At most N instances of this version per host.
+    #[arg(long)]
+    max_per_host: Option<u32>,
+    /// most_free_memory (default), least_cpu, spread or binpack.
+    #[arg(long, default_value = "most_free_memory")]
+    strategy: Strategy,
+    /// Only hosts running app ID (repeatable): app==ID.
+    #[arg(long = "affinity", value_parser = parse_rule)]
+    affinity: Vec<AppRule>,
+    /// Never hosts running app ID (repeatable): app==ID.
+    #[arg(long = "anti-affinity", value_parser = parse_rule)]
+    anti_affinity: Vec<AppRule>,
     /// Health check interval in milliseconds.
     #[arg(long, default_value_t = 2000)]
     health_interval_ms: u64,
     /// Failure policy: restart or remove.
     #[arg(long, default_value = "restart", value_parser = parse_policy)]
     policy: FailurePolicy,
+}
+
+#[derive(Args, Debug)]
+struct ScaleArgs {
+    #[command(flatten)]
+    zk: ZkArgs,
+    /// APP:VERSION.
+    app_version: String,
+    /// The new number of instances.
+    replicas: u32,
+}
+
+#[derive(Args, Debug)]
+struct UndeployArgs {
+    #[command(flatten)]
+    zk: ZkArgs,
+    /// APP (every version) or APP:VERSION.
+    target: String,
+}
+
+#[derive(Args, Debug)]
+struct DrainArgs {
+    #[command(flatten)]
+    zk: ZkArgs,
+    /// The host id.
+    host: String,
+    /// Clear the draining mark instead.
+    #[arg(long)]
+    undo: bool,
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    #[command(flatten)]
+    zk: ZkArgs,
+    /// APP:VERSION.
+    app_version: String,
+}
+
+fn parse_app_version(s: &str) -> Result<(AppId, Version), String> {
+    let (app, version) = s
+        .split_once(':')
+        .ok_or("expected APP:VERSION, e.g. hello:v1")?;
+    let app = AppId::new(app).map_err(|e| e.to_string())?;
+    let version = Version::new(version).map_err(|e| e.to_string())?;
+    Ok((app, version))
+}
+
+fn parse_constraint(s: &str) -> Result<Constraint, String> {
+    s.parse()
+}
+
+fn parse_rule(s: &str) -> Result<AppRule, String> {
+    s.parse()
 }
 
 fn parse_range(s: &str) -> Result<PortRange, String> {
@@ -164,12 +273,19 @@ fn parse_policy(s: &str) -> Result<FailurePolicy, String> {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The daemons log what they do; the one-shot commands only warnings (their result is
+    // printed on stdout).
+    let default = match cli.command {
+        Command::Agent(_) | Command::Scheduler(_) => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default.into()),
         )
         .init();
-    let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -184,7 +300,12 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Agent(a) => agent(a).await,
+            Command::Scheduler(a) => scheduler(a).await,
             Command::Deploy(d) => deploy(d).await,
+            Command::Scale(a) => scale(a).await,
+            Command::Undeploy(a) => undeploy(a).await,
+            Command::Drain(a) => drain(a).await,
+            Command::Status(a) => status(a).await,
         }
     });
     match result {
@@ -236,42 +357,122 @@ async fn agent(a: AgentArgs) -> Result<(), String> {
     Ok(())
 }
 
+async fn store(zk: &ZkArgs) -> Result<ZkStore, String> {
+    let session = ZkSession::connect(zk.config())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(ZkStore::new(session))
+}
+
+async fn scheduler(a: SchedulerArgs) -> Result<(), String> {
+    let store = store(&a.zk).await?;
+    let config = SchedulerConfig {
+        host_grace: Duration::from_millis(a.host_grace_ms),
+        resync: Duration::from_millis(a.resync_ms.max(100)),
+        name: a.name,
+        ..SchedulerConfig::default()
+    };
+    let handle = Scheduler::new(store.clone(), config).spawn();
+    if let Err(e) = tokio::signal::ctrl_c().await {
+        return Err(format!("cannot wait for Ctrl-C: {e}"));
+    }
+    eprintln!("stopping the scheduler");
+    handle.shutdown().await;
+    store.session().close();
+    Ok(())
+}
+
 async fn deploy(d: DeployArgs) -> Result<(), String> {
-    let (app, version) = d
-        .app_version
-        .split_once(':')
-        .ok_or("expected APP:VERSION, e.g. hello:v1")?;
-    let app = AppId::new(app).map_err(|e| e.to_string())?;
-    let version = Version::new(version).map_err(|e| e.to_string())?;
-    let health = HealthPolicy {
+    let (app, version) = parse_app_version(&d.app_version)?;
+    let mut deployment = Deployment::new(d.image, d.port, d.replicas.unwrap_or(1));
+    if d.global {
+        deployment.replicas = None;
+        deployment.global = true;
+    }
+    deployment.memory = d.memory;
+    deployment.cpu_shares = d.cpu_shares;
+    deployment.health = HealthPolicy {
         interval_ms: d.health_interval_ms,
         timeout_ms: d.health_interval_ms.min(HealthPolicy::default().timeout_ms),
         policy: d.policy,
         ..HealthPolicy::default()
     };
-    let assignment = Assignment {
-        app: app.clone(),
-        version: version.clone(),
-        image: d.image,
-        container_port: d.port,
-        memory: d.memory,
-        cpu_shares: d.cpu_shares,
-        health,
-        sidecars: Vec::new(),
-    };
-    assignment.validate().map_err(|e| e.to_string())?;
-    let session = ZkSession::connect(d.zk.config())
-        .await
-        .map_err(|e| e.to_string())?;
-    let hosts = HostStore::new(session.clone());
-    for n in 0..d.replicas {
-        let id = InstanceId::new(&format!("{app}-{version}-{n}")).map_err(|e| e.to_string())?;
-        hosts
-            .put_assignment(&d.host, &id, &assignment)
-            .await
-            .map_err(|e| e.to_string())?;
-        println!("/hosts/{}/assignments/{id}", d.host);
+    deployment.constraints = d.constraints;
+    if let Some(host) = d.host {
+        deployment
+            .constraints
+            .push(format!("hostname=={host}").parse::<Constraint>()?);
     }
-    session.close();
+    deployment.spread = d.spread;
+    deployment.max_per_host = d.max_per_host;
+    deployment.strategy = d.strategy;
+    deployment.affinity = d.affinity;
+    deployment.anti_affinity = d.anti_affinity;
+    let store = store(&d.zk).await?;
+    let result = control::deploy(&store, &app, &version, &deployment).await;
+    store.session().close();
+    result.map_err(|e| e.to_string())?;
+    println!("/deployments/{app}/{version}");
     Ok(())
+}
+
+async fn scale(a: ScaleArgs) -> Result<(), String> {
+    let (app, version) = parse_app_version(&a.app_version)?;
+    let store = store(&a.zk).await?;
+    let result = control::scale(&store, &app, &version, a.replicas).await;
+    store.session().close();
+    result.map_err(|e| e.to_string())?;
+    println!("{app}:{version} scaled to {}", a.replicas);
+    Ok(())
+}
+
+async fn undeploy(a: UndeployArgs) -> Result<(), String> {
+    let (app, version) = match a.target.split_once(':') {
+        Some(_) => {
+            let (app, version) = parse_app_version(&a.target)?;
+            (app, Some(version))
+        }
+        None => (AppId::new(&a.target).map_err(|e| e.to_string())?, None),
+    };
+    let store = store(&a.zk).await?;
+    let result = control::undeploy(&store, &app, version.as_ref()).await;
+    store.session().close();
+    for v in result.map_err(|e| e.to_string())? {
+        println!("undeployed {app}:{v}");
+    }
+    Ok(())
+}
+
+async fn drain(a: DrainArgs) -> Result<(), String> {
+    let store = store(&a.zk).await?;
+    let result = control::drain(&store, &a.host, !a.undo).await;
+    store.session().close();
+    result.map_err(|e| e.to_string())?;
+    println!(
+        "host {} {}",
+        a.host,
+        if a.undo {
+            "no longer draining"
+        } else {
+            "draining"
+        }
+    );
+    Ok(())
+}
+
+async fn status(a: StatusArgs) -> Result<(), String> {
+    let (app, version) = parse_app_version(&a.app_version)?;
+    let store = store(&a.zk).await?;
+    let result = control::status(&store, &app, &version).await;
+    store.session().close();
+    match result.map_err(|e| e.to_string())? {
+        Some(s) => {
+            let json = serde_json::to_string_pretty(&s).map_err(|e| e.to_string())?;
+            println!("{json}");
+            Ok(())
+        }
+        None => Err(format!(
+            "no status for {app}:{version} yet (is the deployment there, and a scheduler running?)"
+        )),
+    }
 }

@@ -27,6 +27,18 @@ pub struct AgentHostFields {
     pub cpu_idle: Option<f64>,
 }
 
+impl From<&HostInfo> for AgentHostFields {
+    /// The agent's share of a whole host node (for tools and tests that play an agent).
+    fn from(info: &HostInfo) -> Self {
+        Self {
+            ip: info.ip,
+            labels: info.labels.clone(),
+            capacity: info.capacity,
+            cpu_idle: info.cpu_idle,
+        }
+    }
+}
+
 impl AgentHostFields {
     /// `info` with the agent's fields replaced; `allocated` and `draining` as they were.
     pub fn apply(&self, info: HostInfo) -> HostInfo {

@@ -7,6 +7,7 @@
 //! /apps/{appId}                                      PERSISTENT  AppSpec JSON (optionally encrypted)
 //! /domains/{domain}                                  PERSISTENT  "{appId}" (exclusive CNAME claim)
 //! /certs/{domain}                                    PERSISTENT  certificate + sealed key (HTTPS)
+//! /deployments/{appId}/{version}[/status]            PERSISTENT  see `crate::scheduler`
 //! /hosts/{hostId}[/alive|/assignments/{id}|/status/{id}]  see [`hosts`]
 //! ```
 //!

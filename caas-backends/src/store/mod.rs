@@ -1,0 +1,301 @@
+//! The store contract the scheduler is written against: versioned reads, children listing,
+//! an all-or-nothing transaction with version checks, and watches on a prefix.
+//!
+//! It is deliberately small (four calls) so that ZooKeeper implements it now ([`ZkStore`])
+//! and etcd can later: a node's *version* is ZooKeeper's data version or etcd's
+//! `mod_revision`; [`Store::commit`] is a ZooKeeper `multi` or an etcd `Txn`; a watch is a
+//! persistent recursive watch or an etcd prefix watch. [`MemStore`] is an in-memory
+//! implementation with the same semantics, for tests that need to inject a lost reply or a
+//! stale read, which a real server cannot be made to produce on demand.
+//!
+//! Paths are absolute within the store's root (a ZooKeeper chroot), `/`-separated, like
+//! `/hosts/h1/assignments/i1`.
+//!
+//! What the contract promises (and the scheduler relies on):
+//!
+//! - A [`Versioned`] read gives the node's data and its version; any later write to the node
+//!   changes the version.
+//! - [`Store::commit`] applies every [`Op`] or none. A failed check, a `Create` of an existing
+//!   node, or a `Set` / `Delete` of a missing or changed node is a [`StoreError::Conflict`]
+//!   and nothing was written. Any other error leaves the outcome **unknown** (the request may
+//!   have been applied and its reply lost): the caller must read again before deciding.
+//! - Reads made after a successful commit (through the same store) see it.
+//! - A [`Watch`] reports paths that changed under its prefix, and [`WatchEvent::Resync`]
+//!   whenever events may have been missed (first set, reconnect, new session): then the
+//!   caller reads everything again.
+
+mod memory;
+mod zk;
+
+use std::future::Future;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+pub use memory::MemStore;
+pub use zk::ZkStore;
+
+/// A node's data and the version it was read at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    /// The node's data.
+    pub data: Vec<u8>,
+    /// The version a conditional write must name to succeed.
+    pub version: i64,
+}
+
+/// One operation of a [`Store::commit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Fails the commit unless the node exists at `version`.
+    Check {
+        /// The node.
+        path: String,
+        /// The version it must have.
+        version: i64,
+    },
+    /// Creates a persistent node; fails the commit if it exists. Missing parents are created
+    /// (empty) by the store, outside the all-or-nothing unit: they are harmless when the
+    /// commit fails.
+    Create {
+        /// The node.
+        path: String,
+        /// Its data.
+        data: Vec<u8>,
+    },
+    /// Replaces a node's data; fails the commit if the node is missing or, with `version`,
+    /// not at that version.
+    Set {
+        /// The node.
+        path: String,
+        /// The new data.
+        data: Vec<u8>,
+        /// The version the node must have (`None`: any).
+        version: Option<i64>,
+    },
+    /// Deletes a node without children; fails the commit if it is missing, has children or,
+    /// with `version`, is not at that version.
+    Delete {
+        /// The node.
+        path: String,
+        /// The version the node must have (`None`: any).
+        version: Option<i64>,
+    },
+}
+
+impl Op {
+    /// The node the operation is about.
+    pub fn path(&self) -> &str {
+        match self {
+            Op::Check { path, .. }
+            | Op::Create { path, .. }
+            | Op::Set { path, .. }
+            | Op::Delete { path, .. } => path,
+        }
+    }
+}
+
+/// Why one operation made a commit fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConflictKind {
+    /// The node is not at the expected version.
+    BadVersion,
+    /// The node (or, for a `Create`, its parent) does not exist.
+    NoNode,
+    /// `Create` of a node that exists.
+    NodeExists,
+    /// `Delete` of a node that has children.
+    NotEmpty,
+}
+
+impl std::fmt::Display for ConflictKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ConflictKind::BadVersion => "changed meanwhile (version check failed)",
+            ConflictKind::NoNode => "does not exist",
+            ConflictKind::NodeExists => "already exists",
+            ConflictKind::NotEmpty => "has children",
+        })
+    }
+}
+
+/// What can go wrong with a store call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// A commit was refused because operation `index` found its node changed: nothing was
+    /// written. Read again, decide again, retry.
+    #[error("commit refused: op {index} on {path}: node {kind}")]
+    Conflict {
+        /// Index of the failing operation in the commit.
+        index: usize,
+        /// Its node.
+        path: String,
+        /// What was wrong.
+        kind: ConflictKind,
+    },
+    /// The store could not be reached or the request failed in flight. For a commit the
+    /// outcome is unknown: it may have been applied.
+    #[error("store {op} {path}: {reason}")]
+    Unavailable {
+        /// The call (`get`, `children`, `commit`, `watch`).
+        op: &'static str,
+        /// The node (for a commit, the first op's).
+        path: String,
+        /// What the client reported.
+        reason: String,
+    },
+    /// This identity may not read or write the node.
+    #[error("store {op} {path}: permission denied")]
+    Denied {
+        /// The call.
+        op: &'static str,
+        /// The node.
+        path: String,
+    },
+    /// The request itself is malformed (bad path, version out of range).
+    #[error("store {op} {path}: invalid request: {reason}")]
+    Invalid {
+        /// The call.
+        op: &'static str,
+        /// The node.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl StoreError {
+    /// Whether a commit that failed with this error may nevertheless have been applied.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
+}
+
+/// A change under a watched prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// The node at this path was created, changed or deleted.
+    Changed(String),
+    /// Events may have been missed (the watch was just set, or set again after a reconnect
+    /// or a new session): read everything again.
+    Resync,
+}
+
+/// The event stream of [`Store::watch`]. Dropping it stops the watch.
+#[derive(Debug)]
+pub struct Watch {
+    rx: mpsc::Receiver<WatchEvent>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Watch {
+    /// A watch fed by `rx`; `task` (if any) is aborted when the watch is dropped.
+    pub fn new(rx: mpsc::Receiver<WatchEvent>, task: Option<JoinHandle<()>>) -> Self {
+        Self { rx, task }
+    }
+
+    /// The next event; `None` once the store is closed for good.
+    pub async fn next(&mut self) -> Option<WatchEvent> {
+        self.rx.recv().await
+    }
+
+    /// An event that is already queued, without waiting.
+    pub fn try_next(&mut self) -> Option<WatchEvent> {
+        self.rx.try_recv().ok()
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// A versioned, transactional, watchable tree of nodes (see the module docs for the
+/// guarantees). Cheap to clone; clones share the connection.
+pub trait Store: Clone + Send + Sync + 'static {
+    /// Reads a node; `None` when it does not exist.
+    fn get(&self, path: &str)
+    -> impl Future<Output = Result<Option<Versioned>, StoreError>> + Send;
+
+    /// The names (not paths) of a node's children, sorted; a missing node has none.
+    fn children(&self, path: &str) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// Applies every op or none (see [`Op`] and [`StoreError::Conflict`]). On success, one
+    /// entry per op: the node's new version for `Create` and `Set`, `None` for the others.
+    fn commit(
+        &self,
+        ops: Vec<Op>,
+    ) -> impl Future<Output = Result<Vec<Option<i64>>, StoreError>> + Send;
+
+    /// Starts watching every node under `prefix` (the prefix node included). The first
+    /// event is [`WatchEvent::Resync`] once the watch is set.
+    fn watch(&self, prefix: &str) -> Watch;
+}
+
+/// Creates the node with `data`, or replaces its data whatever its version (last writer
+/// wins). Retries when the node appears or disappears meanwhile.
+pub async fn put<S: Store>(store: &S, path: &str, data: &[u8]) -> Result<(), StoreError> {
+    let mut last = None;
+    for _ in 0..10 {
+        let op = match store.get(path).await? {
+            Some(_) => Op::Set {
+                path: path.to_owned(),
+                data: data.to_vec(),
+                version: None,
+            },
+            None => Op::Create {
+                path: path.to_owned(),
+                data: data.to_vec(),
+            },
+        };
+        match store.commit(vec![op]).await {
+            Ok(_) => return Ok(()),
+            Err(e @ StoreError::Conflict { .. }) => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| StoreError::Invalid {
+        op: "put",
+        path: path.to_owned(),
+        reason: "no attempt made".into(),
+    }))
+}
+
+/// Deletes a node and everything under it (children first), each delete unconditional.
+/// Not atomic; a node deleted meanwhile is fine.
+pub async fn delete_tree<S: Store>(store: &S, path: &str) -> Result<(), StoreError> {
+    let mut stack = vec![path.to_owned()];
+    let mut order = Vec::new();
+    while let Some(p) = stack.pop() {
+        for c in store.children(&p).await? {
+            stack.push(format!("{p}/{c}"));
+        }
+        order.push(p);
+    }
+    for p in order.iter().rev() {
+        let op = Op::Delete {
+            path: p.clone(),
+            version: None,
+        };
+        match store.commit(vec![op]).await {
+            Ok(_)
+            | Err(StoreError::Conflict {
+                kind: ConflictKind::NoNode,
+                ..
+            }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The parent of a node path (`/a/b` → `/a`; `/a` → `/`).
+pub(crate) fn parent(path: &str) -> &str {
+    match path.rfind('/') {
+        Some(0) | None => "/",
+        Some(i) => &path[..i],
+    }
+}
