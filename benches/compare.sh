@@ -18,6 +18,12 @@
 # c32, ≥ 1.6× at c256, ahead of HAProxy at both, p99 no worse than HAProxy's; 10,000 idle
 # connections under 200 MiB. The setup it shares with cpu_per_request.sh is in benches/lib.sh.
 #
+# HTTPS rows: the three proxies also terminate TLS (one ECDSA P-256 certificate made at start,
+# TLS 1.3 negotiated by all three) in front of the same plain backend; wrk runs -cTLS_CONNS on
+# "ok\n" over keep-alive connections (requests/s) and with `Connection: close` (every request
+# on a new connection: a full handshake each, so requests/s is handshakes/s; wrk resumes no
+# sessions).
+#
 # Usage: benches/compare.sh [--quick] [-h|--help]
 #   --quick           1 round of 2 s (a smoke test, not a measurement)
 # Environment:
@@ -26,6 +32,7 @@
 #   CONNS="1 32 256"  connection counts for / ("ok\n")
 #   SIZES="0 8k 256k" response bodies: 0 is "ok\n" at /; N, Nk or Nm bytes is a file at /N, /Nk..
 #   SIZE_CONNS=32     connection count for the sizes other than 0
+#   TLS_CONNS=32      connection count of the HTTPS rows (0: no HTTPS rows)
 #   IDLE_CONNS=10000  idle keep-alive connections held per proxy for the memory table (0: skip)
 #   GATEWAY_BIN=path  gateway binary to run as `$GATEWAY_BIN --config FILE` (skips cargo build)
 #   GATEWAY_BIN_B=path a second gateway build, measured as target `gateway-b` in the same
@@ -52,10 +59,12 @@ fi
 CONNS=${CONNS:-"1 32 256"}
 SIZES=${SIZES:-"0 8k 256k"}
 SIZE_CONNS=${SIZE_CONNS:-32}
+TLS_CONNS=${TLS_CONNS:-32}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 TASKSET=${TASKSET:-0}
 KEEP=${KEEP:-0}
 
+[[ $TLS_CONNS =~ ^[0-9]+$ ]] || die "TLS_CONNS takes a number (0: no HTTPS rows), got '$TLS_CONNS'"
 for c in $CONNS $SIZE_CONNS; do
   [[ $c =~ ^[1-9][0-9]*$ ]] || die "CONNS and SIZE_CONNS take positive integers, got '$c'"
 done
@@ -71,12 +80,13 @@ size_bytes() {
     *) echo $((10#$1)) ;;
   esac
 }
-# The path of a body size on every target.
-size_path() { if [[ $1 == 0 ]]; then echo /; else echo "/$1"; fi; }
+# The path of a body size on every target ("https" and "https-new" are "ok\n" at / over TLS).
+size_path() { if [[ $1 == 0 || $1 == https* ]]; then echo /; else echo "/$1"; fi; }
 
 # --- tools ------------------------------------------------------------------------------
 
 require_tools nginx haproxy wrk curl
+((TLS_CONNS == 0)) || require_tools openssl
 if ((IDLE_CONNS > 0)); then
   command -v python3 >/dev/null 2>&1 || die "IDLE_CONNS=$IDLE_CONNS needs python3 (IDLE_CONNS=0 skips)"
 fi
@@ -160,6 +170,14 @@ free_port NGINX_PORT
 free_port HAPROXY_PORT
 free_port GATEWAY_PORT
 free_port GATEWAY_B_PORT
+NGINX_TLS_PORT="" HAPROXY_TLS_PORT="" GATEWAY_TLS_PORT="" GATEWAY_B_TLS_PORT=""
+if ((TLS_CONNS > 0)); then
+  free_port NGINX_TLS_PORT
+  free_port HAPROXY_TLS_PORT
+  free_port GATEWAY_TLS_PORT
+  free_port GATEWAY_B_TLS_PORT
+  make_tls_cert
+fi
 
 # The bodies: files of exactly their size, served by the backend at their path.
 mkdir -p "$WORK/body"
@@ -173,12 +191,12 @@ done
 # Every nginx may open NOFILE files; the backend serves the bodies with sendfile.
 write_backend_conf "worker_rlimit_nofile $NOFILE;" \
   "  default_type application/octet-stream;"$'\n'"  sendfile on;"$'\n' "$body_locations"
-write_nginx_proxy_conf "$NGINX_PORT" "worker_rlimit_nofile $NOFILE;"
+write_nginx_proxy_conf "$NGINX_PORT" "worker_rlimit_nofile $NOFILE;" "$NGINX_TLS_PORT"
 # Idle keep-alive client connections stay open 60 s or more on every proxy (nginx: its
 # default keepalive_timeout, 75 s), long enough to hold IDLE_CONNS of them and read the RSS.
-write_haproxy_cfg "$HAPROXY_PORT"
-write_gateway_toml gateway "$GATEWAY_PORT"
-write_gateway_toml gateway-b "$GATEWAY_B_PORT"
+write_haproxy_cfg "$HAPROXY_PORT" "$HAPROXY_TLS_PORT"
+write_gateway_toml gateway "$GATEWAY_PORT" "$GATEWAY_TLS_PORT"
+write_gateway_toml gateway-b "$GATEWAY_B_PORT" "$GATEWAY_B_TLS_PORT"
 check_configs
 
 log "temp dir $WORK"
@@ -253,6 +271,26 @@ declare -A URL=(
   [nginx-proxy]="http://127.0.0.1:$NGINX_PORT/"
   [haproxy]="http://127.0.0.1:$HAPROXY_PORT/"
 )
+# The HTTPS address of each proxy (no "direct": the backend serves no TLS).
+declare -A TLS_URL=(
+  [gateway]="https://127.0.0.1:$GATEWAY_TLS_PORT/"
+  [gateway-b]="https://127.0.0.1:$GATEWAY_B_TLS_PORT/"
+  [nginx-proxy]="https://127.0.0.1:$NGINX_TLS_PORT/"
+  [haproxy]="https://127.0.0.1:$HAPROXY_TLS_PORT/"
+)
+# Each proxy must answer 200 "ok" over TLS 1.3 before anything is measured.
+check_tls() {
+  local name=$1 url=$2 got
+  got=$(curl -sk --max-time 5 -H "Host: $HOST_HEADER" -o /dev/null \
+    -w '%{http_code} %{ssl_verify_result}' --tlsv1.3 "$url") || true
+  [[ ${got%% *} == 200 ]] ||
+    die "$name: GET $url over TLS 1.3 answered '${got:-nothing}', want 200; check its config and logs ($WORK)"
+}
+if ((TLS_CONNS > 0)); then
+  for target in "${TARGETS[@]}"; do
+    [[ $target == direct ]] || check_tls "$target" "${TLS_URL[$target]}"
+  done
+fi
 declare -A PORT=([gateway]=$GATEWAY_PORT [gateway-b]=$GATEWAY_B_PORT [nginx-proxy]=$NGINX_PORT
   [haproxy]=$HAPROXY_PORT)
 
@@ -322,10 +360,18 @@ for size in $SIZES; do
     RUNS+=("$size $SIZE_CONNS")
   fi
 done
+if ((TLS_CONNS > 0)); then
+  RUNS+=("https $TLS_CONNS" "https-new $TLS_CONNS")
+fi
 
 RESULTS="$WORK/results.txt" # round size conns target rps p50 p99 status sock cpu_us_per_req
 : >"$RESULTS"
-total=$((ROUNDS * ${#RUNS[@]} * ${#TARGETS[@]}))
+total=0
+for run in "${RUNS[@]}"; do
+  for target in "${TARGETS[@]}"; do
+    [[ $run == https* && $target == direct ]] || total=$((total + ROUNDS))
+  done
+done
 n=0
 for ((round = 1; round <= ROUNDS; round++)); do
   for run in "${RUNS[@]}"; do
@@ -333,14 +379,21 @@ for ((round = 1; round <= ROUNDS; round++)); do
     # Rotate the order each round so no target always runs first (or right after another).
     for ((i = 0; i < ${#TARGETS[@]}; i++)); do
       target=${TARGETS[$(((i + round - 1) % ${#TARGETS[@]}))]}
+      [[ $size == https* && $target == direct ]] && continue # the backend serves no TLS
       n=$((n + 1))
+      url="${URL[$target]%/}$(size_path "$size")"
+      wrk_extra=()
+      if [[ $size == https* ]]; then
+        url=${TLS_URL[$target]}
+        [[ $size == https-new ]] && wrk_extra=(-H "Connection: close")
+      fi
       out="$WORK/wrk.r$round.s$size.c$conns.$target.txt"
-      log "[$n/$total] round $round, $(size_path "$size") c$conns, $target"
+      log "[$n/$total] round $round, $size $(size_path "$size") c$conns, $target"
       # CPU of the process serving the run: the proxy, or the backend for "direct".
       cpu_pid=$(pid_of "$([[ $target == direct ]] && echo backend || echo "$target")")
       ticks0=$(cpu_ticks "$cpu_pid")
       "${PIN_WRK[@]}" wrk -t1 -c"$conns" -d"${DURATION}s" --latency \
-        -H "Host: $HOST_HEADER" "${URL[$target]%/}$(size_path "$size")" >"$out" 2>&1 ||
+        -H "Host: $HOST_HEADER" "${wrk_extra[@]}" "$url" >"$out" 2>&1 ||
         die "wrk failed against $target: $(tail -n 5 "$out")"
       ticks1=$(cpu_ticks "$cpu_pid")
       requests=$(awk '/requests in/ {print $1}' "$out")
@@ -442,6 +495,8 @@ sum() { awk '{s += $1} END {print s + 0}'; }
 size_label() {
   case "$1" in
     0) echo "3 B (ok)" ;;
+    https) echo "HTTPS keep-alive" ;;
+    https-new) echo "HTTPS, new TLS conn per request" ;;
     *[kK]) echo "${1%?} KiB" ;;
     *[mM]) echo "${1%?} MiB" ;;
     *) echo "$1 B" ;;
@@ -464,7 +519,9 @@ for run in "${RUNS[@]}"; do
   label=$(size_label "$size")
   nginx_rps=$(col "$size" "$conns" nginx-proxy 5 | median)
   direct_rps=$(col "$size" "$conns" direct 5 | median)
+  [[ $size == https* ]] && direct_rps=0
   for target in "${TARGETS[@]}"; do
+    [[ $size == https* && $target == direct ]] && continue
     rps=$(col "$size" "$conns" "$target" 5 | median)
     lo=$(col "$size" "$conns" "$target" 5 | awk 'NR == 1 || $1 < m {m = $1} END {print m + 0}')
     hi=$(col "$size" "$conns" "$target" 5 | awk 'NR == 1 || $1 > m {m = $1} END {print m + 0}')
@@ -476,8 +533,9 @@ for run in "${RUNS[@]}"; do
     awk -v b="$label" -v c="$conns" -v t="$target" -v r="$rps" -v lo="$lo" -v hi="$hi" \
       -v p50="$p50" -v p99="$p99" -v st="$status" -v so="$sock" -v cpu="$cpu" -v n="$nginx_rps" \
       -v d="$direct_rps" 'BEGIN {
-        printf "| %s | %s | %s | %.0f | %.0f–%.0f | %.3f | %.3f | %d | %d | %.2f | %.2f× | %.2f× |\n",
-          b, c, t, r, lo, hi, p50, p99, st, so, cpu, (n > 0 ? r / n : 0), (d > 0 ? r / d : 0)
+        printf "| %s | %s | %s | %.0f | %.0f–%.0f | %.3f | %.3f | %d | %d | %.2f | %.2f× | %s |\n",
+          b, c, t, r, lo, hi, p50, p99, st, so, cpu, (n > 0 ? r / n : 0),
+          (d > 0 ? sprintf("%.2f×", r / d) : "—")
       }'
   done
 done

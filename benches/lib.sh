@@ -280,7 +280,17 @@ EOF
 
 # Writes $WORK/nginx-proxy.conf: nginx as a reverse proxy on port $1 to the backend over
 # keep-alive upstream connections (up to 64 idle ones kept). $2: more main-context lines.
+# $3 (optional): a TLS port too, with the certificate of make_tls_cert (TLS 1.2 and 1.3:
+# nginx 1.22's default list stops at 1.2).
 write_nginx_proxy_conf() {
+  local tls=""
+  if [[ -n ${3:-} ]]; then
+    tls="    listen 127.0.0.1:$3 ssl;
+    ssl_certificate $WORK/tls/cert.pem;
+    ssl_certificate_key $WORK/tls/key.pem;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache shared:SSL:10m;"
+  fi
   {
     nginx_common nginx-proxy "$2"
     cat <<EOF
@@ -291,6 +301,7 @@ write_nginx_proxy_conf() {
   }
   server {
     listen 127.0.0.1:$1;
+$tls
     location / {
       proxy_pass http://backend;
       proxy_http_version 1.1;
@@ -307,8 +318,11 @@ EOF
 # client connections: HAProxy asks for 2×maxconn files and by default stops when it can't
 # have them; with `no strict-limits` it warns and runs on what ulimit -n allows (enough: an
 # idle client connection has no server side). Idle keep-alive client connections stay open
-# 60 s, long enough for compare.sh to hold many and read the RSS.
+# 60 s, long enough for compare.sh to hold many and read the RSS. $2 (optional): a TLS port
+# too, with the certificate of make_tls_cert.
 write_haproxy_cfg() {
+  local tls=""
+  [[ -z ${2:-} ]] || tls="  bind 127.0.0.1:$2 ssl crt $WORK/tls/haproxy.pem alpn http/1.1"
   cat >"$WORK/haproxy.cfg" <<EOF
 global
   nbthread 1
@@ -326,6 +340,7 @@ defaults
   timeout http-keep-alive 60s
 frontend fe
   bind 127.0.0.1:$1
+$tls
   default_backend be
 backend be
   server s1 127.0.0.1:$BACKEND_PORT
@@ -333,17 +348,38 @@ EOF
 }
 
 # Writes $WORK/$1.toml (gateway, gateway-b): the gateway, one worker, on port $2, routing
-# HOST_HEADER (app hello, version v1) to the backend.
+# HOST_HEADER (app hello, version v1) to the backend. $3 (optional): a TLS port too, with the
+# certificate of make_tls_cert.
 write_gateway_toml() {
+  local tls_listen="" tls=""
+  if [[ -n ${3:-} ]]; then
+    tls_listen="listen_tls = \"127.0.0.1:$3\""
+    tls="[tls]
+certificates = [{ cert = \"$WORK/tls/cert.pem\", key = \"$WORK/tls/key.pem\" }]"
+  fi
   cat >"$WORK/$1.toml" <<EOF
 listen = "127.0.0.1:$2"
+$tls_listen
 domains = ["caas.local"]
 workers = 1
+$tls
 [apps.hello]
 default_version = "v1"
 [apps.hello.versions.v1]
 endpoints = ["127.0.0.1:$BACKEND_PORT"]
 EOF
+}
+
+# Writes the one certificate every proxy terminates TLS with, under $WORK/tls: an ECDSA P-256
+# key and a self-signed certificate for HOST_HEADER and *.caas.local (cert.pem, key.pem; for
+# HAProxy both in haproxy.pem).
+make_tls_cert() {
+  mkdir -p "$WORK/tls"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj "/CN=$HOST_HEADER" -addext "subjectAltName=DNS:$HOST_HEADER,DNS:*.caas.local" \
+    -keyout "$WORK/tls/key.pem" -out "$WORK/tls/cert.pem" 2>"$WORK/tls/openssl.log" ||
+    die "openssl could not make the TLS certificate: $(tail -n 3 "$WORK/tls/openssl.log")"
+  cat "$WORK/tls/cert.pem" "$WORK/tls/key.pem" >"$WORK/tls/haproxy.pem"
 }
 
 # Has nginx and HAProxy check the configs written above; dies naming the one they reject.
