@@ -1,0 +1,326 @@
+//! `caas ps`, `caas logs`, `caas stats` and `caas hosts`: what the API says, as tables.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use http_body_util::BodyExt;
+use hyper::Method;
+use serde_json::Value;
+
+use crate::client::{Client, api_failure, seg};
+use crate::exit::Failure;
+use crate::table::Table;
+
+/// `caas ps [APP]`.
+pub(crate) async fn ps(api: &Client, app: Option<&str>, json_out: bool) -> Result<(), Failure> {
+    let apps: Vec<String> = match app {
+        Some(a) => vec![a.to_owned()],
+        None => api
+            .get("/v1/apps")
+            .await?
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a["app"].as_str().map(str::to_owned))
+            .collect(),
+    };
+    let mut views = Vec::with_capacity(apps.len());
+    for a in &apps {
+        views.push(api.get(&format!("/v1/apps/{}", seg(a))).await?);
+    }
+    if json_out {
+        let out = if app.is_some() {
+            views.pop().unwrap_or(Value::Null)
+        } else {
+            Value::Array(views)
+        };
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    } else {
+        print!("{}", instances_table(&views));
+        for v in &views {
+            for ver in v["versions"].as_array().into_iter().flatten() {
+                let s = &ver["status"];
+                if let Some(m) = s["message"].as_str() {
+                    println!(
+                        "{}:{} {}: {m}",
+                        v["app"].as_str().unwrap_or("?"),
+                        ver["version"].as_str().unwrap_or("?"),
+                        s["phase"].as_str().unwrap_or("?")
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every instance of the given app views.
+pub(crate) fn instances_table(views: &[Value]) -> String {
+    let mut t = Table::new(&[
+        "APP", "VERSION", "INSTANCE", "HOST", "ADDRESS", "STATE", "HEALTH", "RESTARTS", "AGE",
+    ]);
+    for v in views {
+        let app = v["app"].as_str().unwrap_or("?");
+        for i in v["instances"].as_array().into_iter().flatten() {
+            t.row(vec![
+                app.to_owned(),
+                text(&i["version"]),
+                text(&i["id"]),
+                text(&i["host"]),
+                text(&i["address"]),
+                text(&i["state"]),
+                text(&i["health"]),
+                text(&i["restarts"]),
+                i["age_s"].as_u64().map_or_else(|| "-".to_owned(), age),
+            ]);
+        }
+    }
+    t.render()
+}
+
+/// `caas hosts`.
+pub(crate) fn hosts_table(hosts: &Value) -> String {
+    let mut t = Table::new(&[
+        "HOST",
+        "ALIVE",
+        "IP",
+        "MEMORY",
+        "CPU SHARES",
+        "INSTANCES",
+        "CPU IDLE",
+        "LABELS",
+        "DRAINING",
+    ]);
+    for h in hosts.as_array().into_iter().flatten() {
+        let pair = |k: &str, f: fn(u64) -> String| match (
+            h["allocated"][k].as_u64(),
+            h["capacity"][k].as_u64(),
+        ) {
+            (Some(a), Some(c)) => format!("{}/{}", f(a), f(c)),
+            _ => "-".to_owned(),
+        };
+        let labels = h["labels"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default();
+        t.row(vec![
+            text(&h["id"]),
+            yes_no(&h["alive"]),
+            text(&h["ip"]),
+            pair("memory", mib),
+            pair("cpu_shares", |n| n.to_string()),
+            pair("instances", |n| n.to_string()),
+            h["cpu_idle"]
+                .as_f64()
+                .map_or_else(|| "-".to_owned(), |f| format!("{:.0}%", f * 100.0)),
+            if labels.is_empty() {
+                "-".into()
+            } else {
+                labels
+            },
+            yes_no(&h["draining"]),
+        ]);
+        if let Some(e) = h["error"].as_str() {
+            t.row(vec![String::new(), format!("(unreadable: {e})")]);
+        }
+    }
+    t.render()
+}
+
+/// `caas stats`: every numeric counter as `name value`, nested names joined with dots, then
+/// the gateways that did not answer.
+pub(crate) fn stats_text(s: &Value) -> String {
+    let mut rows = Vec::new();
+    flatten("", s, &mut rows);
+    let mut t = Table::new(&["COUNTER", "VALUE"]);
+    for (k, v) in rows {
+        t.row(vec![k, v]);
+    }
+    let mut out = t.render();
+    if let Some(m) = s["missing"].as_array().filter(|m| !m.is_empty()) {
+        let names: Vec<String> = m.iter().map(text).collect();
+        out.push_str(&format!("not counted (no answer): {}\n", names.join(", ")));
+    }
+    out
+}
+
+fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                if prefix.is_empty() && k == "missing" {
+                    continue;
+                }
+                let name = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&name, v, out);
+            }
+        }
+        Value::Number(n) => out.push((prefix.to_owned(), n.to_string())),
+        _ => {}
+    }
+}
+
+/// `caas logs APP [INSTANCE]`: one instance's logs, or every instance's with each line
+/// prefixed by its id; with `follow`, until interrupted.
+pub(crate) async fn logs(
+    api: &Client,
+    app: &str,
+    instance: Option<&str>,
+    follow: bool,
+    tail: Option<u64>,
+) -> Result<(), Failure> {
+    let ids: Vec<String> = match instance {
+        Some(i) => vec![i.to_owned()],
+        None => {
+            let view = api.get(&format!("/v1/apps/{}", seg(app))).await?;
+            let ids: Vec<String> = view["instances"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i["id"].as_str().map(str::to_owned))
+                .collect();
+            if ids.is_empty() {
+                return Err(Failure::deploy(format!("{app} has no instances")));
+            }
+            ids
+        }
+    };
+    let mut query = format!("?follow={follow}");
+    if let Some(n) = tail {
+        query.push_str(&format!("&tail={n}"));
+    }
+    let prefix = ids.len() > 1;
+    let out = Arc::new(Mutex::new(std::io::stdout()));
+    let mut tasks = Vec::new();
+    for id in ids {
+        let path = format!("/v1/apps/{}/instances/{}/logs{query}", seg(app), seg(&id));
+        let resp = api.send(Method::GET, &path, None).await?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let v = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            return Err(api_failure(status, &v));
+        }
+        let out = Arc::clone(&out);
+        tasks.push(tokio::spawn(async move {
+            let mut body = resp.into_body();
+            let mut partial: Vec<u8> = Vec::new();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| Failure::unreachable(format!("{id}: {e}")))?;
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                partial.extend_from_slice(&data);
+                while let Some(nl) = partial.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = partial.drain(..=nl).collect();
+                    write_line(&out, prefix.then_some(id.as_str()), &line);
+                }
+            }
+            if !partial.is_empty() {
+                partial.push(b'\n');
+                write_line(&out, prefix.then_some(id.as_str()), &partial);
+            }
+            Ok::<_, Failure>(())
+        }));
+    }
+    for t in tasks {
+        t.await
+            .map_err(|e| Failure::internal(format!("log stream: {e}")))??;
+    }
+    Ok(())
+}
+
+fn write_line(out: &Mutex<std::io::Stdout>, prefix: Option<&str>, line: &[u8]) {
+    // A poisoned lock only means another stream panicked mid-line; keep printing.
+    let out = out
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut out = out.lock();
+    if let Some(p) = prefix {
+        let _ = write!(out, "{p} | ");
+    }
+    let _ = out.write_all(line);
+    let _ = out.flush();
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn yes_no(v: &Value) -> String {
+    if v.as_bool() == Some(true) {
+        "yes"
+    } else {
+        "no"
+    }
+    .to_owned()
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{}Mi", bytes / (1 << 20))
+}
+
+fn age(s: u64) -> String {
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn stats_show_every_numeric_counter_and_the_gateways_missing() {
+        let s = json!({"requests": 12, "responses": {"2xx": 10, "5xx": 2},
+                       "missing": ["gw-b"], "app": "hello"});
+        let out = stats_text(&s);
+        assert!(out.contains("requests"), "{out}");
+        assert!(out.contains("responses.2xx  10"), "{out}");
+        assert!(out.contains("responses.5xx  2"), "{out}");
+        assert!(out.contains("not counted (no answer): gw-b"), "{out}");
+        assert!(!out.contains("hello"), "{out}");
+    }
+
+    #[test]
+    fn hosts_show_use_against_capacity() {
+        let h = json!([{"id": "h1", "alive": true, "ip": "127.0.0.2",
+            "capacity": {"memory": 4294967296u64, "cpu_shares": 2048, "instances": 100},
+            "allocated": {"memory": 536870912, "cpu_shares": 1024, "instances": 1},
+            "cpu_idle": 0.5, "labels": {"zone": "a"}, "draining": false}]);
+        let out = hosts_table(&h);
+        assert!(out.contains("512Mi/4096Mi"), "{out}");
+        assert!(out.contains("1024/2048"), "{out}");
+        assert!(out.contains("zone=a"), "{out}");
+        assert!(out.contains("50%"), "{out}");
+    }
+
+    #[test]
+    fn ages_are_short() {
+        assert_eq!(age(59), "59s");
+        assert_eq!(age(61), "1m");
+        assert_eq!(age(7200), "2h");
+    }
+}
