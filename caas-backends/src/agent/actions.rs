@@ -49,7 +49,13 @@ impl State {
                     inst.bump();
                     let containers = inst.take_containers();
                     if !containers.is_empty() {
-                        self.spawn_remove(containers, None, tasks::Stop::NOW, "policy remove", None);
+                        self.spawn_remove(
+                            containers,
+                            None,
+                            tasks::Stop::NOW,
+                            "policy remove",
+                            None,
+                        );
                     }
                 }
                 Action::Hold { retry_after } => {

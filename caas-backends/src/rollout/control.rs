@@ -226,7 +226,12 @@ impl<S: Store> Rollouts<S> {
         }
         let from_deployment = self.deployment(app, &from).await?;
         self.check_running(app, &from).await?;
-        if self.store.get(&deployment_path(app, &req.to)).await?.is_some() {
+        if self
+            .store
+            .get(&deployment_path(app, &req.to))
+            .await?
+            .is_some()
+        {
             return Err(RolloutError::Conflict(format!(
                 "{app}:{} is already deployed: remove it or pick another version",
                 req.to
@@ -254,7 +259,8 @@ impl<S: Store> Rollouts<S> {
             outcome: None,
             reason: None,
         };
-        self.write_new(app, existing.map(|(_, v)| v), &state).await?;
+        self.write_new(app, existing.map(|(_, v)| v), &state)
+            .await?;
         Ok(state)
     }
 

@@ -9,8 +9,8 @@ use caas_core::{AppId, AppSpec, InstanceId, Version};
 
 use super::control::{RolloutError, RolloutRequest, Rollouts};
 use super::controller::{ControllerConfig, RolloutController};
-use super::state::{Kind, Outcome, Phase, RolloutState};
 use super::nodes::rollout_path;
+use super::state::{Kind, Outcome, Phase, RolloutState};
 use crate::scheduler::Deployment;
 use crate::scheduler::status::{DeploymentStatus, Health, InstanceReport, Phase as DeployPhase};
 use crate::store::{MemStore, Op, Store};
@@ -130,7 +130,10 @@ async fn until_phase(s: &MemStore, want: impl Fn(Phase) -> bool) -> RolloutState
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    panic!("rollout never reached the phase: {:?}", r.status(&app()).await);
+    panic!(
+        "rollout never reached the phase: {:?}",
+        r.status(&app()).await
+    );
 }
 
 async fn routing(s: &MemStore) -> (AppSpec, i64) {
@@ -146,20 +149,38 @@ async fn exists(s: &MemStore, path: &str) -> bool {
 async fn start_refuses_what_cannot_be_rolled_out() {
     let empty = Rollouts::new(MemStore::new());
     let e = empty.start(&app(), quick("v2")).await.unwrap_err();
-    assert!(matches!(e, RolloutError::NotFound(_)) && e.to_string().contains("no deployment"), "{e}");
+    assert!(
+        matches!(e, RolloutError::NotFound(_)) && e.to_string().contains("no deployment"),
+        "{e}"
+    );
 
     let s = with_v1().await;
     let r = Rollouts::new(s.clone());
     let mut bad = quick("v2");
     bad.steps = vec![50, 10, 100];
-    assert!(r.start(&app(), bad).await.unwrap_err().to_string().contains("strictly increasing"));
+    assert!(
+        r.start(&app(), bad)
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("strictly increasing")
+    );
     let mut bad = quick("v2");
     bad.steps = vec![10, 50];
-    assert!(r.start(&app(), bad).await.unwrap_err().to_string().contains("end at 100"));
+    assert!(
+        r.start(&app(), bad)
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("end at 100")
+    );
     let mut bad = quick("v2");
     bad.image = Some("127.0.0.1:5000/other:v2".into());
     let e = r.start(&app(), bad).await.unwrap_err();
-    assert!(matches!(e, RolloutError::Invalid(_)) && e.to_string().contains("not the app id"), "{e}");
+    assert!(
+        matches!(e, RolloutError::Invalid(_)) && e.to_string().contains("not the app id"),
+        "{e}"
+    );
     let e = r.start(&app(), quick("v1")).await.unwrap_err();
     assert!(e.to_string().contains("serving now"), "{e}");
 
@@ -176,7 +197,10 @@ async fn start_refuses_what_cannot_be_rolled_out() {
     .await
     .unwrap();
     let e = r.start(&app(), quick("v2")).await.unwrap_err();
-    assert!(matches!(e, RolloutError::Conflict(_)) && e.to_string().contains("not serving healthy"), "{e}");
+    assert!(
+        matches!(e, RolloutError::Conflict(_)) && e.to_string().contains("not serving healthy"),
+        "{e}"
+    );
     s.commit(vec![Op::Set {
         path: deployment_status_path(&app(), &v("v1")),
         data: running("v1", 2).to_json(),
@@ -195,13 +219,20 @@ async fn start_refuses_what_cannot_be_rolled_out() {
     let mut req = quick("v3");
     req.from = Some(v("v1"));
     let e = r.start(&app(), req).await.unwrap_err();
-    assert!(e.to_string().contains("hello:v3 is already deployed"), "{e}");
+    assert!(
+        e.to_string().contains("hello:v3 is already deployed"),
+        "{e}"
+    );
 
     // One at a time.
     let mut req = quick("v2");
     req.from = Some(v("v1"));
     let st = r.start(&app(), req.clone()).await.unwrap();
-    assert_eq!((st.phase, st.deployment.replicas), (Phase::Starting, Some(2)), "replicas as v1");
+    assert_eq!(
+        (st.phase, st.deployment.replicas),
+        (Phase::Starting, Some(2)),
+        "replicas as v1"
+    );
     let e = r.start(&app(), req).await.unwrap_err();
     assert!(e.to_string().contains("in progress (starting)"), "{e}");
 }
@@ -222,7 +253,10 @@ async fn two_controllers_run_an_update_each_move_committed_once() {
     hb.shutdown().await;
     scheds.abort();
 
-    assert_eq!((done.phase, done.outcome), (Phase::Done, Some(Outcome::Succeeded)));
+    assert_eq!(
+        (done.phase, done.outcome),
+        (Phase::Done, Some(Outcome::Succeeded))
+    );
     // Start (create: 0), then starting → waiting → 10 → 50 → 100 (draining) → done: one
     // write each, whoever made it.
     let node = s.get(&rollout_path(&app())).await.unwrap().unwrap();
@@ -233,7 +267,10 @@ async fn two_controllers_run_an_update_each_move_committed_once() {
     assert_eq!(version, 3, "three routing writes");
     assert_eq!(spec.default_version, Some(v("v2")));
     assert!(spec.weights.is_empty(), "{:?}", spec.weights);
-    assert!(!exists(&s, &deployment_path(&app(), &v("v1"))).await, "v1 removed");
+    assert!(
+        !exists(&s, &deployment_path(&app(), &v("v1"))).await,
+        "v1 removed"
+    );
     assert!(exists(&s, &deployment_path(&app(), &v("v2"))).await);
 }
 
@@ -249,14 +286,29 @@ async fn a_new_version_never_healthy_rolls_back_by_itself() {
     let end = until_phase(&s, Phase::is_terminal).await;
     h.shutdown().await;
     scheds.abort();
-    assert_eq!((end.phase, end.outcome), (Phase::RolledBack, Some(Outcome::RolledBack)));
+    assert_eq!(
+        (end.phase, end.outcome),
+        (Phase::RolledBack, Some(Outcome::RolledBack))
+    );
     let why = end.reason.unwrap();
-    assert!(why.contains("v2 not healthy within 200ms: 1 of 2 instances healthy"), "{why}");
-    assert!(!exists(&s, &deployment_path(&app(), &v("v2"))).await, "v2 removed");
+    assert!(
+        why.contains("v2 not healthy within 200ms: 1 of 2 instances healthy"),
+        "{why}"
+    );
+    assert!(
+        !exists(&s, &deployment_path(&app(), &v("v2"))).await,
+        "v2 removed"
+    );
     assert!(!exists(&s, &deployment_status_path(&app(), &v("v2"))).await);
-    assert!(exists(&s, &deployment_path(&app(), &v("v1"))).await, "v1 kept");
+    assert!(
+        exists(&s, &deployment_path(&app(), &v("v1"))).await,
+        "v1 kept"
+    );
     let (spec, _) = routing(&s).await;
-    assert_eq!((spec.default_version, spec.weights.len()), (Some(v("v1")), 0));
+    assert_eq!(
+        (spec.default_version, spec.weights.len()),
+        (Some(v("v1")), 0)
+    );
     // Nothing to roll back any more; a new rollout may start.
     let e = r.rollback(&app()).await.unwrap_err();
     assert!(e.to_string().contains("rolled_back already"), "{e}");
@@ -271,8 +323,14 @@ async fn a_finished_update_is_reverted_the_same_way() {
     let h = controller(&s, "a").spawn();
     until_phase(&s, |p| p == Phase::Done).await;
     let revert = r.rollback(&app()).await.unwrap();
-    assert_eq!((revert.kind, &revert.from, &revert.to), (Kind::Revert, &v("v2"), &v("v1")));
-    assert_eq!(revert.deployment.image, "127.0.0.1:5000/hello:v1", "v1 as it was");
+    assert_eq!(
+        (revert.kind, &revert.from, &revert.to),
+        (Kind::Revert, &v("v2"), &v("v1"))
+    );
+    assert_eq!(
+        revert.deployment.image, "127.0.0.1:5000/hello:v1",
+        "v1 as it was"
+    );
     let end = {
         let mut got = None;
         for _ in 0..2_000 {
@@ -288,10 +346,19 @@ async fn a_finished_update_is_reverted_the_same_way() {
     h.shutdown().await;
     scheds.abort();
     assert_eq!(end.outcome, Some(Outcome::Succeeded));
-    assert!(exists(&s, &deployment_path(&app(), &v("v1"))).await, "v1 back");
-    assert!(!exists(&s, &deployment_path(&app(), &v("v2"))).await, "v2 removed");
+    assert!(
+        exists(&s, &deployment_path(&app(), &v("v1"))).await,
+        "v1 back"
+    );
+    assert!(
+        !exists(&s, &deployment_path(&app(), &v("v2"))).await,
+        "v2 removed"
+    );
     let (spec, _) = routing(&s).await;
-    assert_eq!((spec.default_version, spec.weights.len()), (Some(v("v1")), 0));
+    assert_eq!(
+        (spec.default_version, spec.weights.len()),
+        (Some(v("v1")), 0)
+    );
 }
 
 #[tokio::test]
@@ -310,9 +377,15 @@ async fn a_rollback_asked_mid_update_restores_v1() {
     let end = until_phase(&s, Phase::is_terminal).await;
     h.shutdown().await;
     scheds.abort();
-    assert_eq!((end.phase, end.reason.as_deref()), (Phase::RolledBack, Some("rollback requested")));
+    assert_eq!(
+        (end.phase, end.reason.as_deref()),
+        (Phase::RolledBack, Some("rollback requested"))
+    );
     let (spec, _) = routing(&s).await;
-    assert_eq!((spec.default_version, spec.weights.len()), (Some(v("v1")), 0));
+    assert_eq!(
+        (spec.default_version, spec.weights.len()),
+        (Some(v("v1")), 0)
+    );
     assert!(!exists(&s, &deployment_path(&app(), &v("v2"))).await);
 }
 
@@ -331,7 +404,11 @@ async fn a_controller_stopped_mid_update_is_taken_over() {
     let second = controller(&s, "second");
     let h = second.clone().spawn();
     let end = until_phase(&s, Phase::is_terminal).await;
-    assert!(h.stats().commits >= 2, "the second controller finished it: {:?}", h.stats());
+    assert!(
+        h.stats().commits >= 2,
+        "the second controller finished it: {:?}",
+        h.stats()
+    );
     h.shutdown().await;
     scheds.abort();
     assert_eq!(end.outcome, Some(Outcome::Succeeded));
@@ -350,5 +427,9 @@ async fn a_broken_rollout_node_is_reported_not_fatal() {
     c.pass().await.unwrap();
     assert_eq!(c.stats().errors, 1);
     let e = Rollouts::new(s).status(&app()).await.unwrap_err();
-    assert!(e.to_string().contains("/rollouts/hello: not a rollout state"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("/rollouts/hello: not a rollout state"),
+        "{e}"
+    );
 }

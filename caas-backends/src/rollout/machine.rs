@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use caas_core::Version;
 
-use super::state::{Outcome, Phase, Routing, RolloutState};
+use super::state::{Outcome, Phase, RolloutState, Routing};
 use crate::scheduler::Deployment;
 use crate::scheduler::status::{DeploymentStatus, Health, Phase as DeployPhase};
 
@@ -149,7 +149,8 @@ pub fn routing_at(before: &Routing, from: &Version, to: &Version, percent: u32) 
         .collect();
     out.weights
         .insert(from.clone(), share.saturating_mul(100 - percent));
-    out.weights.insert(to.clone(), share.saturating_mul(percent));
+    out.weights
+        .insert(to.clone(), share.saturating_mul(percent));
     out
 }
 
@@ -161,7 +162,13 @@ fn moved(state: &RolloutState, now_ms: u64, phase: Phase) -> RolloutState {
     s
 }
 
-fn finished(state: &RolloutState, now_ms: u64, phase: Phase, outcome: Outcome, reason: Option<String>) -> RolloutState {
+fn finished(
+    state: &RolloutState,
+    now_ms: u64,
+    phase: Phase,
+    outcome: Outcome,
+    reason: Option<String>,
+) -> RolloutState {
     let mut s = moved(state, now_ms, phase);
     s.outcome = Some(outcome);
     s.reason = reason;
@@ -175,7 +182,13 @@ fn roll_back(state: &RolloutState, obs: &Observation, now_ms: u64, reason: Strin
         actions.push(Action::Undeploy(state.to.clone()));
     }
     Decision {
-        state: Some(finished(state, now_ms, Phase::RolledBack, Outcome::RolledBack, Some(reason))),
+        state: Some(finished(
+            state,
+            now_ms,
+            Phase::RolledBack,
+            Outcome::RolledBack,
+            Some(reason),
+        )),
         actions,
     }
 }
@@ -219,14 +232,26 @@ pub fn next(state: &RolloutState, obs: &Observation, now_ms: u64) -> Decision {
             if obs.to.deployed {
                 let why = format!("{to} is already deployed; remove it or pick another version");
                 return Decision {
-                    state: Some(finished(state, now_ms, Phase::Failed, Outcome::Failed, Some(why))),
+                    state: Some(finished(
+                        state,
+                        now_ms,
+                        Phase::Failed,
+                        Outcome::Failed,
+                        Some(why),
+                    )),
                     actions: Vec::new(),
                 };
             }
             if !obs.from.deployed {
                 let why = format!("{from} is no longer deployed");
                 return Decision {
-                    state: Some(finished(state, now_ms, Phase::Failed, Outcome::Failed, Some(why))),
+                    state: Some(finished(
+                        state,
+                        now_ms,
+                        Phase::Failed,
+                        Outcome::Failed,
+                        Some(why),
+                    )),
                     actions: Vec::new(),
                 };
             }
@@ -281,7 +306,13 @@ pub fn next(state: &RolloutState, obs: &Observation, now_ms: u64) -> Decision {
                 actions.push(Action::Undeploy(from.clone()));
             }
             Decision {
-                state: Some(finished(state, now_ms, Phase::Done, Outcome::Succeeded, None)),
+                state: Some(finished(
+                    state,
+                    now_ms,
+                    Phase::Done,
+                    Outcome::Succeeded,
+                    None,
+                )),
                 actions,
             }
         }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use caas_core::{AppId, InstanceId, Version};
 
 use super::machine::{Action, Observation, VersionView, next, routing_at};
-use super::state::{Kind, Outcome, Phase, Routing, RolloutState};
+use super::state::{Kind, Outcome, Phase, RolloutState, Routing};
 use crate::scheduler::Deployment;
 use crate::scheduler::status::{DeploymentStatus, Health, InstanceReport, Phase as DeployPhase};
 
@@ -113,7 +113,10 @@ fn starting_writes_the_new_deployment_and_pins_the_routing() {
     s.before.default_version = None; // routed to every version's endpoints
     let d = next(&s, &obs(VersionView::default()), T0 + 10);
     let new = d.state.unwrap();
-    assert_eq!((new.phase, new.phase_since_ms), (Phase::WaitingHealthy, T0 + 10));
+    assert_eq!(
+        (new.phase, new.phase_since_ms),
+        (Phase::WaitingHealthy, T0 + 10)
+    );
     assert_eq!(
         d.actions,
         vec![
@@ -131,13 +134,22 @@ fn starting_fails_without_changes_when_the_versions_moved() {
     let s = state(Phase::Starting);
     let d = next(&s, &obs(up(status(1, 0, "starting"))), T0);
     let new = d.state.unwrap();
-    assert_eq!((new.phase, new.outcome), (Phase::Failed, Some(Outcome::Failed)));
+    assert_eq!(
+        (new.phase, new.outcome),
+        (Phase::Failed, Some(Outcome::Failed))
+    );
     assert!(new.reason.unwrap().contains("v2 is already deployed"));
     assert!(d.actions.is_empty());
 
     let gone = Observation::default();
     let d = next(&s, &gone, T0);
-    assert!(d.state.unwrap().reason.unwrap().contains("v1 is no longer deployed"));
+    assert!(
+        d.state
+            .unwrap()
+            .reason
+            .unwrap()
+            .contains("v1 is no longer deployed")
+    );
     assert!(d.actions.is_empty());
 }
 
@@ -146,7 +158,10 @@ fn healthy_new_version_gets_the_first_step() {
     let s = state(Phase::WaitingHealthy);
     let d = next(&s, &healthy(), T0 + 1_000);
     let new = d.state.unwrap();
-    assert_eq!((new.phase, new.step, new.percent()), (Phase::Shifting, Some(0), 10));
+    assert_eq!(
+        (new.phase, new.step, new.percent()),
+        (Phase::Shifting, Some(0), 10)
+    );
     assert_eq!(d.actions, vec![route("v1", &[("v1", 90), ("v2", 10)])]);
 }
 
@@ -154,7 +169,11 @@ fn healthy_new_version_gets_the_first_step() {
 fn waits_for_health_until_the_deadline_then_rolls_back() {
     let s = state(Phase::WaitingHealthy);
     let starting = obs(up(status(2, 1, "unhealthy")));
-    assert_eq!(next(&s, &starting, T0 + 59_999).state, None, "within the deadline");
+    assert_eq!(
+        next(&s, &starting, T0 + 59_999).state,
+        None,
+        "within the deadline"
+    );
     let d = next(&s, &starting, T0 + 60_000);
     let new = d.state.unwrap();
     assert_eq!(
@@ -162,7 +181,10 @@ fn waits_for_health_until_the_deadline_then_rolls_back() {
         (Phase::RolledBack, Some(Outcome::RolledBack))
     );
     let why = new.reason.unwrap();
-    assert!(why.contains("v2 not healthy within 60s: 1 of 2 instances healthy"), "{why}");
+    assert!(
+        why.contains("v2 not healthy within 60s: 1 of 2 instances healthy"),
+        "{why}"
+    );
     assert!(why.contains("hello-v2-1 on h1: unhealthy"), "{why}");
     assert_eq!(
         d.actions,
@@ -180,9 +202,19 @@ fn a_new_version_never_placed_rolls_back_with_the_schedulers_reason() {
     st.message = Some("cannot place 2 more instances: memory rejected h1".into());
     let d = next(&s, &obs(up(st)), T0 + 60_000);
     let why = d.state.unwrap().reason.unwrap();
-    assert!(why.contains("phase unschedulable: cannot place 2 more instances: memory rejected h1"), "{why}");
+    assert!(
+        why.contains("phase unschedulable: cannot place 2 more instances: memory rejected h1"),
+        "{why}"
+    );
     // Not even a status node yet.
-    let d = next(&s, &obs(VersionView { deployed: true, status: None }), T0 + 60_000);
+    let d = next(
+        &s,
+        &obs(VersionView {
+            deployed: true,
+            status: None,
+        }),
+        T0 + 60_000,
+    );
     assert!(d.state.unwrap().reason.unwrap().contains("no status node"));
 }
 
@@ -190,7 +222,13 @@ fn a_new_version_never_placed_rolls_back_with_the_schedulers_reason() {
 fn a_new_deployment_removed_by_hand_rolls_back_at_once() {
     let s = state(Phase::WaitingHealthy);
     let d = next(&s, &obs(VersionView::default()), T0 + 1);
-    assert!(d.state.unwrap().reason.unwrap().contains("v2's deployment was removed"));
+    assert!(
+        d.state
+            .unwrap()
+            .reason
+            .unwrap()
+            .contains("v2's deployment was removed")
+    );
     assert_eq!(d.actions, vec![route("v1", &[])], "nothing to undeploy");
 }
 
@@ -200,13 +238,23 @@ fn steps_wait_step_wait_apart() {
     assert_eq!(next(&s, &healthy(), T0 + 4_999).state, None);
     let d = next(&s, &healthy(), T0 + 5_000);
     let new = d.state.unwrap();
-    assert_eq!((new.phase, new.step, new.phase_since_ms), (Phase::Shifting, Some(1), T0 + 5_000));
+    assert_eq!(
+        (new.phase, new.step, new.phase_since_ms),
+        (Phase::Shifting, Some(1), T0 + 5_000)
+    );
     assert_eq!(d.actions, vec![route("v1", &[("v1", 50), ("v2", 50)])]);
 
     let d = next(&new, &healthy(), T0 + 10_000);
     let last = d.state.unwrap();
-    assert_eq!((last.phase, last.step, last.percent()), (Phase::Draining, Some(2), 100));
-    assert_eq!(d.actions, vec![route("v2", &[])], "v2 is the default, v1 has no weight");
+    assert_eq!(
+        (last.phase, last.step, last.percent()),
+        (Phase::Draining, Some(2), 100)
+    );
+    assert_eq!(
+        d.actions,
+        vec![route("v2", &[])],
+        "v2 is the default, v1 has no weight"
+    );
 }
 
 #[test]
@@ -215,7 +263,10 @@ fn draining_removes_the_old_version_after_the_drain_wait() {
     assert_eq!(next(&s, &healthy(), T0 + 2_999).state, None);
     let d = next(&s, &healthy(), T0 + 3_000);
     let done = d.state.unwrap();
-    assert_eq!((done.phase, done.outcome, done.reason), (Phase::Done, Some(Outcome::Succeeded), None));
+    assert_eq!(
+        (done.phase, done.outcome, done.reason),
+        (Phase::Done, Some(Outcome::Succeeded), None)
+    );
     assert_eq!(d.actions, vec![Action::Undeploy(v("v1"))]);
     // v1 removed by hand meanwhile: nothing to undeploy.
     let mut o = healthy();
@@ -225,13 +276,20 @@ fn draining_removes_the_old_version_after_the_drain_wait() {
 
 #[test]
 fn a_failing_new_instance_while_shifting_or_draining_rolls_back() {
-    for s in [at_step(Phase::Shifting, 0), at_step(Phase::Shifting, 1), at_step(Phase::Draining, 2)] {
+    for s in [
+        at_step(Phase::Shifting, 0),
+        at_step(Phase::Shifting, 1),
+        at_step(Phase::Draining, 2),
+    ] {
         let d = next(&s, &obs(up(status(2, 1, "restarting"))), T0 + 1);
         let new = d.state.unwrap();
         assert_eq!(new.phase, Phase::RolledBack, "{:?}", s.phase);
         let why = new.reason.unwrap();
         assert!(
-            why.contains(&format!("v2 became unhealthy with {}% of the traffic", s.percent())),
+            why.contains(&format!(
+                "v2 became unhealthy with {}% of the traffic",
+                s.percent()
+            )),
             "{why}"
         );
         assert!(why.contains("hello-v2-1 on h1: restarting"), "{why}");
@@ -245,7 +303,10 @@ fn a_requested_rollback_restores_the_routing_and_removes_the_new_version() {
     s.reason = Some("rollback requested".into());
     let d = next(&s, &healthy(), T0 + 1);
     let new = d.state.unwrap();
-    assert_eq!((new.phase, new.reason.as_deref()), (Phase::RolledBack, Some("rollback requested")));
+    assert_eq!(
+        (new.phase, new.reason.as_deref()),
+        (Phase::RolledBack, Some("rollback requested"))
+    );
     assert_eq!(d.actions, vec![route("v1", &[]), Action::Undeploy(v("v2"))]);
 }
 
@@ -286,7 +347,11 @@ fn a_whole_update_step_by_step() {
             for a in &d.actions {
                 match a {
                     Action::Deploy { .. } => to = up(status(2, 0, "starting")),
-                    Action::Route(r) => trail.push((new.phase, r.weights.get(&v("v2")).copied(), r.default_version.clone())),
+                    Action::Route(r) => trail.push((
+                        new.phase,
+                        r.weights.get(&v("v2")).copied(),
+                        r.default_version.clone(),
+                    )),
                     Action::Undeploy(_) => {}
                 }
             }
@@ -320,7 +385,10 @@ fn routing_splits_the_old_versions_share_only() {
     };
     assert_eq!(routing_at(&before, &v("v1"), &v("v2"), 0), before);
     let mid = routing_at(&before, &v("v1"), &v("v2"), 25);
-    assert_eq!(mid.weights, weights(&[("v0", 2000), ("v1", 6000), ("v2", 2000)]));
+    assert_eq!(
+        mid.weights,
+        weights(&[("v0", 2000), ("v1", 6000), ("v2", 2000)])
+    );
     let end = routing_at(&before, &v("v1"), &v("v2"), 100);
     assert_eq!(
         end,
@@ -334,7 +402,10 @@ fn routing_splits_the_old_versions_share_only() {
         default_version: Some(v("v0")),
         weights: weights(&[("v1", 1)]),
     };
-    assert_eq!(routing_at(&other, &v("v1"), &v("v2"), 100).default_version, Some(v("v0")));
+    assert_eq!(
+        routing_at(&other, &v("v1"), &v("v2"), 100).default_version,
+        Some(v("v0"))
+    );
 }
 
 #[test]

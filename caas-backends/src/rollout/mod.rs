@@ -38,4 +38,4 @@ pub use control::{RolloutError, RolloutRequest, Rollouts};
 pub use controller::{Advance, ControllerConfig, ControllerHandle, RolloutController};
 pub use machine::{Action, Decision, Observation, VersionView, next, routing_at};
 pub use nodes::{ROLLOUTS, rollout_path};
-pub use state::{Kind, Outcome, Phase, Routing, RolloutState};
+pub use state::{Kind, Outcome, Phase, RolloutState, Routing};

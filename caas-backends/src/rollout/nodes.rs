@@ -5,7 +5,7 @@
 use caas_core::{AppId, AppSpec, Version};
 
 use super::machine::{Action, Decision, Observation, VersionView};
-use super::state::{Routing, RolloutState};
+use super::state::{RolloutState, Routing};
 use crate::scheduler::control;
 use crate::scheduler::status::DeploymentStatus;
 use crate::store::{Op, Store, StoreError, Versioned};
@@ -98,7 +98,8 @@ fn route_op(
         path: path.clone(),
         reason,
     };
-    spec.validate().map_err(|e| bad(format!("the new routing is invalid: {e}")))?;
+    spec.validate()
+        .map_err(|e| bad(format!("the new routing is invalid: {e}")))?;
     let json = serde_json::to_vec(&spec).map_err(|e| bad(e.to_string()))?;
     let data = crypto::seal(cipher, &path, json).map_err(|e| bad(e.to_string()))?;
     Ok(match node.version {
@@ -133,7 +134,11 @@ pub async fn read_rollout<S: Store>(
     Ok(Some((state, node.version)))
 }
 
-async fn view<S: Store>(store: &S, app: &AppId, version: &Version) -> Result<VersionView, NodeError> {
+async fn view<S: Store>(
+    store: &S,
+    app: &AppId,
+    version: &Version,
+) -> Result<VersionView, NodeError> {
     let deployed = store.get(&deployment_path(app, version)).await?.is_some();
     let path = deployment_status_path(app, version);
     let status = match store.get(&path).await? {

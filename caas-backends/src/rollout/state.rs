@@ -164,9 +164,11 @@ impl RolloutState {
     pub fn percent(&self) -> u32 {
         match self.phase {
             Phase::Done => 100,
-            Phase::Shifting | Phase::Draining => {
-                self.step.and_then(|i| self.steps.get(i)).copied().unwrap_or(0)
-            }
+            Phase::Shifting | Phase::Draining => self
+                .step
+                .and_then(|i| self.steps.get(i))
+                .copied()
+                .unwrap_or(0),
             _ => 0,
         }
     }
