@@ -330,7 +330,13 @@ mod tests {
 
     #[test]
     fn fail_ping_values() {
-        for (v, want) in [("1", true), ("true", true), (" 1 ", true), ("0", false), ("no", false)] {
+        for (v, want) in [
+            ("1", true),
+            ("true", true),
+            (" 1 ", true),
+            ("0", false),
+            ("no", false),
+        ] {
             assert_eq!(fail_ping(v), want, "{v:?}");
         }
     }

@@ -69,7 +69,8 @@ fn sigterm_finishes_in_flight_requests_then_exits() {
     assert!(response(&mut idle).starts_with("http/1.1 200"));
 
     let mut busy = connect(addr);
-    busy.write_all(b"GET /_sleep?ms=1500 HTTP/1.1\r\n\r\n").unwrap();
+    busy.write_all(b"GET /_sleep?ms=1500 HTTP/1.1\r\n\r\n")
+        .unwrap();
     // The sleep has begun once the server has the request; a short head start suffices
     // because the answer is asserted whatever the order.
     std::thread::sleep(Duration::from_millis(200));
