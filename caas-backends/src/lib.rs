@@ -25,6 +25,9 @@
 //! - [`scheduler`]: the [`Scheduler`]: deployments in, assignments out; filters and
 //!   strategies as pure functions, each deployment's change as one commit under version
 //!   checks, several schedulers safe at once.
+//! - [`rollout`]: rolling updates: a new version started beside the old one, traffic moved
+//!   in steps while it stays healthy, the old one drained and removed, or everything rolled
+//!   back; the state in the store, each move one commit, several controllers safe at once.
 //! - `testing` (feature `testing`): a real ZooKeeper server for tests, started on a free
 //!   loopback port (`testing::ZkServer`), and a `testing::TcpProxy` that cuts the network
 //!   to make sessions expire.
@@ -34,6 +37,7 @@ pub mod assignment;
 pub mod docker;
 pub mod health;
 pub mod ports;
+pub mod rollout;
 pub mod scheduler;
 pub mod store;
 pub mod zk;

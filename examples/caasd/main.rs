@@ -4,7 +4,9 @@
 //! - `scheduler` runs a scheduler (several may run at once);
 //! - `deploy` writes a deployment node, `scale` changes its replicas, `undeploy` removes an
 //!   app or one version, `drain` marks a host draining, `status` prints a deployment's
-//!   status node.
+//!   status node;
+//! - `rollouts` runs a rollout controller (several may run at once); `rollout` starts a
+//!   rolling update, `rollback` reverts one, `rollout-status` prints one.
 //!
 //! ```text
 //! cargo run --release --example caasd -- agent --zk 127.0.0.1:2181 --host-id h1 --ip 127.0.0.2
@@ -30,6 +32,8 @@ use caas_backends::{Agent, AgentConfig, Scheduler, SchedulerConfig, ZkStore};
 use caas_core::{AppId, Version};
 use clap::{Args, Parser, Subcommand};
 
+mod rollout;
+
 #[derive(Parser, Debug)]
 #[command(about = "caas node: host agent, scheduler and operator commands")]
 struct Cli {
@@ -53,6 +57,14 @@ enum Command {
     Drain(DrainArgs),
     /// Print the status node of a deployment (JSON).
     Status(StatusArgs),
+    /// Run a rollout controller: drive /caas/rollouts (several may run at once).
+    Rollouts(rollout::ControllerArgs),
+    /// Start a rolling update of APP to VERSION (a controller does the work).
+    Rollout(rollout::StartArgs),
+    /// Roll back APP's update in progress, or revert its finished one.
+    Rollback(rollout::AppArgs),
+    /// Print APP's rollout node (JSON).
+    RolloutStatus(rollout::AppArgs),
 }
 
 #[derive(Args, Debug)]
@@ -123,6 +135,13 @@ struct AgentArgs {
     /// in milliseconds.
     #[arg(long, default_value_t = 60_000)]
     host_refresh_ms: u64,
+    /// An instance losing its assignment is deregistered, then left running this many
+    /// milliseconds (gateways stop sending to it) before its SIGTERM.
+    #[arg(long, default_value_t = 2000)]
+    drain_delay_ms: u64,
+    /// After SIGTERM, an instance has this many milliseconds to finish before SIGKILL.
+    #[arg(long, default_value_t = 10_000)]
+    stop_timeout_ms: u64,
 }
 
 #[derive(Args, Debug)]
@@ -277,7 +296,7 @@ fn main() -> ExitCode {
     // The daemons log what they do; the one-shot commands only warnings (their result is
     // printed on stdout).
     let default = match cli.command {
-        Command::Agent(_) | Command::Scheduler(_) => "info",
+        Command::Agent(_) | Command::Scheduler(_) | Command::Rollouts(_) => "info",
         _ => "warn",
     };
     tracing_subscriber::fmt()
@@ -306,6 +325,10 @@ fn main() -> ExitCode {
             Command::Undeploy(a) => undeploy(a).await,
             Command::Drain(a) => drain(a).await,
             Command::Status(a) => status(a).await,
+            Command::Rollouts(a) => rollout::controller(a).await,
+            Command::Rollout(a) => rollout::start(a).await,
+            Command::Rollback(a) => rollout::rollback(a).await,
+            Command::RolloutStatus(a) => rollout::status(a).await,
         }
     });
     match result {
@@ -327,6 +350,8 @@ async fn agent(a: AgentArgs) -> Result<(), String> {
     config.restart_backoff = Duration::from_millis(a.restart_backoff_ms.max(1));
     config.cpu_sample = Duration::from_millis(a.cpu_sample_ms.max(100));
     config.host_refresh = Duration::from_millis(a.host_refresh_ms.max(100));
+    config.drain_delay = Duration::from_millis(a.drain_delay_ms);
+    config.stop_timeout = Duration::from_millis(a.stop_timeout_ms);
     let password = match (a.registry_password, a.registry_password_file) {
         (Some(p), _) => Some(p),
         (None, Some(f)) => Some(

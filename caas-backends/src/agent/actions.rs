@@ -49,7 +49,13 @@ impl State {
                     inst.bump();
                     let containers = inst.take_containers();
                     if !containers.is_empty() {
-                        self.spawn_remove(containers, None, Duration::ZERO, "policy remove", None);
+                        self.spawn_remove(
+                            containers,
+                            None,
+                            tasks::Stop::NOW,
+                            "policy remove",
+                            None,
+                        );
                     }
                 }
                 Action::Hold { retry_after } => {
@@ -216,12 +222,14 @@ impl State {
         });
     }
 
-    /// Spawns the job that stops (with `grace`) and removes `containers`.
+    /// Spawns the job that stops and removes `containers`: after `stop.drain` (the
+    /// gateways stop sending to a deregistered instance meanwhile), SIGTERM, and SIGKILL
+    /// after `stop.grace`.
     pub(super) fn spawn_remove(
         &mut self,
         containers: Vec<String>,
         port: Option<u16>,
-        grace: Duration,
+        stop: tasks::Stop,
         why: &'static str,
         instance: Option<Key>,
     ) {
@@ -232,7 +240,7 @@ impl State {
         if containers.is_empty() && instance.is_none() {
             return;
         }
-        let job = tasks::remove_containers(self.p.docker.clone(), containers.clone(), grace);
+        let job = tasks::remove_containers(self.p.docker.clone(), containers.clone(), stop);
         let tx = self.tx.clone();
         tokio::spawn(async move {
             let result = job.await;

@@ -41,6 +41,11 @@ pub struct AgentConfig {
     pub stable_after: Duration,
     /// `docker stop` grace (SIGTERM, then SIGKILL) when an assignment is deleted.
     pub stop_timeout: Duration,
+    /// A registered instance whose assignment is deleted (or replaced) is deregistered,
+    /// then keeps running this long before its SIGTERM, so every gateway has stopped
+    /// sending it new requests (default 2 s; gateways see a deregistration within
+    /// milliseconds).
+    pub drain_delay: Duration,
     /// Extra labels put on every container (tests mark theirs with one).
     pub container_labels: BTreeMap<String, String>,
     /// Read the CPU counters this often (the idle share between two reads is smoothed and
@@ -75,6 +80,7 @@ impl AgentConfig {
             restart_backoff_max: Duration::from_secs(60),
             stable_after: Duration::from_secs(60),
             stop_timeout: Duration::from_secs(10),
+            drain_delay: Duration::from_secs(2),
             container_labels: BTreeMap::new(),
             cpu_sample: Duration::from_secs(5),
             cpu_idle_min_change: 0.02,

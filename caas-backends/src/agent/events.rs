@@ -195,7 +195,7 @@ impl State {
                 self.spawn_remove(
                     all,
                     None,
-                    std::time::Duration::ZERO,
+                    super::tasks::Stop::NOW,
                     "started for a stale assignment",
                     None,
                 );

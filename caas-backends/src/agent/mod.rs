@@ -12,8 +12,10 @@
 //!   if absent, a port from the [`PortPool`], run with the assignment's
 //!   limits and `caas.*` labels), **adopts** its own containers after a restart (ports
 //!   recovered from their `caas.port` labels, no duplicates), removes orphans (labelled for
-//!   this host, no assignment), stops+removes and deregisters what lost its assignment,
-//!   and replaces a unit whose assignment changed. Bad assignment nodes are skipped and
+//!   this host, no assignment), and replaces a unit whose assignment changed. A unit that
+//!   lost its assignment is **drained**: deregistered first, left running for
+//!   [`AgentConfig::drain_delay`] (gateways stop sending it new requests), then stopped
+//!   with SIGTERM and [`AgentConfig::stop_timeout`] to finish what it serves, and removed. Bad assignment nodes are skipped and
 //!   counted, and a node with a valid name but invalid JSON leaves its unit alone.
 //! - **Units and sidecars**: an instance is a unit of containers, its main container plus
 //!   the assignment's `sidecars`, pulled, started, restarted and removed together. Sidecars

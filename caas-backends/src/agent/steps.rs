@@ -11,6 +11,7 @@ use super::instance::{Instance, Phase};
 use super::plan::{Step, adoptable};
 use super::run::State;
 use super::stats::AgentStats;
+use super::tasks::Stop;
 use crate::assignment::Assignment;
 use crate::docker::{ContainerInfo, ManagedContainer};
 use crate::health::Backoff;
@@ -28,7 +29,7 @@ impl State {
             } => {
                 tracing::info!(%container, why, "removing orphan container");
                 AgentStats::bump(&self.p.stats.orphans_removed);
-                self.spawn_remove(vec![container], port, Duration::ZERO, why, None);
+                self.spawn_remove(vec![container], port, Stop::NOW, why, None);
             }
             Step::Exited { id, why } => {
                 let Some(inst) = self.instances.get_mut(&id) else {
@@ -82,6 +83,7 @@ impl State {
     /// The assignment is gone: deregister, status `removing`, stop and remove the unit; the
     /// instance is forgotten (and its status node deleted) when the removal job reports.
     async fn remove_instance(&mut self, id: &InstanceId, why: &'static str) {
+        let stop = self.graceful_stop(id);
         self.deregister_if_registered(id).await;
         let Some(inst) = self.instances.get_mut(id) else {
             return;
@@ -95,8 +97,25 @@ impl State {
             return self.forget(id, true).await;
         }
         self.sync_status(id).await;
-        let grace = self.p.config.stop_timeout;
-        self.spawn_remove(containers, None, grace, why, Some((id.clone(), generation)));
+        self.spawn_remove(containers, None, stop, why, Some((id.clone(), generation)));
+    }
+
+    /// How to stop an instance that is going away: an instance gateways may be sending to
+    /// (registered) keeps running for the drain delay after its deregistration, then gets
+    /// SIGTERM and the stop timeout to finish what it serves; others only the stop timeout.
+    fn graceful_stop(&self, id: &InstanceId) -> Stop {
+        let registered = self
+            .instances
+            .get(id)
+            .is_some_and(|i| i.supervisor.is_registered());
+        Stop {
+            drain: if registered {
+                self.p.config.drain_delay
+            } else {
+                Duration::ZERO
+            },
+            grace: self.p.config.stop_timeout,
+        }
     }
 
     /// Forgets a removed instance: its port back to the pool (unless its containers could
@@ -116,6 +135,7 @@ impl State {
     /// The assignment changed: the old unit is deregistered and removed (its port goes back
     /// once it is), and a unit of the new assignment starts at once.
     async fn replace(&mut self, id: &InstanceId, a: Assignment) {
+        let stop = self.graceful_stop(id);
         self.deregister_if_registered(id).await;
         let Some(mut old) = self.instances.remove(id) else {
             return;
@@ -127,9 +147,8 @@ impl State {
         if containers.is_empty() {
             self.p.pool.free(old.port);
         } else {
-            let grace = self.p.config.stop_timeout;
             let port = Some(old.port);
-            self.spawn_remove(containers, port, grace, "assignment changed", None);
+            self.spawn_remove(containers, port, stop, "assignment changed", None);
         }
         self.start_new(id.clone(), a).await;
         if let Some(inst) = self.instances.get_mut(id) {
@@ -211,6 +230,6 @@ impl State {
         let port = c
             .port()
             .filter(|p| !self.instances.values().any(|i| i.port == *p));
-        self.spawn_remove(vec![c.id.clone()], port, Duration::ZERO, why, None);
+        self.spawn_remove(vec![c.id.clone()], port, Stop::NOW, why, None);
     }
 }

@@ -212,17 +212,37 @@ where
     }
 }
 
-/// Stops every container of `ids` (SIGTERM, SIGKILL after `grace`; zero kills at once) and
-/// removes them, in order (sidecars before their main container). All are tried; the first
-/// error is returned.
+/// How containers are stopped before their removal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Stop {
+    /// Left running this long first (a deregistered instance: gateways stop sending to it,
+    /// requests they already sent finish).
+    pub(super) drain: Duration,
+    /// SIGTERM, then SIGKILL after this long; zero kills at once.
+    pub(super) grace: Duration,
+}
+
+impl Stop {
+    /// Killed and removed at once.
+    pub(super) const NOW: Stop = Stop {
+        drain: Duration::ZERO,
+        grace: Duration::ZERO,
+    };
+}
+
+/// Stops every container of `ids` as `stop` says and removes them, in order (sidecars
+/// before their main container). All are tried; the first error is returned.
 pub(super) async fn remove_containers(
     docker: DockerRuntime,
     ids: Vec<String>,
-    grace: Duration,
+    stop: Stop,
 ) -> Result<(), DockerError> {
+    if !stop.drain.is_zero() && !ids.is_empty() {
+        tokio::time::sleep(stop.drain).await;
+    }
     let mut first = Ok(());
     for id in ids {
-        if let Err(e) = remove_container(&docker, &id, grace).await
+        if let Err(e) = remove_container(&docker, &id, stop.grace).await
             && first.is_ok()
         {
             first = Err(e);

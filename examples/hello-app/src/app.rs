@@ -33,7 +33,9 @@ impl AppState {
         }
     }
 
-    /// Reads `CAAS_APP`, `CAAS_VERSION`, `CAAS_INSTANCE` (empty = unset).
+    /// Reads `CAAS_APP`, `CAAS_VERSION`, `CAAS_INSTANCE` (empty = unset) and
+    /// `FAIL_PING` (`1` or `true`: `/_ping` fails from the start, as after
+    /// `POST /_fail`).
     pub fn from_env() -> Self {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         let instance = var("CAAS_INSTANCE")
@@ -44,16 +46,24 @@ impl AppState {
                     .filter(|h| !h.is_empty())
             })
             .unwrap_or_else(|| "unknown".to_owned());
-        AppState::new(
+        let state = AppState::new(
             &var("CAAS_APP").unwrap_or_else(|| "hello-app".to_owned()),
             &var("CAAS_VERSION").unwrap_or_else(|| "unknown".to_owned()),
             &instance,
-        )
+        );
+        let fail = var("FAIL_PING").is_some_and(|v| fail_ping(&v));
+        state.failing.store(fail, Ordering::SeqCst);
+        state
     }
 
     fn is_failing(&self) -> bool {
         self.failing.load(Ordering::SeqCst)
     }
+}
+
+/// Whether a `FAIL_PING` value turns failing on.
+pub fn fail_ping(value: &str) -> bool {
+    matches!(value.trim(), "1" | "true")
 }
 
 fn sanitize(s: &str) -> String {
@@ -316,6 +326,19 @@ mod tests {
             200
         );
         assert_eq!(route(&ping, b"", &st).status, 200);
+    }
+
+    #[test]
+    fn fail_ping_values() {
+        for (v, want) in [
+            ("1", true),
+            ("true", true),
+            (" 1 ", true),
+            ("0", false),
+            ("no", false),
+        ] {
+            assert_eq!(fail_ping(v), want, "{v:?}");
+        }
     }
 
     #[test]

@@ -43,12 +43,38 @@ fn main() -> ExitCode {
         "hello-app listening on {local} app={} version={} instance={}",
         state.app, state.version, state.instance
     ));
-    server::serve(listener, state)
+    server::serve(listener, state);
+    drain()
+}
+
+/// Longest wait for in-flight connections after SIGTERM (Docker's stop timeout usually
+/// ends it sooner with SIGKILL).
+const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// After SIGTERM: the listener is closed; waits until every connection has finished its
+/// request (idle ones close at once), then exits 0.
+fn drain() -> ExitCode {
+    let started = std::time::Instant::now();
+    server::log(format_args!(
+        "draining: stopped accepting, {} connection(s) open",
+        server::active()
+    ));
+    while server::active() > 0 && started.elapsed() < DRAIN_LIMIT {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    server::log(format_args!(
+        "drained in {:?} ({} connection(s) left); exiting",
+        started.elapsed(),
+        server::active()
+    ));
+    ExitCode::SUCCESS
 }
 
 /// SIGTERM/SIGINT handling. As PID 1 in a container (FROM scratch, no init)
 /// signals with the default disposition are ignored by the kernel, so without
 /// a handler `docker stop` would wait its full grace period and then SIGKILL.
+/// The first signal starts a graceful drain (`server::DRAINING`); a second one
+/// exits at once.
 /// std has no signal API, hence the two libc declarations (libc is linked by
 /// std anyway; no extra dependency).
 #[cfg(unix)]
@@ -65,7 +91,17 @@ mod signals {
     }
 
     extern "C" fn on_signal(_signum: c_int) {
-        const MSG: &[u8] = b"hello-app: signal received, exiting\n";
+        // An atomic swap is async-signal-safe (lock-free, no allocation).
+        if !crate::server::DRAINING.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            const MSG: &[u8] = b"hello-app: signal received, draining\n";
+            // SAFETY: write(2) is async-signal-safe; MSG is a valid static buffer of
+            // the given length.
+            unsafe {
+                write(1, MSG.as_ptr().cast(), MSG.len());
+            }
+            return;
+        }
+        const MSG: &[u8] = b"hello-app: second signal, exiting\n";
         // SAFETY: write(2) and _exit(2) are async-signal-safe; MSG is a valid
         // static buffer of the given length.
         unsafe {

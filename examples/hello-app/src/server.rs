@@ -6,7 +6,7 @@ use crate::http::{self, BodyKind, MAX_CHUNK_LINE, MAX_HEAD_BYTES, ParseError, Re
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -24,6 +24,23 @@ pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 pub const MAX_CONNECTIONS: usize = 1024;
 
 static ACTIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// Set by SIGTERM/SIGINT: stop accepting, answer what is in flight with
+/// `connection: close`, close idle connections, exit once none is left.
+pub static DRAINING: AtomicBool = AtomicBool::new(false);
+
+/// How often idle connections and the drain watcher look at [`DRAINING`].
+const DRAIN_POLL: Duration = Duration::from_millis(50);
+
+/// Whether a drain was asked for.
+pub fn draining() -> bool {
+    DRAINING.load(Ordering::SeqCst)
+}
+
+/// Connections being served now.
+pub fn active() -> usize {
+    ACTIVE.load(Ordering::SeqCst)
+}
 
 /// Decrements the active-connection count when the connection ends (also
 /// when its thread unwinds or fails to spawn).
@@ -43,9 +60,26 @@ pub fn log(line: std::fmt::Arguments<'_>) {
     let _ = out.flush();
 }
 
-/// Accepts connections forever, one thread each.
-pub fn serve(listener: TcpListener, state: Arc<AppState>) -> ! {
+/// Accepts connections, one thread each, until a drain is asked for; then returns (the
+/// listener is closed when it is dropped) while the connection threads finish.
+pub fn serve(listener: TcpListener, state: Arc<AppState>) {
+    // accept(2) is not woken by the signal: a watcher connects to the listener once the
+    // drain starts, and the loop sees the flag after that accept.
+    if let Ok(addr) = listener.local_addr() {
+        let wake = SocketAddr::from(([127, 0, 0, 1], addr.port()));
+        let _ = thread::Builder::new()
+            .name("drain-watch".to_owned())
+            .spawn(move || {
+                while !draining() {
+                    thread::sleep(DRAIN_POLL);
+                }
+                let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+            });
+    }
     loop {
+        if draining() {
+            return;
+        }
         let (stream, peer) = match listener.accept() {
             Ok(conn) => conn,
             Err(e) => {
@@ -149,10 +183,27 @@ impl Conn {
             }
             match deadline {
                 Some(d) => self.fill_until(d)?,
-                None => match self.fill(IDLE_TIMEOUT) {
-                    Ok(0) | Err(_) => return Ok(None),
-                    Ok(_) => deadline = Some(Instant::now() + HEAD_TIMEOUT),
-                },
+                None => {
+                    // Idle between requests: closed after IDLE_TIMEOUT, or at once when a
+                    // drain starts (checked every DRAIN_POLL).
+                    let idle_since = Instant::now();
+                    loop {
+                        if draining() {
+                            return Ok(None);
+                        }
+                        let left = IDLE_TIMEOUT.saturating_sub(idle_since.elapsed());
+                        if left.is_zero() {
+                            return Ok(None);
+                        }
+                        match self.fill(left.min(DRAIN_POLL)) {
+                            Ok(0) => return Ok(None),
+                            Ok(_) => break,
+                            Err(e) if is_timeout(&e) => {}
+                            Err(_) => return Ok(None),
+                        }
+                    }
+                    deadline = Some(Instant::now() + HEAD_TIMEOUT);
+                }
             }
         }
     }
@@ -288,7 +339,8 @@ fn handle_connection(stream: TcpStream, peer: SocketAddr, state: &AppState) {
             }
         };
         let resp = app::route(&req, &body, state);
-        let keep_alive = req.keep_alive && !resp.close;
+        // Draining: this answer is the connection's last.
+        let keep_alive = req.keep_alive && !resp.close && !draining();
         let wire = resp.serialize(
             req.method == "HEAD",
             keep_alive,
