@@ -7,7 +7,7 @@
 #      (ZooKeeper is left to the Rust test harness, which spawns its own servers)
 #   4. cargo fmt --all --check
 #   5. cargo clippy --workspace --all-targets -- -D warnings
-#   6. cargo test --workspace --doc
+#   6. cargo test --workspace --doc; fmt, clippy and tests of examples/hello-app (its own package)
 #   7. cargo nextest run --workspace --all-targets --no-fail-fast   (cargo test if no nextest)
 #
 # Steps 4-7 all run even when one fails; the script exits non-zero if any failed and stops what
@@ -143,6 +143,11 @@ rustc --version
 step fmt cargo fmt --all --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
 step doctests cargo test --workspace --doc
+# hello-app is its own package (the test image's binary, outside the workspace).
+HELLO=examples/hello-app/Cargo.toml
+step hello-app bash -c "cargo fmt --manifest-path $HELLO --check &&
+  cargo clippy --manifest-path $HELLO --all-targets -- -D warnings &&
+  cargo test --manifest-path $HELLO"
 if cargo nextest --version >/dev/null 2>&1; then
   step tests cargo nextest run --workspace --all-targets --no-fail-fast "$@"
 else
