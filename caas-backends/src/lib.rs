@@ -30,6 +30,7 @@
 //!   to make sessions expire.
 
 pub mod agent;
+pub mod api;
 pub mod assignment;
 pub mod docker;
 pub mod health;

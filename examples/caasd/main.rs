@@ -1,6 +1,7 @@
 //! caasd: a caas node and its operator commands.
 //!
 //! - `agent` runs the host agent for one host id;
+//! - `api` serves the control API (`/v1/...`, bearer tokens; see `api.rs`);
 //! - `scheduler` runs a scheduler (several may run at once);
 //! - `deploy` writes a deployment node, `scale` changes its replicas, `undeploy` removes an
 //!   app or one version, `drain` marks a host draining, `status` prints a deployment's
@@ -9,10 +10,13 @@
 //! ```text
 //! cargo run --release --example caasd -- agent --zk 127.0.0.1:2181 --host-id h1 --ip 127.0.0.2
 //! cargo run --release --example caasd -- scheduler --zk 127.0.0.1:2181
+//! cargo run --release --example caasd -- api --zk 127.0.0.1:2181 --listen 127.0.0.1:7070 --tokens tokens.toml
 //! cargo run --release --example caasd -- deploy --zk 127.0.0.1:2181 hello:v1 \
 //!     --image 127.0.0.1:5000/hello:v1 --replicas 3 --port 8080 --memory 512m --cpu-shares 1024
 //! cargo run --release --example caasd -- scale --zk 127.0.0.1:2181 hello:v1 5
 //! ```
+
+mod api;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -43,6 +47,8 @@ enum Command {
     Agent(AgentArgs),
     /// Run a scheduler: turn /caas/deployments into assignments (several may run at once).
     Scheduler(SchedulerArgs),
+    /// Serve the control API: tenants deploy, scale, route and remove apps over HTTP.
+    Api(api::ApiArgs),
     /// Write the deployment node of APP:VERSION (created or replaced).
     Deploy(DeployArgs),
     /// Set the replicas of a deployment.
@@ -56,7 +62,7 @@ enum Command {
 }
 
 #[derive(Args, Debug)]
-struct ZkArgs {
+pub(crate) struct ZkArgs {
     /// ZooKeeper connect string, host:port[,host:port...].
     #[arg(long, value_name = "HOST:PORT")]
     zk: String,
@@ -277,7 +283,7 @@ fn main() -> ExitCode {
     // The daemons log what they do; the one-shot commands only warnings (their result is
     // printed on stdout).
     let default = match cli.command {
-        Command::Agent(_) | Command::Scheduler(_) => "info",
+        Command::Agent(_) | Command::Scheduler(_) | Command::Api(_) => "info",
         _ => "warn",
     };
     tracing_subscriber::fmt()
@@ -301,6 +307,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Agent(a) => agent(a).await,
             Command::Scheduler(a) => scheduler(a).await,
+            Command::Api(a) => api::run(a).await,
             Command::Deploy(d) => deploy(d).await,
             Command::Scale(a) => scale(a).await,
             Command::Undeploy(a) => undeploy(a).await,
@@ -357,7 +364,7 @@ async fn agent(a: AgentArgs) -> Result<(), String> {
     Ok(())
 }
 
-async fn store(zk: &ZkArgs) -> Result<ZkStore, String> {
+pub(crate) async fn store(zk: &ZkArgs) -> Result<ZkStore, String> {
     let session = ZkSession::connect(zk.config())
         .await
         .map_err(|e| e.to_string())?;

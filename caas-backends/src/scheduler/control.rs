@@ -128,80 +128,110 @@ pub async fn undeploy<S: Store>(
 ) -> Result<Vec<Version>, ControlError> {
     let mut last = None;
     for attempt in 0..ATTEMPTS {
-        let mut snap = snapshot::read(store).await?;
-        let wanted = |v: &Version| version.is_none_or(|only| only == v);
-        let mut versions: BTreeSet<Version> = snap
-            .deployments
-            .keys()
-            .filter(|(a, v)| a == app && wanted(v))
-            .map(|(_, v)| v.clone())
-            .collect();
-        let mut remove = Vec::new();
-        for h in snap.hosts.values() {
-            for (id, a) in &h.instances {
-                if &a.app == app && wanted(&a.version) {
-                    versions.insert(a.version.clone());
-                    remove.push(Removal {
-                        host: h.id.clone(),
-                        id: id.clone(),
-                        why: Why::Orphan,
-                    });
-                }
-            }
-        }
-        if versions.is_empty() {
+        let Some(Undeploy { ops, versions }) = undeploy_ops(store, app, version).await? else {
             let path = match version {
                 Some(v) => deployment_path(app, v),
                 None => format!("{DEPLOYMENTS}/{app}"),
             };
             return Err(ControlError::NotFound { path });
-        }
-        let plan = Plan {
-            add: Vec::new(),
-            remove,
-            next_instance: 0,
-            desired: 0,
-            unschedulable: None,
-            rejected: Default::default(),
         };
-        let mut ops = commit::apply(&mut snap, None, &plan).map_err(ControlError::Invalid)?;
-        for v in &versions {
-            let Some(d) = snap.deployments.get(&(app.clone(), v.clone())) else {
-                continue;
-            };
-            if let Some(s) = &d.status {
-                ops.push(Op::Delete {
-                    path: deployment_status_path(app, v),
-                    version: Some(s.version),
-                });
-            }
-            ops.push(Op::Delete {
-                path: deployment_path(app, v),
-                version: Some(d.spec_version),
-            });
-        }
-        let remaining = store.children(&format!("{DEPLOYMENTS}/{app}")).await?;
-        if remaining
-            .iter()
-            .all(|v| versions.iter().any(|x| x.as_str() == v))
-            && !remaining.is_empty()
-        {
-            ops.push(Op::Delete {
-                path: format!("{DEPLOYMENTS}/{app}"),
-                version: None,
-            });
-        }
         if ops.is_empty() {
-            return Ok(versions.into_iter().collect());
+            return Ok(versions);
         }
         match store.commit(ops).await {
-            Ok(_) => return Ok(versions.into_iter().collect()),
+            Ok(_) => return Ok(versions),
             Err(e @ StoreError::Conflict { .. }) => last = Some(e),
             Err(e) => return Err(e.into()),
         }
         pause(attempt).await;
     }
     Err(busy("undeploy", last))
+}
+
+/// What removing an app (version) takes, as read now: the ops of one commit, and the
+/// versions they remove.
+#[derive(Debug, Clone)]
+pub struct Undeploy {
+    /// Every assignment of the app (version) deleted, each touched host's `allocated`
+    /// released under the host's version, the status and deployment nodes deleted under
+    /// theirs (and `/deployments/{app}` when no version is left).
+    pub ops: Vec<Op>,
+    /// The versions removed.
+    pub versions: Vec<Version>,
+}
+
+/// Reads what [`undeploy`] would remove and returns its ops without committing them, so a
+/// caller can commit them together with its own (the control API deletes the app's spec
+/// and domain claims in the same commit). `None` when there is neither a deployment nor
+/// an instance. A conflict on commit means: call again.
+pub async fn undeploy_ops<S: Store>(
+    store: &S,
+    app: &AppId,
+    version: Option<&Version>,
+) -> Result<Option<Undeploy>, ControlError> {
+    let mut snap = snapshot::read(store).await?;
+    let wanted = |v: &Version| version.is_none_or(|only| only == v);
+    let mut versions: BTreeSet<Version> = snap
+        .deployments
+        .keys()
+        .filter(|(a, v)| a == app && wanted(v))
+        .map(|(_, v)| v.clone())
+        .collect();
+    let mut remove = Vec::new();
+    for h in snap.hosts.values() {
+        for (id, a) in &h.instances {
+            if &a.app == app && wanted(&a.version) {
+                versions.insert(a.version.clone());
+                remove.push(Removal {
+                    host: h.id.clone(),
+                    id: id.clone(),
+                    why: Why::Orphan,
+                });
+            }
+        }
+    }
+    if versions.is_empty() {
+        return Ok(None);
+    }
+    let plan = Plan {
+        add: Vec::new(),
+        remove,
+        next_instance: 0,
+        desired: 0,
+        unschedulable: None,
+        rejected: Default::default(),
+    };
+    let mut ops = commit::apply(&mut snap, None, &plan).map_err(ControlError::Invalid)?;
+    for v in &versions {
+        let Some(d) = snap.deployments.get(&(app.clone(), v.clone())) else {
+            continue;
+        };
+        if let Some(s) = &d.status {
+            ops.push(Op::Delete {
+                path: deployment_status_path(app, v),
+                version: Some(s.version),
+            });
+        }
+        ops.push(Op::Delete {
+            path: deployment_path(app, v),
+            version: Some(d.spec_version),
+        });
+    }
+    let remaining = store.children(&format!("{DEPLOYMENTS}/{app}")).await?;
+    if remaining
+        .iter()
+        .all(|v| versions.iter().any(|x| x.as_str() == v))
+        && !remaining.is_empty()
+    {
+        ops.push(Op::Delete {
+            path: format!("{DEPLOYMENTS}/{app}"),
+            version: None,
+        });
+    }
+    Ok(Some(Undeploy {
+        ops,
+        versions: versions.into_iter().collect(),
+    }))
 }
 
 /// Sets (or clears) `draining` on a host's info, under the node's version, leaving every
