@@ -129,6 +129,10 @@ struct AgentArgs {
     /// in milliseconds.
     #[arg(long, default_value_t = 60_000)]
     host_refresh_ms: u64,
+    /// Serve this host's container logs for the control API (GET /logs/{instanceId}) on
+    /// this address, published as `logs` in the host node (0.0.0.0:PORT publishes --ip).
+    #[arg(long, value_name = "IP:PORT")]
+    logs_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args, Debug)]
@@ -334,6 +338,7 @@ async fn agent(a: AgentArgs) -> Result<(), String> {
     config.restart_backoff = Duration::from_millis(a.restart_backoff_ms.max(1));
     config.cpu_sample = Duration::from_millis(a.cpu_sample_ms.max(100));
     config.host_refresh = Duration::from_millis(a.host_refresh_ms.max(100));
+    config.logs_listen = a.logs_listen;
     let password = match (a.registry_password, a.registry_password_file) {
         (Some(p), _) => Some(p),
         (None, Some(f)) => Some(
