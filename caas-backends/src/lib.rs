@@ -25,6 +25,10 @@
 //! - [`scheduler`]: the [`Scheduler`]: deployments in, assignments out; filters and
 //!   strategies as pure functions, each deployment's change as one commit under version
 //!   checks, several schedulers safe at once.
+//! - [`api`]: the control API tenants use (HTTP + JSON under `/v1`, bearer tokens per
+//!   tenant): apps, versions (deployments), weights, domains, blacklist and rate limits,
+//!   hosts and drain, stats summed over the gateways, logs streamed from the host agents;
+//!   each change one store commit.
 //! - `testing` (feature `testing`): a real ZooKeeper server for tests, started on a free
 //!   loopback port (`testing::ZkServer`), and a `testing::TcpProxy` that cuts the network
 //!   to make sessions expire.
