@@ -842,3 +842,138 @@ async fn stats_are_summed_over_gateways_and_a_dead_one_is_listed_missing() {
     );
     session.close();
 }
+
+/// A store through which another writer changes `path` just before the API's first commit
+/// touching it, as a concurrent operator or scheduler would.
+#[derive(Clone)]
+struct Racing {
+    inner: ZkStore,
+    path: String,
+    raced: Arc<std::sync::atomic::AtomicBool>,
+    edit: fn(&mut Value),
+}
+
+impl Store for Racing {
+    fn get(
+        &self,
+        path: &str,
+    ) -> impl std::future::Future<
+        Output = Result<Option<caas_backends::store::Versioned>, caas_backends::store::StoreError>,
+    > + Send {
+        self.inner.get(path)
+    }
+
+    fn children(
+        &self,
+        path: &str,
+    ) -> impl std::future::Future<Output = Result<Vec<String>, caas_backends::store::StoreError>> + Send
+    {
+        self.inner.children(path)
+    }
+
+    fn commit(
+        &self,
+        ops: Vec<caas_backends::store::Op>,
+    ) -> impl std::future::Future<
+        Output = Result<Vec<Option<i64>>, caas_backends::store::StoreError>,
+    > + Send {
+        let this = self.clone();
+        async move {
+            if ops.iter().any(|o| o.path() == this.path)
+                && !this.raced.swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                let node = this.inner.get(&this.path).await?.unwrap();
+                let mut v: Value = serde_json::from_slice(&node.data).unwrap();
+                (this.edit)(&mut v);
+                caas_backends::store::put(
+                    &this.inner,
+                    &this.path,
+                    &serde_json::to_vec(&v).unwrap(),
+                )
+                .await?;
+            }
+            this.inner.commit(ops).await
+        }
+    }
+
+    fn watch(&self, prefix: &str) -> caas_backends::store::Watch {
+        self.inner.watch(prefix)
+    }
+}
+
+/// `PATCH` through `api` without a socket (`Api::handle` takes any body).
+async fn patch_replicas<S: Store>(api: &Api<S>, replicas: u32) -> (StatusCode, Value) {
+    let req = Request::patch("/v1/apps/hello/versions/v1")
+        .header("authorization", format!("Bearer {ACME}"))
+        .body(Full::new(Bytes::from(format!(
+            "{{\"replicas\": {replicas}}}"
+        ))))
+        .unwrap();
+    let resp = api.handle(req).await;
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap())
+}
+
+#[tokio::test]
+async fn a_change_that_conflicts_is_decided_again_and_never_half_written() {
+    let Some(w) = World::new("api_race").await else {
+        return;
+    };
+    w.ok(
+        Method::PUT,
+        "/v1/apps/hello/versions/v1",
+        ACME,
+        Some(&deployment("hello", "v1", 1, "64m")),
+    )
+    .await;
+    let racing = |edit: fn(&mut Value)| {
+        let store = Racing {
+            inner: w.store.clone(),
+            path: "/deployments/hello/v1".into(),
+            raced: Arc::default(),
+            edit,
+        };
+        let api = Api::new(
+            store.clone(),
+            Tokens::load(&w.tokens_path).unwrap(),
+            None,
+            ApiConfig::default(),
+        );
+        (store, api)
+    };
+    let node = || async {
+        let n = w.store.get("/deployments/hello/v1").await.unwrap().unwrap();
+        serde_json::from_slice::<Value>(&n.data).unwrap()
+    };
+
+    // Someone changes cpu_shares between the API's read and its commit: the commit is
+    // refused, the API reads again and scales the new version; both changes stand.
+    let (store, api) = racing(|v| v["cpu_shares"] = json!(20));
+    let (status, body) = patch_replicas(&api, 4).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(store.raced.load(std::sync::atomic::Ordering::SeqCst));
+    let d = node().await;
+    assert_eq!(
+        (d["replicas"].as_u64(), d["cpu_shares"].as_u64()),
+        (Some(4), Some(20))
+    );
+
+    // The concurrent change makes the request invalid (the deployment became global): the
+    // decision taken again refuses it, and the node is exactly what the other writer left.
+    let (_, api) = racing(|v| {
+        v.as_object_mut().unwrap().remove("replicas");
+        v["global"] = json!(true);
+    });
+    let (status, body) = patch_replicas(&api, 6).await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("replicas")),
+        "{body}"
+    );
+    let d = node().await;
+    assert_eq!(
+        (d.get("replicas"), d["global"].as_bool()),
+        (None, Some(true))
+    );
+}

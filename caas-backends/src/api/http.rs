@@ -66,8 +66,20 @@ pub fn error_response(e: &ApiError) -> Response<ApiBody> {
     resp
 }
 
+/// What a request body may be: hyper's `Incoming` from a socket, or any other body (a
+/// `Full` in tests, a body from another server embedding the API).
+pub trait RequestBody:
+    http_body::Body<Data = Bytes, Error: Into<BodyError>> + Send + 'static
+{
+}
+
+impl<B> RequestBody for B where
+    B: http_body::Body<Data = Bytes, Error: Into<BodyError>> + Send + 'static
+{
+}
+
 /// Reads a request body of at most [`MAX_BODY`] bytes.
-pub async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
+pub async fn read_body<B: RequestBody>(req: Request<B>) -> Result<Bytes, ApiError> {
     match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => Ok(b.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(

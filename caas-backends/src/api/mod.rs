@@ -31,7 +31,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
@@ -121,7 +120,10 @@ impl<S: Store> Api<S> {
     }
 
     /// Answers one request (usable without a socket).
-    pub async fn handle(&self, req: ::http::Request<Incoming>) -> ::http::Response<ApiBody> {
+    pub async fn handle<B: http::RequestBody>(
+        &self,
+        req: ::http::Request<B>,
+    ) -> ::http::Response<ApiBody> {
         routes::handle(self, req).await
     }
 

@@ -21,15 +21,14 @@
 
 use caas_core::AppId;
 use http::{Method, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 
 use super::error::ApiError;
-use super::http::{ApiBody, error_response};
+use super::http::{ApiBody, RequestBody, error_response};
 use super::{Api, Principal, apps, hosts, logs, settings, stats, versions};
 use crate::store::Store;
 
 /// Answers one request.
-pub async fn handle<S: Store>(api: &Api<S>, req: Request<Incoming>) -> Response<ApiBody> {
+pub async fn handle<S: Store, B: RequestBody>(api: &Api<S>, req: Request<B>) -> Response<ApiBody> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     match route(api, req).await {
@@ -80,9 +79,9 @@ pub fn admin_only(who: &Principal) -> Result<(), ApiError> {
     }
 }
 
-async fn route<S: Store>(
+async fn route<S: Store, B: RequestBody>(
     api: &Api<S>,
-    req: Request<Incoming>,
+    req: Request<B>,
 ) -> Result<Response<ApiBody>, ApiError> {
     let path = req.uri().path().to_owned();
     if path == "/healthz" {

@@ -4,12 +4,11 @@
 
 use caas_core::{AppId, Version};
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use serde::Deserialize;
 
 use super::Api;
 use super::error::ApiError;
-use super::http::{ApiBody, json, parse_json, read_body};
+use super::http::{ApiBody, RequestBody, json, parse_json, read_body};
 use super::txn::{read_spec, transact, validate_spec};
 use crate::assignment::AssignmentError;
 use crate::scheduler::control;
@@ -86,11 +85,11 @@ async fn check_capacity<S: Store>(
 }
 
 /// `PUT /v1/apps/{app}/versions/{version}`: creates or replaces the deployment.
-pub async fn put<S: Store>(
+pub async fn put<S: Store, B: RequestBody>(
     api: &Api<S>,
     app: &AppId,
     version: &Version,
-    req: Request<Incoming>,
+    req: Request<B>,
 ) -> Result<Response<ApiBody>, ApiError> {
     let body = read_body(req).await?;
     let d: Deployment = parse_json(&body, None)?;
@@ -136,11 +135,11 @@ struct Scale {
 }
 
 /// `PATCH /v1/apps/{app}/versions/{version}` with `{"replicas": N}`.
-pub async fn patch<S: Store>(
+pub async fn patch<S: Store, B: RequestBody>(
     api: &Api<S>,
     app: &AppId,
     version: &Version,
-    req: Request<Incoming>,
+    req: Request<B>,
 ) -> Result<Response<ApiBody>, ApiError> {
     let body = read_body(req).await?;
     let Scale { replicas } = parse_json(&body, None)?;
