@@ -11,8 +11,8 @@ use super::http::{ApiBody, json};
 use super::txn::{read_spec, transact};
 use super::views::{AppSummary, AppView, StatusView, VersionView, instances};
 use super::{Api, Principal};
-use crate::scheduler::control;
 use crate::scheduler::snapshot;
+use crate::scheduler::{ControlError, control};
 use crate::store::{Op, Store};
 use crate::zk::layout::{APPS, CERTS, DEPLOYMENTS, app_path};
 
@@ -132,13 +132,16 @@ pub async fn get<S: Store>(api: &Api<S>, app: &AppId) -> Result<Response<ApiBody
 pub async fn delete<S: Store>(api: &Api<S>, app: &AppId) -> Result<Response<ApiBody>, ApiError> {
     let store = api.store();
     let removed = transact(store, || async move {
-        let undeploy = control::undeploy_ops(store, app, None).await?;
+        let undeploy = match control::undeploy_ops(store, app, None).await {
+            Ok(u) => Some(u),
+            Err(ControlError::NotFound { .. }) => None,
+            Err(e) => return Err(e.into()),
+        };
         let spec = read_spec(store, app, api.cipher()).await?;
         if undeploy.is_none() && spec.version.is_none() {
             return Err(ApiError::no_app(app.as_str()));
         }
-        let (mut ops, versions) =
-            undeploy.map_or((Vec::new(), Vec::new()), |u| (u.ops, u.versions));
+        let (mut ops, versions) = undeploy.unwrap_or_default();
         // Nodes under the spec (older layouts kept static versions there), deepest first.
         let mut below = Vec::new();
         let mut stack = vec![app_path(app)];

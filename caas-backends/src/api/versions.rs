@@ -11,8 +11,8 @@ use super::error::ApiError;
 use super::http::{ApiBody, RequestBody, json, parse_json, read_body};
 use super::txn::{read_spec, transact, validate_spec};
 use crate::assignment::AssignmentError;
-use crate::scheduler::control;
 use crate::scheduler::deployment::{Deployment, DeploymentError, MAX_REPLICAS};
+use crate::scheduler::{ControlError, control};
 use crate::store::{Op, Store};
 use crate::zk::hosts::{HOSTS, HostInfo, host_path};
 use crate::zk::layout::deployment_path;
@@ -204,10 +204,11 @@ pub async fn delete<S: Store>(
     let store = api.store();
     super::apps::require(store, app).await?;
     transact(store, || async move {
-        let Some(undeploy) = control::undeploy_ops(store, app, Some(version)).await? else {
-            return Err(no_version(app, version));
+        let mut ops = match control::undeploy_ops(store, app, Some(version)).await {
+            Ok((ops, _)) => ops,
+            Err(ControlError::NotFound { .. }) => return Err(no_version(app, version)),
+            Err(e) => return Err(e.into()),
         };
-        let mut ops = undeploy.ops;
         let node = read_spec(store, app, api.cipher()).await?;
         let mut spec = node.spec.clone();
         let mut changed = spec.weights.remove(version).is_some();

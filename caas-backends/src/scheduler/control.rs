@@ -128,13 +128,7 @@ pub async fn undeploy<S: Store>(
 ) -> Result<Vec<Version>, ControlError> {
     let mut last = None;
     for attempt in 0..ATTEMPTS {
-        let Some(Undeploy { ops, versions }) = undeploy_ops(store, app, version).await? else {
-            let path = match version {
-                Some(v) => deployment_path(app, v),
-                None => format!("{DEPLOYMENTS}/{app}"),
-            };
-            return Err(ControlError::NotFound { path });
-        };
+        let (ops, versions) = undeploy_ops(store, app, version).await?;
         if ops.is_empty() {
             return Ok(versions);
         }
@@ -148,27 +142,17 @@ pub async fn undeploy<S: Store>(
     Err(busy("undeploy", last))
 }
 
-/// What removing an app (version) takes, as read now: the ops of one commit, and the
-/// versions they remove.
-#[derive(Debug, Clone)]
-pub struct Undeploy {
-    /// Every assignment of the app (version) deleted, each touched host's `allocated`
-    /// released under the host's version, the status and deployment nodes deleted under
-    /// theirs (and `/deployments/{app}` when no version is left).
-    pub ops: Vec<Op>,
-    /// The versions removed.
-    pub versions: Vec<Version>,
-}
-
-/// Reads what [`undeploy`] would remove and returns its ops without committing them, so a
-/// caller can commit them together with its own (the control API deletes the app's spec
-/// and domain claims in the same commit). `None` when there is neither a deployment nor
-/// an instance. A conflict on commit means: call again.
+/// The ops that remove `app` (every version, or only `version`) as read now, and the
+/// versions they remove: every assignment deleted, each touched host's allocation
+/// released under the host's version, the status and deployment nodes deleted under
+/// theirs. Committed alone by [`undeploy`], or with other ops by a caller that needs the
+/// removal in its own commit (a rolling update). [`ControlError::NotFound`] when there is
+/// neither a deployment nor an instance.
 pub async fn undeploy_ops<S: Store>(
     store: &S,
     app: &AppId,
     version: Option<&Version>,
-) -> Result<Option<Undeploy>, ControlError> {
+) -> Result<(Vec<Op>, Vec<Version>), ControlError> {
     let mut snap = snapshot::read(store).await?;
     let wanted = |v: &Version| version.is_none_or(|only| only == v);
     let mut versions: BTreeSet<Version> = snap
@@ -191,7 +175,11 @@ pub async fn undeploy_ops<S: Store>(
         }
     }
     if versions.is_empty() {
-        return Ok(None);
+        let path = match version {
+            Some(v) => deployment_path(app, v),
+            None => format!("{DEPLOYMENTS}/{app}"),
+        };
+        return Err(ControlError::NotFound { path });
     }
     let plan = Plan {
         add: Vec::new(),
@@ -228,10 +216,7 @@ pub async fn undeploy_ops<S: Store>(
             version: None,
         });
     }
-    Ok(Some(Undeploy {
-        ops,
-        versions: versions.into_iter().collect(),
-    }))
+    Ok((ops, versions.into_iter().collect()))
 }
 
 /// Sets (or clears) `draining` on a host's info, under the node's version, leaving every
