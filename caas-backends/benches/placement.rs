@@ -74,6 +74,7 @@ fn cluster() -> Snapshot {
             allocated: Resources::default(),
             cpu_idle: (h % 10 != 0).then(|| (h % 97) as f64 / 97.0),
             draining: false,
+            logs: None,
         };
         let mut host = HostState::new(&hid, info);
         for _ in 0..10 {

@@ -64,6 +64,7 @@ async fn round(zk: &ZkServer, name: &str, r: &Round, schedulers: usize) {
             allocated: Resources::default(),
             cpu_idle: None,
             draining: false,
+            logs: None,
         };
         hosts.ensure(&id).await.unwrap();
         hosts

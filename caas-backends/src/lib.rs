@@ -28,11 +28,16 @@
 //! - [`rollout`]: rolling updates: a new version started beside the old one, traffic moved
 //!   in steps while it stays healthy, the old one drained and removed, or everything rolled
 //!   back; the state in the store, each move one commit, several controllers safe at once.
+//! - [`api`]: the control API tenants use (HTTP + JSON under `/v1`, bearer tokens per
+//!   tenant): apps, versions (deployments), weights, domains, blacklist and rate limits,
+//!   hosts and drain, stats summed over the gateways, logs streamed from the host agents;
+//!   each change one store commit.
 //! - `testing` (feature `testing`): a real ZooKeeper server for tests, started on a free
 //!   loopback port (`testing::ZkServer`), and a `testing::TcpProxy` that cuts the network
 //!   to make sessions expire.
 
 pub mod agent;
+pub mod api;
 pub mod assignment;
 pub mod docker;
 pub mod health;

@@ -42,6 +42,7 @@ fn fields(cpu_idle: Option<f64>) -> AgentHostFields {
             instances: 299,
         },
         cpu_idle,
+        logs: None,
     }
 }
 

@@ -70,6 +70,7 @@ fn host_info(memory: u64, ports: u64, labels: &[(&str, &str)]) -> HostInfo {
         allocated: Resources::default(),
         cpu_idle: None,
         draining: false,
+        logs: None,
     }
 }
 

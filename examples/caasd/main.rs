@@ -1,6 +1,7 @@
 //! caasd: a caas node and its operator commands.
 //!
 //! - `agent` runs the host agent for one host id;
+//! - `api` serves the control API (`/v1/...`, bearer tokens; see `api.rs`);
 //! - `scheduler` runs a scheduler (several may run at once);
 //! - `deploy` writes a deployment node, `scale` changes its replicas, `undeploy` removes an
 //!   app or one version, `drain` marks a host draining, `status` prints a deployment's
@@ -11,10 +12,13 @@
 //! ```text
 //! cargo run --release --example caasd -- agent --zk 127.0.0.1:2181 --host-id h1 --ip 127.0.0.2
 //! cargo run --release --example caasd -- scheduler --zk 127.0.0.1:2181
+//! cargo run --release --example caasd -- api --zk 127.0.0.1:2181 --listen 127.0.0.1:7070 --tokens tokens.toml
 //! cargo run --release --example caasd -- deploy --zk 127.0.0.1:2181 hello:v1 \
 //!     --image 127.0.0.1:5000/hello:v1 --replicas 3 --port 8080 --memory 512m --cpu-shares 1024
 //! cargo run --release --example caasd -- scale --zk 127.0.0.1:2181 hello:v1 5
 //! ```
+
+mod api;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -47,6 +51,8 @@ enum Command {
     Agent(AgentArgs),
     /// Run a scheduler: turn /caas/deployments into assignments (several may run at once).
     Scheduler(SchedulerArgs),
+    /// Serve the control API: tenants deploy, scale, route and remove apps over HTTP.
+    Api(api::ApiArgs),
     /// Write the deployment node of APP:VERSION (created or replaced).
     Deploy(DeployArgs),
     /// Set the replicas of a deployment.
@@ -68,7 +74,7 @@ enum Command {
 }
 
 #[derive(Args, Debug)]
-struct ZkArgs {
+pub(crate) struct ZkArgs {
     /// ZooKeeper connect string, host:port[,host:port...].
     #[arg(long, value_name = "HOST:PORT")]
     zk: String,
@@ -142,6 +148,10 @@ struct AgentArgs {
     /// After SIGTERM, an instance has this many milliseconds to finish before SIGKILL.
     #[arg(long, default_value_t = 10_000)]
     stop_timeout_ms: u64,
+    /// Serve this host's container logs for the control API (GET /logs/{instanceId}) on
+    /// this address, published as `logs` in the host node (0.0.0.0:PORT publishes --ip).
+    #[arg(long, value_name = "IP:PORT")]
+    logs_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args, Debug)]
@@ -296,7 +306,9 @@ fn main() -> ExitCode {
     // The daemons log what they do; the one-shot commands only warnings (their result is
     // printed on stdout).
     let default = match cli.command {
-        Command::Agent(_) | Command::Scheduler(_) | Command::Rollouts(_) => "info",
+        Command::Agent(_) | Command::Scheduler(_) | Command::Rollouts(_) | Command::Api(_) => {
+            "info"
+        }
         _ => "warn",
     };
     tracing_subscriber::fmt()
@@ -320,6 +332,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Agent(a) => agent(a).await,
             Command::Scheduler(a) => scheduler(a).await,
+            Command::Api(a) => api::run(a).await,
             Command::Deploy(d) => deploy(d).await,
             Command::Scale(a) => scale(a).await,
             Command::Undeploy(a) => undeploy(a).await,
@@ -352,6 +365,7 @@ async fn agent(a: AgentArgs) -> Result<(), String> {
     config.host_refresh = Duration::from_millis(a.host_refresh_ms.max(100));
     config.drain_delay = Duration::from_millis(a.drain_delay_ms);
     config.stop_timeout = Duration::from_millis(a.stop_timeout_ms);
+    config.logs_listen = a.logs_listen;
     let password = match (a.registry_password, a.registry_password_file) {
         (Some(p), _) => Some(p),
         (None, Some(f)) => Some(
@@ -382,7 +396,7 @@ async fn agent(a: AgentArgs) -> Result<(), String> {
     Ok(())
 }
 
-async fn store(zk: &ZkArgs) -> Result<ZkStore, String> {
+pub(crate) async fn store(zk: &ZkArgs) -> Result<ZkStore, String> {
     let session = ZkSession::connect(zk.config())
         .await
         .map_err(|e| e.to_string())?;

@@ -57,6 +57,10 @@ pub struct AgentConfig {
     /// The host node's agent fields are written this often anyway (with the latest
     /// `cpu_idle`), besides the writes on a meaningful change.
     pub host_refresh: Duration,
+    /// Serve the instances' container logs here (`GET /logs/{instanceId}`, for the control
+    /// API) and publish the address as `logs` in the host node; `None`: no logs endpoint.
+    /// An unspecified IP (`0.0.0.0:7071`) is published with the advertised IP.
+    pub logs_listen: Option<std::net::SocketAddr>,
     /// Where the CPU counters are read: the host's `/proc/stat` (an agent in a container
     /// reads the host's, mounted e.g. at `/host/proc/stat`).
     pub proc_stat: PathBuf,
@@ -86,6 +90,7 @@ impl AgentConfig {
             cpu_idle_min_change: 0.02,
             host_refresh: Duration::from_secs(60),
             proc_stat: PathBuf::from("/proc/stat"),
+            logs_listen: None,
         }
     }
 

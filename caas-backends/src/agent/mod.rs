@@ -62,6 +62,7 @@ mod config;
 mod cpu;
 mod events;
 mod instance;
+mod logs;
 mod plan;
 mod run;
 mod stats;
@@ -122,12 +123,31 @@ impl Agent {
         }
         let capacity = run::capacity(&docker, &config).await;
         let stats = Arc::new(AgentStats::default());
+        let logs_listener = match config.logs_listen {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                AgentError::Config(format!("logs_listen {addr}: cannot listen: {e}"))
+            })?),
+            None => None,
+        };
+        let logs = match &logs_listener {
+            Some(l) => {
+                let mut addr = l.local_addr().map_err(|e| {
+                    AgentError::Config(format!("logs_listen: no local address: {e}"))
+                })?;
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(config.ip);
+                }
+                Some(addr.to_string())
+            }
+            None => None,
+        };
         // Before `alive`: a scheduler never sees a live host without its capacity.
         let fields = AgentHostFields {
             ip: config.ip,
             labels: config.labels.clone(),
             capacity,
             cpu_idle: None,
+            logs: logs.clone(),
         };
         if let Err(e) = hosts.publish_agent_fields(&config.host_id, &fields).await {
             // The loop tries again; containers are managed meanwhile.
@@ -136,6 +156,14 @@ impl Agent {
         }
         hosts.mark_alive(&config.host_id, config.ip).await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
+        if let Some(listener) = logs_listener {
+            tokio::spawn(logs::serve(
+                listener,
+                docker.clone(),
+                config.host_id.clone(),
+                shutdown_rx.clone(),
+            ));
+        }
         let state = run::State::new(run::Parts {
             config,
             docker,
@@ -144,6 +172,7 @@ impl Agent {
             pool,
             capacity,
             stats: stats.clone(),
+            logs,
         });
         let task = tokio::spawn(state.run(shutdown_rx));
         Ok(AgentHandle {

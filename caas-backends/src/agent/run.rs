@@ -73,6 +73,8 @@ pub(super) struct Parts {
     pub(super) pool: PortPool,
     pub(super) capacity: Resources,
     pub(super) stats: Arc<AgentStats>,
+    /// Where the logs endpoint serves (published in the host node).
+    pub(super) logs: Option<String>,
 }
 
 /// The loop's state.
@@ -283,6 +285,7 @@ impl State {
             labels: self.p.config.labels.clone(),
             capacity: self.p.capacity,
             cpu_idle,
+            logs: self.p.logs.clone(),
         };
         match self
             .p

@@ -25,6 +25,7 @@ fn info(memory: u64, ports: u64) -> HostInfo {
         allocated: Resources::default(),
         cpu_idle: None,
         draining: false,
+        logs: None,
     }
 }
 

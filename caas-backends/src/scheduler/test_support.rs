@@ -37,6 +37,7 @@ pub(crate) fn host(id: &str, memory: u64, cpu: u64, ports: u64) -> HostState {
             allocated: Resources::default(),
             cpu_idle: None,
             draining: false,
+            logs: None,
         },
     )
 }

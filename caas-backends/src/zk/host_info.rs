@@ -1,5 +1,5 @@
-//! The agent's share of `/hosts/{hostId}` ([`HostInfo`]): `ip`, `labels`, `capacity` and
-//! `cpu_idle`, written with a read-modify-write under the node's version so that the fields
+//! The agent's share of `/hosts/{hostId}` ([`HostInfo`]): `ip`, `labels`, `capacity`,
+//! `cpu_idle` and `logs`, written with a read-modify-write under the node's version so that the fields
 //! of schedulers (`allocated`) and operators (`draining`) are never overwritten (see
 //! [`hosts`](super::hosts) for who owns what).
 
@@ -25,6 +25,8 @@ pub struct AgentHostFields {
     pub capacity: Resources,
     /// The smoothed CPU idle share, once measured.
     pub cpu_idle: Option<f64>,
+    /// Where the agent serves container logs, if it does.
+    pub logs: Option<String>,
 }
 
 impl From<&HostInfo> for AgentHostFields {
@@ -35,6 +37,7 @@ impl From<&HostInfo> for AgentHostFields {
             labels: info.labels.clone(),
             capacity: info.capacity,
             cpu_idle: info.cpu_idle,
+            logs: info.logs.clone(),
         }
     }
 }
@@ -47,6 +50,7 @@ impl AgentHostFields {
             labels: self.labels.clone(),
             capacity: self.capacity,
             cpu_idle: self.cpu_idle,
+            logs: self.logs.clone(),
             ..info
         }
     }
@@ -60,6 +64,7 @@ impl AgentHostFields {
             allocated,
             cpu_idle: self.cpu_idle,
             draining: false,
+            logs: self.logs.clone(),
         }
     }
 }
@@ -190,6 +195,7 @@ mod tests {
                 instances: 100,
             },
             cpu_idle: Some(0.75),
+            logs: None,
         };
         let scheduled = Resources {
             memory: 1 << 30,
@@ -203,6 +209,7 @@ mod tests {
             allocated: scheduled,
             cpu_idle: None,
             draining: true,
+            logs: None,
         };
         let new = fields.apply(old);
         assert_eq!((new.allocated, new.draining), (scheduled, true));

@@ -11,7 +11,7 @@
 //!
 //! | field | owner | how it is written |
 //! |---|---|---|
-//! | `ip`, `labels`, `capacity`, `cpu_idle` | the host agent | [`HostStore::publish_agent_fields`] |
+//! | `ip`, `labels`, `capacity`, `cpu_idle`, `logs` | the host agent | [`HostStore::publish_agent_fields`] |
 //! | `allocated` | schedulers | `setData(host, version)` in the same multi as the assignments |
 //! | `draining` | operators | read-modify-write under the node's version |
 //!
@@ -128,6 +128,10 @@ pub struct HostInfo {
     /// The host takes no new instances and its instances move elsewhere.
     #[serde(default)]
     pub draining: bool,
+    /// `{ip}:{port}` where the agent serves its instances' container logs
+    /// (`GET /logs/{instanceId}`); absent when it serves none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs: Option<String>,
 }
 
 /// Where one instance stands on its host: what `/hosts/{hostId}/status/{instanceId}` holds,
@@ -338,6 +342,7 @@ mod tests {
             allocated: Resources::default(),
             cpu_idle: Some(0.5),
             draining: false,
+            logs: None,
         };
         let json = serde_json::to_string(&info).unwrap();
         assert!(
