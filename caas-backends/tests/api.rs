@@ -335,6 +335,13 @@ async fn another_tenants_app_is_404_on_every_route_and_nothing_changes() {
         (Method::PUT, "/v1/apps/{}/rate_limit", Some(r#"{"rps": 1}"#)),
         (Method::GET, "/v1/apps/{}/stats", None),
         (
+            Method::POST,
+            "/v1/apps/{}/rollouts",
+            Some(r#"{"version": "v2", "image": "127.0.0.1:5000/globex-web:v2"}"#),
+        ),
+        (Method::GET, "/v1/apps/{}/rollout", None),
+        (Method::POST, "/v1/apps/{}/rollback", None),
+        (
             Method::GET,
             "/v1/apps/{}/instances/globex-web-v1-0/logs?tail=5",
             None,
@@ -975,5 +982,193 @@ async fn a_change_that_conflicts_is_decided_again_and_never_half_written() {
     assert_eq!(
         (d.get("replicas"), d["global"].as_bool()),
         (None, Some(true))
+    );
+}
+
+/// Plays the agents' part for every instance of `app:version`: a healthy status report and a
+/// registration, then waits until the scheduler calls the deployment running.
+async fn serve_healthy(w: &World, app: &str, version: &str, replicas: usize) {
+    let path = format!("/v1/apps/{app}");
+    let view = w
+        .wait_get(&path, ACME, |v| {
+            v["instances"]
+                .as_array()
+                .is_some_and(|i| i.iter().filter(|i| i["version"] == version).count() == replicas)
+        })
+        .await;
+    for (n, inst) in view["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["version"] == version)
+        .enumerate()
+    {
+        let id = InstanceId::new(inst["id"].as_str().unwrap()).unwrap();
+        let host = inst["host"].as_str().unwrap();
+        let session = w.hosts[host].clone();
+        let addr: SocketAddr = format!("127.0.0.2:{}", 25701 + n).parse().unwrap();
+        HostStore::new(session.clone())
+            .put_status(
+                host,
+                &id,
+                &InstanceStatus {
+                    app: AppId::new(app).unwrap(),
+                    version: Version::new(version).unwrap(),
+                    state: InstanceState::Healthy,
+                    address: Some(addr.to_string()),
+                    container: Some(format!("c{n}")),
+                    restarts: 0,
+                    started_at_ms: None,
+                    message: None,
+                },
+            )
+            .await
+            .unwrap();
+        Registry::new(session)
+            .register(
+                &AppId::new(app).unwrap(),
+                &Version::new(version).unwrap(),
+                &id,
+                addr,
+            )
+            .await
+            .unwrap();
+    }
+    w.wait_get(&path, ACME, |v| {
+        v["versions"]
+            .as_array()
+            .and_then(|vs| vs.iter().find(|x| x["version"] == version))
+            .is_some_and(|x| x["status"]["phase"] == "running")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn rolling_updates_start_through_the_api_one_at_a_time_and_bad_ones_write_nothing() {
+    let Some(mut w) = World::new("api_rollouts").await else {
+        return;
+    };
+    w.add_host("h1", 4 * GIB).await;
+    w.start_scheduler();
+    w.ok(
+        Method::PUT,
+        "/v1/apps/hello/versions/v1",
+        ACME,
+        Some(&deployment("hello", "v1", 1, "64m")),
+    )
+    .await;
+    // Nothing serves yet: an update has nothing to replace.
+    let (status, _, answer) = w
+        .call(
+            Method::POST,
+            "/v1/apps/hello/rollouts",
+            Some(ACME),
+            Some(r#"{"version": "v2", "image": "127.0.0.1:5000/hello:v2"}"#),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    assert!(
+        answer["message"].as_str().unwrap().contains("hello:v1"),
+        "{answer}"
+    );
+    serve_healthy(&w, "hello", "v1", 1).await;
+
+    let (status, _, answer) = w
+        .call(Method::GET, "/v1/apps/hello/rollout", Some(ACME), None)
+        .await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (StatusCode::NOT_FOUND, Some("no_rollout"))
+    );
+
+    // Bad requests name the field and write nothing.
+    let before = w.dump().await;
+    for (body, field) in [
+        (
+            r#"{"version": "v2", "image": "127.0.0.1:5000/hello:v2", "steps": [50, 10, 100]}"#,
+            "steps",
+        ),
+        (
+            r#"{"version": "v2", "image": "127.0.0.1:5000/hello:v2", "steps": [10, 50]}"#,
+            "steps",
+        ),
+        (
+            r#"{"version": "v 2", "image": "127.0.0.1:5000/hello:v2"}"#,
+            "version",
+        ),
+        (r#"{"version": "v2"}"#, "image"),
+        (
+            r#"{"version": "v2", "image": "127.0.0.1:5000/hello:v2", "colour": "red"}"#,
+            "colour",
+        ),
+        (
+            r#"{"version": "v2", "deployment": {"image": "127.0.0.1:5000/other:v2", "replicas": 1, "container_port": 8080}}"#,
+            "deployment.image",
+        ),
+        (
+            r#"{"version": "v2", "deployment": {"image": "127.0.0.1:5000/hello:v2", "replicas": 1, "container_port": 8080, "memory": "64g"}}"#,
+            "memory",
+        ),
+    ] {
+        let (status, _, answer) = w
+            .call(
+                Method::POST,
+                "/v1/apps/hello/rollouts",
+                Some(ACME),
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");
+        assert_eq!(answer["field"].as_str(), Some(field), "{body}: {answer}");
+    }
+    assert_eq!(w.dump().await, before, "a refused rollout wrote something");
+
+    // A good one: the rollout node, in phase starting, with the defaults filled in.
+    let (status, _, started) = w
+        .call(
+            Method::POST,
+            "/v1/apps/hello/rollouts",
+            Some(ACME),
+            Some(r#"{"version": "v2", "image": "127.0.0.1:5000/hello:v2", "steps": [25, 100], "step_wait_ms": 100}"#),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{started}");
+    assert_eq!(
+        (
+            started["from"].as_str(),
+            started["to"].as_str(),
+            started["phase"].as_str()
+        ),
+        (Some("v1"), Some("v2"), Some("starting"))
+    );
+    assert_eq!(started["deployment"]["image"], "127.0.0.1:5000/hello:v2");
+    assert_eq!(started["deployment"]["replicas"], 1, "v1's replicas");
+    assert_eq!(started["steps"], json!([25, 100]));
+    let read = w
+        .ok(Method::GET, "/v1/apps/hello/rollout", ACME, None)
+        .await;
+    assert_eq!(read, started);
+    // One at a time.
+    let (status, _, answer) = w
+        .call(
+            Method::POST,
+            "/v1/apps/hello/rollouts",
+            Some(ACME),
+            Some(r#"{"version": "v3", "image": "127.0.0.1:5000/hello:v3"}"#),
+        )
+        .await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (StatusCode::CONFLICT, Some("rollout_conflict")),
+        "{answer}"
+    );
+    // Rolled back before any controller moved it: the node says so.
+    let (status, _, back) = w
+        .call(Method::POST, "/v1/apps/hello/rollback", Some(ACME), None)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{back}");
+    assert!(
+        matches!(back["phase"].as_str(), Some("rolling_back" | "rolled_back")),
+        "{back}"
     );
 }

@@ -20,6 +20,7 @@ pub mod error;
 pub mod hosts;
 pub mod http;
 pub mod logs;
+pub mod rollouts;
 pub mod routes;
 pub mod settings;
 pub mod stats;

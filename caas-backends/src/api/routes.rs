@@ -13,6 +13,9 @@
 //! PUT    /v1/apps/{app}/domains/{domain}                    claim                  (DELETE releases)
 //! PUT    /v1/apps/{app}/blacklist                           Blacklist JSON         (DELETE clears)
 //! PUT    /v1/apps/{app}/rate_limit                          RateLimit JSON         (DELETE clears)
+//! POST   /v1/apps/{app}/rollouts                            start a rolling update
+//! GET    /v1/apps/{app}/rollout                             where it stands
+//! POST   /v1/apps/{app}/rollback                            roll back / revert
 //! GET    /v1/apps/{app}/stats                               summed over every gateway
 //! GET    /v1/apps/{app}/instances/{instance}/logs?tail=N&follow=true
 //! GET    /v1/hosts                                          admin
@@ -24,7 +27,7 @@ use http::{Method, Request, Response, StatusCode, header};
 
 use super::error::ApiError;
 use super::http::{ApiBody, RequestBody, error_response};
-use super::{Api, Principal, apps, hosts, logs, settings, stats, versions};
+use super::{Api, Principal, apps, hosts, logs, rollouts, settings, stats, versions};
 use crate::store::Store;
 
 /// Answers one request.
@@ -138,6 +141,27 @@ async fn route<S: Store, B: RequestBody>(
                 Method::PUT => settings::claim_domain(api, &app, domain).await,
                 Method::DELETE => settings::release_domain(api, &app, domain).await,
                 _ => Err(method_not_allowed("PUT, DELETE")),
+            }
+        }
+        ["apps", app, "rollouts"] => {
+            let app = owned_app(&who, app)?;
+            match m {
+                Method::POST => rollouts::start(api, &app, req).await,
+                _ => Err(method_not_allowed("POST")),
+            }
+        }
+        ["apps", app, "rollout"] => {
+            let app = owned_app(&who, app)?;
+            match m {
+                Method::GET => rollouts::get(api, &app).await,
+                _ => Err(method_not_allowed("GET")),
+            }
+        }
+        ["apps", app, "rollback"] => {
+            let app = owned_app(&who, app)?;
+            match m {
+                Method::POST => rollouts::rollback(api, &app).await,
+                _ => Err(method_not_allowed("POST")),
             }
         }
         ["apps", app, "stats"] => {

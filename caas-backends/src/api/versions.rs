@@ -55,7 +55,7 @@ pub fn deployment_error(d: &Deployment, e: DeploymentError) -> ApiError {
 
 /// 400 `memory` when no known host could ever hold one instance (with its sidecars). With
 /// no host known yet nothing is refused: hosts may join later.
-async fn check_capacity<S: Store>(
+pub(super) async fn check_capacity<S: Store>(
     store: &S,
     d: &Deployment,
     app: &AppId,
