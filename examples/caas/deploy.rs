@@ -32,11 +32,13 @@ impl Progress {
         }
     }
 
-    /// Shows `line` if it differs from the last one.
-    pub(crate) fn show(&mut self, line: String) {
-        if self.quiet || line == self.last {
+    /// Shows `text` with the time since `started`: redrawn in place on a terminal, a new line
+    /// only when `text` changes otherwise.
+    pub(crate) fn show(&mut self, text: String, started: Instant) {
+        if self.quiet || (!self.tty && text == self.last) {
             return;
         }
+        let line = format!("{text} ({:.0} s)", started.elapsed().as_secs_f64());
         let mut err = std::io::stderr().lock();
         let _ = if self.tty {
             write!(err, "\r\x1b[2K{line}")
@@ -44,7 +46,7 @@ impl Progress {
             writeln!(err, "{line}")
         };
         let _ = err.flush();
-        self.last = line;
+        self.last = text;
     }
 
     /// Ends the progress display (a newline on a terminal).
@@ -70,8 +72,9 @@ pub(crate) enum Standing {
     Failed(String),
 }
 
-/// Reads the standing of `version` in an app view.
-pub(crate) fn standing(app: &Value, version: &str) -> Standing {
+/// Reads the standing of `version` in an app view; with `want`, it is ready only once the
+/// scheduler wants that many instances (a scale just written may not be seen yet).
+pub(crate) fn standing(app: &Value, version: &str, want: Option<u64>) -> Standing {
     let Some(v) = app
         .get("versions")
         .and_then(Value::as_array)
@@ -103,6 +106,13 @@ pub(crate) fn standing(app: &Value, version: &str) -> Standing {
         };
     };
     let desired = status.get("desired").and_then(Value::as_u64).unwrap_or(0);
+    if want.is_some_and(|w| w != desired) {
+        return Standing::Pending {
+            healthy,
+            desired,
+            note: "waiting for the scheduler to see the change".into(),
+        };
+    }
     match status.get("phase").and_then(Value::as_str) {
         Some("unschedulable") => {
             return Standing::Failed(format!(
@@ -179,18 +189,19 @@ pub(crate) async fn wait_healthy(
     api: &Client,
     app: &str,
     version: &str,
+    want: Option<u64>,
     timeout: Duration,
     progress: &mut Progress,
 ) -> Result<Value, Failure> {
     let started = Instant::now();
     loop {
         let view = api.get(&format!("/v1/apps/{}", seg(app))).await?;
-        match standing(&view, version) {
+        match standing(&view, version, want) {
             Standing::Ready { healthy } => {
-                progress.show(format!(
-                    "{app}:{version}: {healthy}/{healthy} healthy ({:.1} s)",
-                    started.elapsed().as_secs_f64()
-                ));
+                progress.show(
+                    format!("{app}:{version}: {healthy}/{healthy} healthy"),
+                    started,
+                );
                 progress.done();
                 return Ok(view);
             }
@@ -216,10 +227,10 @@ pub(crate) async fn wait_healthy(
                 } else {
                     format!(" — {note}")
                 };
-                progress.show(format!(
-                    "{app}:{version}: {healthy}/{desired} healthy{note} ({:.0} s)",
-                    started.elapsed().as_secs_f64()
-                ));
+                progress.show(
+                    format!("{app}:{version}: {healthy}/{desired} healthy{note}"),
+                    started,
+                );
             }
         }
         tokio::time::sleep(POLL).await;
@@ -253,12 +264,11 @@ pub(crate) async fn follow_rollout(
             ("draining", _) => format!("100% on {to}, draining {from}"),
             _ => String::new(),
         };
-        progress.show(format!(
-            "{app}: {from} → {to}: {phase}{}{} ({:.0} s)",
-            if detail.is_empty() { "" } else { ", " },
-            detail,
-            started.elapsed().as_secs_f64()
-        ));
+        let sep = if detail.is_empty() { "" } else { ", " };
+        progress.show(
+            format!("{app}: {from} → {to}: {phase}{sep}{detail}"),
+            started,
+        );
         match phase {
             "done" => {
                 progress.done();
@@ -329,8 +339,20 @@ pub(crate) async fn deploy(
             Some(&req.deployment),
         )
         .await?;
-        progress.show(format!("{}:{}: deployment written", req.app, req.version));
-        return wait_healthy(api, &req.app, &req.version, req.timeout, &mut progress).await;
+        progress.show(
+            format!("{}:{}: deployment written", req.app, req.version),
+            Instant::now(),
+        );
+        let want = req.deployment.get("replicas").and_then(Value::as_u64);
+        return wait_healthy(
+            api,
+            &req.app,
+            &req.version,
+            want,
+            req.timeout,
+            &mut progress,
+        )
+        .await;
     };
     let mut body = json!({
         "version": req.version,
@@ -415,7 +437,11 @@ mod tests {
             "running",
             &[("healthy", "running", None), ("healthy", "running", None)],
         );
-        assert_eq!(standing(&v, "v1"), Standing::Ready { healthy: 2 });
+        assert_eq!(standing(&v, "v1", None), Standing::Ready { healthy: 2 });
+        assert!(
+            matches!(standing(&v, "v1", Some(3)), Standing::Pending { .. }),
+            "a scale to 3 the scheduler has not seen yet is not done"
+        );
     }
 
     #[test]
@@ -429,7 +455,7 @@ mod tests {
             ],
         );
         assert_eq!(
-            standing(&v, "v1"),
+            standing(&v, "v1", None),
             Standing::Pending {
                 healthy: 1,
                 desired: 3,
@@ -441,7 +467,7 @@ mod tests {
     #[test]
     fn unschedulable_and_pull_failures_fail_at_once_with_the_reason() {
         let v = view("unschedulable", &[]);
-        let Standing::Failed(why) = standing(&v, "v1") else {
+        let Standing::Failed(why) = standing(&v, "v1", None) else {
             panic!("{v}")
         };
         assert!(why.contains("capacity rejected h1"), "{why}");
@@ -453,7 +479,7 @@ mod tests {
                 Some("image pull failed: manifest unknown"),
             )],
         );
-        let Standing::Failed(why) = standing(&v, "v1") else {
+        let Standing::Failed(why) = standing(&v, "v1", None) else {
             panic!("{v}")
         };
         assert!(why.starts_with("image pull failed on h1"), "{why}");

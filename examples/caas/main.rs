@@ -275,7 +275,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             .await?;
             if !wait.no_wait {
                 let mut p = deploy::Progress::new(json_out);
-                let view = deploy::wait_healthy(&api, &app, &version, wait.timeout, &mut p).await?;
+                let want = Some(u64::from(replicas));
+                let view =
+                    deploy::wait_healthy(&api, &app, &version, want, wait.timeout, &mut p).await?;
                 print_result(json_out, &view);
             }
         }
@@ -380,7 +382,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             if json_out {
                 print_result(true, &h);
             } else {
-                print!("{}", show::hosts_table(&h));
+                print!("{}", show::hosts_table(&h["hosts"]));
             }
         }
         Command::Drain { host, undo } => {

@@ -18,7 +18,8 @@ pub(crate) async fn ps(api: &Client, app: Option<&str>, json_out: bool) -> Resul
         None => api
             .get("/v1/apps")
             .await?
-            .as_array()
+            .get("apps")
+            .and_then(Value::as_array)
             .into_iter()
             .flatten()
             .filter_map(|a| a["app"].as_str().map(str::to_owned))

@@ -37,6 +37,7 @@ use caas_core::{AppId, Version};
 use clap::{Args, Parser, Subcommand};
 
 mod rollout;
+mod up;
 
 #[derive(Parser, Debug)]
 #[command(about = "caas node: host agent, scheduler and operator commands")]
@@ -71,6 +72,9 @@ enum Command {
     Rollback(rollout::AppArgs),
     /// Print APP's rollout node (JSON).
     RolloutStatus(rollout::AppArgs),
+    /// Run a whole caas on this machine in one process: agent, scheduler, rollout
+    /// controller, control API and gateway.
+    Up(up::UpArgs),
 }
 
 #[derive(Args, Debug)]
@@ -306,9 +310,11 @@ fn main() -> ExitCode {
     // The daemons log what they do; the one-shot commands only warnings (their result is
     // printed on stdout).
     let default = match cli.command {
-        Command::Agent(_) | Command::Scheduler(_) | Command::Rollouts(_) | Command::Api(_) => {
-            "info"
-        }
+        Command::Agent(_)
+        | Command::Scheduler(_)
+        | Command::Rollouts(_)
+        | Command::Api(_)
+        | Command::Up(_) => "info",
         _ => "warn",
     };
     tracing_subscriber::fmt()
@@ -342,6 +348,7 @@ fn main() -> ExitCode {
             Command::Rollout(a) => rollout::start(a).await,
             Command::Rollback(a) => rollout::rollback(a).await,
             Command::RolloutStatus(a) => rollout::status(a).await,
+            Command::Up(a) => up::run(a).await,
         }
     });
     match result {
@@ -513,5 +520,30 @@ async fn status(a: StatusArgs) -> Result<(), String> {
         None => Err(format!(
             "no status for {app}:{version} yet (is the deployment there, and a scheduler running?)"
         )),
+    }
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!("cannot listen for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
     }
 }
