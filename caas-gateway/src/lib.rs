@@ -28,7 +28,9 @@
 //!   bring your own `rustls::ServerConfig` ([`TlsAcceptor::from_config`]) or resolver
 //!   ([`TlsAcceptor::with_resolver`]).
 //! - `redirect`: apps with `https_redirect` answer plain HTTP with a 308 to HTTPS.
-//! - [`admin`]: `/healthz`, `/routes`, `/metrics` on a separate listener.
+//! - [`access_log`]: one JSON line per request, written by its own thread through a
+//!   bounded queue (a full queue drops and counts, never blocks a request).
+//! - [`admin`]: `/healthz`, `/routes`, `/metrics`, `/stats/{appId}` on a separate listener.
 //! - [`config`]: [`GatewayConfig`], [`Limits`] and the example server's [`FileConfig`];
 //!   [`file`]: the hot-reloading [`FileDiscovery`].
 //!
@@ -77,6 +79,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod access_log;
 pub mod admin;
 pub mod body;
 mod client_io;
@@ -93,6 +96,7 @@ pub mod stats;
 pub mod tls;
 mod upstream;
 
+pub use access_log::{AccessLogConfig, AccessLogStats, AccessLogTarget};
 pub use body::ProxyBody;
 pub use config::{ConfigError, FileConfig, GatewayConfig, Limits};
 pub use error::{Blame, ErrorCode, GatewayError, ProxyError};
