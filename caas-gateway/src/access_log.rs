@@ -184,7 +184,9 @@ impl Output {
                             }
                             Err(e) => {
                                 stats.write_errors.fetch_add(1, Relaxed);
-                                warn.warn(|| format!("access log {}: cannot reopen: {e}", path.display()));
+                                warn.warn(|| {
+                                    format!("access log {}: cannot reopen: {e}", path.display())
+                                });
                             }
                         }
                     }
@@ -266,7 +268,12 @@ fn write_lines(rx: &Receiver<String>, mut out: Output, stats: &AccessLogStats) {
             Err(e) => {
                 stats.write_errors.fetch_add(1, Relaxed);
                 stats.lost.fetch_add(n, Relaxed);
-                warn.warn(|| format!("access log {}: write failed, {n} lines lost: {e}", out.name()));
+                warn.warn(|| {
+                    format!(
+                        "access log {}: write failed, {n} lines lost: {e}",
+                        out.name()
+                    )
+                });
             }
         }
         buf.clear();

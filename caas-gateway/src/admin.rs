@@ -145,7 +145,8 @@ pub fn routes_json(table: &RouteTable) -> String {
 /// such app in the live table).
 fn app_stats(table: &RouteTable, id: &str) -> (StatusCode, String) {
     let error = |status: StatusCode, code: &str, message: String| {
-        let body = serde_json::json!({"error": code, "status": status.as_u16(), "message": message});
+        let body =
+            serde_json::json!({"error": code, "status": status.as_u16(), "message": message});
         (status, body.to_string())
     };
     let app = match AppId::new(id) {

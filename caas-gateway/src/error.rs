@@ -206,9 +206,9 @@ impl ProxyError {
     /// The upstream endpoint that failed, for the upstream's own failures.
     pub fn upstream_addr(&self) -> Option<SocketAddr> {
         match self {
-            Self::Connect { addr, .. } | Self::Upstream { addr, .. } | Self::Timeout { addr, .. } => {
-                Some(*addr)
-            }
+            Self::Connect { addr, .. }
+            | Self::Upstream { addr, .. }
+            | Self::Timeout { addr, .. } => Some(*addr),
             _ => None,
         }
     }

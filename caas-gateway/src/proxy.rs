@@ -279,7 +279,12 @@ async fn proxy(
         }
         let routed = route(&table, &target);
         if let Some(l) = &mut log {
-            log_route(l, &table, &authority, routed.as_ref().ok().map(|(_, ep)| ep));
+            log_route(
+                l,
+                &table,
+                &authority,
+                routed.as_ref().ok().map(|(_, ep)| ep),
+            );
         }
         routed
     };

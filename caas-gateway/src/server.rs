@@ -130,9 +130,7 @@ impl GatewayBuilder {
             grace: Limits::dur(limits.shutdown_grace_ms),
         };
         let access_log = match &self.config.access_log {
-            Some(c) => Some(
-                AccessLog::start(c).map_err(|e| GatewayError::Config(e.to_string()))?,
-            ),
+            Some(c) => Some(AccessLog::start(c).map_err(|e| GatewayError::Config(e.to_string()))?),
             None => None,
         };
         Ok(Gateway {

@@ -53,7 +53,10 @@ async fn lines(stats: &AccessLogStats, file: &Path, n: u64) -> BTreeMap<String, 
     for line in text.lines() {
         let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
         let path = v["path"].as_str().unwrap().to_owned();
-        assert!(out.insert(path, v).is_none(), "one line per request:\n{text}");
+        assert!(
+            out.insert(path, v).is_none(),
+            "one line per request:\n{text}"
+        );
     }
     assert_eq!(out.len() as u64, n, "{text}");
     out
@@ -81,10 +84,16 @@ async fn every_request_gets_one_line_with_its_fields() {
         .insert("x-forwarded-for", "203.0.113.9".parse().unwrap());
     assert_eq!(send(&c, req).await.0, 200);
     let (s, h, _) = send(&c, get(&gw.url("/nope"), "nope.caas.local")).await;
-    assert_eq!((s.as_u16(), h["x-caas-error"].to_str().unwrap()), (404, "unknown_host"));
+    assert_eq!(
+        (s.as_u16(), h["x-caas-error"].to_str().unwrap()),
+        (404, "unknown_host")
+    );
     let (s, h, _) = send(&c, get(&gw.url("/dead"), "gone.caas.local")).await;
     let code = h["x-caas-error"].to_str().unwrap().to_owned();
-    assert_eq!((s.as_u16(), code.as_str()), (502, "upstream_connect_failed"));
+    assert_eq!(
+        (s.as_u16(), code.as_str()),
+        (502, "upstream_connect_failed")
+    );
     let upload = http::Request::post(gw.url("/upload"))
         .header("host", "a.caas.local")
         .body(full_body(vec![b'u'; 100_000]))
@@ -99,7 +108,10 @@ async fn every_request_gets_one_line_with_its_fields() {
     assert_eq!(ok["app"], "a");
     assert_eq!(ok["version"], "v1");
     assert_eq!(ok["endpoint"], up.addr.to_string());
-    assert_eq!(ok["client"], "203.0.113.9", "the client behind the trusted proxy");
+    assert_eq!(
+        ok["client"], "203.0.113.9",
+        "the client behind the trusted proxy"
+    );
     assert_eq!(ok["method"], "GET");
     assert_eq!(ok["status"], 200);
     assert_eq!(ok["error"], Value::Null);
@@ -107,15 +119,25 @@ async fn every_request_gets_one_line_with_its_fields() {
     assert_eq!(ok["bytes_out"], "one GET /ok".len());
     assert!(ok["duration_ms"].as_f64().unwrap() >= 0.0);
     let time = ok["time"].as_str().unwrap();
-    assert_eq!((time.len(), &time[10..11], &time[19..20]), (24, "T", "."), "{time}");
+    assert_eq!(
+        (time.len(), &time[10..11], &time[19..20]),
+        (24, "T", "."),
+        "{time}"
+    );
     assert!(time.ends_with('Z'), "{time}");
 
     let nope = &l["/nope"];
     assert_eq!(nope["status"], 404);
     assert_eq!(nope["error"], "unknown_host");
-    assert_eq!((&nope["app"], &nope["endpoint"]), (&Value::Null, &Value::Null));
+    assert_eq!(
+        (&nope["app"], &nope["endpoint"]),
+        (&Value::Null, &Value::Null)
+    );
     assert_eq!(nope["client"], "127.0.0.1");
-    assert!(nope["bytes_out"].as_u64().unwrap() > 0, "the JSON error body");
+    assert!(
+        nope["bytes_out"].as_u64().unwrap() > 0,
+        "the JSON error body"
+    );
 
     let failed = &l["/dead"];
     assert_eq!(failed["status"], 502);
@@ -126,9 +148,15 @@ async fn every_request_gets_one_line_with_its_fields() {
 
     let up_line = &l["/upload"];
     assert_eq!(up_line["method"], "POST");
-    assert_eq!((&up_line["bytes_in"], &up_line["bytes_out"]), (&Value::from(100_000), &Value::from(6)));
+    assert_eq!(
+        (&up_line["bytes_in"], &up_line["bytes_out"]),
+        (&Value::from(100_000), &Value::from(6))
+    );
     let down = &l["/download/300000"];
-    assert_eq!((&down["status"], &down["bytes_out"]), (&Value::from(200), &Value::from(300_000)));
+    assert_eq!(
+        (&down["status"], &down["bytes_out"]),
+        (&Value::from(200), &Value::from(300_000))
+    );
 
     // A client that leaves mid-body: the line is written when it goes, with what it took.
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
@@ -149,15 +177,24 @@ async fn every_request_gets_one_line_with_its_fields() {
     assert_eq!(stats.dropped.load(Relaxed), 0);
     assert_eq!(stats.write_errors.load(Relaxed), 0);
     let metrics = caas_gateway::admin::metrics_text(&gw.gateway);
-    assert!(metrics.contains("caas_gateway_access_log_lines_total 6\n"), "{metrics}");
-    assert!(metrics.contains("caas_gateway_access_log_dropped_total 0\n"), "{metrics}");
+    assert!(
+        metrics.contains("caas_gateway_access_log_lines_total 6\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("caas_gateway_access_log_dropped_total 0\n"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
 async fn a_stuck_writer_drops_and_counts_lines_and_never_holds_a_request() {
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("fifo");
-    let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
     assert!(made.success());
     // The test holds the pipe open for reading (and writing, so opening does not wait for a
     // writer) and fills it up: the log's writer thread blocks in its first write().
@@ -279,9 +316,17 @@ async fn stats_of_one_app_on_the_admin_listener() {
     assert_eq!(st["versions"]["v1"]["requests"], 3);
     assert_eq!(st["versions"]["v2"]["requests"], 1);
     let ep = &st["versions"]["v1"]["endpoints"][u1.addr.to_string()];
-    assert_eq!((&ep["requests"], &ep["available"]), (&Value::from(3), &Value::from(1)));
+    assert_eq!(
+        (&ep["requests"], &ep["available"]),
+        (&Value::from(3), &Value::from(1))
+    );
     let latency = &st["latency_us"]["le"];
-    let counted: u64 = latency.as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    let counted: u64 = latency
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
     assert_eq!(counted, 4);
 
     let (status, e) = admin_get(admin, "/stats/nope").await;
