@@ -30,6 +30,9 @@
 #   GATEWAY_BIN=path  gateway binary to run as `$GATEWAY_BIN --config FILE` (skips cargo build)
 #   GATEWAY_BIN_B=path a second gateway build, measured as target `gateway-b` in the same
 #                     rounds (before/after a change: ratios between the two in one run)
+#   ACCESS_LOG=1      also measure `gateway-log`: the same gateway binary and config with
+#                     access_log on, writing to a file on tmpfs (/dev/shm, else TMPDIR),
+#                     emptied before each of its runs (0 skips it)
 #   TASKSET=1         pin backend, proxies and wrk to separate CPUs (see "CPU pinning" below)
 #   KEEP=1            keep the temp dir (configs, logs, raw wrk output) even on success
 # Needs nginx, haproxy, wrk, curl and python3; runs scripts/install-deps.sh when one of the
@@ -55,6 +58,7 @@ SIZE_CONNS=${SIZE_CONNS:-32}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 TASKSET=${TASKSET:-0}
 KEEP=${KEEP:-0}
+ACCESS_LOG=${ACCESS_LOG:-1}
 
 for c in $CONNS $SIZE_CONNS; do
   [[ $c =~ ^[1-9][0-9]*$ ]] || die "CONNS and SIZE_CONNS take positive integers, got '$c'"
@@ -122,6 +126,7 @@ cleanup() {
     wait "$HOLDER_PID" 2>/dev/null || true
   fi
   kill_and_reap 10 "${PIDS[@]}"
+  [[ ${ACCESS_LOG_FILE:-} == /dev/shm/* ]] && rm -f "$ACCESS_LOG_FILE"
   finish_workdir "configs, logs and raw wrk output"
 }
 on_exit cleanup
@@ -160,6 +165,7 @@ free_port NGINX_PORT
 free_port HAPROXY_PORT
 free_port GATEWAY_PORT
 free_port GATEWAY_B_PORT
+free_port GATEWAY_LOG_PORT
 
 # The bodies: files of exactly their size, served by the backend at their path.
 mkdir -p "$WORK/body"
@@ -179,6 +185,13 @@ write_nginx_proxy_conf "$NGINX_PORT" "worker_rlimit_nofile $NOFILE;"
 write_haproxy_cfg "$HAPROXY_PORT"
 write_gateway_toml gateway "$GATEWAY_PORT"
 write_gateway_toml gateway-b "$GATEWAY_B_PORT"
+# The access log on tmpfs: the row measures producing and writing lines, not a disk.
+if [[ -d /dev/shm && -w /dev/shm ]]; then
+  ACCESS_LOG_FILE=$(mktemp /dev/shm/caas-compare-access.XXXXXX)
+else
+  ACCESS_LOG_FILE="$WORK/access.log"
+fi
+write_gateway_toml gateway-log "$GATEWAY_LOG_PORT" "access_log = \"$ACCESS_LOG_FILE\""
 check_configs
 
 log "temp dir $WORK"
@@ -201,6 +214,10 @@ start_proxy() {
       RUST_LOG=${RUST_LOG:-warn} start gateway-b "${PIN_PROXY[@]}" "$GATEWAY_BIN_B" \
         --config "$WORK/gateway-b.toml"
       ;;
+    gateway-log)
+      RUST_LOG=${RUST_LOG:-warn} start gateway-log "${PIN_PROXY[@]}" "$GATEWAY_BIN" \
+        --config "$WORK/gateway-log.toml"
+      ;;
   esac
 }
 start_proxy nginx-proxy
@@ -212,6 +229,10 @@ wait_http gateway "$GATEWAY_PORT"
 if [[ -n ${GATEWAY_BIN_B:-} ]]; then
   start_proxy gateway-b
   wait_http gateway-b "$GATEWAY_B_PORT"
+fi
+if [[ $ACCESS_LOG == 1 ]]; then
+  start_proxy gateway-log
+  wait_http gateway-log "$GATEWAY_LOG_PORT"
 fi
 
 
@@ -246,15 +267,27 @@ if [[ -n ${GATEWAY_BIN_B:-} ]]; then
   TARGETS=(direct gateway gateway-b nginx-proxy haproxy)
   IDLE_TARGETS=(gateway gateway-b nginx-proxy haproxy)
 fi
+if [[ $ACCESS_LOG == 1 ]]; then
+  check_target gateway-log "http://127.0.0.1:$GATEWAY_LOG_PORT/"
+  # One line per check request: the log is written.
+  for _ in $(seq 1 50); do
+    [[ -s $ACCESS_LOG_FILE ]] && break
+    sleep 0.1
+  done
+  grep -q '"status":200' "$ACCESS_LOG_FILE" ||
+    die "gateway-log: no access log line in $ACCESS_LOG_FILE after its check requests"
+  TARGETS=("${TARGETS[@]:0:2}" gateway-log "${TARGETS[@]:2}")
+fi
 declare -A URL=(
   [direct]="http://127.0.0.1:$BACKEND_PORT/"
   [gateway]="http://127.0.0.1:$GATEWAY_PORT/"
   [gateway-b]="http://127.0.0.1:$GATEWAY_B_PORT/"
+  [gateway-log]="http://127.0.0.1:$GATEWAY_LOG_PORT/"
   [nginx-proxy]="http://127.0.0.1:$NGINX_PORT/"
   [haproxy]="http://127.0.0.1:$HAPROXY_PORT/"
 )
-declare -A PORT=([gateway]=$GATEWAY_PORT [gateway-b]=$GATEWAY_B_PORT [nginx-proxy]=$NGINX_PORT
-  [haproxy]=$HAPROXY_PORT)
+declare -A PORT=([gateway]=$GATEWAY_PORT [gateway-b]=$GATEWAY_B_PORT
+  [gateway-log]=$GATEWAY_LOG_PORT [nginx-proxy]=$NGINX_PORT [haproxy]=$HAPROXY_PORT)
 
 # VmRSS in KiB of a process and all its descendants (nginx: the master and its worker).
 rss_kib() {
@@ -339,6 +372,8 @@ for ((round = 1; round <= ROUNDS; round++)); do
       # CPU of the process serving the run: the proxy, or the backend for "direct".
       cpu_pid=$(pid_of "$([[ $target == direct ]] && echo backend || echo "$target")")
       ticks0=$(cpu_ticks "$cpu_pid")
+      # The access log starts each run empty (the gateway appends: writes go on at the new end).
+      [[ $target == gateway-log ]] && : >"$ACCESS_LOG_FILE"
       "${PIN_WRK[@]}" wrk -t1 -c"$conns" -d"${DURATION}s" --latency \
         -H "Host: $HOST_HEADER" "${URL[$target]%/}$(size_path "$size")" >"$out" 2>&1 ||
         die "wrk failed against $target: $(tail -n 5 "$out")"
@@ -454,6 +489,9 @@ echo
 report_machine
 echo "- $(proxy_versions), $(wrk -v 2>&1 | head -n 1 | awk '{print "wrk " $2}')"
 echo "- gateway: $GATEWAY_LABEL$([[ -n ${GATEWAY_BIN_B:-} ]] && echo "; gateway-b: $GATEWAY_BIN_B")"
+if [[ $ACCESS_LOG == 1 ]]; then
+  echo "- gateway-log: the same gateway with access_log = \"$ACCESS_LOG_FILE\" ($(stat -f -c %T "$(dirname "$ACCESS_LOG_FILE")")), emptied before each run"
+fi
 echo "- CPU pinning: $([[ ${#PIN_PROXY[@]} -gt 0 ]] && echo "backend ${PIN_BACKEND[*]: -1}, proxy ${PIN_PROXY[*]: -1}, wrk ${PIN_WRK[*]: -1}" || echo none)"
 echo "- every request carries 'Host: $HOST_HEADER'; backend: nginx, 1 worker, return 200 \"ok\\n\" at /, static files (sendfile) at /8k, /256k, ..."
 echo

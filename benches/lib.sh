@@ -332,13 +332,14 @@ backend be
 EOF
 }
 
-# Writes $WORK/$1.toml (gateway, gateway-b): the gateway, one worker, on port $2, routing
-# HOST_HEADER (app hello, version v1) to the backend.
+# Writes $WORK/$1.toml (gateway, gateway-b, gateway-log): the gateway, one worker, on port
+# $2, routing HOST_HEADER (app hello, version v1) to the backend; $3: more top-level keys.
 write_gateway_toml() {
   cat >"$WORK/$1.toml" <<EOF
 listen = "127.0.0.1:$2"
 domains = ["caas.local"]
 workers = 1
+${3:-}
 [apps.hello]
 default_version = "v1"
 [apps.hello.versions.v1]

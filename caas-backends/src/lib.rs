@@ -10,6 +10,9 @@
 //!   credentials, run with port binding, limits and `caas.*` labels, sidecars in a main
 //!   container's network namespace, stop, remove, inspect, list managed containers, and the
 //!   die/oom/start event stream.
+//! - [`persisted`]: the [`PersistedDiscovery`] wrapper: keeps the last routes a discovery
+//!   passed on in a file (written atomically, at most once a second) and serves them when
+//!   the live source is not there at start.
 //! - [`ports`]: the per-host [`PortPool`] of published ports.
 //! - [`health`]: active `GET /_ping` checks ([`HealthChecker`]) with fall/rise thresholds and a
 //!   grace period, restart [`Backoff`], the per-host [`KillLimiter`] and the [`Supervisor`]
@@ -33,6 +36,7 @@ pub mod agent;
 pub mod assignment;
 pub mod docker;
 pub mod health;
+pub mod persisted;
 pub mod ports;
 pub mod scheduler;
 pub mod store;
@@ -46,6 +50,7 @@ pub use docker::{
     ContainerEvent, ContainerInfo, DockerError, DockerRuntime, RegistryAuth, RunSpec, SidecarSpec,
 };
 pub use health::{Backoff, HealthChecker, HealthEvent, HealthState, KillLimiter, Supervisor};
+pub use persisted::{PersistStats, PersistedDiscovery, SnapshotFileError};
 pub use ports::{PortError, PortPool, PortRange};
 pub use scheduler::{Deployment, Scheduler, SchedulerConfig, SchedulerHandle};
 pub use store::{MemStore, Store, ZkStore};
