@@ -3,7 +3,8 @@
 //! A request's line is put together on the worker thread that served it, when its response
 //! ends (the body sent in full, or the client gone), and handed to a dedicated writer thread
 //! through a bounded queue. A full queue drops the line and counts it: logging never makes a
-//! request wait. The writer batches what is queued into one `write` and counts the lines
+//! request wait. While lines keep coming, the writer wakes every few milliseconds on its own
+//! (producers never wake it) and writes what is queued in one `write`; it counts the lines
 //! written; a failed write (disk full, a pipe nobody reads any more) is counted, the lines
 //! lost with it too, and logged at most every [`WARN_EVERY`]. A file that was renamed or
 //! deleted (rotation) is reopened at its path, checked at most once a second.
@@ -15,7 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use caas_core::{AppId, Version};
@@ -32,6 +33,8 @@ pub const WARN_EVERY: Duration = Duration::from_secs(10);
 const REOPEN_CHECK: Duration = Duration::from_secs(1);
 /// The writer gathers up to this much into one `write`.
 const BATCH_BYTES: usize = 64 * 1024;
+/// While lines keep coming, the writer sleeps this long between writes.
+const TICK: Duration = Duration::from_millis(5);
 
 /// Where the access log goes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -244,39 +247,74 @@ impl Throttle {
     }
 }
 
-/// The writer thread: waits for a line, gathers what else is queued, writes it in one go.
-/// Ends when every producer is gone (the gateway dropped).
+/// The writer thread. Idle, it blocks for the next line; busy, it sleeps [`TICK`] between
+/// writes and takes whatever was queued meanwhile, so producers never have to wake it (a
+/// wake-up is a system call on the request's thread) and a batch is one `write`. It ends
+/// when every producer is gone (the gateway dropped), after writing what is queued.
 fn write_lines(rx: &Receiver<String>, mut out: Output, stats: &AccessLogStats) {
     let mut buf = Vec::with_capacity(BATCH_BYTES);
     let mut warn = Throttle::default();
-    while let Ok(line) = rx.recv() {
-        let mut n = 1u64;
-        buf.extend_from_slice(line.as_bytes());
-        while buf.len() < BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(line) => {
-                    buf.extend_from_slice(line.as_bytes());
-                    n += 1;
+    'idle: while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        loop {
+            // `next` and everything queued, one write per BATCH_BYTES or so.
+            let mut n = 0;
+            let mut open = true;
+            if let Some(line) = next.take() {
+                buf.extend_from_slice(line.as_bytes());
+                n = 1;
+            }
+            loop {
+                match rx.try_recv() {
+                    Ok(line) => {
+                        buf.extend_from_slice(line.as_bytes());
+                        n += 1;
+                        if buf.len() >= BATCH_BYTES {
+                            flush(&mut out, &buf, n, stats, &mut warn);
+                            buf.clear();
+                            n = 0;
+                        }
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
                 }
-                Err(_) => break,
+            }
+            if n > 0 {
+                flush(&mut out, &buf, n, stats, &mut warn);
+                buf.clear();
+            }
+            if !open {
+                return;
+            }
+            std::thread::sleep(TICK);
+            match rx.try_recv() {
+                Ok(line) => next = Some(line),
+                // A quiet tick: back to waiting for a line.
+                Err(TryRecvError::Empty) => continue 'idle,
+                Err(TryRecvError::Disconnected) => return,
             }
         }
-        match out.write(&buf, stats, &mut warn) {
-            Ok(()) => {
-                stats.lines.fetch_add(n, Relaxed);
-            }
-            Err(e) => {
-                stats.write_errors.fetch_add(1, Relaxed);
-                stats.lost.fetch_add(n, Relaxed);
-                warn.warn(|| {
-                    format!(
-                        "access log {}: write failed, {n} lines lost: {e}",
-                        out.name()
-                    )
-                });
-            }
+    }
+}
+
+fn flush(out: &mut Output, buf: &[u8], n: u64, stats: &AccessLogStats, warn: &mut Throttle) {
+    match out.write(buf, stats, warn) {
+        Ok(()) => {
+            stats.lines.fetch_add(n, Relaxed);
         }
-        buf.clear();
+        Err(e) => {
+            stats.write_errors.fetch_add(1, Relaxed);
+            stats.lost.fetch_add(n, Relaxed);
+            warn.warn(|| {
+                format!(
+                    "access log {}: write failed, {n} lines lost: {e}",
+                    out.name()
+                )
+            });
+        }
     }
 }
 

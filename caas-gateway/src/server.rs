@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::access_log::{AccessLog, AccessLogStats};
+use crate::access_log::{AccessLog, AccessLogConfig, AccessLogStats};
 use crate::client_io::ClientIo;
 use crate::config::{GatewayConfig, Limits};
 use crate::conn::{ConnInfo, Shared, Timeouts};
@@ -87,6 +87,12 @@ impl GatewayBuilder {
             }
             tracing::warn!("discovery ended; serving the last route table");
         }));
+        self
+    }
+
+    /// Turns the access log on (the same as setting [`GatewayConfig::access_log`]).
+    pub fn access_log(mut self, log: AccessLogConfig) -> Self {
+        self.config.access_log = Some(log);
         self
     }
 

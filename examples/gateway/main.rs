@@ -132,7 +132,9 @@ impl Args {
 }
 
 fn main() -> ExitCode {
+    // Diagnostics on stderr: stdout is left to `access_log = "stdout"` (JSON lines only).
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
