@@ -1,7 +1,8 @@
 //! What an operator observes, through the real gateway on loopback: the access log (one JSON
 //! line per request, with the client, the app, the endpoint, the status, the error code and
-//! the body bytes; a stuck writer drops and counts lines and never holds a request up) and
-//! `/stats/{appId}` on the admin listener.
+//! the body bytes; a stuck writer drops and counts lines and never holds a request up; a
+//! rotated file is reopened; a full disk is counted) and `/stats/{appId}` on the admin
+//! listener.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -333,4 +334,68 @@ async fn stats_of_one_app_on_the_admin_listener() {
     assert_eq!((status, &e["error"]), (404, &Value::from("unknown_app")));
     let (status, e) = admin_get(admin, "/stats/Not_An_Id").await;
     assert_eq!((status, &e["error"]), (400, &Value::from("invalid_app_id")));
+}
+
+#[tokio::test]
+async fn a_rotated_file_is_reopened_and_a_full_disk_is_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("access.log");
+    let up = Upstream::start("one").await;
+    let routes = || snapshot(vec![("a", app(&[("v1", &[up.addr])]))]);
+    let gw = Gw::start_config(routes(), logged_to(&file, 1024)).await;
+    let stats = Arc::clone(gw.gateway.access_log_stats().unwrap());
+    let c = client();
+    assert_eq!(
+        send(&c, get(&gw.url("/before"), "a.caas.local")).await.0,
+        200
+    );
+    wait_until("the first line", || stats.lines.load(Relaxed) == 1).await;
+
+    // logrotate's way: the file is renamed; the gateway notices (checked once a second
+    // while it writes) and opens a new one at the path.
+    let rotated = dir.path().join("access.log.1");
+    std::fs::rename(&file, &rotated).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stats.reopened.load(Relaxed) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the rotated file was never reopened"
+        );
+        assert_eq!(
+            send(&c, get(&gw.url("/during"), "a.caas.local")).await.0,
+            200
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = stats.lines.load(Relaxed);
+    assert_eq!(
+        send(&c, get(&gw.url("/after"), "a.caas.local")).await.0,
+        200
+    );
+    wait_until("the line after", || stats.lines.load(Relaxed) == before + 1).await;
+    let new = std::fs::read_to_string(&file).unwrap();
+    assert!(new.contains(r#""path":"/after""#), "{new}");
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert!(
+        old.starts_with('{') && old.contains(r#""path":"/before""#),
+        "{old}"
+    );
+    assert!(!old.contains(r#""path":"/after""#), "{old}");
+    assert_eq!(stats.write_errors.load(Relaxed), 0);
+
+    // A device that is always full: every write fails, is counted with its lines, and the
+    // requests go on.
+    let full = Gw::start_config(routes(), logged_to(Path::new("/dev/full"), 1024)).await;
+    let stats = Arc::clone(full.gateway.access_log_stats().unwrap());
+    for _ in 0..3 {
+        assert_eq!(send(&c, get(&full.url("/x"), "a.caas.local")).await.0, 200);
+    }
+    wait_until("the lost lines counted", || stats.lost.load(Relaxed) == 3).await;
+    assert!(stats.write_errors.load(Relaxed) >= 1);
+    assert_eq!(stats.lines.load(Relaxed), 0);
+    let metrics = caas_gateway::admin::metrics_text(&full.gateway);
+    assert!(
+        metrics.contains("caas_gateway_access_log_lost_total 3\n"),
+        "{metrics}"
+    );
 }
