@@ -35,7 +35,8 @@
 //!   [`file`]: the hot-reloading [`FileDiscovery`].
 //!
 //! Modules depend one way: `h1` ← `upstream` ← `body` ← `error` ← `stats` ← `conn` ←
-//! `proxy` ← `server` ← `tls` ← `admin` (`redirect` sits beside `proxy`).
+//! `proxy` ← `server` ← `tls` ← `admin` (`redirect` sits beside `proxy`;
+//! `access_log` between `error` and `conn`).
 //!
 //! ```no_run
 //! use caas_core::Static;
