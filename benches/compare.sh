@@ -37,6 +37,9 @@
 #   GATEWAY_BIN=path  gateway binary to run as `$GATEWAY_BIN --config FILE` (skips cargo build)
 #   GATEWAY_BIN_B=path a second gateway build, measured as target `gateway-b` in the same
 #                     rounds (before/after a change: ratios between the two in one run)
+#   ACCESS_LOG=1      also measure `gateway-log`: the same gateway binary and config with
+#                     access_log on, writing to a file on tmpfs (/dev/shm, else TMPDIR),
+#                     emptied before each of its runs (0 skips it)
 #   TASKSET=1         pin backend, proxies and wrk to separate CPUs (see "CPU pinning" below)
 #   KEEP=1            keep the temp dir (configs, logs, raw wrk output) even on success
 # Needs nginx, haproxy, wrk, curl and python3; runs scripts/install-deps.sh when one of the
@@ -63,6 +66,7 @@ TLS_CONNS=${TLS_CONNS:-32}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 TASKSET=${TASKSET:-0}
 KEEP=${KEEP:-0}
+ACCESS_LOG=${ACCESS_LOG:-1}
 
 [[ $TLS_CONNS =~ ^[0-9]+$ ]] || die "TLS_CONNS takes a number (0: no HTTPS rows), got '$TLS_CONNS'"
 for c in $CONNS $SIZE_CONNS; do
@@ -132,6 +136,7 @@ cleanup() {
     wait "$HOLDER_PID" 2>/dev/null || true
   fi
   kill_and_reap 10 "${PIDS[@]}"
+  [[ ${ACCESS_LOG_FILE:-} == /dev/shm/* ]] && rm -f "$ACCESS_LOG_FILE"
   finish_workdir "configs, logs and raw wrk output"
 }
 on_exit cleanup
@@ -170,6 +175,7 @@ free_port NGINX_PORT
 free_port HAPROXY_PORT
 free_port GATEWAY_PORT
 free_port GATEWAY_B_PORT
+free_port GATEWAY_LOG_PORT
 NGINX_TLS_PORT="" HAPROXY_TLS_PORT="" GATEWAY_TLS_PORT="" GATEWAY_B_TLS_PORT=""
 if ((TLS_CONNS > 0)); then
   free_port NGINX_TLS_PORT
@@ -197,6 +203,13 @@ write_nginx_proxy_conf "$NGINX_PORT" "worker_rlimit_nofile $NOFILE;" "$NGINX_TLS
 write_haproxy_cfg "$HAPROXY_PORT" "$HAPROXY_TLS_PORT"
 write_gateway_toml gateway "$GATEWAY_PORT" "$GATEWAY_TLS_PORT"
 write_gateway_toml gateway-b "$GATEWAY_B_PORT" "$GATEWAY_B_TLS_PORT"
+# The access log on tmpfs: the row measures producing and writing lines, not a disk.
+if [[ -d /dev/shm && -w /dev/shm ]]; then
+  ACCESS_LOG_FILE=$(mktemp /dev/shm/caas-compare-access.XXXXXX)
+else
+  ACCESS_LOG_FILE="$WORK/access.log"
+fi
+write_gateway_toml gateway-log "$GATEWAY_LOG_PORT" "" "access_log = \"$ACCESS_LOG_FILE\""
 check_configs
 
 log "temp dir $WORK"
@@ -219,6 +232,10 @@ start_proxy() {
       RUST_LOG=${RUST_LOG:-warn} start gateway-b "${PIN_PROXY[@]}" "$GATEWAY_BIN_B" \
         --config "$WORK/gateway-b.toml"
       ;;
+    gateway-log)
+      RUST_LOG=${RUST_LOG:-warn} start gateway-log "${PIN_PROXY[@]}" "$GATEWAY_BIN" \
+        --config "$WORK/gateway-log.toml"
+      ;;
   esac
 }
 start_proxy nginx-proxy
@@ -230,6 +247,10 @@ wait_http gateway "$GATEWAY_PORT"
 if [[ -n ${GATEWAY_BIN_B:-} ]]; then
   start_proxy gateway-b
   wait_http gateway-b "$GATEWAY_B_PORT"
+fi
+if [[ $ACCESS_LOG == 1 ]]; then
+  start_proxy gateway-log
+  wait_http gateway-log "$GATEWAY_LOG_PORT"
 fi
 
 
@@ -264,10 +285,22 @@ if [[ -n ${GATEWAY_BIN_B:-} ]]; then
   TARGETS=(direct gateway gateway-b nginx-proxy haproxy)
   IDLE_TARGETS=(gateway gateway-b nginx-proxy haproxy)
 fi
+if [[ $ACCESS_LOG == 1 ]]; then
+  check_target gateway-log "http://127.0.0.1:$GATEWAY_LOG_PORT/"
+  # One line per check request: the log is written.
+  for _ in $(seq 1 50); do
+    [[ -s $ACCESS_LOG_FILE ]] && break
+    sleep 0.1
+  done
+  grep -q '"status":200' "$ACCESS_LOG_FILE" ||
+    die "gateway-log: no access log line in $ACCESS_LOG_FILE after its check requests"
+  TARGETS=("${TARGETS[@]:0:2}" gateway-log "${TARGETS[@]:2}")
+fi
 declare -A URL=(
   [direct]="http://127.0.0.1:$BACKEND_PORT/"
   [gateway]="http://127.0.0.1:$GATEWAY_PORT/"
   [gateway-b]="http://127.0.0.1:$GATEWAY_B_PORT/"
+  [gateway-log]="http://127.0.0.1:$GATEWAY_LOG_PORT/"
   [nginx-proxy]="http://127.0.0.1:$NGINX_PORT/"
   [haproxy]="http://127.0.0.1:$HAPROXY_PORT/"
 )
@@ -278,6 +311,9 @@ declare -A TLS_URL=(
   [nginx-proxy]="https://127.0.0.1:$NGINX_TLS_PORT/"
   [haproxy]="https://127.0.0.1:$HAPROXY_TLS_PORT/"
 )
+# Whether target $1 has an HTTPS row: not direct (the backend serves no TLS), not gateway-log
+# (the access log's cost is measured over plain HTTP).
+tls_target() { [[ -v "TLS_URL[$1]" ]]; }
 # Each proxy must answer 200 "ok" over TLS 1.3 before anything is measured.
 check_tls() {
   local name=$1 url=$2 got
@@ -288,11 +324,11 @@ check_tls() {
 }
 if ((TLS_CONNS > 0)); then
   for target in "${TARGETS[@]}"; do
-    [[ $target == direct ]] || check_tls "$target" "${TLS_URL[$target]}"
+    ! tls_target "$target" || check_tls "$target" "${TLS_URL[$target]}"
   done
 fi
-declare -A PORT=([gateway]=$GATEWAY_PORT [gateway-b]=$GATEWAY_B_PORT [nginx-proxy]=$NGINX_PORT
-  [haproxy]=$HAPROXY_PORT)
+declare -A PORT=([gateway]=$GATEWAY_PORT [gateway-b]=$GATEWAY_B_PORT
+  [gateway-log]=$GATEWAY_LOG_PORT [nginx-proxy]=$NGINX_PORT [haproxy]=$HAPROXY_PORT)
 
 # VmRSS in KiB of a process and all its descendants (nginx: the master and its worker).
 rss_kib() {
@@ -369,7 +405,7 @@ RESULTS="$WORK/results.txt" # round size conns target rps p50 p99 status sock cp
 total=0
 for run in "${RUNS[@]}"; do
   for target in "${TARGETS[@]}"; do
-    [[ $run == https* && $target == direct ]] || total=$((total + ROUNDS))
+    [[ $run == https* ]] && ! tls_target "$target" || total=$((total + ROUNDS))
   done
 done
 n=0
@@ -379,7 +415,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
     # Rotate the order each round so no target always runs first (or right after another).
     for ((i = 0; i < ${#TARGETS[@]}; i++)); do
       target=${TARGETS[$(((i + round - 1) % ${#TARGETS[@]}))]}
-      [[ $size == https* && $target == direct ]] && continue # the backend serves no TLS
+      [[ $size == https* ]] && ! tls_target "$target" && continue
       n=$((n + 1))
       url="${URL[$target]%/}$(size_path "$size")"
       wrk_extra=()
@@ -392,6 +428,8 @@ for ((round = 1; round <= ROUNDS; round++)); do
       # CPU of the process serving the run: the proxy, or the backend for "direct".
       cpu_pid=$(pid_of "$([[ $target == direct ]] && echo backend || echo "$target")")
       ticks0=$(cpu_ticks "$cpu_pid")
+      # The access log starts each run empty (the gateway appends: writes go on at the new end).
+      [[ $target == gateway-log ]] && : >"$ACCESS_LOG_FILE"
       "${PIN_WRK[@]}" wrk -t1 -c"$conns" -d"${DURATION}s" --latency \
         -H "Host: $HOST_HEADER" "${wrk_extra[@]}" "$url" >"$out" 2>&1 ||
         die "wrk failed against $target: $(tail -n 5 "$out")"
@@ -509,6 +547,9 @@ echo
 report_machine
 echo "- $(proxy_versions), $(wrk -v 2>&1 | head -n 1 | awk '{print "wrk " $2}')"
 echo "- gateway: $GATEWAY_LABEL$([[ -n ${GATEWAY_BIN_B:-} ]] && echo "; gateway-b: $GATEWAY_BIN_B")"
+if [[ $ACCESS_LOG == 1 ]]; then
+  echo "- gateway-log: the same gateway with access_log = \"$ACCESS_LOG_FILE\" ($(stat -f -c %T "$(dirname "$ACCESS_LOG_FILE")")), emptied before each run"
+fi
 echo "- CPU pinning: $([[ ${#PIN_PROXY[@]} -gt 0 ]] && echo "backend ${PIN_BACKEND[*]: -1}, proxy ${PIN_PROXY[*]: -1}, wrk ${PIN_WRK[*]: -1}" || echo none)"
 echo "- every request carries 'Host: $HOST_HEADER'; backend: nginx, 1 worker, return 200 \"ok\\n\" at /, static files (sendfile) at /8k, /256k, ..."
 echo
@@ -521,7 +562,7 @@ for run in "${RUNS[@]}"; do
   direct_rps=$(col "$size" "$conns" direct 5 | median)
   [[ $size == https* ]] && direct_rps=0
   for target in "${TARGETS[@]}"; do
-    [[ $size == https* && $target == direct ]] && continue
+    [[ $size == https* ]] && ! tls_target "$target" && continue
     rps=$(col "$size" "$conns" "$target" 5 | median)
     lo=$(col "$size" "$conns" "$target" 5 | awk 'NR == 1 || $1 < m {m = $1} END {print m + 0}')
     hi=$(col "$size" "$conns" "$target" 5 | awk 'NR == 1 || $1 > m {m = $1} END {print m + 0}')

@@ -347,9 +347,9 @@ backend be
 EOF
 }
 
-# Writes $WORK/$1.toml (gateway, gateway-b): the gateway, one worker, on port $2, routing
-# HOST_HEADER (app hello, version v1) to the backend. $3 (optional): a TLS port too, with the
-# certificate of make_tls_cert.
+# Writes $WORK/$1.toml (gateway, gateway-b, gateway-log): the gateway, one worker, on port
+# $2, routing HOST_HEADER (app hello, version v1) to the backend. $3 (may be empty): a TLS
+# port too, with the certificate of make_tls_cert; $4: more top-level keys.
 write_gateway_toml() {
   local tls_listen="" tls=""
   if [[ -n ${3:-} ]]; then
@@ -360,6 +360,7 @@ certificates = [{ cert = \"$WORK/tls/cert.pem\", key = \"$WORK/tls/key.pem\" }]"
   cat >"$WORK/$1.toml" <<EOF
 listen = "127.0.0.1:$2"
 $tls_listen
+${4:-}
 domains = ["caas.local"]
 workers = 1
 $tls

@@ -1,6 +1,6 @@
 //! The gateway fed by ZooKeeper, end to end over HTTP: a registration becomes routable, the
 //! gateway keeps serving its last table while ZooKeeper is down, and converges when it is
-//! back.
+//! back; a gateway restarted while ZooKeeper is down serves its saved route snapshot.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use caas::backends::testing::ZkServer;
+use std::sync::atomic::Ordering::Relaxed;
+
 use caas::backends::zk::{Registry, ZkConfig, ZkDiscovery, ZkSession};
+use caas::backends::{PersistStats, PersistedDiscovery};
 use caas::core::{AppId, Domain, InstanceId, Version};
 use caas::gateway::{Gateway, GatewayConfig};
 use http_body_util::Full;
@@ -169,4 +172,189 @@ async fn zookeeper_registrations_route_and_survive_an_outage() {
             .len(),
         1
     );
+}
+
+/// A gateway fed by ZooKeeper through a [`PersistedDiscovery`] saving to `file`, as the
+/// example gateway runs with `--zk-snapshot`: ZooKeeper is tried for `wait` at start, then
+/// the file is served until a session comes.
+async fn snapshot_gateway(
+    cfg: ZkConfig,
+    file: std::path::PathBuf,
+    wait: Duration,
+) -> (
+    SocketAddr,
+    Gateway,
+    std::sync::Arc<PersistStats>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let live = async move {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), ZkDiscovery::connect(cfg.clone()))
+                .await
+            {
+                Ok(Ok(d)) => return d,
+                Ok(Err(e)) => eprintln!("zookeeper not there yet: {e}"),
+                Err(_) => eprintln!("zookeeper not there yet: connect timed out"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let discovery = PersistedDiscovery::start(file, live, wait);
+    let stats = std::sync::Arc::clone(discovery.stats());
+    let gateway = Gateway::builder(GatewayConfig {
+        domains: vec![Domain::new("caas.local").unwrap()],
+        ..GatewayConfig::default()
+    })
+    .discovery(discovery)
+    .build()
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let g = gateway.clone();
+    tokio::spawn(async move {
+        g.serve(listener, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    (addr, gateway, stats, stop)
+}
+
+/// Retries a registry write while ZooKeeper comes back.
+async fn retry<T, E: std::fmt::Display>(
+    what: &str,
+    mut op: impl AsyncFnMut() -> Result<T, E>,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match op().await {
+            Ok(v) => return v,
+            Err(e) => assert!(Instant::now() < deadline, "{what}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_restarted_while_zookeeper_is_down_serves_its_snapshot_then_converges() {
+    let Some(mut zk) = ZkServer::start_or_skip(ZkServer::builder(), "gateway_zk snapshot") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.json");
+    let cfg = ZkConfig::new(zk.connect_string()).with_session_timeout(Duration::from_secs(20));
+    let registry = Registry::new(ZkSession::connect(cfg.clone()).await.unwrap());
+    let (one, two, three) = (
+        upstream("one").await,
+        upstream("two").await,
+        upstream("three").await,
+    );
+    let (app, v1) = (AppId::new("hello").unwrap(), Version::new("v1").unwrap());
+    let inst = |s: &str| InstanceId::new(s).unwrap();
+    registry
+        .register(&app, &v1, &inst("c1"), one)
+        .await
+        .unwrap();
+
+    // The first run routes from ZooKeeper and saves what it routes.
+    let gw_cfg = ZkConfig::new(zk.connect_string()).with_session_timeout(Duration::from_secs(4));
+    let (gw, _g, stats, stop) =
+        snapshot_gateway(gw_cfg.clone(), file.clone(), Duration::from_secs(10)).await;
+    wait_for("the route", Duration::from_secs(10), async || {
+        get(gw, "hello.caas.local").await == (200, "one".into())
+    })
+    .await;
+    wait_for("the snapshot file", Duration::from_secs(10), async || {
+        PersistedDiscovery::load(&file).is_ok_and(|s| s.endpoint_count() == 1)
+    })
+    .await;
+    assert_eq!(stats.served_from_file.load(Relaxed), 0);
+    let _ = stop.send(());
+
+    // While that gateway is down, c1 leaves and c2 comes; then ZooKeeper goes away too.
+    registry.deregister(&app, &v1, &inst("c1")).await.unwrap();
+    registry
+        .register(&app, &v1, &inst("c2"), two)
+        .await
+        .unwrap();
+    zk.kill().unwrap();
+
+    // The second run cannot reach ZooKeeper: it serves the saved routes.
+    let (gw, _g, stats, _stop) =
+        snapshot_gateway(gw_cfg, file.clone(), Duration::from_millis(500)).await;
+    wait_for("the saved route", Duration::from_secs(10), async || {
+        get(gw, "hello.caas.local").await == (200, "one".into())
+    })
+    .await;
+    assert_eq!(stats.served_from_file.load(Relaxed), 1);
+    assert_eq!(stats.live_updates.load(Relaxed), 0, "nothing live yet");
+
+    // ZooKeeper is back: the live state replaces the saved one (c1 is gone), and a change
+    // made now is routed and saved.
+    zk.restart().unwrap();
+    wait_for("the live routes", Duration::from_secs(30), async || {
+        let mut all_two = true;
+        for _ in 0..3 {
+            all_two &= get(gw, "hello.caas.local").await == (200, "two".into());
+        }
+        all_two
+    })
+    .await;
+    retry("register c3", async || {
+        registry.register(&app, &v1, &inst("c3"), three).await
+    })
+    .await;
+    retry("deregister c2", async || {
+        registry.deregister(&app, &v1, &inst("c2")).await
+    })
+    .await;
+    wait_for("the change", Duration::from_secs(20), async || {
+        get(gw, "hello.caas.local").await == (200, "three".into())
+            && get(gw, "hello.caas.local").await == (200, "three".into())
+    })
+    .await;
+    wait_for("the change saved", Duration::from_secs(10), async || {
+        PersistedDiscovery::load(&file).is_ok_and(|s| {
+            s.apps[&app].versions[&v1]
+                .endpoints
+                .iter()
+                .map(|e| e.addr)
+                .collect::<Vec<_>>()
+                == vec![three]
+        })
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_snapshot_is_a_warning_and_zookeeper_still_feeds_the_gateway() {
+    let Some(zk) = ZkServer::start_or_skip(ZkServer::builder(), "gateway_zk corrupt snapshot")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.json");
+    std::fs::write(&file, b"{\"caas_routes\": 1, \"snap").unwrap();
+    let err = PersistedDiscovery::load(&file).unwrap_err().to_string();
+    assert!(err.contains("not a valid snapshot"), "{err}");
+    let cfg = ZkConfig::new(zk.connect_string()).with_session_timeout(Duration::from_secs(20));
+    let registry = Registry::new(ZkSession::connect(cfg.clone()).await.unwrap());
+    let one = upstream("one").await;
+    let (app, v1) = (AppId::new("hello").unwrap(), Version::new("v1").unwrap());
+    registry
+        .register(&app, &v1, &InstanceId::new("c1").unwrap(), one)
+        .await
+        .unwrap();
+    // Fallback at once: the corrupt file is read, refused, and the live routes come anyway.
+    let (gw, _g, stats, _stop) = snapshot_gateway(cfg, file.clone(), Duration::ZERO).await;
+    wait_for("the live route", Duration::from_secs(10), async || {
+        get(gw, "hello.caas.local").await == (200, "one".into())
+    })
+    .await;
+    assert_eq!(stats.served_from_file.load(Relaxed), 0);
+    wait_for("the file replaced", Duration::from_secs(10), async || {
+        PersistedDiscovery::load(&file).is_ok()
+    })
+    .await;
 }

@@ -10,6 +10,9 @@
 //!   credentials, run with port binding, limits and `caas.*` labels, sidecars in a main
 //!   container's network namespace, stop, remove, inspect, list managed containers, and the
 //!   die/oom/start event stream.
+//! - [`persisted`]: the [`PersistedDiscovery`] wrapper: keeps the last routes a discovery
+//!   passed on in a file (written atomically, at most once a second) and serves them when
+//!   the live source is not there at start.
 //! - [`ports`]: the per-host [`PortPool`] of published ports.
 //! - [`health`]: active `GET /_ping` checks ([`HealthChecker`]) with fall/rise thresholds and a
 //!   grace period, restart [`Backoff`], the per-host [`KillLimiter`] and the [`Supervisor`]
@@ -41,6 +44,7 @@ pub mod api;
 pub mod assignment;
 pub mod docker;
 pub mod health;
+pub mod persisted;
 pub mod ports;
 pub mod rollout;
 pub mod scheduler;
@@ -55,6 +59,7 @@ pub use docker::{
     ContainerEvent, ContainerInfo, DockerError, DockerRuntime, RegistryAuth, RunSpec, SidecarSpec,
 };
 pub use health::{Backoff, HealthChecker, HealthEvent, HealthState, KillLimiter, Supervisor};
+pub use persisted::{PersistStats, PersistedDiscovery, SnapshotFileError};
 pub use ports::{PortError, PortPool, PortRange};
 pub use scheduler::{Deployment, Scheduler, SchedulerConfig, SchedulerHandle};
 pub use store::{MemStore, Store, ZkStore};

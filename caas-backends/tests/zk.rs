@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use caas_backends::testing::{TcpProxy, ZkServer, ZkServerBuilder};
 use caas_backends::zk::{
-    AppStore, Registry, ZkConfig, ZkDiscovery, ZkError, ZkSession, ZkTlsConfig, digest_id,
-    grant_app, provision_tree,
+    AppStore, GatewayInfo, Registry, ZkConfig, ZkDiscovery, ZkError, ZkSession, ZkTlsConfig,
+    announce_gateway, digest_id, grant_app, list_gateways, provision_tree,
 };
 use caas_core::{AppId, AppSpec, Discovery, Domain, InstanceId, Router, Version};
 
@@ -480,6 +480,15 @@ async fn session_expiry_recreates_ephemerals_and_discovery_recovers() {
     let disc_session = ZkSession::connect(cfg).await.unwrap();
     let (router, _task) = gateway(ZkDiscovery::start(disc_session.clone()));
     eventually_picks(&router, "api.caas.local", &[9501]).await;
+    // The gateway's announcement rides on its discovery session.
+    let info = GatewayInfo {
+        admin: Some(addr(9901)),
+        listen: addr(8080),
+        listen_tls: None,
+    };
+    announce_gateway(&disc_session, "gw-1", &info)
+        .await
+        .unwrap();
     let old_owner = reg_session.client().unwrap().session_id().0;
 
     // A partition longer than the session timeout: ZooKeeper expires both sessions and
@@ -524,6 +533,22 @@ async fn session_expiry_recreates_ephemerals_and_discovery_recovers() {
     );
     assert_eq!(reg_session.stats().snapshot().ephemerals_recreated, 1);
     eventually_picks(&router, "api.caas.local", &[9501]).await;
+    let deadline = Instant::now() + WAIT;
+    let (data, stat) = loop {
+        match raw.get_data("/caas/gateways/gw-1").await {
+            Ok(found) => break found,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "announcement not re-created: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(serde_json::from_slice::<GatewayInfo>(&data).unwrap(), info);
+    assert_eq!(
+        stat.ephemeral_owner,
+        disc_session.client().unwrap().session_id().0
+    );
 
     // Both new sessions are fully usable: writes go through, the watch follows them.
     registry
@@ -735,4 +760,49 @@ async fn encrypted_config_values_and_a_wrong_key() {
     eventually_picks(&router2, "vault.caas.local", &[9801]).await;
     assert!(router2.load().lookup("secret.test").is_none());
     assert!(stats.snapshot().skipped_nodes >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_announcements_live_and_die_with_the_gateway_session() {
+    let Some(zk) = server("gateway_announcements_live_and_die_with_the_gateway_session") else {
+        return;
+    };
+    let gw = ZkSession::connect(config(&zk, "/ann")).await.unwrap();
+    let control = ZkSession::connect(config(&zk, "/ann")).await.unwrap();
+    let info = GatewayInfo {
+        admin: Some(addr(9901)),
+        listen: addr(8080),
+        listen_tls: Some(addr(8443)),
+    };
+    announce_gateway(&gw, "edge-1", &info).await.unwrap();
+    let raw = raw_client(&zk).await;
+    let (data, stat) = raw.get_data("/ann/gateways/edge-1").await.unwrap();
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&data).unwrap(),
+        serde_json::json!({"admin": "127.0.0.1:9901", "listen": "127.0.0.1:8080", "listen_tls": "127.0.0.1:8443"})
+    );
+    assert_eq!(stat.ephemeral_owner, gw.client().unwrap().session_id().0);
+    assert_eq!(list_gateways(&control).await.unwrap()["edge-1"], info);
+    assert!(matches!(
+        announce_gateway(&gw, "Bad_Id", &info).await,
+        Err(ZkError::Config(_))
+    ));
+
+    // The same gateway restarted before its old session expired: the new run takes the id.
+    let again = ZkSession::connect(config(&zk, "/ann")).await.unwrap();
+    announce_gateway(&again, "edge-1", &info).await.unwrap();
+    let (_, stat) = raw.get_data("/ann/gateways/edge-1").await.unwrap();
+    assert_eq!(stat.ephemeral_owner, again.client().unwrap().session_id().0);
+    gw.close();
+
+    // The gateway stops: its announcement goes with its session.
+    again.close();
+    let deadline = Instant::now() + WAIT;
+    while !list_gateways(&control).await.unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the announcement outlived the gateway"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

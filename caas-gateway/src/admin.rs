@@ -1,5 +1,6 @@
-//! The admin listener: `/healthz`, `/routes` (JSON) and `/metrics` (Prometheus text), served
-//! apart from the proxy port so it is never reachable through an app's host name.
+//! The admin listener: `/healthz`, `/routes` (JSON), `/metrics` (Prometheus text) and
+//! `/stats/{appId}` (one app's counters, JSON), served apart from the proxy port so it is
+//! never reachable through an app's host name.
 
 use std::fmt::Write as _;
 use std::future::Future;
@@ -7,13 +8,14 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use caas_core::stats::LATENCY_BUCKETS_US;
-use caas_core::{CountersSnapshot, RouteTable};
+use caas_core::{AppId, AppRoute, CountersSnapshot, RouteTable};
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
+use crate::access_log::AccessLogStats;
 use crate::body::ProxyBody;
 use crate::error::ErrorCode;
 use crate::error::GatewayError;
@@ -76,6 +78,10 @@ fn admin_route(gw: &Gateway, method: &Method, path: &str) -> Response<ProxyBody>
             "text/plain; version=0.0.4",
             metrics_text(gw),
         ),
+        (&Method::GET, p) if p.starts_with("/stats/") => {
+            let (status, body) = app_stats(&gw.router().current(), &p["/stats/".len()..]);
+            (status, "application/json", body)
+        }
         _ => (
             StatusCode::NOT_FOUND,
             "application/json",
@@ -133,6 +139,104 @@ pub fn routes_json(table: &RouteTable) -> String {
         "apps": apps,
     })
     .to_string()
+}
+
+/// `/stats/{appId}`: the app's counters as JSON, or a JSON 400 (not an app id) or 404 (no
+/// such app in the live table).
+fn app_stats(table: &RouteTable, id: &str) -> (StatusCode, String) {
+    let error = |status: StatusCode, code: &str, message: String| {
+        let body =
+            serde_json::json!({"error": code, "status": status.as_u16(), "message": message});
+        (status, body.to_string())
+    };
+    let app = match AppId::new(id) {
+        Ok(app) => app,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_app_id", e.to_string()),
+    };
+    match table.app(&app) {
+        Some(route) => (StatusCode::OK, app_stats_json(table, route).to_string()),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "unknown_app",
+            format!("no app {app} in the route table"),
+        ),
+    }
+}
+
+/// One app's counters; every leaf below `app` and `generation` is a number, so the answers
+/// of several gateways add up leaf by leaf.
+pub fn app_stats_json(table: &RouteTable, app: &AppRoute) -> serde_json::Value {
+    let mut versions = serde_json::Map::new();
+    for v in app.versions() {
+        let mut sum = CountersSnapshot::default();
+        let mut endpoints = serde_json::Map::new();
+        let mut in_flight = 0;
+        for ep in v.pool().endpoints() {
+            let c = ep.stats.snapshot();
+            add(&mut sum, &c);
+            in_flight += ep.in_flight();
+            let mut e = counters_json(&c);
+            e["in_flight"] = ep.in_flight().into();
+            e["available"] = u8::from(ep.is_available()).into();
+            e["idle_connections"] = pooled_idle(ep).into();
+            endpoints.insert(ep.endpoint().addr.to_string(), e);
+        }
+        let mut j = counters_json(&sum);
+        j["in_flight"] = in_flight.into();
+        j["endpoints"] = endpoints.into();
+        versions.insert(v.id().to_string(), j);
+    }
+    let mut j = counters_json(&app.state().stats.snapshot());
+    j["in_flight"] = app.state().in_flight().into();
+    j["versions"] = versions.into();
+    serde_json::json!({
+        "app": app.id().to_string(),
+        "generation": table.generation(),
+        "stats": j,
+    })
+}
+
+fn add(sum: &mut CountersSnapshot, c: &CountersSnapshot) {
+    sum.requests += c.requests;
+    for (s, n) in sum.status.iter_mut().zip(c.status) {
+        *s += n;
+    }
+    sum.errors += c.errors;
+    sum.bytes_in += c.bytes_in;
+    sum.bytes_out += c.bytes_out;
+    sum.latency.resize(c.latency.len(), 0);
+    for (s, n) in sum.latency.iter_mut().zip(&c.latency) {
+        *s += n;
+    }
+    sum.latency_sum_us += c.latency_sum_us;
+}
+
+fn counters_json(c: &CountersSnapshot) -> serde_json::Value {
+    let responses: serde_json::Map<String, serde_json::Value> = c
+        .status
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (format!("{}xx", i + 1), (*n).into()))
+        .collect();
+    let buckets: serde_json::Map<String, serde_json::Value> = c
+        .latency
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let le = LATENCY_BUCKETS_US
+                .get(i)
+                .map_or("+Inf".to_owned(), u64::to_string);
+            (le, (*n).into())
+        })
+        .collect();
+    serde_json::json!({
+        "requests": c.requests,
+        "responses": responses,
+        "upstream_errors": c.errors,
+        "bytes_in": c.bytes_in,
+        "bytes_out": c.bytes_out,
+        "latency_us": {"sum": c.latency_sum_us, "le": buckets},
+    })
 }
 
 fn write_counters(out: &mut String, prefix: &str, labels: &str, c: &CountersSnapshot) {
@@ -205,6 +309,19 @@ fn write_cert_metrics(out: &mut String, certs: &crate::tls::CertResolver) {
     let _ = writeln!(out, "caas_gateway_tls_names {}", certs.name_count());
 }
 
+fn write_access_log_metrics(out: &mut String, log: &AccessLogStats) {
+    for (name, v) in [
+        ("lines_total", &log.lines),
+        ("dropped_total", &log.dropped),
+        ("write_errors_total", &log.write_errors),
+        ("lost_total", &log.lost),
+        ("reopened_total", &log.reopened),
+    ] {
+        let _ = writeln!(out, "# TYPE caas_gateway_access_log_{name} counter");
+        let _ = writeln!(out, "caas_gateway_access_log_{name} {}", v.load(Relaxed));
+    }
+}
+
 /// Prometheus text exposition of gateway, app and endpoint counters.
 pub fn metrics_text(gw: &Gateway) -> String {
     // Writing to a String cannot fail; the `let _` below discard an always-Ok fmt::Result.
@@ -243,6 +360,9 @@ pub fn metrics_text(gw: &Gateway) -> String {
     }
     if let Some(certs) = gw.cert_resolver() {
         write_cert_metrics(&mut out, certs);
+    }
+    if let Some(log) = gw.access_log_stats() {
+        write_access_log_metrics(&mut out, log);
     }
     let _ = writeln!(out, "# TYPE caas_gateway_errors_total counter");
     for code in ErrorCode::ALL {

@@ -7,6 +7,7 @@ use std::error::Error as _;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -126,6 +127,8 @@ pub(crate) struct RequestBody {
     inner: Incoming,
     counted: Option<(Arc<AppState>, Arc<EndpointState>)>,
     bytes: u64,
+    /// The request's access log count, when the log is on.
+    logged: Option<Arc<AtomicU64>>,
 }
 
 impl RequestBody {
@@ -134,7 +137,13 @@ impl RequestBody {
             inner,
             counted: None,
             bytes: 0,
+            logged: None,
         }
+    }
+
+    /// Adds the body's bytes to `count` when it drops (for the access log).
+    pub(crate) fn log_bytes_to(&mut self, count: Arc<AtomicU64>) {
+        self.logged = Some(count);
     }
 
     /// Whether the body is empty and complete (nothing to stream).
@@ -184,6 +193,9 @@ impl Body for RequestBody {
 
 impl Drop for RequestBody {
     fn drop(&mut self) {
+        if let Some(count) = &self.logged {
+            count.fetch_add(self.bytes, Relaxed);
+        }
         if let Some((app, ep)) = &self.counted {
             if self.bytes > 0 {
                 app.stats.add_bytes_in(self.bytes);

@@ -10,6 +10,7 @@ use std::time::Duration;
 use caas_core::{AppId, AppSpec, Blacklist, Domain, IpNet, Snapshot};
 use serde::{Deserialize, Serialize};
 
+use crate::access_log::{AccessLogConfig, AccessLogTarget};
 use crate::tls::{CertResolver, TlsConfig};
 
 /// Limits and timeouts on every edge of the proxy.
@@ -105,6 +106,8 @@ pub struct GatewayConfig {
     /// for a request from one of them, the client is the nearest address in that field that
     /// is not itself trusted. From anyone else, the client is the socket peer.
     pub trusted_proxies: Vec<IpNet>,
+    /// The access log (one JSON line per request); off when `None`.
+    pub access_log: Option<AccessLogConfig>,
 }
 
 /// The example server's TOML file.
@@ -135,6 +138,10 @@ pub struct FileConfig {
     /// Networks whose `X-Forwarded-For` is believed (see [`GatewayConfig::trusted_proxies`]).
     #[serde(default)]
     pub trusted_proxies: Vec<IpNet>,
+    /// The access log: `"stdout"` or a file path (relative to the config file's directory
+    /// once loaded); off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<AccessLogTarget>,
     /// Requests refused for every app (networks, path prefixes, user agents), applied live
     /// on reload; ZooKeeper-fed gateways take it from `/caas/blacklist` instead.
     #[serde(default, skip_serializing_if = "Blacklist::is_empty")]
@@ -194,7 +201,7 @@ impl FileConfig {
 
     /// Parses and validates config text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let cfg: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut cfg: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string().trim_end().to_owned(),
         })?;
@@ -218,6 +225,11 @@ impl FileConfig {
             (None, None) => {}
         }
         cfg.blacklist.validate().map_err(|e| invalid(e.0))?;
+        if let Some(AccessLogTarget::File(p)) = &mut cfg.access_log
+            && p.is_relative()
+        {
+            *p = path.parent().unwrap_or(Path::new(".")).join(&*p);
+        }
         for (id, app) in &cfg.apps {
             app.validate()
                 .map_err(|e| invalid(format!("apps.{id}.{e}")))?;
@@ -232,6 +244,7 @@ impl FileConfig {
             limits: self.limits.clone(),
             https_port: self.listen_tls.map(|a| a.port()),
             trusted_proxies: self.trusted_proxies.clone(),
+            access_log: self.access_log.clone().map(AccessLogConfig::new),
         }
     }
 
@@ -291,6 +304,29 @@ endpoints = ["127.0.0.1:9003"]
     }
 
     #[test]
+    fn access_log_paths_resolve_like_the_other_paths() {
+        let with = |v: &str| {
+            let text = format!("access_log = \"{v}\"\n{EXAMPLE}");
+            FileConfig::parse(&text, Path::new("/etc/caas/gw.toml"))
+                .unwrap()
+                .gateway_config()
+                .access_log
+                .map(|a| a.target)
+        };
+        assert_eq!(
+            with("logs/access.log"),
+            Some(AccessLogTarget::File("/etc/caas/logs/access.log".into()))
+        );
+        assert_eq!(
+            with("/var/log/a.log"),
+            Some(AccessLogTarget::File("/var/log/a.log".into()))
+        );
+        assert_eq!(with("stdout"), Some(AccessLogTarget::Stdout));
+        let off = FileConfig::parse(EXAMPLE, Path::new("gw.toml")).unwrap();
+        assert_eq!(off.gateway_config().access_log, None, "off by default");
+    }
+
+    #[test]
     fn errors_name_file_key_and_reason() {
         let bad = EXAMPLE.replace("workers = 1", "wrokers = 1");
         let err = FileConfig::parse(&bad, Path::new("gw.toml"))
@@ -316,6 +352,12 @@ endpoints = ["127.0.0.1:9003"]
             .unwrap_err()
             .to_string();
         assert!(err.contains("limits.idle_timeout_ms"), "{err}");
+
+        let bad = format!("access_log = \"\"\n{EXAMPLE}");
+        let err = FileConfig::parse(&bad, Path::new("gw.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("access_log"), "{err}");
 
         let err = FileConfig::load(Path::new("/nonexistent/gw.toml"))
             .unwrap_err()

@@ -18,6 +18,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::TokioExecutor;
 
+use crate::access_log::{AccessLog, Pending};
 use crate::config::GatewayConfig;
 use crate::stats::GatewayStats;
 
@@ -43,6 +44,8 @@ pub(crate) struct Shared {
     pub(crate) h2: http2::Builder<TokioExecutor>,
     /// The certificate resolver of the TLS listener, once one serves (for `/metrics`).
     pub(crate) certs: std::sync::OnceLock<Arc<crate::tls::CertResolver>>,
+    /// The access log's producing side, when it is on.
+    pub(crate) access_log: Option<AccessLog>,
 }
 
 /// What the gateway knows about one client connection.
@@ -140,16 +143,24 @@ impl Drop for Waiting<'_> {
     }
 }
 
-/// A response body that tells its connection when the response is over (when it drops).
+/// A response body that tells its connection when the response is over (when it drops),
+/// and counts the bytes the client took for the request's access log line.
 #[derive(Debug)]
 pub(crate) struct Tracked<B> {
+    // Fields drop in this order: the body (and with it the request body, which adds its
+    // bytes to the line), then the connection's count, then the line, which is sent.
     body: B,
     _done: ResponseDone,
+    log: Option<Box<Pending>>,
 }
 
 impl<B> Tracked<B> {
-    pub(crate) fn new(body: B, done: ResponseDone) -> Self {
-        Self { body, _done: done }
+    pub(crate) fn new(body: B, done: ResponseDone, log: Option<Box<Pending>>) -> Self {
+        Self {
+            body,
+            _done: done,
+            log,
+        }
     }
 }
 
@@ -162,7 +173,14 @@ impl<B: Body<Data = Bytes, Error = io::Error> + Unpin> Body for Tracked<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let (Some(log), Poll::Ready(Some(Ok(frame)))) = (this.log.as_mut(), &polled)
+            && let Some(data) = frame.data_ref()
+        {
+            log.bytes_out += data.len() as u64;
+        }
+        polled
     }
 
     #[inline]

@@ -203,6 +203,16 @@ impl ProxyError {
         }
     }
 
+    /// The upstream endpoint that failed, for the upstream's own failures.
+    pub fn upstream_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Self::Connect { addr, .. }
+            | Self::Upstream { addr, .. }
+            | Self::Timeout { addr, .. } => Some(*addr),
+            _ => None,
+        }
+    }
+
     /// The status code the client receives.
     pub fn status(&self) -> StatusCode {
         self.code().status()

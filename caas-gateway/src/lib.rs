@@ -28,12 +28,15 @@
 //!   bring your own `rustls::ServerConfig` ([`TlsAcceptor::from_config`]) or resolver
 //!   ([`TlsAcceptor::with_resolver`]).
 //! - `redirect`: apps with `https_redirect` answer plain HTTP with a 308 to HTTPS.
-//! - [`admin`]: `/healthz`, `/routes`, `/metrics` on a separate listener.
+//! - [`access_log`]: one JSON line per request, written by its own thread through a
+//!   bounded queue (a full queue drops and counts, never blocks a request).
+//! - [`admin`]: `/healthz`, `/routes`, `/metrics`, `/stats/{appId}` on a separate listener.
 //! - [`config`]: [`GatewayConfig`], [`Limits`] and the example server's [`FileConfig`];
 //!   [`file`]: the hot-reloading [`FileDiscovery`].
 //!
 //! Modules depend one way: `h1` ← `upstream` ← `body` ← `error` ← `stats` ← `conn` ←
-//! `proxy` ← `server` ← `tls` ← `admin` (`redirect` sits beside `proxy`).
+//! `proxy` ← `server` ← `tls` ← `admin` (`redirect` sits beside `proxy`;
+//! `access_log` between `error` and `conn`).
 //!
 //! ```no_run
 //! use caas_core::Static;
@@ -77,6 +80,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod access_log;
 pub mod admin;
 pub mod body;
 mod client_io;
@@ -93,6 +97,7 @@ pub mod stats;
 pub mod tls;
 mod upstream;
 
+pub use access_log::{AccessLogConfig, AccessLogStats, AccessLogTarget};
 pub use body::ProxyBody;
 pub use config::{ConfigError, FileConfig, GatewayConfig, Limits};
 pub use error::{Blame, ErrorCode, GatewayError, ProxyError};

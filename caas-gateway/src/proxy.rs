@@ -19,6 +19,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 
+use crate::access_log::Pending;
 use crate::body::{ProxyBody, RequestBody};
 use crate::conn::{ConnInfo, Shared, Tracked, Waiting};
 use crate::error::{Blame, ErrorCode, ProxyError};
@@ -47,9 +48,30 @@ pub(crate) async fn serve_request(
     let _waiting = Waiting::new(&conn.waiting);
     shared.stats.requests.fetch_add(1, Relaxed);
     let mut unanswered = Unanswered(Some(&shared.stats));
+    // The access log line, sent when it drops: with the response body, or here when the
+    // client leaves before an answer (then as a 499).
+    let mut log = shared
+        .access_log
+        .as_ref()
+        .map(|l| Box::new(Pending::new(l, req.method(), req.uri(), conn.peer.ip())));
     let mut app_state = None;
-    let resp = match proxy(&shared, &conn, req, started, &mut app_state).await {
-        Ok(resp) => resp,
+    let resp = match proxy(
+        &shared,
+        &conn,
+        req,
+        started,
+        &mut app_state,
+        log.as_deref_mut(),
+    )
+    .await
+    {
+        Ok(resp) => {
+            if let Some(l) = log.as_mut() {
+                l.status = resp.status().as_u16();
+                l.error = None;
+            }
+            resp
+        }
         Err(err) => {
             shared.stats.count_error(&err);
             if let Some(app) = app_state {
@@ -59,12 +81,42 @@ pub(crate) async fn serve_request(
                 app.stats
                     .record_response(err.status().as_u16(), started.elapsed());
             }
+            if let Some(l) = log.as_mut() {
+                l.status = err.status().as_u16();
+                l.error = Some(err.code());
+                if let Some(addr) = err.upstream_addr() {
+                    l.endpoint = Some(addr);
+                }
+            }
             tracing::debug!(peer = %conn.peer, "answered {}: {err}", err.status());
             err.into_response()
         }
     };
     unanswered.0 = None;
-    Ok(resp.map(|body| Tracked::new(body, done)))
+    Ok(resp.map(|body| Tracked::new(body, done, log)))
+}
+
+/// Puts the app a request's authority routes to in its log line, and the endpoint picked
+/// with its version. Only runs with the access log on.
+fn log_route(
+    log: &mut Pending,
+    table: &RouteTable,
+    authority: &Authority,
+    ep: Option<&Arc<EndpointState>>,
+) {
+    let Some(route) = table.lookup(authority.as_str()) else {
+        return;
+    };
+    log.app = Some(route.app().id().clone());
+    if let Some(ep) = ep {
+        log.endpoint = Some(ep.endpoint().addr);
+        log.version = route
+            .app()
+            .versions()
+            .iter()
+            .find(|v| v.pool().endpoints().iter().any(|e| Arc::ptr_eq(e, ep)))
+            .map(|v| v.id().clone());
+    }
 }
 
 /// Counts a request whose future hyper dropped before it was answered: the client went away
@@ -182,12 +234,16 @@ async fn proxy(
     req: Request<Incoming>,
     started: Instant,
     app_out: &mut Option<Arc<AppState>>,
+    mut log: Option<&mut Pending>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     check_head_limits(shared, &req)?;
     let upgrade = is_upgrade_request(&req);
     let mut req = req.map(RequestBody::new);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (parts, body) = req.into_parts();
+    let (parts, mut body) = req.into_parts();
+    if let Some(l) = &log {
+        body.log_bytes_to(Arc::clone(&l.bytes_in));
+    }
     let authority = Authority::of(&parts)?;
     let target = Target {
         authority: &authority,
@@ -199,6 +255,9 @@ async fn proxy(
         path: parts.uri.path(),
         user_agent: parts.headers.get(USER_AGENT).map(HeaderValue::as_bytes),
     };
+    if let Some(l) = &mut log {
+        l.client = target.client;
+    }
     // Over TLS here, or at a trusted proxy in front (which then said so).
     let https = conn.tls
         || forwarded_https(
@@ -213,9 +272,21 @@ async fn proxy(
             && filter(&table, app, &target).is_ok()
             && let Some(to) = redirect::to_https(shared, app, &authority, &parts, started)
         {
+            if let Some(l) = &mut log {
+                log_route(l, &table, &authority, None);
+            }
             return Ok(to);
         }
-        route(&table, &target)
+        let routed = route(&table, &target);
+        if let Some(l) = &mut log {
+            log_route(
+                l,
+                &table,
+                &authority,
+                routed.as_ref().ok().map(|(_, ep)| ep),
+            );
+        }
+        routed
     };
     let (admitted, ep) = routed.map_err(|(e, app)| {
         *app_out = app;
@@ -244,6 +315,12 @@ async fn proxy(
     };
     let fwd = forward(shared, &target, app, ep, request).await?;
     fwd.ep.record_success();
+    if let Some(l) = &mut log
+        && l.endpoint != Some(fwd.ep.endpoint().addr)
+    {
+        // Retried on another endpoint, maybe of another version.
+        log_route(l, &shared.router.load(), &authority, Some(&fwd.ep));
+    }
     let h1::ResponseHead {
         parts: resp,
         framing,

@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::access_log::{AccessLog, AccessLogConfig, AccessLogStats};
 use crate::client_io::ClientIo;
 use crate::config::{GatewayConfig, Limits};
 use crate::conn::{ConnInfo, Shared, Timeouts};
@@ -89,6 +90,12 @@ impl GatewayBuilder {
         self
     }
 
+    /// Turns the access log on (the same as setting [`GatewayConfig::access_log`]).
+    pub fn access_log(mut self, log: AccessLogConfig) -> Self {
+        self.config.access_log = Some(log);
+        self
+    }
+
     /// Uses an existing router (for instance one shared with an admin API).
     pub fn router(mut self, router: Arc<Router>) -> Self {
         self.router = Some(router);
@@ -128,6 +135,10 @@ impl GatewayBuilder {
             eject: Limits::dur(limits.eject_ms),
             grace: Limits::dur(limits.shutdown_grace_ms),
         };
+        let access_log = match &self.config.access_log {
+            Some(c) => Some(AccessLog::start(c).map_err(|e| GatewayError::Config(e.to_string()))?),
+            None => None,
+        };
         Ok(Gateway {
             shared: Arc::new(Shared {
                 router,
@@ -137,6 +148,7 @@ impl GatewayBuilder {
                 h1,
                 h2,
                 certs: std::sync::OnceLock::new(),
+                access_log,
             }),
             discovery: Arc::new(Mutex::new(self.discovery)),
             reaping: Arc::new(AtomicBool::new(false)),
@@ -171,6 +183,11 @@ impl Gateway {
     /// Gateway-wide counters.
     pub fn stats(&self) -> &GatewayStats {
         &self.shared.stats
+    }
+
+    /// The access log's counters, when it is on.
+    pub fn access_log_stats(&self) -> Option<&Arc<AccessLogStats>> {
+        self.shared.access_log.as_ref().map(AccessLog::stats)
     }
 
     /// The configuration in force.

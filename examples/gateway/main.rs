@@ -12,9 +12,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use caas_backends::zk::{ZkCertSource, ZkConfig, ZkDiscovery, ZkTlsConfig};
+use caas_backends::PersistedDiscovery;
+use caas_backends::zk::gateways::{sanitize_gateway_id, validate_gateway_id};
+use caas_backends::zk::{
+    GatewayInfo, ZkCertSource, ZkConfig, ZkDiscovery, ZkSession, ZkTlsConfig, announce_gateway,
+    withdraw_gateway,
+};
 use caas_core::Static;
-use caas_gateway::{FileConfig, FileDiscovery, Gateway, TlsAcceptor};
+use caas_gateway::{CertResolver, FileConfig, FileDiscovery, Gateway, TlsAcceptor};
 use clap::Parser;
 use tokio::net::TcpListener;
 
@@ -81,6 +86,22 @@ struct Args {
     /// AES-256-GCM key file for encrypted app config values and certificate keys.
     #[arg(long, value_name = "FILE", requires = "zk")]
     zk_key_file: Option<PathBuf>,
+    /// Keep the routes received from ZooKeeper in FILE (rewritten atomically, at most once a
+    /// second) and serve them when ZooKeeper cannot be reached at start.
+    #[arg(long, value_name = "FILE", requires = "zk")]
+    zk_snapshot: Option<PathBuf>,
+    /// With --zk-snapshot: how long to try ZooKeeper at start before serving the file.
+    #[arg(
+        long,
+        default_value_t = 3000,
+        value_name = "MS",
+        requires = "zk_snapshot"
+    )]
+    zk_snapshot_wait_ms: u64,
+    /// This gateway's id in ZooKeeper ({chroot}/gateways/{id}, EPHEMERAL, holding its admin
+    /// and listen addresses). Default: the host name and the admin (else listen) port.
+    #[arg(long, value_name = "ID", requires = "zk")]
+    gateway_id: Option<String>,
 }
 
 impl Args {
@@ -111,7 +132,9 @@ impl Args {
 }
 
 fn main() -> ExitCode {
+    // Diagnostics on stderr: stdout is left to `access_log = "stdout"` (JSON lines only).
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
@@ -196,22 +219,47 @@ async fn run(args: Args, config: FileConfig, path: Option<PathBuf>) -> Result<()
     let routes = Static::new(config.snapshot());
     let zk = args.zk_config()?;
     let reload_every = Duration::from_millis(args.reload_interval_ms);
+    let mut zk_announced = None;
     let builder = match (&zk, &path) {
         (Some(zk), _) => {
             if !config.apps.is_empty() {
                 tracing::warn!("--zk given: the [apps] of the config file are ignored");
             }
-            let discovery = ZkDiscovery::connect(zk.clone())
-                .await
-                .map_err(|e| format!("cannot use ZooKeeper at {}: {e}", zk.servers))?;
-            tracing::info!(servers = %zk.servers, chroot = %zk.chroot, "routes from ZooKeeper");
-            if let Some(certs) = &certs {
-                // Custom domains' certificates, stored at {chroot}/certs/{domain}.
-                let source = ZkCertSource::start(discovery.session());
-                tokio::spawn(Arc::clone(certs).follow(source));
-                tracing::info!("custom-domain certificates from ZooKeeper");
+            let announced = Arc::new(Announced {
+                session: std::sync::OnceLock::new(),
+                id: match &args.gateway_id {
+                    Some(id) => {
+                        validate_gateway_id(id).map_err(|e| format!("--gateway-id: {e}"))?;
+                        id.clone()
+                    }
+                    None => default_gateway_id(config.admin_listen.unwrap_or(config.listen)),
+                },
+                info: GatewayInfo {
+                    admin: config.admin_listen,
+                    listen: listener.local_addr().unwrap_or(config.listen),
+                    listen_tls: tls_listener.as_ref().and_then(|l| l.local_addr().ok()),
+                },
+            });
+            zk_announced = Some(Arc::clone(&announced));
+            match &args.zk_snapshot {
+                Some(file) => {
+                    let (zk, certs) = (zk.clone(), certs.clone());
+                    let live = async move {
+                        let mut backoff = Duration::from_millis(500);
+                        loop {
+                            match zk_routes(&zk, certs.as_ref(), &announced).await {
+                                Ok(d) => return d,
+                                Err(e) => tracing::warn!("{e}; retrying in {backoff:?}"),
+                            }
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                        }
+                    };
+                    let wait = Duration::from_millis(args.zk_snapshot_wait_ms);
+                    builder.discovery(PersistedDiscovery::start(file.clone(), live, wait))
+                }
+                None => builder.discovery(zk_routes(zk, certs.as_ref(), &announced).await?),
             }
-            builder.discovery(discovery)
         }
         (None, Some(p)) => builder.discovery(FileDiscovery::new(p.clone(), reload_every)),
         (None, None) => builder.discovery(routes.subscribe()),
@@ -227,7 +275,7 @@ async fn run(args: Args, config: FileConfig, path: Option<PathBuf>) -> Result<()
                 tracing::error!("admin listener failed: {e}");
             }
         });
-        eprintln!("admin: http://{admin}/metrics  /routes  /healthz");
+        eprintln!("admin: http://{admin}/metrics  /routes  /healthz  /stats/{{appId}}");
     }
     if args.demo {
         if let Some((app, domain)) = config.apps.keys().next().zip(config.domains.first()) {
@@ -267,7 +315,75 @@ async fn run(args: Args, config: FileConfig, path: Option<PathBuf>) -> Result<()
             .map_err(|e| format!("TLS listener task failed: {e}"))?
             .map_err(|e| e.to_string())?;
     }
+    if let Some(a) = zk_announced {
+        a.withdraw().await;
+    }
     Ok(())
+}
+
+/// What the gateway announces at {chroot}/gateways/{id}, and the session holding it once
+/// connected.
+struct Announced {
+    id: String,
+    info: GatewayInfo,
+    session: std::sync::OnceLock<ZkSession>,
+}
+
+impl Announced {
+    /// Withdraws the announcement and closes the session, so the node is gone at once (not
+    /// only when the session times out).
+    async fn withdraw(&self) {
+        if let Some(session) = self.session.get() {
+            if let Err(e) = withdraw_gateway(session, &self.id).await {
+                tracing::warn!(id = %self.id, "cannot withdraw the announcement: {e}");
+            }
+            session.close();
+        }
+    }
+}
+
+/// The host name and `addr`'s port, as a gateway id.
+fn default_gateway_id(addr: SocketAddr) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| addr.ip().to_string());
+    sanitize_gateway_id(&format!("{}-{}", host.trim(), addr.port()))
+}
+
+/// Routes from ZooKeeper: connects (bounded by the session timeout), announces this gateway,
+/// and follows custom domains' certificates when the gateway serves HTTPS.
+async fn zk_routes(
+    zk: &ZkConfig,
+    certs: Option<&Arc<CertResolver>>,
+    announced: &Announced,
+) -> Result<ZkDiscovery, String> {
+    let bound = zk.session_timeout() + Duration::from_secs(1);
+    let discovery = match tokio::time::timeout(bound, ZkDiscovery::connect(zk.clone())).await {
+        Ok(Ok(d)) => d,
+        Ok(Err(e)) => return Err(format!("cannot use ZooKeeper at {}: {e}", zk.servers)),
+        Err(_) => {
+            return Err(format!(
+                "cannot use ZooKeeper at {}: no session within {bound:?}",
+                zk.servers
+            ));
+        }
+    };
+    tracing::info!(servers = %zk.servers, chroot = %zk.chroot, "routes from ZooKeeper");
+    let _ = announced.session.set(discovery.session().clone());
+    match announce_gateway(discovery.session(), &announced.id, &announced.info).await {
+        Ok(()) => {
+            tracing::info!(id = %announced.id, "announced at {}/gateways/{}", zk.chroot, announced.id)
+        }
+        // Routing goes on without it; the control plane just does not see this gateway.
+        Err(e) => tracing::error!(id = %announced.id, "cannot announce this gateway: {e}"),
+    }
+    if let Some(certs) = certs {
+        // Custom domains' certificates, stored at {chroot}/certs/{domain}.
+        let source = ZkCertSource::start(discovery.session());
+        tokio::spawn(Arc::clone(certs).follow(source));
+        tracing::info!("custom-domain certificates from ZooKeeper");
+    }
+    Ok(discovery)
 }
 
 async fn shutdown_signal() {

@@ -10,6 +10,7 @@
 //! /deployments/{appId}/{version}                     PERSISTENT  Deployment JSON (desired state)
 //! /deployments/{appId}/{version}/status              PERSISTENT  written by the scheduler
 //! /hosts/...                                         see `hosts`
+//! /gateways/{gatewayId}                              EPHEMERAL   GatewayInfo JSON (see `gateways`)
 //! ```
 
 use std::net::SocketAddr;
@@ -28,6 +29,13 @@ pub const CERTS: &str = "/certs";
 pub const BLACKLIST: &str = "/blacklist";
 /// Parent of the deployments `/deployments/{appId}/{version}`.
 pub const DEPLOYMENTS: &str = "/deployments";
+/// Parent of the gateway announcements `/gateways/{gatewayId}`.
+pub const GATEWAYS: &str = "/gateways";
+
+/// `/gateways/{id}`.
+pub fn gateway_path(id: &str) -> String {
+    format!("{GATEWAYS}/{id}")
+}
 
 /// `/deployments/{app}/{version}`.
 pub fn deployment_path(app: &AppId, version: &Version) -> String {

@@ -9,6 +9,7 @@
 //! /certs/{domain}                                    PERSISTENT  certificate + sealed key (HTTPS)
 //! /deployments/{appId}/{version}[/status]            PERSISTENT  see `crate::scheduler`
 //! /hosts/{hostId}[/alive|/assignments/{id}|/status/{id}]  see [`hosts`]
+//! /gateways/{gatewayId}                              EPHEMERAL   see [`gateways`]
 //! ```
 //!
 //! - [`ZkConfig`] (serde, `deny_unknown_fields`): servers, chroot, session timeout, digest
@@ -21,6 +22,8 @@
 //!   nodes.
 //! - [`ZkDiscovery`] ([`discovery`]): caas-core's `Discovery`, one persistent recursive watch
 //!   plus full reads, cached locally; feed it to a `Router`.
+//! - [`gateways`]: each ZooKeeper-fed gateway's EPHEMERAL announcement
+//!   `/gateways/{gatewayId}` (its admin and proxy addresses).
 //! - [`AppStore`] ([`apps`]): write app specs, claim and release custom domains.
 //! - [`certs`]: custom-domain certificates: [`CertStore`] writes them for the claimant app,
 //!   [`ZkCertSource`] feeds them to a gateway's TLS listener (caas-core's `CertSource`).
@@ -36,6 +39,7 @@ pub mod config;
 pub mod crypto;
 pub mod discovery;
 pub mod error;
+pub mod gateways;
 mod host_info;
 mod host_status;
 pub mod hosts;
@@ -52,6 +56,7 @@ pub use config::{ZkConfig, ZkTlsConfig};
 pub use crypto::ValueCipher;
 pub use discovery::ZkDiscovery;
 pub use error::ZkError;
+pub use gateways::{GatewayInfo, announce_gateway, list_gateways, withdraw_gateway};
 pub use hosts::{HostInfo, HostStore, Resources};
 pub use registry::Registry;
 pub use session::ZkSession;

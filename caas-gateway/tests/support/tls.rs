@@ -204,6 +204,7 @@ pub async fn start_trusting(
         limits: limits(),
         https_port: Some(tls.port()),
         trusted_proxies,
+        access_log: None,
     })
     .discovery(routes.subscribe())
     .build()
