@@ -343,7 +343,8 @@ fn the_readme_walkthrough_runs_as_written() {
         "{logs}"
     );
     let stats = step_output(&after, "caas stats hello");
-    assert!(stats.contains("gateways  1"), "{stats}");
+    assert!(stats.starts_with("gateways counted: 1\n"), "{stats}");
+    assert!(stats.contains("hello:v2 "), "{stats}");
     assert!(
         step_output(&after, "caas rm hello").contains("removed hello"),
         "{after}"

@@ -2,8 +2,8 @@
 //! test process, each test under its own chroot). Hosts are simulated as the scheduler
 //! tests do (a HostInfo node and an `alive` node held by the host's own session), and a
 //! real in-process Scheduler turns deployments into assignments. Gateways' `/stats/{app}`
-//! are tiny fake admin listeners here: the real gateway side (its announcement under
-//! `/gateways` and the endpoint) lands separately.
+//! are tiny fake admin listeners here, announced as gateways announce themselves (the real
+//! gateway answers through the API in `tests/walkthrough.rs`).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::BTreeMap;

@@ -133,41 +133,91 @@ pub(crate) fn hosts_table(hosts: &Value) -> String {
     t.render()
 }
 
-/// `caas stats`: every numeric counter as `name value`, nested names joined with dots, then
-/// the gateways that did not answer.
+/// `caas stats`: one row for the app, one per version and one per endpoint (requests,
+/// responses by class, upstream errors, in flight, bytes, latency quantiles from the
+/// buckets), summed over the gateways that answered; then those that did not.
 pub(crate) fn stats_text(s: &Value) -> String {
-    let mut rows = Vec::new();
-    flatten("", s, &mut rows);
-    let mut t = Table::new(&["COUNTER", "VALUE"]);
-    for (k, v) in rows {
-        t.row(vec![k, v]);
+    let mut t = Table::new(&[
+        "SCOPE",
+        "REQUESTS",
+        "2XX",
+        "3XX",
+        "4XX",
+        "5XX",
+        "UPSTREAM ERR",
+        "IN FLIGHT",
+        "BYTES IN",
+        "BYTES OUT",
+        "P50",
+        "P99",
+    ]);
+    let app = s["app"].as_str().unwrap_or("?");
+    let root = &s["stats"]["stats"];
+    if root.is_object() {
+        t.row(stats_row(app.to_owned(), root));
+        for (v, vs) in root["versions"].as_object().into_iter().flatten() {
+            t.row(stats_row(format!("{app}:{v}"), vs));
+            for (ep, es) in vs["endpoints"].as_object().into_iter().flatten() {
+                t.row(stats_row(format!("  {ep}"), es));
+            }
+        }
     }
-    let mut out = t.render();
+    let mut out = format!("gateways counted: {}\n", text(&s["gateways"]));
     if let Some(m) = s["missing"].as_array().filter(|m| !m.is_empty()) {
         let names: Vec<String> = m.iter().map(text).collect();
         out.push_str(&format!("not counted (no answer): {}\n", names.join(", ")));
     }
+    out.push_str(&t.render());
     out
 }
 
-fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
-    match v {
-        Value::Object(m) => {
-            for (k, v) in m {
-                if prefix.is_empty() && k == "missing" {
-                    continue;
-                }
-                let name = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                flatten(&name, v, out);
-            }
-        }
-        Value::Number(n) => out.push((prefix.to_owned(), n.to_string())),
-        _ => {}
+fn stats_row(scope: String, c: &Value) -> Vec<String> {
+    let n = |v: &Value| v.as_u64().map_or_else(|| "-".to_owned(), |n| n.to_string());
+    let r = &c["responses"];
+    vec![
+        scope,
+        n(&c["requests"]),
+        n(&r["2xx"]),
+        n(&r["3xx"]),
+        n(&r["4xx"]),
+        n(&r["5xx"]),
+        n(&c["upstream_errors"]),
+        n(&c["in_flight"]),
+        n(&c["bytes_in"]),
+        n(&c["bytes_out"]),
+        quantile(&c["latency_us"]["le"], 0.50),
+        quantile(&c["latency_us"]["le"], 0.99),
+    ]
+}
+
+/// The upper bound of the latency bucket holding quantile `q` (`≤ 1ms`), from per-bucket
+/// counts keyed by their bound in µs.
+fn quantile(le: &Value, q: f64) -> String {
+    let Some(m) = le.as_object() else {
+        return "-".to_owned();
+    };
+    let mut buckets: Vec<(u64, u64)> = m
+        .iter()
+        .filter_map(|(k, v)| Some((k.parse().unwrap_or(u64::MAX), v.as_u64()?)))
+        .collect();
+    buckets.sort_unstable();
+    let total: u64 = buckets.iter().map(|(_, n)| n).sum();
+    if total == 0 {
+        return "-".to_owned();
     }
+    let want = (q * total as f64).ceil() as u64;
+    let mut seen = 0;
+    for (bound, n) in buckets {
+        seen += n;
+        if seen >= want {
+            return match bound {
+                u64::MAX => "> 10s".to_owned(),
+                b if b >= 1000 => format!("≤ {}ms", b / 1000),
+                b => format!("≤ {b}µs"),
+            };
+        }
+    }
+    "-".to_owned()
 }
 
 /// `caas logs APP [INSTANCE]`: one instance's logs, or every instance's with each line
@@ -294,15 +344,33 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn stats_show_every_numeric_counter_and_the_gateways_missing() {
-        let s = json!({"requests": 12, "responses": {"2xx": 10, "5xx": 2},
-                       "missing": ["gw-b"], "app": "hello"});
+    fn stats_show_the_app_its_versions_and_endpoints_and_the_gateways_missing() {
+        let c = |req: u64| {
+            json!({"requests": req, "responses": {"2xx": req - 1, "5xx": 1}, "in_flight": 0,
+                   "bytes_in": 0, "bytes_out": 10, "upstream_errors": 1,
+                   "latency_us": {"le": {"500": req - 2, "1000": 1, "+Inf": 1}}})
+        };
+        let mut v2 = c(100);
+        v2["endpoints"] = json!({"127.0.0.1:25701": c(100)});
+        let mut app = c(100);
+        app["versions"] = json!({"v2": v2});
+        let s = json!({"app": "hello", "gateways": 2, "missing": ["gw-b"],
+                       "stats": {"generation": 9, "stats": app}});
         let out = stats_text(&s);
-        assert!(out.contains("requests"), "{out}");
-        assert!(out.contains("responses.2xx  10"), "{out}");
-        assert!(out.contains("responses.5xx  2"), "{out}");
-        assert!(out.contains("not counted (no answer): gw-b"), "{out}");
-        assert!(!out.contains("hello"), "{out}");
+        assert!(
+            out.starts_with("gateways counted: 2\nnot counted (no answer): gw-b\n"),
+            "{out}"
+        );
+        let rows: Vec<&str> = out.lines().skip(3).collect();
+        assert_eq!(rows.len(), 3, "{out}");
+        assert!(rows[0].starts_with("hello "), "{out}");
+        assert!(rows[1].starts_with("hello:v2 "), "{out}");
+        assert!(rows[2].starts_with("  127.0.0.1:25701 "), "{out}");
+        assert!(rows[0].contains(" 99 "), "2xx: {out}");
+        assert!(
+            rows[0].contains("≤ 500µs") && rows[0].contains("≤ 1ms"),
+            "p50, p99: {out}"
+        );
     }
 
     #[test]

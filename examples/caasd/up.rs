@@ -14,7 +14,8 @@ use caas_backends::api::auth::sha256_hex;
 use caas_backends::api::{Api, ApiConfig, Tokens};
 use caas_backends::rollout::Rollouts;
 use caas_backends::rollout::controller::{ControllerConfig, RolloutController};
-use caas_backends::zk::{ZkDiscovery, ZkSession};
+use caas_backends::zk::gateways::sanitize_gateway_id;
+use caas_backends::zk::{GatewayInfo, ZkDiscovery, ZkSession, announce_gateway, withdraw_gateway};
 use caas_backends::{Agent, AgentConfig, Scheduler, SchedulerConfig, ZkStore};
 use caas_core::Domain;
 use caas_gateway::{Gateway, GatewayConfig};
@@ -155,6 +156,7 @@ pub(crate) async fn run(a: UpArgs) -> Result<(), String> {
     let discovery = ZkDiscovery::connect(a.zk.config())
         .await
         .map_err(|e| format!("gateway discovery: {e}"))?;
+    let gw_session = discovery.session().clone();
     let gateway = Gateway::builder(GatewayConfig {
         domains: vec![domain],
         ..GatewayConfig::default()
@@ -162,6 +164,16 @@ pub(crate) async fn run(a: UpArgs) -> Result<(), String> {
     .discovery(discovery)
     .build()
     .map_err(|e| format!("gateway: {e}"))?;
+    // Announced like any gateway, so the API finds its /stats/{app}.
+    let gateway_id = sanitize_gateway_id(&format!("{}-gateway", a.host_id));
+    let info = GatewayInfo {
+        admin: Some(a.admin_listen),
+        listen: a.listen,
+        listen_tls: None,
+    };
+    announce_gateway(&gw_session, &gateway_id, &info)
+        .await
+        .map_err(|e| format!("gateway announcement: {e}"))?;
 
     // The API (app specs in plain JSON, as the gateway here reads them: no config key).
     let api = Api::new(store.clone(), tokens, None, ApiConfig::default());
@@ -200,6 +212,9 @@ pub(crate) async fn run(a: UpArgs) -> Result<(), String> {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "API listener ended with an error"),
         Err(e) => tracing::warn!(error = %e, "API listener task failed"),
+    }
+    if let Err(e) = withdraw_gateway(&gw_session, &gateway_id).await {
+        tracing::warn!(error = %e, "gateway announcement not withdrawn (it goes with the session)");
     }
     controller.shutdown().await;
     scheduler.shutdown().await;

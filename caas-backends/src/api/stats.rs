@@ -13,21 +13,14 @@ use std::collections::BTreeMap;
 use caas_core::AppId;
 use futures_util::future::join_all;
 use http::{Response, StatusCode};
-use serde::Deserialize;
 use serde_json::{Map, Number, Value};
 
 use super::Api;
 use super::error::ApiError;
 use super::http::{ApiBody, get_bytes, json};
 use crate::store::Store;
-
-/// Parent of the gateways' announcements.
-pub const GATEWAYS: &str = "/gateways";
-
-#[derive(Deserialize)]
-struct Announcement {
-    admin: String,
-}
+use crate::zk::gateways::GatewayInfo;
+use crate::zk::layout::GATEWAYS;
 
 /// `GET /v1/apps/{app}/stats`.
 pub async fn get<S: Store>(api: &Api<S>, app: &AppId) -> Result<Response<ApiBody>, ApiError> {
@@ -46,8 +39,11 @@ pub async fn get<S: Store>(api: &Api<S>, app: &AppId) -> Result<Response<ApiBody
                 Ok(None) => return (id, Err("gone".to_owned())),
                 Err(e) => return (id, Err(e.to_string())),
             };
-            let admin = match serde_json::from_slice::<Announcement>(&node.data) {
-                Ok(a) => a.admin,
+            let admin = match serde_json::from_slice::<GatewayInfo>(&node.data) {
+                Ok(GatewayInfo {
+                    admin: Some(admin), ..
+                }) => admin.to_string(),
+                Ok(_) => return (id, Err("runs no admin listener".to_owned())),
                 Err(e) => return (id, Err(format!("bad announcement: {e}"))),
             };
             let answer = match get_bytes(&admin, path, timeout).await {
