@@ -618,15 +618,35 @@ async fn digest_acls_confine_tenants_and_make_gateways_read_only() {
     ));
 
     // The gateway identity reads everything and writes nothing.
-    let gw = ZkSession::connect(config(&zk, "/secure").with_digest("gateway:gw-secret"))
-        .await
-        .unwrap();
+    // Its own nodes (its announcement) are readable by the control plane's identity.
+    let gw = ZkSession::connect(
+        config(&zk, "/secure")
+            .with_digest("gateway:gw-secret")
+            .with_reader(format!(
+                "digest:{}",
+                digest_id("admin:admin-secret").unwrap()
+            )),
+    )
+    .await
+    .unwrap();
     assert!(matches!(
         AppStore::new(gw.clone())
             .put_app(&a, &AppSpec::default())
             .await,
         Err(ZkError::Denied { .. })
     ));
+    // ... except its own announcement, which the admin and the API can list.
+    let info = GatewayInfo {
+        admin: Some(addr(9901)),
+        listen: addr(8080),
+        listen_tls: None,
+    };
+    announce_gateway(&gw, "gw-1", &info).await.unwrap();
+    assert_eq!(
+        list_gateways(&admin).await.unwrap().get("gw-1"),
+        Some(&info),
+        "a read-only gateway announces itself under /gateways"
+    );
     // A tenant hides a node from the gateways with its own ACL: skipped and counted, the
     // rest of the registry is still routed.
     let tenant_raw = zookeeper_client::Client::connector()

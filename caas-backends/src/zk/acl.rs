@@ -5,7 +5,10 @@
 //!   ([`grant_app`]);
 //! - a **tenant** may write only its own app's nodes: `/apps/{appId}` (config and versions)
 //!   and the registry subtree `/service/address/{appId}`;
-//! - **gateways** read everything and write nothing.
+//! - **gateways** read everything and write nothing, except their own announcement: the
+//!   readers may create and delete children of `/gateways` (their ephemeral nodes). A
+//!   gateway's nodes get its own session's ACL: give it the control plane's identity as a
+//!   reader so the API can read the announcement.
 //!
 //! ZooKeeper checks DELETE and CREATE on the *parent*: `/apps`, `/domains` and
 //! `/service/address` grant neither to tenants, so a tenant can neither delete another
@@ -19,7 +22,7 @@ use sha1::{Digest, Sha1};
 use zookeeper_client::{Acl, AuthId, CreateMode, Permission};
 
 use super::error::{Result, ZkError};
-use super::layout::{APPS, DOMAINS, SERVICE, app_path, service_app_path};
+use super::layout::{APPS, DOMAINS, GATEWAYS, SERVICE, app_path, service_app_path};
 use super::session::ZkSession;
 
 /// The ACL id of digest credentials: `user:base64(sha1("user:password"))`, the form ZooKeeper
@@ -54,12 +57,37 @@ pub(crate) fn node_acl(digest: Option<&str>, readers: &[String]) -> Result<Vec<A
 }
 
 /// Creates `/service/address`, `/apps` and `/domains` (run as the admin identity). Nodes get
-/// the session's ACL: admin ALL, the configured readers (gateways) READ.
+/// the session's ACL: admin ALL, the configured readers (gateways) READ. `/gateways` also
+/// lets the readers CREATE and DELETE, so a read-only gateway can announce itself there.
 pub async fn provision_tree(session: &ZkSession) -> Result<()> {
     for dir in [SERVICE, APPS, DOMAINS] {
         session.mkdir(dir).await?;
     }
-    Ok(())
+    let acl: Vec<Acl> = session
+        .node_acl()
+        .iter()
+        .map(|a| {
+            if a.permission() == Permission::READ {
+                Acl::new(
+                    Permission::READ | Permission::CREATE | Permission::DELETE,
+                    a.auth_id().clone(),
+                )
+            } else {
+                a.clone()
+            }
+        })
+        .collect();
+    let client = session.client()?;
+    let mode = CreateMode::Persistent.with_acls(zookeeper_client::Acls::new(&acl));
+    match client.create(GATEWAYS, b"", &mode).await {
+        Ok(_) => Ok(()),
+        Err(zookeeper_client::Error::NodeExists) => client
+            .set_acl(GATEWAYS, &acl, None)
+            .await
+            .map(|_| ())
+            .map_err(|e| ZkError::op("set_acl", GATEWAYS, e)),
+        Err(e) => Err(ZkError::op("create", GATEWAYS, e)),
+    }
 }
 
 /// Grants the tenant with ACL id `tenant` (`user:HASH` from [`digest_id`]) its app: creates

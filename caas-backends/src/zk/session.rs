@@ -269,8 +269,16 @@ pub(crate) async fn mkdir(client: &Client, path: &str, acl: &[Acl]) -> Result<()
 }
 
 async fn create_ephemeral(client: &Client, path: &str, data: &[u8], acl: &[Acl]) -> Result<()> {
+    // An existing parent is not created again: ZooKeeper checks CREATE on the grandparent
+    // even for a node that exists, which an identity allowed to create only below the parent
+    // (a gateway under /gateways) does not have.
     if let Some((parent, _)) = path.rsplit_once('/')
         && !parent.is_empty()
+        && client
+            .check_stat(parent)
+            .await
+            .map_err(|e| ZkError::op("exists", parent, e))?
+            .is_none()
     {
         mkdir(client, parent, acl).await?;
     }
