@@ -57,6 +57,7 @@
 //! - **Which op failed.** etcd evaluates every check at once; when the failing op can only be
 //!   explained by an earlier op of the same commit, the conflict names op 0.
 
+mod any;
 mod etcd;
 mod memory;
 mod zk;
@@ -66,6 +67,7 @@ use std::future::Future;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+pub use any::AnyStore;
 pub use etcd::{EtcdConfig, EtcdStats, EtcdStore};
 pub use memory::MemStore;
 pub use zk::ZkStore;
