@@ -348,6 +348,9 @@ async fn ephemerals_vanish_with_their_session<F: StoreFixture>(f: F) {
         owner.get("/e/h1/alive").await,
         Err(StoreError::Unavailable { .. })
     ));
+    // The other handle is still open, and so are its watches.
+    other.commit(vec![create("/e/after", "")]).await.unwrap();
+    wait_reported(&mut w, "/e/after", f.name()).await;
 }
 
 async fn ephemerals_are_recreated_after_the_session_is_lost<F: StoreFixture>(f: F) {
@@ -470,4 +473,28 @@ async fn etcd_a_watch_resumed_past_a_compaction_resyncs() {
     );
     writer.commit(vec![create("/k/later", "")]).await.unwrap();
     assert_eq!(next(&mut w).await, WatchEvent::Changed("/k/later".into()));
+}
+
+/// etcd only: after a partition the watch resumes from the revision after the last event it
+/// delivered, so what happened meanwhile arrives as events, in order, with no Resync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_a_watch_replays_what_it_missed_without_a_resync() {
+    logs();
+    let Some(f) = EtcdFixture::private("etcd_replay") else {
+        return;
+    };
+    let proxy = f.proxy().await.unwrap();
+    let watcher = f.connect_via(&proxy).await.unwrap();
+    let writer = f.connect().await.unwrap();
+    let mut w = watcher.watch("/m");
+    assert_eq!(next(&mut w).await, WatchEvent::Resync);
+    writer.commit(vec![create("/m/a", "")]).await.unwrap();
+    assert_eq!(next(&mut w).await, WatchEvent::Changed("/m/a".into()));
+    proxy.partition(true);
+    writer.commit(vec![create("/m/b", "")]).await.unwrap();
+    writer.commit(vec![delete("/m/a", None)]).await.unwrap();
+    proxy.partition(false);
+    assert_eq!(next(&mut w).await, WatchEvent::Changed("/m/b".into()));
+    assert_eq!(next(&mut w).await, WatchEvent::Changed("/m/a".into()));
+    assert!(watcher.stats().watch_resumes >= 1, "{:?}", watcher.stats());
 }

@@ -615,7 +615,8 @@ async fn renew(inner: &Weak<Inner>) -> Result<(), etcd_client::Error> {
 }
 
 /// Feeds a watch: Resync once set, then every event under `prefix`, resuming after any
-/// error from the revision after the last delivered event.
+/// error from the revision after the last delivered event. Ends when the receiver is
+/// dropped or the store closed.
 async fn watch_loop(store: EtcdStore, prefix: String, tx: mpsc::Sender<WatchEvent>) {
     let prefix = prefix.trim_end_matches('/').to_owned();
     let prefix = if prefix.is_empty() {
@@ -635,7 +636,16 @@ async fn watch_loop(store: EtcdStore, prefix: String, tx: mpsc::Sender<WatchEven
         if tx.is_closed() || store.inner.closed.load(Ordering::Relaxed) {
             return;
         }
-        match watch_once(&store, &prefix, &key, &mut next, &tx).await {
+        let mut established = false;
+        let mut shutdown = store.inner.shutdown.subscribe();
+        let outcome = tokio::select! {
+            _ = shutdown.wait_for(|closed| *closed) => return,
+            o = watch_once(&store, &prefix, &key, &mut next, &mut established, &tx) => o,
+        };
+        if established {
+            backoff = Duration::from_millis(100);
+        }
+        match outcome {
             Ok(Stop::Receiver) => return,
             Ok(Stop::Compacted(rev)) => {
                 tracing::warn!(%prefix, rev, "store watch: resume revision compacted; resyncing");
@@ -665,6 +675,7 @@ async fn watch_once(
     prefix: &str,
     key: &str,
     next: &mut Option<i64>,
+    established: &mut bool,
     tx: &mpsc::Sender<WatchEvent>,
 ) -> Result<Stop, etcd_client::Error> {
     let mut client = store.inner.client.clone();
@@ -683,6 +694,7 @@ async fn watch_once(
         .with_range(prefix_end(key.as_bytes()))
         .with_start_revision(start);
     let mut stream = client.watch(key, Some(options)).await?;
+    *established = true;
     *next = Some(start);
     if resync && tx.send(WatchEvent::Resync).await.is_err() {
         return Ok(Stop::Receiver);
