@@ -5,11 +5,11 @@
 //! Each store (a private real server, started by `testing`) is first filled with 10,000
 //! entries in the registry layout, `/service/address/app{0..99}/v1/i{0..99}` →
 //! `127.0.0.2:PORT`, in commits of 100 creates (the write figure). Then, five times, a new
-//! handle connects and reads everything through the contract: `children` of the apps, of
-//! each app's versions and of each version's instances, then a `get` of every entry, all in
-//! flight at once (the load figure: connect included). For etcd, one ranged read of the whole
-//! prefix with the raw client is printed too: what a prefix-read call in the contract would
-//! give.
+//! handle connects and reads everything through the contract: `children` of the apps and
+//! of each app's versions, then the entries, either by `children` of each version and a
+//! `get` of every entry, or by one `list` of each version, all in flight at once (the load
+//! figures: connect included). For etcd, one ranged read of the whole prefix with the raw
+//! client is printed too.
 //!
 //! Not criterion: a one-off setup on live servers. Run with
 //! `cargo bench -p caas-backends --bench store` (add `CARGO_PROFILE_BENCH_LTO=false
@@ -44,8 +44,9 @@ async fn fill<S: Store>(s: &S) -> Duration {
     started.elapsed()
 }
 
-/// Everything under /service/address through the contract; the number of entries.
-async fn load<S: Store>(s: &S) -> usize {
+/// Everything under /service/address through the contract; the number of entries. The
+/// entries of each version by a `get` each, or (`with_list`) by one `list`.
+async fn load<S: Store>(s: &S, with_list: bool) -> usize {
     let apps = s.children("/service/address").await.unwrap();
     let app_paths: Vec<String> = apps
         .iter()
@@ -58,21 +59,33 @@ async fn load<S: Store>(s: &S) -> usize {
             version_paths.push(format!("{p}/{v}"));
         }
     }
-    let instances = join_all(version_paths.iter().map(|p| s.children(p))).await;
-    let mut entry_paths = Vec::new();
-    for (p, is) in version_paths.iter().zip(instances) {
-        for i in is.unwrap() {
-            entry_paths.push(format!("{p}/{i}"));
+    if !with_list {
+        let instances = join_all(version_paths.iter().map(|p| s.children(p))).await;
+        let mut entry_paths = Vec::new();
+        for (p, is) in version_paths.iter().zip(instances) {
+            for i in is.unwrap() {
+                entry_paths.push(format!("{p}/{i}"));
+            }
         }
+        let entries = join_all(entry_paths.iter().map(|p| s.get(p))).await;
+        return entries
+            .into_iter()
+            .filter(|e| matches!(e, Ok(Some(v)) if !v.data.is_empty()))
+            .count();
     }
-    let entries = join_all(entry_paths.iter().map(|p| s.get(p))).await;
-    entries
+    let lists = join_all(version_paths.iter().map(|p| s.list(p))).await;
+    lists
         .into_iter()
-        .filter(|e| matches!(e, Ok(Some(v)) if !v.data.is_empty()))
-        .count()
+        .map(|l| {
+            l.unwrap()
+                .iter()
+                .filter(|(_, v)| !v.data.is_empty())
+                .count()
+        })
+        .sum()
 }
 
-async fn run<F: StoreFixture>(f: &F) -> Vec<Duration> {
+async fn run<F: StoreFixture>(f: &F) {
     let writer = f.connect().await.unwrap();
     let wrote = fill(&writer).await;
     println!(
@@ -82,26 +95,27 @@ async fn run<F: StoreFixture>(f: &F) -> Vec<Duration> {
         ms(wrote),
         (APPS * PER_APP) as f64 / wrote.as_secs_f64()
     );
-    let mut times = Vec::new();
-    for _ in 0..RUNS {
-        let started = Instant::now();
-        let reader = f.connect().await.unwrap();
-        let n = load(&reader).await;
-        times.push(started.elapsed());
-        assert_eq!(n, APPS * PER_APP, "{}: every entry read", f.name());
-        reader.close().await;
+    for (with_list, how) in [(false, "a get per entry"), (true, "a list per version")] {
+        let mut times = Vec::new();
+        for _ in 0..RUNS {
+            let started = Instant::now();
+            let reader = f.connect().await.unwrap();
+            let n = load(&reader, with_list).await;
+            times.push(started.elapsed());
+            assert_eq!(n, APPS * PER_APP, "{}: every entry read", f.name());
+            reader.close().await;
+        }
+        times.sort();
+        println!(
+            "{:>9}: initial load of {} entries, {how}: median {:.0} ms (min {:.0}, max {:.0}) over {RUNS} runs",
+            f.name(),
+            APPS * PER_APP,
+            ms(times[RUNS / 2]),
+            ms(times[0]),
+            ms(times[RUNS - 1])
+        );
     }
-    times.sort();
-    println!(
-        "{:>9}: initial load of {} entries through the contract: median {:.0} ms (min {:.0}, max {:.0}) over {RUNS} runs",
-        f.name(),
-        APPS * PER_APP,
-        ms(times[RUNS / 2]),
-        ms(times[0]),
-        ms(times[RUNS - 1])
-    );
     writer.close().await;
-    times
 }
 
 async fn etcd_one_range(f: &EtcdFixture) {

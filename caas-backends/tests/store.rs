@@ -118,6 +118,13 @@ async fn versioned_reads_and_compare_and_set<F: StoreFixture>(f: F) {
     assert_eq!(s.children("/a/c").await.unwrap(), vec!["d"]);
     assert!(s.children("/nope").await.unwrap().is_empty());
     assert!(s.children("/").await.unwrap().contains(&"a".to_owned()));
+    // Children with their data and versions, in one call.
+    let listed = s.list("/a").await.unwrap();
+    let names: Vec<&str> = listed.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["b", "c"], "{}", f.name());
+    assert_eq!(listed[0].1, s.get("/a/b").await.unwrap().unwrap());
+    assert_eq!(listed[1].1, s.get("/a/c").await.unwrap().unwrap());
+    assert!(s.list("/nope").await.unwrap().is_empty());
 
     // Bad input is refused as such, not as an outage.
     assert!(matches!(

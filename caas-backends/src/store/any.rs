@@ -41,6 +41,10 @@ impl Store for AnyStore {
         dispatch!(self, s => s.children(path).await)
     }
 
+    async fn list(&self, path: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
+        dispatch!(self, s => s.list(path).await)
+    }
+
     async fn commit(&self, ops: Vec<Op>) -> Result<Vec<Option<i64>>, StoreError> {
         dispatch!(self, s => s.commit(ops).await)
     }

@@ -341,6 +341,37 @@ impl Store for EtcdStore {
         Ok(names.into_iter().collect())
     }
 
+    async fn list(&self, path: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
+        let key = self.key("list", path)?;
+        let prefix = format!("{key}/");
+        let mut kv = self.inner.client.kv_client();
+        let resp = kv
+            .get(
+                prefix.as_bytes(),
+                Some(GetOptions::new().with_range(prefix_end(prefix.as_bytes()))),
+            )
+            .await
+            .map_err(|e| failed("list", path, e))?;
+        // Keys come sorted; only direct children are kept.
+        Ok(resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let name = kv.key().strip_prefix(prefix.as_bytes())?;
+                let name = std::str::from_utf8(name).ok()?;
+                (!name.is_empty() && !name.contains('/')).then(|| {
+                    (
+                        name.to_owned(),
+                        Versioned {
+                            data: kv.value().to_vec(),
+                            version: kv.mod_revision(),
+                        },
+                    )
+                })
+            })
+            .collect())
+    }
+
     async fn commit(&self, ops: Vec<Op>) -> Result<Vec<Option<i64>>, StoreError> {
         let Some(first) = ops.first().map(|o| o.path().to_owned()) else {
             return Ok(Vec::new());

@@ -255,6 +255,10 @@ impl Store for MemStore {
         }))
     }
 
+    async fn list(&self, path: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
+        super::list_by_gets(self, path).await
+    }
+
     async fn commit(&self, ops: Vec<Op>) -> Result<Vec<Option<i64>>, StoreError> {
         self.open("commit", ops.first().map_or("", Op::path))?;
         let mut changed = Vec::new();

@@ -12,6 +12,7 @@
 //! | set / delete at version | `setData` / `delete` with version | compare `mod_revision == v` | `cas=v` / `delete-cas` |
 //! | [`Store::commit`] | one `multi` | one `Txn` (compares, then puts/deletes; else ranges to find the failing op) | one `/v1/txn` (`check-index`, `cas`, `delete-cas` verbs; at most 64 ops) |
 //! | children | `getChildren` | range over `{key}/`, next path segment | `?keys&separator=/` |
+//! | list (children with data) | `getChildren`, then `getData` of each, pipelined | one range over `{key}/` | `?recurse`, direct children kept |
 //! | ephemeral | ephemeral znode of the session | key attached to the store's lease, kept alive | key acquired by a session with a TTL, renewed (`/v1/session/renew`), `behavior=delete` |
 //! | watch | persistent recursive watch, set again after a reconnect | prefix watch resumed from the last revision seen + 1 | blocking query on the prefix (`?recurse&index=N`), resumed from the last `X-Consul-Index` |
 //! | [`WatchEvent::Resync`] | every (re)set of the watch | first set; the resume revision was compacted | first query; the index went backwards (a snapshot restore) |
@@ -260,6 +261,16 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// The names (not paths) of a node's children, sorted; a missing node has none.
     fn children(&self, path: &str) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 
+    /// Every child of `path` that exists as a node, by name (sorted), with its data and
+    /// version; a missing node has none. One range read on etcd; on ZooKeeper the children
+    /// and then every child's data, all requests in flight at once (a child deleted in
+    /// between is left out). On etcd a never-written parent is not a node, so it is listed
+    /// by [`Store::children`] but not here.
+    fn list(
+        &self,
+        path: &str,
+    ) -> impl Future<Output = Result<Vec<(String, Versioned)>, StoreError>> + Send;
+
     /// Applies every op or none (see [`Op`] and [`StoreError::Conflict`]). On success, one
     /// entry per op: the node's new version for `Create` and `Set`, `None` for the others.
     fn commit(
@@ -319,6 +330,25 @@ pub async fn put<S: Store>(store: &S, path: &str, data: &[u8]) -> Result<(), Sto
         path: path.to_owned(),
         reason: "no attempt made".into(),
     }))
+}
+
+/// [`Store::list`] as `children` and then a `get` of each, all in flight at once: for stores
+/// with no cheaper way.
+pub(crate) async fn list_by_gets<S: Store>(
+    store: &S,
+    path: &str,
+) -> Result<Vec<(String, Versioned)>, StoreError> {
+    let names = store.children(path).await?;
+    let base = if path == "/" { "" } else { path };
+    let paths: Vec<String> = names.iter().map(|n| format!("{base}/{n}")).collect();
+    let reads = futures_util::future::join_all(paths.iter().map(|p| store.get(p))).await;
+    let mut out = Vec::with_capacity(names.len());
+    for (name, read) in names.into_iter().zip(reads) {
+        if let Some(v) = read? {
+            out.push((name, v));
+        }
+    }
+    Ok(out)
 }
 
 /// Deletes a node and everything under it (children first), each delete unconditional.

@@ -112,6 +112,10 @@ impl Store for ZkStore {
         }
     }
 
+    async fn list(&self, path: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
+        super::list_by_gets(self, path).await
+    }
+
     fn commit(
         &self,
         ops: Vec<Op>,
