@@ -16,7 +16,7 @@
 //!   compacted, the watch reports [`WatchEvent::Resync`] and starts again from now.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
@@ -81,13 +81,13 @@ pub struct EtcdStats {
 
 #[derive(Debug, Default)]
 struct Counters {
-    leases_renewed: AtomicI64,
-    ephemerals_recreated: AtomicI64,
-    watch_resumes: AtomicI64,
-    errors: AtomicI64,
+    leases_renewed: AtomicU64,
+    ephemerals_recreated: AtomicU64,
+    watch_resumes: AtomicU64,
+    errors: AtomicU64,
 }
 
-fn bump(c: &AtomicI64) {
+fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
@@ -211,7 +211,7 @@ impl EtcdStore {
     /// Counters of this store.
     pub fn stats(&self) -> EtcdStats {
         let c = &self.inner.counters;
-        let get = |a: &AtomicI64| a.load(Ordering::Relaxed).unsigned_abs();
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         EtcdStats {
             leases_renewed: get(&c.leases_renewed),
             ephemerals_recreated: get(&c.ephemerals_recreated),
