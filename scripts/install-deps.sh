@@ -8,6 +8,9 @@
 #   zookeeper, libzookeeper-java  ZooKeeper 3.8 server jar (/usr/share/java/zookeeper.jar)
 #   libslf4j-java                 /usr/share/java/slf4j-simple.jar (ZooKeeper's log output)
 #   libnetty-java                 /usr/share/java/netty-codec.jar (NettyServerCnxnFactory / TLS)
+#   etcd-server, etcd-client      etcd 3.4 (/usr/bin/etcd, /usr/bin/etcdctl): the second control store
+#   protobuf-compiler,            protoc and the well-known .proto files (descriptor, struct),
+#     libprotobuf-dev             which the etcd-client crate's build script compiles
 #   docker-registry               Distribution 2.8 private registry for test images
 #   apache2-utils                 htpasswd -B, for the registry's htpasswd auth
 #   nginx-light, haproxy, wrk     side-by-side gateway benchmarks
@@ -17,7 +20,7 @@
 set -euo pipefail
 
 usage() {
-  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 case "${1:-}" in
@@ -34,6 +37,10 @@ declare -A WANT=(
   [libzookeeper-java]=/usr/share/java/zookeeper.jar
   [libslf4j-java]=/usr/share/java/slf4j-simple.jar
   [libnetty-java]=/usr/share/java/netty-codec.jar
+  [etcd-server]=/usr/bin/etcd
+  [etcd-client]=/usr/bin/etcdctl
+  [protobuf-compiler]=/usr/bin/protoc
+  [libprotobuf-dev]=/usr/include/google/protobuf/descriptor.proto
   [docker-registry]=/usr/bin/docker-registry
   [apache2-utils]=/usr/bin/htpasswd
   [nginx-light]=/usr/sbin/nginx
@@ -104,10 +111,10 @@ fi
 "${SUDO[@]}" apt-get "${APT_OPTS[@]}" install -y -q --no-install-recommends "${missing[@]}"
 
 # The Debian packages enable system services (docker-registry on :5000 with htpasswd auth,
-# nginx on :80, haproxy). Where a service manager did start them, stop them: the tests start
+# nginx on :80, haproxy, etcd on :2379). Where a service manager did start them, stop them: the tests start
 # their own instances with their own configs.
 if command -v systemctl >/dev/null 2>&1 && [[ -d /run/systemd/system ]]; then
-  for svc in docker-registry nginx haproxy zookeeper; do
+  for svc in docker-registry nginx haproxy zookeeper etcd; do
     if systemctl is-active --quiet "$svc" 2>/dev/null; then
       echo "install-deps: stopping and disabling system service $svc"
       "${SUDO[@]}" systemctl disable --now "$svc" || true

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # scripts/test.sh — THE one command that runs caas' whole test suite, on a fresh machine too.
 #
-#   1. scripts/install-deps.sh (Debian packages: zookeeper, docker-registry, ...; only if missing)
+#   1. scripts/install-deps.sh (Debian packages: zookeeper, etcd-server, docker-registry, ...;
+#      only if missing)
 #   2. checks the Docker daemon (fails loudly when CI=true and it is unreachable)
 #   3. starts a private registry on 127.0.0.1:5000 unless one already answers there
-#      (ZooKeeper is left to the Rust test harness, which spawns its own servers)
+#      (ZooKeeper and etcd are left to the Rust test harness, which spawns its own servers)
 #   4. cargo fmt --all --check
 #   5. cargo clippy --workspace --all-targets -- -D warnings
 #   6. cargo test --workspace --doc; fmt, clippy and tests of examples/hello-app (its own package)
@@ -17,6 +18,7 @@
 # Exported for the tests:
 #   CAAS_ZK_CLASSPATH  jars for `java -cp DIR:$CAAS_ZK_CLASSPATH
 #                      org.apache.zookeeper.server.quorum.QuorumPeerMain DIR/zoo.cfg`
+#   CAAS_ETCD_BIN      the etcd server binary the harness runs (/usr/bin/etcd)
 #   CAAS_REGISTRY      127.0.0.1:5000 (plain HTTP, no auth; Docker treats 127.0.0.0/8 as insecure)
 #
 # Usage: scripts/test.sh [ARGS...]   (ARGS go to nextest / cargo test, e.g. a test filter)
@@ -132,9 +134,12 @@ esac
 
 CAAS_ZK_CLASSPATH=$(scripts/zk.sh classpath)
 export CAAS_ZK_CLASSPATH
+CAAS_ETCD_BIN=$(command -v etcd || echo /usr/bin/etcd)
+export CAAS_ETCD_BIN
 export CAAS_REGISTRY=$REGISTRY_ADDR
 export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
 echo "CAAS_ZK_CLASSPATH=$CAAS_ZK_CLASSPATH"
+echo "CAAS_ETCD_BIN=$CAAS_ETCD_BIN"
 echo "CAAS_REGISTRY=$CAAS_REGISTRY"
 cargo --version
 rustc --version

@@ -23,8 +23,9 @@
 //!   removes the failing ones; publishes each instance's status, and the host's own fields
 //!   of its HostInfo (capacity, labels, measured CPU idle).
 //! - [`store`]: the small [`Store`] contract (versioned reads, children, an all-or-nothing
-//!   commit with version checks, prefix watches) with [`ZkStore`] and the in-memory
-//!   [`MemStore`].
+//!   commit with version checks, ephemeral nodes on a session or lease, prefix watches)
+//!   with [`ZkStore`], [`EtcdStore`] (etcd v3), the in-memory [`MemStore`] and
+//!   [`AnyStore`] (ZooKeeper or etcd, chosen at run time).
 //! - [`scheduler`]: the [`Scheduler`]: deployments in, assignments out; filters and
 //!   strategies as pure functions, each deployment's change as one commit under version
 //!   checks, several schedulers safe at once.
@@ -35,9 +36,10 @@
 //!   tenant): apps, versions (deployments), weights, domains, blacklist and rate limits,
 //!   hosts and drain, stats summed over the gateways, logs streamed from the host agents;
 //!   each change one store commit.
-//! - `testing` (feature `testing`): a real ZooKeeper server for tests, started on a free
-//!   loopback port (`testing::ZkServer`), and a `testing::TcpProxy` that cuts the network
-//!   to make sessions expire.
+//! - `testing` (feature `testing`): real ZooKeeper and etcd servers for tests, started on
+//!   free loopback ports (`testing::ZkServer`, `testing::EtcdServer`), a `testing::TcpProxy`
+//!   that cuts the network to make sessions and leases expire, and `testing::stores`, the
+//!   fixtures that run one test function on every store.
 
 pub mod agent;
 pub mod api;
@@ -62,7 +64,7 @@ pub use health::{Backoff, HealthChecker, HealthEvent, HealthState, KillLimiter, 
 pub use persisted::{PersistStats, PersistedDiscovery, SnapshotFileError};
 pub use ports::{PortError, PortPool, PortRange};
 pub use scheduler::{Deployment, Scheduler, SchedulerConfig, SchedulerHandle};
-pub use store::{MemStore, Store, ZkStore};
+pub use store::{AnyStore, EtcdStore, MemStore, Store, ZkStore};
 pub use zk::{AppStore, Registry, ZkConfig, ZkDiscovery, ZkError, ZkSession};
 
 #[cfg(feature = "testing")]

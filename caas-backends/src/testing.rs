@@ -11,11 +11,16 @@
 //!
 //! [`shared_zk`] hands every test of one process the same server (each test works under its
 //! own chroot); [`ZkEnsemble`] runs three servers as one ensemble.
+//!
+//! [`EtcdServer`] and [`shared_etcd`] do the same for etcd (Debian's `etcd-server`).
 
 pub mod docker;
 mod ensemble;
+mod etcd;
+pub mod stores;
 
 pub use ensemble::ZkEnsemble;
+pub use etcd::{EtcdServer, shared_etcd};
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

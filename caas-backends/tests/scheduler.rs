@@ -7,7 +7,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -16,9 +18,12 @@ use caas_backends::scheduler::control;
 use caas_backends::scheduler::deployment::Deployment;
 use caas_backends::scheduler::snapshot;
 use caas_backends::scheduler::status::{DeploymentStatus, Health, Phase};
-use caas_backends::store::{Store, ZkStore};
+use caas_backends::store::{EtcdStore, MemStore, Store, WatchEvent, ZkStore};
+use caas_backends::testing::stores::{EtcdFixture, StoreFixture};
 use caas_backends::testing::{ZkEnsemble, ZkServer, shared_zk};
-use caas_backends::zk::hosts::{HostInfo, InstanceState, InstanceStatus, Resources};
+use caas_backends::zk::hosts::{
+    HostInfo, InstanceState, InstanceStatus, Resources, alive_path, host_path,
+};
 use caas_backends::zk::{HostStore, Registry, ZkConfig, ZkSession};
 use caas_backends::{Scheduler, SchedulerConfig, SchedulerHandle};
 use caas_core::{AppId, InstanceId, Version};
@@ -74,30 +79,70 @@ fn host_info(memory: u64, ports: u64, labels: &[(&str, &str)]) -> HostInfo {
     }
 }
 
-/// One test's view of a ZooKeeper: a chroot, an operator's store, simulated hosts.
-struct World {
-    servers: String,
-    chroot: String,
-    store: ZkStore,
-    /// Each host's own session: it holds the host's `alive` node.
-    hosts: BTreeMap<String, ZkSession>,
+/// A store the scheduler tests run on, and how a simulated host publishes itself on it.
+trait TestStore: Store {
+    /// Publishes `info` and the `alive` node in this handle's session or lease.
+    async fn publish_host(&self, id: &str, info: &HostInfo);
+}
+
+impl TestStore for ZkStore {
+    /// As the agent does: its own read-modify-write of the host node, then `alive`.
+    async fn publish_host(&self, id: &str, info: &HostInfo) {
+        let hosts = HostStore::new(self.session().clone());
+        hosts.ensure(id).await.unwrap();
+        hosts.publish_agent_fields(id, &info.into()).await.unwrap();
+        hosts.mark_alive(id, info.ip).await.unwrap();
+    }
+}
+
+/// The agent runs on ZooKeeper only: elsewhere the host node and `alive` are written in the
+/// layout it uses, through the store contract.
+async fn publish_in_layout<S: Store>(store: &S, id: &str, info: &HostInfo) {
+    let data = serde_json::to_vec(info).unwrap();
+    caas_backends::store::put(store, &host_path(id), &data)
+        .await
+        .unwrap();
+    store
+        .create_ephemeral(&alive_path(id), info.ip.to_string().as_bytes())
+        .await
+        .unwrap();
+}
+
+impl TestStore for EtcdStore {
+    async fn publish_host(&self, id: &str, info: &HostInfo) {
+        publish_in_layout(self, id, info).await;
+    }
+}
+
+impl TestStore for MemStore {
+    async fn publish_host(&self, id: &str, info: &HostInfo) {
+        publish_in_layout(self, id, info).await;
+    }
+}
+
+type Connect<S> = Box<dyn Fn() -> Pin<Box<dyn Future<Output = S> + Send>> + Send + Sync>;
+
+/// One test's view of a store: a namespace (chroot, key prefix), an operator's handle,
+/// simulated hosts.
+struct World<S> {
+    /// Opens a new handle on the test's namespace, with its own session or lease.
+    connect: Connect<S>,
+    store: S,
+    /// Each host's own handle: its session or lease holds the host's `alive` node.
+    hosts: BTreeMap<String, S>,
     schedulers: Vec<SchedulerHandle>,
 }
 
-impl World {
+impl World<ZkStore> {
     async fn new(servers: String, chroot: &str) -> Self {
-        let store = ZkStore::new(
-            ZkSession::connect(Self::config_for(&servers, chroot))
-                .await
-                .unwrap(),
-        );
-        Self {
-            servers,
-            chroot: chroot.to_owned(),
-            store,
-            hosts: BTreeMap::new(),
-            schedulers: Vec::new(),
-        }
+        let config = ZkConfig::new(servers)
+            .with_chroot(chroot)
+            .with_session_timeout(Duration::from_secs(10));
+        Self::with(Box::new(move || {
+            let config = config.clone();
+            Box::pin(async move { ZkStore::new(ZkSession::connect(config).await.unwrap()) })
+        }))
+        .await
     }
 
     async fn shared(test: &str) -> Option<(Arc<ZkServer>, Self)> {
@@ -105,34 +150,6 @@ impl World {
         let zk = shared_zk(test)?;
         let world = Self::new(zk.connect_string(), &format!("/{test}")).await;
         Some((zk, world))
-    }
-
-    fn config_for(servers: &str, chroot: &str) -> ZkConfig {
-        ZkConfig::new(servers)
-            .with_chroot(chroot)
-            .with_session_timeout(Duration::from_secs(10))
-    }
-
-    fn config(&self) -> ZkConfig {
-        Self::config_for(&self.servers, &self.chroot)
-    }
-
-    /// Publishes a host as its agent would: info, then `alive` in the host's own session.
-    async fn add_host(&mut self, id: &str, info: HostInfo) {
-        let session = ZkSession::connect(self.config()).await.unwrap();
-        let hosts = HostStore::new(session.clone());
-        hosts.ensure(id).await.unwrap();
-        hosts
-            .publish_agent_fields(id, &(&info).into())
-            .await
-            .unwrap();
-        hosts.mark_alive(id, info.ip).await.unwrap();
-        self.hosts.insert(id.to_owned(), session);
-    }
-
-    /// The host's agent goes away: its session closes, its `alive` node vanishes.
-    fn kill_host(&mut self, id: &str) {
-        self.hosts.remove(id).unwrap().close();
     }
 
     /// Changes a host's labels as its agent would (read-modify-write under the version).
@@ -149,8 +166,72 @@ impl World {
             .unwrap();
     }
 
+    async fn register(&self, a: &str, v: &str, id: &str, port: u16) {
+        Registry::new(self.store.session().clone())
+            .register(
+                &app(a),
+                &ver(v),
+                &inst(id),
+                SocketAddr::from(([127, 0, 0, 2], port)),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+impl World<EtcdStore> {
+    /// On the etcd shared by this test binary, under the key prefix `/{test}`.
+    async fn etcd(test: &str) -> Option<Self> {
+        logs();
+        let f = Arc::new(EtcdFixture::shared(test)?);
+        Some(
+            Self::with(Box::new(move || {
+                let f = f.clone();
+                Box::pin(async move { f.connect().await.unwrap() })
+            }))
+            .await,
+        )
+    }
+}
+
+impl World<MemStore> {
+    /// On a fresh in-memory store; every handle is a session of its own.
+    async fn memory() -> Self {
+        logs();
+        let base = MemStore::new();
+        Self::with(Box::new(move || {
+            let handle = base.new_session();
+            Box::pin(async move { handle })
+        }))
+        .await
+    }
+}
+
+impl<S: TestStore> World<S> {
+    async fn with(connect: Connect<S>) -> Self {
+        let store = connect().await;
+        Self {
+            connect,
+            store,
+            hosts: BTreeMap::new(),
+            schedulers: Vec::new(),
+        }
+    }
+
+    /// Publishes a host as its agent would, in the host's own session or lease.
+    async fn add_host(&mut self, id: &str, info: HostInfo) {
+        let handle = (self.connect)().await;
+        handle.publish_host(id, &info).await;
+        self.hosts.insert(id.to_owned(), handle);
+    }
+
+    /// The host's agent goes away: its session closes, its `alive` node vanishes.
+    async fn kill_host(&mut self, id: &str) {
+        self.hosts.remove(id).unwrap().close().await;
+    }
+
     async fn scheduler(&mut self, name: &str, grace: Duration) {
-        let store = ZkStore::new(ZkSession::connect(self.config()).await.unwrap());
+        let store = (self.connect)().await;
         let config = SchedulerConfig {
             host_grace: grace,
             resync: Duration::from_secs(2),
@@ -236,18 +317,6 @@ impl World {
             out.insert(h.id.clone(), by_key);
         }
         out
-    }
-
-    async fn register(&self, a: &str, v: &str, id: &str, port: u16) {
-        Registry::new(self.store.session().clone())
-            .register(
-                &app(a),
-                &ver(v),
-                &inst(id),
-                SocketAddr::from(([127, 0, 0, 2], port)),
-            )
-            .await
-            .unwrap();
     }
 
     /// Waits until every scheduler has run `n` more passes (each reads everything anew).
@@ -499,7 +568,7 @@ async fn a_lost_host_loses_its_instances_after_the_grace_period() {
         .await;
     assert_eq!(on(&w.audit().await, "h1", "web:v1").len(), 2);
     let killed_at = Instant::now();
-    w.kill_host("h1");
+    w.kill_host("h1").await;
     let s = w
         .wait_status("web", "v1", "host down", |s| {
             s.instances.iter().all(|i| i.state == "host_down")
@@ -623,7 +692,7 @@ async fn global_runs_one_instance_per_eligible_host_and_follows_hosts() {
     })
     .await;
     // A host leaves: past the grace period its instance is deleted, not moved.
-    w.kill_host("h3");
+    w.kill_host("h3").await;
     let s = w
         .wait_status("agent", "v1", "only h2", |s| {
             s.instances.len() == 1 && s.instances[0].host == "h2"
@@ -636,7 +705,7 @@ async fn global_runs_one_instance_per_eligible_host_and_follows_hosts() {
 
 /// The race: three schedulers, four hosts, 200 instances in 20 deployments created at once
 /// and then rescaled, while a watcher checks every host info it sees against its capacity.
-async fn race(w: &mut World, label: &str, mid_race: impl AsyncFnOnce(&World)) {
+async fn race<S: TestStore>(w: &mut World<S>, label: &str, mid_race: impl AsyncFnOnce(&World<S>)) {
     // 4 hosts × 54 slots of 64 MiB (3.375 GiB) = 216 slots for 200 instances.
     for h in ["h1", "h2", "h3", "h4"] {
         w.add_host(h, host_info(54 * 64 * MIB, 60, &[])).await;
@@ -648,28 +717,24 @@ async fn race(w: &mut World, label: &str, mid_race: impl AsyncFnOnce(&World)) {
     let over = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(AtomicU64::new(0));
     let monitor = {
-        let session = ZkSession::connect(w.config()).await.unwrap();
+        let store = (w.connect)().await;
         let (over, seen) = (over.clone(), seen.clone());
         tokio::spawn(async move {
-            let client = session.client().unwrap();
-            let mut watcher = client
-                .watch(
-                    "/hosts",
-                    zookeeper_client::AddWatchMode::PersistentRecursive,
-                )
-                .await
-                .unwrap();
-            loop {
-                let e = watcher.changed().await;
-                if e.event_type != zookeeper_client::EventType::NodeDataChanged
-                    || e.path.matches('/').count() != 2
-                {
-                    continue;
-                }
-                let Ok((data, _)) = session.client().unwrap().get_data(&e.path).await else {
+            let mut watch = store.watch("/hosts");
+            while let Some(event) = watch.next().await {
+                let WatchEvent::Changed(path) = event else {
                     continue;
                 };
-                let info: HostInfo = serde_json::from_slice(&data).unwrap();
+                if path.matches('/').count() != 2 {
+                    continue;
+                }
+                // Gone, or the empty parent made before the agent's first write.
+                let Ok(Some(node)) = store.get(&path).await else {
+                    continue;
+                };
+                let Ok(info) = serde_json::from_slice::<HostInfo>(&node.data) else {
+                    continue;
+                };
                 seen.fetch_add(1, Ordering::Relaxed);
                 let (a, c) = (info.allocated, info.capacity);
                 if a.memory > c.memory || a.instances > c.instances || a.cpu_shares > c.cpu_shares {
@@ -680,7 +745,7 @@ async fn race(w: &mut World, label: &str, mid_race: impl AsyncFnOnce(&World)) {
     };
     let started = Instant::now();
     // 20 deployments of 6 (120 instances), all at once.
-    let world: &World = w;
+    let world: &World<S> = w;
     let deploys = (0..20).map(|i| deployment(&format!("app{i}"), "v1", 6, 64));
     futures_util::future::join_all(deploys.map(|d| async move { world.deploy(&d).await })).await;
     mid_race(w).await;
@@ -753,6 +818,20 @@ async fn three_schedulers_race_200_instances_over_four_hosts() {
         return;
     };
     race(&mut w, "race", async |_| {}).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_schedulers_race_200_instances_over_four_hosts_on_etcd() {
+    let Some(mut w) = World::etcd("sched_race_etcd").await else {
+        return;
+    };
+    race(&mut w, "race on etcd", async |_| {}).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_schedulers_race_200_instances_over_four_hosts_in_memory() {
+    let mut w = World::memory().await;
+    race(&mut w, "race in memory", async |_| {}).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

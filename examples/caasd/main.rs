@@ -13,6 +13,7 @@
 //! cargo run --release --example caasd -- agent --zk 127.0.0.1:2181 --host-id h1 --ip 127.0.0.2
 //! cargo run --release --example caasd -- scheduler --zk 127.0.0.1:2181
 //! cargo run --release --example caasd -- api --zk 127.0.0.1:2181 --listen 127.0.0.1:7070 --tokens tokens.toml
+//! cargo run --release --example caasd -- scheduler --etcd http://127.0.0.1:2379
 //! cargo run --release --example caasd -- deploy --zk 127.0.0.1:2181 hello:v1 \
 //!     --image 127.0.0.1:5000/hello:v1 --replicas 3 --port 8080 --memory 512m --cpu-shares 1024
 //! cargo run --release --example caasd -- scale --zk 127.0.0.1:2181 hello:v1 5
@@ -31,10 +32,11 @@ use caas_backends::docker::RegistryAuth;
 use caas_backends::ports::PortRange;
 use caas_backends::scheduler::control;
 use caas_backends::scheduler::deployment::{AppRule, Constraint, Deployment, Strategy};
+use caas_backends::store::{EtcdConfig, EtcdStore, Store};
 use caas_backends::zk::{ZkConfig, ZkSession};
-use caas_backends::{Agent, AgentConfig, Scheduler, SchedulerConfig, ZkStore};
+use caas_backends::{Agent, AgentConfig, AnyStore, Scheduler, SchedulerConfig, ZkStore};
 use caas_core::{AppId, Version};
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 
 mod rollout;
 mod up;
@@ -100,6 +102,48 @@ impl ZkArgs {
     }
 }
 
+/// The control store of the scheduler and the operator commands: ZooKeeper or etcd.
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("store").required(true).args(["zk", "etcd"])))]
+struct StoreArgs {
+    /// ZooKeeper connect string, host:port[,host:port...].
+    #[arg(long, value_name = "HOST:PORT")]
+    zk: Option<String>,
+    /// etcd v3 client endpoints, http://host:port[,http://host:port...] (instead of --zk).
+    #[arg(long, value_name = "URL")]
+    etcd: Option<String>,
+    /// Root of the caas tree: the ZooKeeper chroot, or the etcd key prefix.
+    #[arg(long, default_value = "/caas")]
+    chroot: String,
+    /// ZooKeeper digest credentials user:password.
+    #[arg(long, value_name = "USER:PASSWORD", conflicts_with = "etcd")]
+    zk_digest: Option<String>,
+}
+
+impl StoreArgs {
+    async fn open(&self) -> Result<AnyStore, String> {
+        match (&self.zk, &self.etcd) {
+            (Some(zk), _) => {
+                let zk = ZkArgs {
+                    zk: zk.clone(),
+                    chroot: self.chroot.clone(),
+                    zk_digest: self.zk_digest.clone(),
+                };
+                Ok(AnyStore::Zk(store(&zk).await?))
+            }
+            (None, Some(etcd)) => {
+                let mut config = EtcdConfig::new("").with_root(&self.chroot);
+                config.endpoints = etcd.split(',').map(|e| e.trim().to_owned()).collect();
+                let store = EtcdStore::connect(config)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(AnyStore::Etcd(store))
+            }
+            (None, None) => Err("give --zk or --etcd".into()),
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 struct AgentArgs {
     #[command(flatten)]
@@ -161,7 +205,7 @@ struct AgentArgs {
 #[derive(Args, Debug)]
 struct SchedulerArgs {
     #[command(flatten)]
-    zk: ZkArgs,
+    store: StoreArgs,
     /// How long a host's alive node must be gone before its instances move, in milliseconds.
     #[arg(long, default_value_t = 30_000)]
     host_grace_ms: u64,
@@ -176,7 +220,7 @@ struct SchedulerArgs {
 #[derive(Args, Debug)]
 struct DeployArgs {
     #[command(flatten)]
-    zk: ZkArgs,
+    store: StoreArgs,
     /// APP:VERSION, e.g. hello:v1.
     app_version: String,
     /// Image, {registry}/{app}:{version}.
@@ -229,7 +273,7 @@ struct DeployArgs {
 #[derive(Args, Debug)]
 struct ScaleArgs {
     #[command(flatten)]
-    zk: ZkArgs,
+    store: StoreArgs,
     /// APP:VERSION.
     app_version: String,
     /// The new number of instances.
@@ -239,7 +283,7 @@ struct ScaleArgs {
 #[derive(Args, Debug)]
 struct UndeployArgs {
     #[command(flatten)]
-    zk: ZkArgs,
+    store: StoreArgs,
     /// APP (every version) or APP:VERSION.
     target: String,
 }
@@ -247,7 +291,7 @@ struct UndeployArgs {
 #[derive(Args, Debug)]
 struct DrainArgs {
     #[command(flatten)]
-    zk: ZkArgs,
+    store: StoreArgs,
     /// The host id.
     host: String,
     /// Clear the draining mark instead.
@@ -258,7 +302,7 @@ struct DrainArgs {
 #[derive(Args, Debug)]
 struct StatusArgs {
     #[command(flatten)]
-    zk: ZkArgs,
+    store: StoreArgs,
     /// APP:VERSION.
     app_version: String,
 }
@@ -411,7 +455,7 @@ pub(crate) async fn store(zk: &ZkArgs) -> Result<ZkStore, String> {
 }
 
 async fn scheduler(a: SchedulerArgs) -> Result<(), String> {
-    let store = store(&a.zk).await?;
+    let store = a.store.open().await?;
     let config = SchedulerConfig {
         host_grace: Duration::from_millis(a.host_grace_ms),
         resync: Duration::from_millis(a.resync_ms.max(100)),
@@ -424,7 +468,7 @@ async fn scheduler(a: SchedulerArgs) -> Result<(), String> {
     }
     eprintln!("stopping the scheduler");
     handle.shutdown().await;
-    store.session().close();
+    store.close().await;
     Ok(())
 }
 
@@ -454,9 +498,9 @@ async fn deploy(d: DeployArgs) -> Result<(), String> {
     deployment.strategy = d.strategy;
     deployment.affinity = d.affinity;
     deployment.anti_affinity = d.anti_affinity;
-    let store = store(&d.zk).await?;
+    let store = d.store.open().await?;
     let result = control::deploy(&store, &app, &version, &deployment).await;
-    store.session().close();
+    store.close().await;
     result.map_err(|e| e.to_string())?;
     println!("/deployments/{app}/{version}");
     Ok(())
@@ -464,9 +508,9 @@ async fn deploy(d: DeployArgs) -> Result<(), String> {
 
 async fn scale(a: ScaleArgs) -> Result<(), String> {
     let (app, version) = parse_app_version(&a.app_version)?;
-    let store = store(&a.zk).await?;
+    let store = a.store.open().await?;
     let result = control::scale(&store, &app, &version, a.replicas).await;
-    store.session().close();
+    store.close().await;
     result.map_err(|e| e.to_string())?;
     println!("{app}:{version} scaled to {}", a.replicas);
     Ok(())
@@ -480,9 +524,9 @@ async fn undeploy(a: UndeployArgs) -> Result<(), String> {
         }
         None => (AppId::new(&a.target).map_err(|e| e.to_string())?, None),
     };
-    let store = store(&a.zk).await?;
+    let store = a.store.open().await?;
     let result = control::undeploy(&store, &app, version.as_ref()).await;
-    store.session().close();
+    store.close().await;
     for v in result.map_err(|e| e.to_string())? {
         println!("undeployed {app}:{v}");
     }
@@ -490,9 +534,9 @@ async fn undeploy(a: UndeployArgs) -> Result<(), String> {
 }
 
 async fn drain(a: DrainArgs) -> Result<(), String> {
-    let store = store(&a.zk).await?;
+    let store = a.store.open().await?;
     let result = control::drain(&store, &a.host, !a.undo).await;
-    store.session().close();
+    store.close().await;
     result.map_err(|e| e.to_string())?;
     println!(
         "host {} {}",
@@ -508,9 +552,9 @@ async fn drain(a: DrainArgs) -> Result<(), String> {
 
 async fn status(a: StatusArgs) -> Result<(), String> {
     let (app, version) = parse_app_version(&a.app_version)?;
-    let store = store(&a.zk).await?;
+    let store = a.store.open().await?;
     let result = control::status(&store, &app, &version).await;
-    store.session().close();
+    store.close().await;
     match result.map_err(|e| e.to_string())? {
         Some(s) => {
             let json = serde_json::to_string_pretty(&s).map_err(|e| e.to_string())?;

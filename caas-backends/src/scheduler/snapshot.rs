@@ -235,6 +235,17 @@ async fn children_all<S: Store>(
         .collect()
 }
 
+/// Lists (with data) the children of every node of `paths`, all requests in flight at once.
+async fn list_all<S: Store>(
+    store: &S,
+    paths: &[String],
+) -> Result<Vec<Vec<(String, Versioned)>>, StoreError> {
+    join_all(paths.iter().map(|p| store.list(p)))
+        .await
+        .into_iter()
+        .collect()
+}
+
 /// Reads a full [`Snapshot`] (liveness as read: [`Liveness::Alive`] or
 /// [`Liveness::Missing`]; the run loop applies the grace period).
 pub async fn read<S: Store>(store: &S) -> Result<Snapshot, StoreError> {
@@ -247,23 +258,7 @@ pub async fn read<S: Store>(store: &S) -> Result<Snapshot, StoreError> {
     };
     let specs = get_all(store, &paths(&deployment_path)).await?;
     let statuses = get_all(store, &paths(&deployment_status_path)).await?;
-    let reg_names = children_all(store, &paths(&|a, v| format!("{SERVICE}/{a}/{v}"))).await?;
-    let mut reg_paths = Vec::new();
-    for (k, names) in keys.iter().zip(&reg_names) {
-        for n in names {
-            if let Ok(id) = InstanceId::new(n) {
-                reg_paths.push((k.clone(), id, format!("{SERVICE}/{}/{}/{n}", k.0, k.1)));
-            }
-        }
-    }
-    let reg_data = get_all(
-        store,
-        &reg_paths
-            .iter()
-            .map(|(_, _, p)| p.clone())
-            .collect::<Vec<_>>(),
-    )
-    .await?;
+    let registered = list_all(store, &paths(&|a, v| format!("{SERVICE}/{a}/{v}"))).await?;
     for ((k, spec), status) in keys.iter().zip(specs).zip(statuses) {
         // Deleted between the listing and the read: not a deployment any more.
         let Some(spec) = spec else { continue };
@@ -281,10 +276,15 @@ pub async fn read<S: Store>(store: &S) -> Result<Snapshot, StoreError> {
             },
         );
     }
-    for ((k, id, _), data) in reg_paths.into_iter().zip(reg_data) {
-        if let (Some(d), Some(data)) = (snap.deployments.get_mut(&k), data) {
-            d.registered
-                .insert(id, String::from_utf8_lossy(&data.data).into_owned());
+    for (k, list) in keys.iter().zip(registered) {
+        let Some(d) = snap.deployments.get_mut(k) else {
+            continue;
+        };
+        for (name, data) in list {
+            if let Ok(id) = InstanceId::new(&name) {
+                d.registered
+                    .insert(id, String::from_utf8_lossy(&data.data).into_owned());
+            }
         }
     }
 
@@ -293,34 +293,9 @@ pub async fn read<S: Store>(store: &S) -> Result<Snapshot, StoreError> {
     let of_hosts = |f: fn(&str) -> String| -> Vec<String> { ids.iter().map(|h| f(h)).collect() };
     let infos = get_all(store, &of_hosts(host_path)).await?;
     let alive = get_all(store, &of_hosts(alive_path)).await?;
-    let a_names = children_all(store, &of_hosts(assignments_path)).await?;
-    let s_names = children_all(store, &of_hosts(statuses_path)).await?;
-    let mut a_paths = Vec::new();
-    let mut s_paths = Vec::new();
-    for ((h, an), sn) in ids.iter().zip(&a_names).zip(&s_names) {
-        for n in an {
-            a_paths.push((h.clone(), n.clone(), format!("{}/{n}", assignments_path(h))));
-        }
-        for n in sn {
-            s_paths.push((h.clone(), n.clone(), format!("{}/{n}", statuses_path(h))));
-        }
-    }
-    let a_data = get_all(
-        store,
-        &a_paths
-            .iter()
-            .map(|(_, _, p)| p.clone())
-            .collect::<Vec<_>>(),
-    )
-    .await?;
-    let s_data = get_all(
-        store,
-        &s_paths
-            .iter()
-            .map(|(_, _, p)| p.clone())
-            .collect::<Vec<_>>(),
-    )
-    .await?;
+    // Each host's assignments and statuses, one list each (one range read on etcd).
+    let a_lists = list_all(store, &of_hosts(assignments_path)).await?;
+    let s_lists = list_all(store, &of_hosts(statuses_path)).await?;
     for ((id, info), alive) in ids.iter().zip(infos).zip(alive) {
         let Some(info) = info else { continue };
         if info.data.is_empty() {
@@ -346,32 +321,36 @@ pub async fn read<S: Store>(store: &S) -> Result<Snapshot, StoreError> {
             }
         }
     }
-    for ((host, name, _), data) in a_paths.into_iter().zip(a_data) {
-        let Some(data) = data else { continue };
-        let parsed = InstanceId::new(&name)
-            .map_err(unreadable)
-            .and_then(|id| Ok((id, Assignment::from_json(&data.data).map_err(unreadable)?)));
-        if let Some(h) = snap.hosts.get_mut(&host) {
-            match parsed {
-                Ok((id, a)) => {
-                    h.instances.insert(id, a);
+    for (host, list) in ids.iter().zip(a_lists) {
+        for (name, data) in list {
+            let parsed = InstanceId::new(&name)
+                .map_err(unreadable)
+                .and_then(|id| Ok((id, Assignment::from_json(&data.data).map_err(unreadable)?)));
+            if let Some(h) = snap.hosts.get_mut(host) {
+                match parsed {
+                    Ok((id, a)) => {
+                        h.instances.insert(id, a);
+                    }
+                    Err(e) => {
+                        h.invalid.insert(name, e);
+                    }
                 }
-                Err(e) => {
-                    h.invalid.insert(name, e);
-                }
+            } else if let (Some(b), Ok((id, a))) = (snap.bad_hosts.get_mut(host), parsed) {
+                b.instances.insert(id, a);
             }
-        } else if let (Some(b), Ok((id, a))) = (snap.bad_hosts.get_mut(&host), parsed) {
-            b.instances.insert(id, a);
         }
     }
-    for ((host, name, _), data) in s_paths.into_iter().zip(s_data) {
-        let (Some(h), Some(data), Ok(id)) =
-            (snap.hosts.get_mut(&host), data, InstanceId::new(&name))
-        else {
+    for (host, list) in ids.iter().zip(s_lists) {
+        let Some(h) = snap.hosts.get_mut(host) else {
             continue;
         };
-        if let Ok(s) = serde_json::from_slice::<InstanceStatus>(&data.data) {
-            h.statuses.insert(id, s);
+        for (name, data) in list {
+            let Ok(id) = InstanceId::new(&name) else {
+                continue;
+            };
+            if let Ok(s) = serde_json::from_slice::<InstanceStatus>(&data.data) {
+                h.statuses.insert(id, s);
+            }
         }
     }
 

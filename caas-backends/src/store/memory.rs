@@ -7,11 +7,14 @@
 //! before the last commit (a lagging follower).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::{broadcast, mpsc};
 
-use super::{ConflictKind, Op, Store, StoreError, Versioned, Watch, WatchEvent, parent};
+use super::{
+    ConflictKind, Op, Store, StoreError, Versioned, Watch, WatchEvent, check_path, parent,
+};
 
 type Tree = BTreeMap<String, Versioned>;
 
@@ -22,13 +25,25 @@ struct State {
     previous: Option<Tree>,
     stale: bool,
     lose_replies: usize,
+    /// Ephemeral node → the session that owns it.
+    owners: BTreeMap<String, u64>,
+    next_session: u64,
 }
 
-/// An in-memory store (see the module docs). Clones share the tree.
+/// A session of a [`MemStore`] handle: it owns the ephemeral nodes created through it.
+#[derive(Debug, Default)]
+struct Session {
+    id: u64,
+    closed: AtomicBool,
+}
+
+/// An in-memory store (see the module docs). Clones share the tree and the session;
+/// [`MemStore::new_session`] gives a handle on the same tree with a session of its own.
 #[derive(Debug, Clone)]
 pub struct MemStore {
     state: Arc<Mutex<State>>,
     events: broadcast::Sender<String>,
+    session: Arc<Session>,
 }
 
 impl Default for MemStore {
@@ -43,6 +58,42 @@ impl MemStore {
         Self {
             state: Arc::default(),
             events: broadcast::Sender::new(4096),
+            session: Arc::default(),
+        }
+    }
+
+    /// A handle on the same tree with its own session (as another process connecting).
+    pub fn new_session(&self) -> Self {
+        let id = {
+            let mut s = self.lock();
+            s.next_session += 1;
+            s.next_session
+        };
+        Self {
+            state: self.state.clone(),
+            events: self.events.clone(),
+            session: Arc::new(Session {
+                id,
+                closed: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    fn open(&self, op: &'static str, path: &str) -> Result<(), StoreError> {
+        if self.session.closed.load(Ordering::Relaxed) {
+            return Err(StoreError::Unavailable {
+                op,
+                path: path.to_owned(),
+                reason: "the session is closed".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn notify(&self, changed: Vec<String>) {
+        for path in changed {
+            // No receiver is fine: nobody watches.
+            let _ = self.events.send(path);
         }
     }
 
@@ -98,19 +149,6 @@ fn has_children(tree: &Tree, path: &str) -> bool {
     tree.range(prefix.clone()..)
         .next()
         .is_some_and(|(k, _)| k.starts_with(&prefix))
-}
-
-fn check_path(op: &'static str, path: &str) -> Result<(), StoreError> {
-    let ok = path.starts_with('/') && (path == "/" || !path.ends_with('/')) && !path.contains("//");
-    if ok {
-        Ok(())
-    } else {
-        Err(StoreError::Invalid {
-            op,
-            path: path.to_owned(),
-            reason: "not an absolute /-separated path".into(),
-        })
-    }
 }
 
 /// Applies `ops` to `tree` in order; on error `tree` is left partly changed (the caller
@@ -194,11 +232,13 @@ fn apply(
 impl Store for MemStore {
     async fn get(&self, path: &str) -> Result<Option<Versioned>, StoreError> {
         check_path("get", path)?;
+        self.open("get", path)?;
         Ok(self.read_tree(|t| t.get(path).cloned()))
     }
 
     async fn children(&self, path: &str) -> Result<Vec<String>, StoreError> {
         check_path("children", path)?;
+        self.open("children", path)?;
         let prefix = if path == "/" {
             "/".to_owned()
         } else {
@@ -215,13 +255,19 @@ impl Store for MemStore {
         }))
     }
 
+    async fn list(&self, path: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
+        super::list_by_gets(self, path).await
+    }
+
     async fn commit(&self, ops: Vec<Op>) -> Result<Vec<Option<i64>>, StoreError> {
+        self.open("commit", ops.first().map_or("", Op::path))?;
         let mut changed = Vec::new();
         let (result, lost) = {
             let mut s = self.lock();
             let mut next = s.tree.clone();
             match apply(&mut next, &ops, &mut changed) {
                 Ok(out) => {
+                    s.owners.retain(|path, _| next.contains_key(path));
                     let before = std::mem::replace(&mut s.tree, next);
                     if s.stale {
                         s.previous = Some(before);
@@ -236,10 +282,7 @@ impl Store for MemStore {
                 }
             }
         };
-        for path in changed {
-            // No receiver is fine: nobody watches.
-            let _ = self.events.send(path);
-        }
+        self.notify(changed);
         if lost {
             return Err(StoreError::Unavailable {
                 op: "commit",
@@ -280,6 +323,62 @@ impl Store for MemStore {
             }
         });
         Watch::new(rx, Some(task))
+    }
+
+    async fn create_ephemeral(&self, path: &str, data: &[u8]) -> Result<(), StoreError> {
+        check_path("create_ephemeral", path)?;
+        self.open("create_ephemeral", path)?;
+        let mut changed = Vec::new();
+        {
+            let mut s = self.lock();
+            let mut next = s.tree.clone();
+            let create = Op::Create {
+                path: path.to_owned(),
+                data: data.to_vec(),
+            };
+            apply(&mut next, &[create], &mut changed)?;
+            s.tree = next;
+            s.owners.insert(path.to_owned(), self.session.id);
+        }
+        self.notify(changed);
+        Ok(())
+    }
+
+    async fn delete_ephemeral(&self, path: &str) -> Result<(), StoreError> {
+        check_path("delete_ephemeral", path)?;
+        self.open("delete_ephemeral", path)?;
+        let removed = {
+            let mut s = self.lock();
+            let ours = s.owners.get(path) == Some(&self.session.id);
+            ours && {
+                s.owners.remove(path);
+                s.tree.remove(path).is_some()
+            }
+        };
+        if removed {
+            self.notify(vec![path.to_owned()]);
+        }
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.session.closed.store(true, Ordering::Relaxed);
+        let removed: Vec<String> = {
+            let mut s = self.lock();
+            let id = self.session.id;
+            let owned: Vec<String> = s
+                .owners
+                .iter()
+                .filter(|(_, owner)| **owner == id)
+                .map(|(p, _)| p.clone())
+                .collect();
+            for p in &owned {
+                s.owners.remove(p);
+                s.tree.remove(p);
+            }
+            owned
+        };
+        self.notify(removed);
     }
 }
 

@@ -1,29 +1,65 @@
-//! The store contract the scheduler is written against: versioned reads, children listing,
-//! an all-or-nothing transaction with version checks, and watches on a prefix.
+//! The store contract the control plane is written against: versioned reads, children
+//! listing, an all-or-nothing transaction with version checks (compare-and-set is a one-op
+//! commit), ephemeral nodes tied to a session or lease, and watches on a prefix.
 //!
-//! It is deliberately small (four calls) so that ZooKeeper implements it now ([`ZkStore`])
-//! and etcd can later: a node's *version* is ZooKeeper's data version or etcd's
-//! `mod_revision`; [`Store::commit`] is a ZooKeeper `multi` or an etcd `Txn`; a watch is a
-//! persistent recursive watch or an etcd prefix watch. [`MemStore`] is an in-memory
-//! implementation with the same semantics, for tests that need to inject a lost reply or a
-//! stale read, which a real server cannot be made to produce on demand.
+//! It is deliberately small so that each control store can implement it:
 //!
-//! Paths are absolute within the store's root (a ZooKeeper chroot), `/`-separated, like
-//! `/hosts/h1/assignments/i1`.
+//! | contract | ZooKeeper ([`ZkStore`]) | etcd v3 ([`EtcdStore`]) | Consul (not implemented) |
+//! |---|---|---|---|
+//! | node | znode under the chroot | key `{root}{path}` (root `/caas`) | key `{root}{path}` in the KV store |
+//! | version | data version (0, +1 per write) | `mod_revision` (cluster-wide, > 0) | `ModifyIndex` |
+//! | create if absent | `create` | compare `mod_revision == 0` | check-and-set with `cas=0` |
+//! | set / delete at version | `setData` / `delete` with version | compare `mod_revision == v` | `cas=v` / `delete-cas` |
+//! | [`Store::commit`] | one `multi` | one `Txn` (compares, then puts/deletes; else ranges to find the failing op) | one `/v1/txn` (`check-index`, `cas`, `delete-cas` verbs; at most 64 ops) |
+//! | children | `getChildren` | range over `{key}/`, next path segment | `?keys&separator=/` |
+//! | list (children with data) | `getChildren`, then `getData` of each, pipelined | one range over `{key}/` | `?recurse`, direct children kept |
+//! | ephemeral | ephemeral znode of the session | key attached to the store's lease, kept alive | key acquired by a session with a TTL, renewed (`/v1/session/renew`), `behavior=delete` |
+//! | watch | persistent recursive watch, set again after a reconnect | prefix watch resumed from the last revision seen + 1 | blocking query on the prefix (`?recurse&index=N`), resumed from the last `X-Consul-Index` |
+//! | [`WatchEvent::Resync`] | every (re)set of the watch | first set; the resume revision was compacted | first query; the index went backwards (a snapshot restore) |
+//!
+//! [`MemStore`] is an in-memory implementation with ZooKeeper's semantics, for tests that
+//! need to inject a lost reply or a stale read, which a real server cannot be made to produce
+//! on demand.
+//!
+//! Paths are absolute within the store's root (a ZooKeeper chroot, an etcd key prefix),
+//! `/`-separated, like `/hosts/h1/assignments/i1`. The layout under the root is the same on
+//! every store.
 //!
 //! What the contract promises (and the scheduler relies on):
 //!
 //! - A [`Versioned`] read gives the node's data and its version; any later write to the node
-//!   changes the version.
+//!   changes the version. Versions are opaque: compare them only with versions read from the
+//!   same store.
 //! - [`Store::commit`] applies every [`Op`] or none. A failed check, a `Create` of an existing
 //!   node, or a `Set` / `Delete` of a missing or changed node is a [`StoreError::Conflict`]
 //!   and nothing was written. Any other error leaves the outcome **unknown** (the request may
 //!   have been applied and its reply lost): the caller must read again before deciding.
 //! - Reads made after a successful commit (through the same store) see it.
+//! - An ephemeral node ([`Store::create_ephemeral`]) lives as long as the handle's session
+//!   or lease. When the store loses it (a partition longer than the session timeout or the
+//!   lease TTL), the node disappears for everyone, and the store creates it again with the
+//!   same data in its new session or lease. [`Store::close`] ends it for good.
 //! - A [`Watch`] reports paths that changed under its prefix, and [`WatchEvent::Resync`]
-//!   whenever events may have been missed (first set, reconnect, new session): then the
-//!   caller reads everything again.
+//!   whenever events may have been missed (first set, reconnect, new session, compaction):
+//!   then the caller reads everything again. A change is never lost: it is reported, or a
+//!   Resync follows it.
+//!
+//! Where the stores differ (callers must not rely on either behaviour):
+//!
+//! - **Parents.** ZooKeeper has a real tree: `Create` makes missing parents (empty nodes),
+//!   and they stay. etcd keys are flat: a parent exists only if it was written itself;
+//!   [`Store::children`] lists the next path segment of every key below, so a parent that
+//!   was never written is still listed by its own parent, but reading it gives `None`.
+//! - **Deleting a parent.** Both refuse to delete a node that has children
+//!   ([`ConflictKind::NotEmpty`]); on etcd a never-written parent cannot be deleted
+//!   (`NoNode`), it vanishes with its last child.
+//! - **One commit, one node.** etcd refuses a commit that writes the same key twice
+//!   ([`StoreError::Invalid`]); ZooKeeper applies the writes in order.
+//! - **Which op failed.** etcd evaluates every check at once; when the failing op can only be
+//!   explained by an earlier op of the same commit, the conflict names op 0.
 
+mod any;
+mod etcd;
 mod memory;
 mod zk;
 
@@ -32,6 +68,8 @@ use std::future::Future;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+pub use any::AnyStore;
+pub use etcd::{EtcdConfig, EtcdStats, EtcdStore};
 pub use memory::MemStore;
 pub use zk::ZkStore;
 
@@ -223,6 +261,16 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// The names (not paths) of a node's children, sorted; a missing node has none.
     fn children(&self, path: &str) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 
+    /// Every child of `path` that exists as a node, by name (sorted), with its data and
+    /// version; a missing node has none. One range read on etcd; on ZooKeeper the children
+    /// and then every child's data, all requests in flight at once (a child deleted in
+    /// between is left out). On etcd a never-written parent is not a node, so it is listed
+    /// by [`Store::children`] but not here.
+    fn list(
+        &self,
+        path: &str,
+    ) -> impl Future<Output = Result<Vec<(String, Versioned)>, StoreError>> + Send;
+
     /// Applies every op or none (see [`Op`] and [`StoreError::Conflict`]). On success, one
     /// entry per op: the node's new version for `Create` and `Set`, `None` for the others.
     fn commit(
@@ -233,6 +281,26 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// Starts watching every node under `prefix` (the prefix node included). The first
     /// event is [`WatchEvent::Resync`] once the watch is set.
     fn watch(&self, prefix: &str) -> Watch;
+
+    /// Creates an ephemeral node owned by this handle's session (ZooKeeper) or lease (etcd),
+    /// with missing parents as [`Op::Create`] does. It disappears when the session or lease
+    /// is lost or closed; after a loss the store creates it again, with the same data, in
+    /// its new session or lease. A node that exists (ephemeral or not, ours or not) is a
+    /// [`ConflictKind::NodeExists`] conflict and is never overwritten.
+    fn create_ephemeral(
+        &self,
+        path: &str,
+        data: &[u8],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Stops re-creating an ephemeral node of this handle and deletes it (a missing node is
+    /// fine).
+    fn delete_ephemeral(&self, path: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Ends this handle's session or lease now: its ephemeral nodes disappear at once and
+    /// later calls fail with [`StoreError::Unavailable`]. Other clones share the session, so
+    /// they are closed too.
+    fn close(&self) -> impl Future<Output = ()> + Send;
 }
 
 /// Creates the node with `data`, or replaces its data whatever its version (last writer
@@ -264,6 +332,25 @@ pub async fn put<S: Store>(store: &S, path: &str, data: &[u8]) -> Result<(), Sto
     }))
 }
 
+/// [`Store::list`] as `children` and then a `get` of each, all in flight at once: for stores
+/// with no cheaper way.
+pub(crate) async fn list_by_gets<S: Store>(
+    store: &S,
+    path: &str,
+) -> Result<Vec<(String, Versioned)>, StoreError> {
+    let names = store.children(path).await?;
+    let base = if path == "/" { "" } else { path };
+    let paths: Vec<String> = names.iter().map(|n| format!("{base}/{n}")).collect();
+    let reads = futures_util::future::join_all(paths.iter().map(|p| store.get(p))).await;
+    let mut out = Vec::with_capacity(names.len());
+    for (name, read) in names.into_iter().zip(reads) {
+        if let Some(v) = read? {
+            out.push((name, v));
+        }
+    }
+    Ok(out)
+}
+
 /// Deletes a node and everything under it (children first), each delete unconditional.
 /// Not atomic; a node deleted meanwhile is fine.
 pub async fn delete_tree<S: Store>(store: &S, path: &str) -> Result<(), StoreError> {
@@ -290,6 +377,20 @@ pub async fn delete_tree<S: Store>(store: &S, path: &str) -> Result<(), StoreErr
         }
     }
     Ok(())
+}
+
+/// Checks that `path` is absolute, `/`-separated, without empty segments.
+pub(crate) fn check_path(op: &'static str, path: &str) -> Result<(), StoreError> {
+    let ok = path.starts_with('/') && (path == "/" || !path.ends_with('/')) && !path.contains("//");
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid {
+            op,
+            path: path.to_owned(),
+            reason: "not an absolute /-separated path".into(),
+        })
+    }
 }
 
 /// The parent of a node path (`/a/b` → `/a`; `/a` → `/`).

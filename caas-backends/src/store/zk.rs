@@ -10,7 +10,9 @@ use zookeeper_client::{
     SessionState,
 };
 
-use super::{ConflictKind, Op, Store, StoreError, Versioned, Watch, WatchEvent, parent};
+use super::{
+    ConflictKind, Op, Store, StoreError, Versioned, Watch, WatchEvent, check_path, parent,
+};
 use crate::zk::{ZkError, ZkSession};
 
 /// The store on ZooKeeper (paths are relative to the session's chroot).
@@ -110,6 +112,10 @@ impl Store for ZkStore {
         }
     }
 
+    async fn list(&self, path: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
+        super::list_by_gets(self, path).await
+    }
+
     fn commit(
         &self,
         ops: Vec<Op>,
@@ -156,6 +162,36 @@ impl Store for ZkStore {
         let (tx, rx) = mpsc::channel(1024);
         let task = tokio::spawn(watch_loop(self.session.clone(), prefix.to_owned(), tx));
         Watch::new(rx, Some(task))
+    }
+
+    async fn create_ephemeral(&self, path: &str, data: &[u8]) -> Result<(), StoreError> {
+        check_path("create_ephemeral", path)?;
+        match self.session.create_ephemeral(path, data).await {
+            Ok(()) => Ok(()),
+            Err(ZkError::Op {
+                source: zookeeper_client::Error::NodeExists,
+                ..
+            }) => Err(StoreError::Conflict {
+                index: 0,
+                path: path.to_owned(),
+                kind: ConflictKind::NodeExists,
+            }),
+            Err(e) => Err(zk_err("create_ephemeral", path, e)),
+        }
+    }
+
+    async fn delete_ephemeral(&self, path: &str) -> Result<(), StoreError> {
+        check_path("delete_ephemeral", path)?;
+        self.session.forget_ephemeral(path);
+        let client = self.client("delete_ephemeral", path)?;
+        match client.delete(path, None).await {
+            Ok(()) | Err(zookeeper_client::Error::NoNode) => Ok(()),
+            Err(e) => Err(failed("delete_ephemeral", path, e)),
+        }
+    }
+
+    async fn close(&self) {
+        self.session.close();
     }
 }
 
