@@ -906,6 +906,39 @@ impl Store for Racing {
     fn watch(&self, prefix: &str) -> caas_backends::store::Watch {
         self.inner.watch(prefix)
     }
+
+    fn list(
+        &self,
+        path: &str,
+    ) -> impl std::future::Future<
+        Output = Result<
+            Vec<(String, caas_backends::store::Versioned)>,
+            caas_backends::store::StoreError,
+        >,
+    > + Send {
+        self.inner.list(path)
+    }
+
+    fn create_ephemeral(
+        &self,
+        path: &str,
+        data: &[u8],
+    ) -> impl std::future::Future<Output = Result<(), caas_backends::store::StoreError>> + Send
+    {
+        self.inner.create_ephemeral(path, data)
+    }
+
+    fn delete_ephemeral(
+        &self,
+        path: &str,
+    ) -> impl std::future::Future<Output = Result<(), caas_backends::store::StoreError>> + Send
+    {
+        self.inner.delete_ephemeral(path)
+    }
+
+    fn close(&self) -> impl std::future::Future<Output = ()> + Send {
+        self.inner.close()
+    }
 }
 
 /// `PATCH` through `api` without a socket (`Api::handle` takes any body).
