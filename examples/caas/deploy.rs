@@ -311,7 +311,7 @@ pub(crate) struct DeployRequest {
     pub(crate) step_wait: Duration,
     /// Longest wait for the new version to be healthy.
     pub(crate) health_deadline: Duration,
-    /// Longest wait for everything.
+    /// Longest wait for everything (zero: return once the change is written).
     pub(crate) timeout: Duration,
 }
 
@@ -333,17 +333,27 @@ pub(crate) async fn deploy(
         .as_ref()
         .and_then(|v| serving_version(v, &req.version));
     let Some(from) = serving else {
-        api.call(
-            Method::PUT,
-            &format!("{app_path}/versions/{}", seg(&req.version)),
-            Some(&req.deployment),
-        )
-        .await?;
+        // A first version (or a version redeployed): written as is, one instance unless the
+        // flags said otherwise.
+        let mut deployment = req.deployment;
+        if deployment.get("replicas").is_none() && deployment.get("global").is_none() {
+            deployment["replicas"] = json!(1);
+        }
+        let written = api
+            .call(
+                Method::PUT,
+                &format!("{app_path}/versions/{}", seg(&req.version)),
+                Some(&deployment),
+            )
+            .await?;
+        if req.timeout.is_zero() {
+            return Ok(written);
+        }
         progress.show(
             format!("{}:{}: deployment written", req.app, req.version),
             Instant::now(),
         );
-        let want = req.deployment.get("replicas").and_then(Value::as_u64);
+        let want = deployment.get("replicas").and_then(Value::as_u64);
         return wait_healthy(
             api,
             &req.app,
@@ -369,8 +379,12 @@ pub(crate) async fn deploy(
     } else {
         body["deployment"] = req.deployment;
     }
-    api.call(Method::POST, &format!("{app_path}/rollouts"), Some(&body))
+    let started = api
+        .call(Method::POST, &format!("{app_path}/rollouts"), Some(&body))
         .await?;
+    if req.timeout.is_zero() {
+        return Ok(started);
+    }
     follow_rollout(api, &req.app, req.timeout, &mut progress).await
 }
 

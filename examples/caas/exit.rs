@@ -91,3 +91,17 @@ impl fmt::Display for Failure {
         f.write_str(&self.message)
     }
 }
+
+/// Writes to stdout; exits quietly (code 0) when the reader went away, with code 1 on any
+/// other write error.
+pub(crate) fn write_stdout(args: fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("caas: cannot write the output: {e}");
+        std::process::exit(i32::from(OTHER));
+    }
+}

@@ -11,6 +11,21 @@
 //!
 //! Tables by default, `--json` for scripts; exit codes in [`exit`] (and the README).
 
+/// Prints on stdout; a closed stdout (`caas ps | head`) ends the program quietly, as it
+/// does for other command-line tools, instead of a panic.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::exit::write_stdout(format_args!($($arg)*))
+    };
+}
+
+/// [`out!`] with a newline.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::exit::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod client;
 mod deploy;
 mod exit;
@@ -248,17 +263,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Deploy(args) => {
             let (app, version) = app_version(&args.target)?;
             let req = deploy_request(&api, app, version, args).await?;
-            let no_wait = req.timeout.is_zero();
-            let out = if no_wait {
-                api.call(
-                    Method::PUT,
-                    &format!("/v1/apps/{}/versions/{}", seg(&req.app), seg(&req.version)),
-                    Some(&req.deployment),
-                )
-                .await?
-            } else {
-                deploy::deploy(&api, req, json_out).await?
-            };
+            let out = deploy::deploy(&api, req, json_out).await?;
             print_result(json_out, &out);
         }
         Command::Scale {
@@ -312,7 +317,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             if json_out {
                 print_result(true, &r);
             } else {
-                println!("removed {target}");
+                outln!("removed {target}");
             }
         }
         Command::Domain { action } => {
@@ -335,7 +340,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             if json_out {
                 print_result(true, &r);
             } else {
-                println!("{app}: {verb} {domain}");
+                outln!("{app}: {verb} {domain}");
             }
         }
         Command::Weights { app, weights } => {
@@ -359,7 +364,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             if json_out {
                 print_result(true, &r);
             } else {
-                println!(
+                outln!(
                     "{app}: weights {}",
                     if weights.is_empty() {
                         "cleared".to_owned()
@@ -374,7 +379,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             if json_out {
                 print_result(true, &s);
             } else {
-                print!("{}", show::stats_text(&s));
+                out!("{}", show::stats_text(&s));
             }
         }
         Command::Hosts => {
@@ -382,7 +387,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             if json_out {
                 print_result(true, &h);
             } else {
-                print!("{}", show::hosts_table(&h["hosts"]));
+                out!("{}", show::hosts_table(&h["hosts"]));
             }
         }
         Command::Drain { host, undo } => {
@@ -393,9 +398,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             if json_out {
                 print_result(true, &r);
             } else if undo {
-                println!("{host}: takes instances again");
+                outln!("{host}: takes instances again");
             } else {
-                println!("{host}: draining (it takes nothing new; its instances move elsewhere)");
+                outln!("{host}: draining (it takes nothing new; its instances move elsewhere)");
             }
         }
     }
@@ -444,10 +449,7 @@ async fn deploy_request(
     if let Some(s) = args.strategy {
         d.insert("strategy".into(), json!(s));
     }
-    let mut deployment = Value::Object(d);
-    if !args.global && args.replicas.is_none() && !image_only {
-        deployment["replicas"] = json!(1);
-    }
+    let deployment = Value::Object(d);
     Ok(deploy::DeployRequest {
         app,
         version,
@@ -488,15 +490,15 @@ async fn default_image(api: &Client, app: &str, version: &str) -> Result<String,
 /// Prints an API answer: JSON for `--json`, else a short summary.
 fn print_result(json_out: bool, v: &Value) {
     if json_out {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
         );
     } else if let Some(app) = v.get("app").and_then(Value::as_str) {
         if v.get("instances").is_some() {
-            print!("{}", show::instances_table(std::slice::from_ref(v)));
+            out!("{}", show::instances_table(std::slice::from_ref(v)));
         } else if let (Some(from), Some(to)) = (v["from"].as_str(), v["to"].as_str()) {
-            println!("{app}: {from} → {to} {}", v["phase"].as_str().unwrap_or(""));
+            outln!("{app}: {from} → {to} {}", v["phase"].as_str().unwrap_or(""));
         }
     }
 }

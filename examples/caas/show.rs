@@ -1,6 +1,5 @@
 //! `caas ps`, `caas logs`, `caas stats` and `caas hosts`: what the API says, as tables.
 
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use http_body_util::BodyExt;
@@ -35,14 +34,14 @@ pub(crate) async fn ps(api: &Client, app: Option<&str>, json_out: bool) -> Resul
         } else {
             Value::Array(views)
         };
-        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     } else {
-        print!("{}", instances_table(&views));
+        out!("{}", instances_table(&views));
         for v in &views {
             for ver in v["versions"].as_array().into_iter().flatten() {
                 let s = &ver["status"];
                 if let Some(m) = s["message"].as_str() {
-                    println!(
+                    outln!(
                         "{}:{} {}: {m}",
                         v["app"].as_str().unwrap_or("?"),
                         ver["version"].as_str().unwrap_or("?"),
@@ -300,12 +299,14 @@ fn write_line(out: &Mutex<std::io::Stdout>, prefix: Option<&str>, line: &[u8]) {
     let out = out
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let mut out = out.lock();
-    if let Some(p) = prefix {
-        let _ = write!(out, "{p} | ");
+    let _held = out.lock();
+    // One line at a time through the same writer as every other output (a closed stdout
+    // ends the program quietly).
+    let line = String::from_utf8_lossy(line);
+    match prefix {
+        Some(p) => out!("{p} | {line}"),
+        None => out!("{line}"),
     }
-    let _ = out.write_all(line);
-    let _ = out.flush();
 }
 
 fn text(v: &Value) -> String {

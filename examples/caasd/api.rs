@@ -8,12 +8,14 @@ use caas_backends::api::{Api, ApiConfig, Tokens};
 use caas_backends::zk::ValueCipher;
 use clap::Args;
 
-use crate::ZkArgs;
+use caas_backends::Store;
+
+use crate::StoreArgs;
 
 #[derive(Args, Debug)]
 pub(crate) struct ApiArgs {
     #[command(flatten)]
-    zk: ZkArgs,
+    store: StoreArgs,
     /// Address to serve the API on.
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
@@ -38,7 +40,7 @@ pub(crate) async fn run(a: ApiArgs) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
         .map_err(|e| format!("--listen {}: {e}", a.listen))?;
-    let store = crate::store(&a.zk).await?;
+    let store = a.store.open().await?;
     let config = ApiConfig {
         stats_timeout: Duration::from_millis(a.stats_timeout_ms.max(1)),
         ..ApiConfig::default()
@@ -53,6 +55,6 @@ pub(crate) async fn run(a: ApiArgs) -> Result<(), String> {
     })
     .await
     .map_err(|e| e.to_string())?;
-    store.session().close();
+    store.close().await;
     Ok(())
 }

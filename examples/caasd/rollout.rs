@@ -5,16 +5,17 @@ use std::time::Duration;
 
 use caas_backends::rollout::controller::{ControllerConfig, RolloutController};
 use caas_backends::rollout::{RolloutRequest, Rollouts};
-use caas_backends::zk::ZkSession;
 use caas_core::AppId;
 use clap::Args;
 
-use super::{ZkArgs, parse_app_version};
+use caas_backends::{AnyStore, Store};
+
+use super::{StoreArgs, parse_app_version};
 
 #[derive(Args, Debug)]
 pub(crate) struct ControllerArgs {
     #[command(flatten)]
-    zk: ZkArgs,
+    store: StoreArgs,
     /// Look at every rollout at least this often (deadlines, step waits), in milliseconds.
     #[arg(long, default_value_t = 250)]
     tick_ms: u64,
@@ -26,7 +27,7 @@ pub(crate) struct ControllerArgs {
 #[derive(Args, Debug)]
 pub(crate) struct StartArgs {
     #[command(flatten)]
-    zk: ZkArgs,
+    store: StoreArgs,
     /// APP:VERSION, the new version, e.g. hello:v2.
     app_version: String,
     /// The new version's image, {registry}/{app}:{version}; the rest of its deployment is
@@ -56,7 +57,7 @@ pub(crate) struct StartArgs {
 #[derive(Args, Debug)]
 pub(crate) struct AppArgs {
     #[command(flatten)]
-    zk: ZkArgs,
+    store: StoreArgs,
     /// The app.
     app: String,
 }
@@ -79,15 +80,12 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
-async fn rollouts(zk: &ZkArgs) -> Result<Rollouts<caas_backends::ZkStore>, String> {
-    let session = ZkSession::connect(zk.config())
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(Rollouts::zk(session))
+async fn rollouts(store: &StoreArgs) -> Result<Rollouts<AnyStore>, String> {
+    Ok(Rollouts::new(store.open().await?))
 }
 
-fn close(r: &Rollouts<caas_backends::ZkStore>) {
-    r.store().session().close();
+async fn close(r: &Rollouts<AnyStore>) {
+    r.store().close().await;
 }
 
 fn print(state: &impl serde::Serialize) -> Result<(), String> {
@@ -97,7 +95,7 @@ fn print(state: &impl serde::Serialize) -> Result<(), String> {
 }
 
 pub(crate) async fn controller(a: ControllerArgs) -> Result<(), String> {
-    let r = rollouts(&a.zk).await?;
+    let r = rollouts(&a.store).await?;
     let config = ControllerConfig {
         tick: Duration::from_millis(a.tick_ms.max(10)),
         name: a.name,
@@ -109,7 +107,7 @@ pub(crate) async fn controller(a: ControllerArgs) -> Result<(), String> {
     }
     eprintln!("stopping the rollout controller (another one, or the next, carries on)");
     handle.shutdown().await;
-    close(&r);
+    close(&r).await;
     Ok(())
 }
 
@@ -125,25 +123,25 @@ pub(crate) async fn start(a: StartArgs) -> Result<(), String> {
     req.health_deadline = a.health_deadline;
     req.drain_wait = a.drain_wait;
     req.replicas = a.replicas;
-    let r = rollouts(&a.zk).await?;
+    let r = rollouts(&a.store).await?;
     let result = r.start(&app, req).await;
-    close(&r);
+    close(&r).await;
     print(&result.map_err(|e| e.to_string())?)
 }
 
 pub(crate) async fn rollback(a: AppArgs) -> Result<(), String> {
     let app = AppId::new(&a.app).map_err(|e| e.to_string())?;
-    let r = rollouts(&a.zk).await?;
+    let r = rollouts(&a.store).await?;
     let result = r.rollback(&app).await;
-    close(&r);
+    close(&r).await;
     print(&result.map_err(|e| e.to_string())?)
 }
 
 pub(crate) async fn status(a: AppArgs) -> Result<(), String> {
     let app = AppId::new(&a.app).map_err(|e| e.to_string())?;
-    let r = rollouts(&a.zk).await?;
+    let r = rollouts(&a.store).await?;
     let result = r.status(&app).await;
-    close(&r);
+    close(&r).await;
     match result.map_err(|e| e.to_string())? {
         Some(s) => print(&s),
         None => Err(format!("{app} has had no rollout")),

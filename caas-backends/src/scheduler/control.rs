@@ -205,11 +205,15 @@ pub async fn undeploy_ops<S: Store>(
             version: Some(d.spec_version),
         });
     }
-    let remaining = store.children(&format!("{DEPLOYMENTS}/{app}")).await?;
+    // The app's own node goes with its last version, where it exists as a node: on etcd a
+    // parent nobody wrote is no key (it disappears with its last child) and cannot be deleted.
+    let parent = format!("{DEPLOYMENTS}/{app}");
+    let remaining = store.children(&parent).await?;
     if remaining
         .iter()
         .all(|v| versions.iter().any(|x| x.as_str() == v))
         && !remaining.is_empty()
+        && store.get(&parent).await?.is_some()
     {
         ops.push(Op::Delete {
             path: format!("{DEPLOYMENTS}/{app}"),
