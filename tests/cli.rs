@@ -12,6 +12,10 @@ use caas_backends::api::{Api, ApiConfig, Tokens};
 use caas_backends::store::MemStore;
 use serde_json::Value;
 
+mod support {
+    pub(crate) mod examples;
+}
+
 const TOKEN: &str = "cli-test-token";
 
 /// The API on a free loopback port; its address (the runtime and the temp dir live as long
@@ -44,16 +48,7 @@ fn api() -> (String, tokio::runtime::Runtime, tempfile::TempDir) {
 }
 
 fn caas_bin() -> PathBuf {
-    // target/{profile}/deps/cli-HASH → target/{profile}/examples/caas
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples/caas");
-    assert!(bin.exists(), "{} not built", bin.display());
-    bin
+    support::examples::examples_dir().join("caas")
 }
 
 fn caas(api: &str, token: Option<&str>, args: &[&str]) -> Output {

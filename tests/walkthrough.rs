@@ -22,6 +22,10 @@ use std::time::Duration;
 
 use caas_backends::testing::docker::{docker_or_skip, registry, workspace_root};
 
+mod support {
+    pub(crate) mod examples;
+}
+
 const BEGIN: &str = "<!-- walkthrough:begin -->";
 const END: &str = "<!-- walkthrough:end -->";
 
@@ -283,16 +287,7 @@ fn the_readme_walkthrough_runs_as_written() {
     let commands = readme_commands(&readme);
     assert!(commands.len() >= 15, "{commands:?}");
     let tmp = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
-    // target/{profile}/deps/walkthrough-HASH → target/{profile}/examples
-    let examples = exe.parent().unwrap().parent().unwrap().join("examples");
-    for bin in ["caasd", "caas"] {
-        assert!(
-            examples.join(bin).exists(),
-            "{} not built (cargo builds examples with --all-targets)",
-            examples.join(bin).display()
-        );
-    }
+    let examples = support::examples::examples_dir();
     let env = Env {
         root: root.clone(),
         tmp: tmp.path().to_owned(),

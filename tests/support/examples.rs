@@ -1,0 +1,43 @@
+//! The example binaries (`caasd`, `caas`) as a user runs them. Test runners build examples
+//! only as test harnesses, so a test that runs the real binaries builds them first with the
+//! cargo that built the test (a no-op when they are fresh; `scripts/test.sh` builds them
+//! before the suite), and gets their paths.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// `target/{profile}/examples`, with `caasd` and `caas` in it, built from this tree.
+pub(crate) fn examples_dir() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+            let out = Command::new(env!("CARGO"))
+                .current_dir(&root)
+                .args(["build", "--example", "caasd", "--example", "caas"])
+                .output()
+                .expect("cannot run cargo");
+            assert!(
+                out.status.success(),
+                "cargo build --example caasd --example caas failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // target/{profile}/deps/TEST-HASH → target/{profile}/examples
+            let exe = std::env::current_exe().expect("the test's own path");
+            let dir = exe
+                .parent()
+                .and_then(|deps| deps.parent())
+                .expect("target/{profile}/deps")
+                .join("examples");
+            for bin in ["caasd", "caas"] {
+                assert!(
+                    dir.join(bin).exists(),
+                    "{} was not built",
+                    dir.join(bin).display()
+                );
+            }
+            dir
+        })
+        .clone()
+}
