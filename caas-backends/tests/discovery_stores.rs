@@ -5,18 +5,15 @@
 //! fail under `CI=true`. Every wait is on what the router or the counters show.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use caas_backends::store::{
     Op, Store, StoreDiscovery, StoreDiscoveryCounters, StoreDiscoveryStats, put,
 };
+use caas_backends::testing::routes::{WAIT, eventually_picks};
 use caas_backends::testing::stores::{EtcdFixture, MemFixture, StoreFixture, ZkFixture};
 use caas_core::{Discovery as _, Domain, Router};
-
-const WAIT: Duration = Duration::from_secs(30);
 
 fn logs() {
     let _ = tracing_subscriber::fmt()
@@ -26,10 +23,6 @@ fn logs() {
         )
         .with_test_writer()
         .try_init();
-}
-
-fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 /// What the gateway does: a router fed by the discovery in a background task. Returns the
@@ -44,35 +37,6 @@ fn gateway<S: Store>(mut discovery: StoreDiscovery<S>) -> (Arc<Router>, StoreDis
         }
     });
     (router, counters)
-}
-
-/// The endpoints the gateway picks for `host` over a few requests (lookup, pool, pick per
-/// request, as the gateway does, so weighted version splits show).
-fn picks(router: &Router, host: &str) -> BTreeSet<SocketAddr> {
-    (0..32)
-        .filter_map(|_| {
-            let table = router.load();
-            let route = table.lookup(host)?;
-            let ep = route.pool()?.pick()?;
-            Some(ep.endpoint().addr)
-        })
-        .collect()
-}
-
-async fn eventually_picks(router: &Router, host: &str, want: &[u16]) {
-    let want: BTreeSet<SocketAddr> = want.iter().map(|&p| addr(p)).collect();
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let got = picks(router, host);
-        if got == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{host}: gateway picks {got:?}, expected {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Waits until the discovery's counters satisfy `cond`.

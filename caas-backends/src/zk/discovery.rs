@@ -389,10 +389,7 @@ impl Worker {
     }
 
     async fn send(&mut self, update: Update) {
-        // A closed channel means the consumer is gone; the loop notices and stops.
-        if self.tx.send(update).await.is_ok() {
-            self.view.sent_one();
-        }
+        self.view.send(&self.tx, update).await;
     }
 }
 

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use caas_core::{AppId, AppSpec, Domain, InstanceId, Snapshot, Update, Version};
+use tokio::sync::mpsc;
 
 use super::apps::{parse_app, parse_blacklist};
 use super::cache::Cache;
@@ -53,9 +54,12 @@ impl View {
         tracing::warn!(%path, "{}: skipping node: {reason}", self.who);
     }
 
-    /// Counts an update handed to the router.
-    pub(crate) fn sent_one(&self) {
-        ZkStats::bump(&self.stats.updates_sent);
+    /// Hands an update to the router and counts it. A closed channel means the consumer is
+    /// gone; the discovery's loop notices and stops.
+    pub(crate) async fn send(&self, tx: &mpsc::Sender<Update>, update: Update) {
+        if tx.send(update).await.is_ok() {
+            ZkStats::bump(&self.stats.updates_sent);
+        }
     }
 
     /// Starts a full read; [`View::finish`] installs it.
