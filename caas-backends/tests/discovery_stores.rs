@@ -13,6 +13,7 @@ use caas_backends::store::{
 };
 use caas_backends::testing::routes::{WAIT, eventually_picks};
 use caas_backends::testing::stores::{EtcdFixture, MemFixture, StoreFixture, ZkFixture};
+use caas_backends::zk::ValueCipher;
 use caas_core::{Discovery as _, Domain, Router};
 
 fn logs() {
@@ -168,6 +169,33 @@ async fn bad_nodes_are_skipped_and_counted<F: StoreFixture>(f: F) {
     assert!(router.load().lookup("broken.caas.local").is_none());
 }
 
+/// App specs sealed with the config key: a discovery with the key applies them; one with
+/// another key skips the node (counted) and routes the app's instances with the default
+/// spec.
+async fn encrypted_app_specs_open_with_the_key<F: StoreFixture>(f: F) {
+    let key = ValueCipher::from_key(&[7; 32]).unwrap();
+    let s = f.connect().await.unwrap();
+    create(&s, &instance("vault", "v1", "c1"), "127.0.0.1:9701").await;
+    create(&s, &instance("vault", "v2", "c2"), "127.0.0.1:9702").await;
+    let sealed = key
+        .encrypt("/apps/vault", br#"{"default_version":"v2"}"#)
+        .unwrap();
+    put(&s, "/apps/vault", &sealed).await.unwrap();
+
+    let connect = || async { f.connect().await.unwrap() };
+    let (router, _) = gateway(StoreDiscovery::start(connect().await, Some(key)));
+    eventually_picks(&router, "vault.caas.local", &[9702]).await;
+
+    let wrong = ValueCipher::from_key(&[8; 32]).unwrap();
+    let (router, stats) = gateway(StoreDiscovery::start(connect().await, Some(wrong)));
+    eventually_picks(&router, "vault.caas.local", &[9701, 9702]).await;
+    let read = eventually_stats(&stats, "the full read", |s| s.full_reads >= 1).await;
+    assert_eq!(
+        read.skipped_nodes, read.full_reads,
+        "the sealed spec: {read:?}"
+    );
+}
+
 /// Retries a write until the restarted server takes it.
 async fn write_after_restart<S: Store>(s: &S, path: &str, data: &str) {
     let deadline = Instant::now() + WAIT;
@@ -223,7 +251,8 @@ suite!(
     ZkFixture::shared,
     [
         registrations_specs_and_deregistration,
-        bad_nodes_are_skipped_and_counted
+        bad_nodes_are_skipped_and_counted,
+        encrypted_app_specs_open_with_the_key,
     ]
 );
 suite!(
@@ -231,7 +260,8 @@ suite!(
     EtcdFixture::shared,
     [
         registrations_specs_and_deregistration,
-        bad_nodes_are_skipped_and_counted
+        bad_nodes_are_skipped_and_counted,
+        encrypted_app_specs_open_with_the_key,
     ]
 );
 suite!(
@@ -239,7 +269,8 @@ suite!(
     MemFixture::new,
     [
         registrations_specs_and_deregistration,
-        bad_nodes_are_skipped_and_counted
+        bad_nodes_are_skipped_and_counted,
+        encrypted_app_specs_open_with_the_key,
     ]
 );
 suite!(

@@ -16,8 +16,8 @@ use caas_backends::PersistedDiscovery;
 use caas_backends::store::{EtcdConfig, EtcdStore, StoreDiscovery};
 use caas_backends::zk::gateways::{sanitize_gateway_id, validate_gateway_id};
 use caas_backends::zk::{
-    GatewayInfo, ZkCertSource, ZkConfig, ZkDiscovery, ZkSession, ZkTlsConfig, announce_gateway,
-    withdraw_gateway,
+    GatewayInfo, ValueCipher, ZkCertSource, ZkConfig, ZkDiscovery, ZkSession, ZkTlsConfig,
+    announce_gateway, withdraw_gateway,
 };
 use caas_core::Static;
 use caas_gateway::{CertResolver, FileConfig, FileDiscovery, Gateway, TlsAcceptor};
@@ -105,8 +105,8 @@ struct Args {
     gateway_id: Option<String>,
     /// Take apps from etcd v3 instead (`http://host:port[,http://host:port...]`), the same
     /// layout under --etcd-root. The --zk-* flags and --gateway-id are ZooKeeper's only:
-    /// with etcd there is no digest identity, TLS, encrypted values, snapshot file,
-    /// announcement or custom-domain certificates yet.
+    /// with etcd there is no identity, TLS, snapshot file, announcement or custom-domain
+    /// certificates yet.
     #[arg(
         long,
         value_name = "URL",
@@ -119,6 +119,9 @@ struct Args {
     /// Root of the caas tree in etcd (the key prefix).
     #[arg(long, default_value = "/caas", value_name = "PATH", requires = "etcd")]
     etcd_root: String,
+    /// AES-256-GCM key file for encrypted app specs and blacklist in etcd (as --zk-key-file).
+    #[arg(long, value_name = "FILE", requires = "etcd")]
+    etcd_key_file: Option<PathBuf>,
 }
 
 impl Args {
@@ -411,6 +414,11 @@ async fn zk_routes(
 
 /// Routes from etcd: connects (bounded) and watches the tree under --etcd-root.
 async fn etcd_routes(args: &Args) -> Result<StoreDiscovery<EtcdStore>, String> {
+    // The key first: a bad key file is a config error, whatever etcd's state.
+    let cipher = match &args.etcd_key_file {
+        Some(f) => Some(ValueCipher::from_file(f).map_err(|e| format!("--etcd-key-file: {e}"))?),
+        None => None,
+    };
     let endpoints = args.etcd.clone().unwrap_or_default();
     let mut config = EtcdConfig::new("").with_root(&args.etcd_root);
     config.endpoints = endpoints.split(',').map(|e| e.trim().to_owned()).collect();
@@ -425,7 +433,7 @@ async fn etcd_routes(args: &Args) -> Result<StoreDiscovery<EtcdStore>, String> {
         }
     };
     tracing::info!(%endpoints, root = %args.etcd_root, "routes from etcd");
-    Ok(StoreDiscovery::start(store, None))
+    Ok(StoreDiscovery::start(store, cipher))
 }
 
 async fn shutdown_signal() {
