@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use std::sync::Arc;
 
 use caas_backends::store::{Op, Store, StoreDiscovery};
+use caas_backends::testing::routes::endpoint_count;
 use caas_backends::testing::stores::{EtcdFixture, StoreFixture, ZkFixture};
 use caas_core::{AppId, Discovery as _, Domain, Router};
 use futures_util::future::join_all;
@@ -131,15 +132,6 @@ async fn run<F: StoreFixture>(f: &F) {
 
 const REGISTRATIONS: u32 = 1000;
 
-fn endpoints_of(router: &Router, app: &AppId) -> usize {
-    router.load().app(app).map_or(0, |a| {
-        a.versions()
-            .iter()
-            .map(|v| v.pool().endpoints().len())
-            .sum()
-    })
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[i]
@@ -168,7 +160,7 @@ async fn registration_to_routable<F: StoreFixture>(f: &F) {
             .create_ephemeral(&path, addr.as_bytes())
             .await
             .unwrap();
-        while endpoints_of(&router, &app) < want {
+        while endpoint_count(&router, &app) < want {
             tokio::time::timeout(Duration::from_secs(10), ticks.changed())
                 .await
                 .expect("instance never became routable")

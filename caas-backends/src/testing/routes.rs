@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use caas_core::Router;
+use caas_core::{AppId, Router};
 
 /// How long [`eventually_picks`] waits.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -44,4 +44,14 @@ pub async fn eventually_picks(router: &Router, host: &str, want: &[u16]) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// How many endpoints the router has for `app`, over all its versions.
+pub fn endpoint_count(router: &Router, app: &AppId) -> usize {
+    router.load().app(app).map_or(0, |a| {
+        a.versions()
+            .iter()
+            .map(|v| v.pool().endpoints().len())
+            .sum()
+    })
 }
