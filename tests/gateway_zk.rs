@@ -1,6 +1,7 @@
 //! The gateway fed by ZooKeeper, end to end over HTTP: a registration becomes routable, the
 //! gateway keeps serving its last table while ZooKeeper is down, and converges when it is
-//! back; a gateway restarted while ZooKeeper is down serves its saved route snapshot.
+//! back; a gateway restarted while ZooKeeper is down serves its saved route snapshot. The
+//! same outage case runs on etcd, the gateway fed by `StoreDiscovery` over `EtcdStore`.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -8,7 +9,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use caas::backends::testing::ZkServer;
+use caas::backends::store::{EtcdConfig, EtcdStore, Store as _, StoreDiscovery};
+use caas::backends::testing::{EtcdServer, ZkServer};
 use std::sync::atomic::Ordering::Relaxed;
 
 use caas::backends::zk::{Registry, ZkConfig, ZkDiscovery, ZkSession};
@@ -65,6 +67,40 @@ async fn wait_for(what: &str, timeout: Duration, mut check: impl AsyncFnMut() ->
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("timed out waiting for {what}");
+}
+
+/// Waits until hello.caas.local balances over the upstreams "one" and "two".
+async fn wait_balanced_one_two(gw: SocketAddr) {
+    wait_for(
+        "both instances to be balanced",
+        Duration::from_secs(20),
+        async || {
+            let (x, y) = (
+                get(gw, "hello.caas.local").await,
+                get(gw, "hello.caas.local").await,
+            );
+            let mut seen = [x.1, y.1];
+            seen.sort();
+            seen == ["one".to_owned(), "two".to_owned()]
+        },
+    )
+    .await;
+}
+
+/// Waits until hello.caas.local answers only from "two" (the other one deregistered).
+async fn wait_only_two(gw: SocketAddr) {
+    wait_for(
+        "the deregistered instance to leave",
+        Duration::from_secs(10),
+        async || {
+            let mut all_two = true;
+            for _ in 0..4 {
+                all_two &= get(gw, "hello.caas.local").await == (200, "two".into());
+            }
+            all_two
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,37 +169,13 @@ async fn zookeeper_registrations_route_and_survive_an_outage() {
         }
     }
     assert!(registered, "could not register after the restart");
-    wait_for(
-        "both instances to be balanced",
-        Duration::from_secs(20),
-        async || {
-            let (x, y) = (
-                get(gw, "hello.caas.local").await,
-                get(gw, "hello.caas.local").await,
-            );
-            let mut seen = [x.1, y.1];
-            seen.sort();
-            seen == ["one".to_owned(), "two".to_owned()]
-        },
-    )
-    .await;
+    wait_balanced_one_two(gw).await;
 
     registry
         .deregister(&app, &v1, &InstanceId::new("c1").unwrap())
         .await
         .unwrap();
-    wait_for(
-        "the deregistered instance to leave",
-        Duration::from_secs(10),
-        async || {
-            let mut all_two = true;
-            for _ in 0..4 {
-                all_two &= get(gw, "hello.caas.local").await == (200, "two".into());
-            }
-            all_two
-        },
-    )
-    .await;
+    wait_only_two(gw).await;
     let table = gateway.router().current();
     assert_eq!(
         table.app(&app).unwrap().versions()[0]
@@ -172,6 +184,69 @@ async fn zookeeper_registrations_route_and_survive_an_outage() {
             .len(),
         1
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_registrations_route_and_survive_an_outage() {
+    let Some(mut etcd) = EtcdServer::start_or_skip("gateway_etcd") else {
+        return;
+    };
+    let connect = || EtcdStore::connect(EtcdConfig::new(etcd.endpoint()));
+    let agent = connect().await.unwrap();
+    let (a, b) = (upstream("one").await, upstream("two").await);
+    let gateway = Gateway::builder(GatewayConfig {
+        domains: vec![Domain::new("caas.local").unwrap()],
+        ..GatewayConfig::default()
+    })
+    .discovery(StoreDiscovery::start(connect().await.unwrap(), None))
+    .build()
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gw = listener.local_addr().unwrap();
+    let g = gateway.clone();
+    tokio::spawn(async move { g.serve(listener, std::future::pending()).await });
+
+    assert_eq!(get(gw, "hello.caas.local").await.0, 404);
+    let c1 = "/service/address/hello/v1/c1";
+    agent
+        .create_ephemeral(c1, a.to_string().as_bytes())
+        .await
+        .unwrap();
+    wait_for(
+        "the first registration to route",
+        Duration::from_secs(10),
+        async || get(gw, "hello.caas.local").await == (200, "one".into()),
+    )
+    .await;
+
+    // etcd goes away: the gateway keeps serving its last table.
+    etcd.kill().unwrap();
+    for _ in 0..10 {
+        assert_eq!(get(gw, "hello.caas.local").await, (200, "one".into()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Back, and a registration made now is routed.
+    etcd.restart().unwrap();
+    let c2 = "/service/address/hello/v1/c2";
+    let mut registered = false;
+    for _ in 0..200 {
+        if agent
+            .create_ephemeral(c2, b.to_string().as_bytes())
+            .await
+            .is_ok()
+        {
+            registered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(registered, "could not register after the restart");
+    wait_balanced_one_two(gw).await;
+
+    agent.delete_ephemeral(c1).await.unwrap();
+    wait_only_two(gw).await;
+    agent.close().await;
 }
 
 /// A gateway fed by ZooKeeper through a [`PersistedDiscovery`] saving to `file`, as the

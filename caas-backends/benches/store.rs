@@ -11,6 +11,13 @@
 //! figures: connect included). For etcd, one ranged read of the whole prefix with the raw
 //! client is printed too.
 //!
+//! Then registration → routable through `StoreDiscovery`, as an etcd- or ZooKeeper-fed
+//! gateway sees it: a router fed by a `StoreDiscovery` on its own handle (its first full read
+//! includes the 10,000 entries), and another handle, like a host agent, makes 1,000
+//! registrations one after the other (`create_ephemeral` of
+//! `/service/address/reg{0..49}/v1/c{i}`); each is timed from the call until the router
+//! routes the new endpoint. p50, p99 and max per store.
+//!
 //! Not criterion: a one-off setup on live servers. Run with
 //! `cargo bench -p caas-backends --bench store` (add `CARGO_PROFILE_BENCH_LTO=false
 //! CARGO_PROFILE_BENCH_CODEGEN_UNITS=16` for a quicker build).
@@ -18,9 +25,14 @@
 
 use std::time::{Duration, Instant};
 
-use caas_backends::store::{Op, Store};
+use std::sync::Arc;
+
+use caas_backends::store::{Op, Store, StoreDiscovery};
+use caas_backends::testing::routes::endpoint_count;
 use caas_backends::testing::stores::{EtcdFixture, StoreFixture, ZkFixture};
+use caas_core::{AppId, Discovery as _, Domain, Router};
 use futures_util::future::join_all;
+use tokio::sync::watch;
 
 const APPS: usize = 100;
 const PER_APP: usize = 100;
@@ -118,6 +130,56 @@ async fn run<F: StoreFixture>(f: &F) {
     writer.close().await;
 }
 
+const REGISTRATIONS: u32 = 1000;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+async fn registration_to_routable<F: StoreFixture>(f: &F) {
+    let router = Arc::new(Router::new(vec![Domain::new("caas.local").unwrap()]));
+    let (tx, mut ticks) = watch::channel(0u64);
+    let mut discovery = StoreDiscovery::start(f.connect().await.unwrap(), None);
+    let r = router.clone();
+    tokio::spawn(async move {
+        while let Some(update) = discovery.next().await {
+            tx.send_replace(r.apply(update).generation);
+        }
+    });
+    ticks.changed().await.unwrap(); // the first full read
+    let agent = f.connect().await.unwrap();
+    let mut samples = Vec::with_capacity(REGISTRATIONS as usize);
+    for i in 0..REGISTRATIONS {
+        let app = AppId::new(&format!("reg{}", i % 50)).unwrap();
+        let want = (i / 50 + 1) as usize;
+        let path = format!("/service/address/{app}/v1/c{i}");
+        let addr = format!("10.0.{}.{}:8080", i / 250, i % 250);
+        let started = Instant::now();
+        agent
+            .create_ephemeral(&path, addr.as_bytes())
+            .await
+            .unwrap();
+        while endpoint_count(&router, &app) < want {
+            tokio::time::timeout(Duration::from_secs(10), ticks.changed())
+                .await
+                .expect("instance never became routable")
+                .unwrap();
+        }
+        samples.push(started.elapsed());
+    }
+    samples.sort();
+    println!(
+        "{:>9}: registration -> routable (StoreDiscovery) over {} registrations: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        f.name(),
+        samples.len(),
+        ms(percentile(&samples, 0.50)),
+        ms(percentile(&samples, 0.99)),
+        ms(samples[samples.len() - 1]),
+    );
+    agent.close().await;
+}
+
 async fn etcd_one_range(f: &EtcdFixture) {
     let s = f.connect().await.unwrap();
     let prefix = s.key("bench", "/service/address").unwrap() + "/";
@@ -159,10 +221,12 @@ fn main() {
     rt.block_on(async {
         if let Some(zk) = ZkFixture::private("bench_store") {
             run(&zk).await;
+            registration_to_routable(&zk).await;
         }
         if let Some(etcd) = EtcdFixture::private("bench_store") {
             run(&etcd).await;
             etcd_one_range(&etcd).await;
+            registration_to_routable(&etcd).await;
         }
     });
 }

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use caas_backends::testing::ZkServer;
+use caas_backends::testing::routes::endpoint_count;
 use caas_backends::zk::{Registry, ZkConfig, ZkDiscovery, ZkSession};
 use caas_core::{AppId, Discovery, Domain, InstanceId, Router, Version};
 use tokio::sync::watch;
@@ -51,15 +52,6 @@ fn gateway(mut discovery: ZkDiscovery) -> (Arc<Router>, watch::Receiver<u64>) {
     (router, rx)
 }
 
-fn endpoints_of(router: &Router, app: &AppId) -> usize {
-    router.load().app(app).map_or(0, |a| {
-        a.versions()
-            .iter()
-            .map(|v| v.pool().endpoints().len())
-            .sum()
-    })
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[i]
@@ -79,7 +71,7 @@ async fn registration_to_routable(zk: &ZkServer) {
         let addr = SocketAddr::from(([10, 0, (i / 250) as u8, (i % 250) as u8], 8080));
         let started = Instant::now();
         registry.register(&app, &v1, &id, addr).await.unwrap();
-        while endpoints_of(&router, &app) < want {
+        while endpoint_count(&router, &app) < want {
             tokio::time::timeout(Duration::from_secs(10), ticks.changed())
                 .await
                 .expect("instance never became routable")

@@ -25,7 +25,8 @@
 //! - [`store`]: the small [`Store`] contract (versioned reads, children, an all-or-nothing
 //!   commit with version checks, ephemeral nodes on a session or lease, prefix watches)
 //!   with [`ZkStore`], [`EtcdStore`] (etcd v3), the in-memory [`MemStore`] and
-//!   [`AnyStore`] (ZooKeeper or etcd, chosen at run time).
+//!   [`AnyStore`] (ZooKeeper or etcd, chosen at run time), and [`store::StoreDiscovery`],
+//!   the gateway's discovery on any of them (validation shared with `ZkDiscovery`).
 //! - [`scheduler`]: the [`Scheduler`]: deployments in, assignments out; filters and
 //!   strategies as pure functions, each deployment's change as one commit under version
 //!   checks, several schedulers safe at once.
@@ -38,8 +39,9 @@
 //!   each change one store commit.
 //! - `testing` (feature `testing`): real ZooKeeper and etcd servers for tests, started on
 //!   free loopback ports (`testing::ZkServer`, `testing::EtcdServer`), a `testing::TcpProxy`
-//!   that cuts the network to make sessions and leases expire, and `testing::stores`, the
-//!   fixtures that run one test function on every store.
+//!   that cuts the network to make sessions and leases expire, `testing::stores`, the
+//!   fixtures that run one test function on every store, and `testing::routes`, what a
+//!   router fed by a discovery picks for a host.
 
 pub mod agent;
 pub mod api;

@@ -17,6 +17,7 @@
 pub mod docker;
 mod ensemble;
 mod etcd;
+pub mod routes;
 pub mod stores;
 
 pub use ensemble::ZkEnsemble;

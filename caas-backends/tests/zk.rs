@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use caas_backends::testing::routes::{eventually_picks, picks};
 use caas_backends::testing::{TcpProxy, ZkServer, ZkServerBuilder};
 use caas_backends::zk::{
     AppStore, GatewayInfo, Registry, ZkConfig, ZkDiscovery, ZkError, ZkSession, ZkTlsConfig,
@@ -61,19 +62,6 @@ fn gateway(mut discovery: ZkDiscovery) -> (Arc<Router>, tokio::task::JoinHandle<
     (router, task)
 }
 
-/// The endpoints the gateway picks for `host` over a few requests (lookup, pool, pick per
-/// request, as the gateway does, so weighted version splits show).
-fn picks(router: &Router, host: &str) -> BTreeSet<SocketAddr> {
-    (0..24)
-        .filter_map(|_| {
-            let table = router.load();
-            let route = table.lookup(host)?;
-            let ep = route.pool()?.pick()?;
-            Some(ep.endpoint().addr)
-        })
-        .collect()
-}
-
 fn set(ports: &[u16]) -> BTreeSet<SocketAddr> {
     ports.iter().map(|&p| addr(p)).collect()
 }
@@ -82,22 +70,6 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn eventually_picks(router: &Router, host: &str, want: &[u16]) {
-    let want = set(want);
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let got = picks(router, host);
-        if got == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{host}: gateway picks {got:?}, expected {want:?}"
-        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

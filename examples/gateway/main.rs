@@ -13,10 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use caas_backends::PersistedDiscovery;
+use caas_backends::store::{EtcdConfig, EtcdStore, StoreDiscovery};
 use caas_backends::zk::gateways::{sanitize_gateway_id, validate_gateway_id};
 use caas_backends::zk::{
-    GatewayInfo, ZkCertSource, ZkConfig, ZkDiscovery, ZkSession, ZkTlsConfig, announce_gateway,
-    withdraw_gateway,
+    GatewayInfo, ValueCipher, ZkCertSource, ZkConfig, ZkDiscovery, ZkSession, ZkTlsConfig,
+    announce_gateway, withdraw_gateway,
 };
 use caas_core::Static;
 use caas_gateway::{CertResolver, FileConfig, FileDiscovery, Gateway, TlsAcceptor};
@@ -102,6 +103,25 @@ struct Args {
     /// and listen addresses). Default: the host name and the admin (else listen) port.
     #[arg(long, value_name = "ID", requires = "zk")]
     gateway_id: Option<String>,
+    /// Take apps from etcd v3 instead (`http://host:port[,http://host:port...]`), the same
+    /// layout under --etcd-root. The --zk-* flags and --gateway-id are ZooKeeper's only:
+    /// with etcd there is no identity, TLS, snapshot file, announcement or custom-domain
+    /// certificates yet.
+    #[arg(
+        long,
+        value_name = "URL",
+        conflicts_with_all = [
+            "zk", "zk_chroot", "zk_digest_file", "zk_tls_ca", "zk_tls_cert", "zk_tls_key",
+            "zk_key_file", "zk_snapshot", "zk_snapshot_wait_ms", "gateway_id",
+        ]
+    )]
+    etcd: Option<String>,
+    /// Root of the caas tree in etcd (the key prefix).
+    #[arg(long, default_value = "/caas", value_name = "PATH", requires = "etcd")]
+    etcd_root: String,
+    /// AES-256-GCM key file for encrypted app specs and blacklist in etcd (as --zk-key-file).
+    #[arg(long, value_name = "FILE", requires = "etcd")]
+    etcd_key_file: Option<PathBuf>,
 }
 
 impl Args {
@@ -261,6 +281,12 @@ async fn run(args: Args, config: FileConfig, path: Option<PathBuf>) -> Result<()
                 None => builder.discovery(zk_routes(zk, certs.as_ref(), &announced).await?),
             }
         }
+        (None, _) if args.etcd.is_some() => {
+            if !config.apps.is_empty() {
+                tracing::warn!("--etcd given: the [apps] of the config file are ignored");
+            }
+            builder.discovery(etcd_routes(&args).await?)
+        }
         (None, Some(p)) => builder.discovery(FileDiscovery::new(p.clone(), reload_every)),
         (None, None) => builder.discovery(routes.subscribe()),
     };
@@ -384,6 +410,30 @@ async fn zk_routes(
         tracing::info!("custom-domain certificates from ZooKeeper");
     }
     Ok(discovery)
+}
+
+/// Routes from etcd: connects (bounded) and watches the tree under --etcd-root.
+async fn etcd_routes(args: &Args) -> Result<StoreDiscovery<EtcdStore>, String> {
+    // The key first: a bad key file is a config error, whatever etcd's state.
+    let cipher = match &args.etcd_key_file {
+        Some(f) => Some(ValueCipher::from_file(f).map_err(|e| format!("--etcd-key-file: {e}"))?),
+        None => None,
+    };
+    let endpoints = args.etcd.clone().unwrap_or_default();
+    let mut config = EtcdConfig::new("").with_root(&args.etcd_root);
+    config.endpoints = endpoints.split(',').map(|e| e.trim().to_owned()).collect();
+    let bound = config.request_timeout + Duration::from_secs(1);
+    let store = match tokio::time::timeout(bound, EtcdStore::connect(config)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(format!("cannot use etcd at {endpoints}: {e}")),
+        Err(_) => {
+            return Err(format!(
+                "cannot use etcd at {endpoints}: no answer within {bound:?}"
+            ));
+        }
+    };
+    tracing::info!(%endpoints, root = %args.etcd_root, "routes from etcd");
+    Ok(StoreDiscovery::start(store, cipher))
 }
 
 async fn shutdown_signal() {

@@ -59,6 +59,7 @@
 //!   explained by an earlier op of the same commit, the conflict names op 0.
 
 mod any;
+mod discovery;
 mod etcd;
 mod memory;
 mod zk;
@@ -69,6 +70,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 pub use any::AnyStore;
+pub use discovery::{StoreDiscovery, StoreDiscoveryCounters, StoreDiscoveryStats};
 pub use etcd::{EtcdConfig, EtcdStats, EtcdStore};
 pub use memory::MemStore;
 pub use zk::ZkStore;

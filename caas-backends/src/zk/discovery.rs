@@ -9,12 +9,13 @@
 //! While ZooKeeper is unreachable nothing is sent: the gateway keeps serving its last table.
 //! Bad nodes (data not `host:port`, invalid ids in the path, an app spec that does not parse
 //! or decrypt) are skipped with a warning and counted in [`ZkStatsSnapshot::skipped_nodes`].
+//! How nodes are validated and merged is shared with [`crate::store::StoreDiscovery`]
+//! (`view`); only the reading and watching are ZooKeeper's own.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
-use caas_core::{AppId, Discovery, Domain, InstanceId, Update, Version};
+use caas_core::{Discovery, Update};
 use futures_util::FutureExt as _;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -22,14 +23,12 @@ use zookeeper_client::{
     AddWatchMode, Client, EventType, PersistentWatcher, SessionState, WatchedEvent,
 };
 
-use super::apps::{parse_app, parse_blacklist};
-use super::cache::Cache;
-use super::crypto::ValueCipher;
 use super::error::{Result, ZkError};
-use super::layout::{APPS, BLACKLIST, DOMAINS, Node, SERVICE, classify, parse_address};
-use super::read::{Read, children, parse_owner, pipelined_children, pipelined_data};
+use super::layout::{APPS, BLACKLIST, DOMAINS, Node, SERVICE, classify};
+use super::read::{Read, children, pipelined_children, pipelined_data};
 use super::session::{Current, ZkSession};
-use super::stats::{ZkStats, ZkStatsSnapshot};
+use super::stats::ZkStatsSnapshot;
+use super::view::View;
 
 /// Routing updates from ZooKeeper. Wire it into a router like any [`Discovery`]:
 ///
@@ -58,11 +57,12 @@ impl ZkDiscovery {
         let (tx, rx) = mpsc::channel(256);
         let worker = Worker {
             clients: session.subscribe(),
-            cipher: session.cipher().cloned(),
-            stats: session.stats().clone(),
+            view: View::new(
+                "zookeeper discovery",
+                session.cipher().cloned(),
+                session.stats().clone(),
+            ),
             tx,
-            cache: Cache::default(),
-            sent: Default::default(),
         };
         let task = tokio::spawn(worker.run());
         Self { rx, session, task }
@@ -98,12 +98,9 @@ impl Discovery for ZkDiscovery {
 
 struct Worker {
     clients: watch::Receiver<Current>,
-    cipher: Option<ValueCipher>,
-    stats: Arc<ZkStats>,
+    /// The cache, what the router was last told, the counters.
+    view: View,
     tx: mpsc::Sender<Update>,
-    cache: Cache,
-    /// What the router was last told, per app.
-    sent: std::collections::BTreeMap<AppId, caas_core::AppSpec>,
 }
 
 /// Why the per-session loop ended.
@@ -261,13 +258,7 @@ impl Worker {
     }
 
     fn count_error(&self, e: &ZkError, what: &str) {
-        ZkStats::bump(&self.stats.errors);
-        tracing::warn!(error = %e, "zookeeper discovery: {what}");
-    }
-
-    fn skip(&self, path: &str, reason: impl std::fmt::Display) {
-        ZkStats::bump(&self.stats.skipped_nodes);
-        tracing::warn!(%path, "zookeeper discovery: skipping node: {reason}");
+        self.view.count_error(e, what);
     }
 
     /// Sorts out one node's failed read: gone meanwhile (`NoNode`) or unreadable for this
@@ -278,7 +269,7 @@ impl Worker {
             Ok(v) => Ok(Some(v)),
             Err(zookeeper_client::Error::NoNode) => Ok(None),
             Err(zookeeper_client::Error::NoAuth) => {
-                self.skip(path, "not readable by this identity (ACL)");
+                self.view.skip(path, "not readable by this identity (ACL)");
                 Ok(None)
             }
             Err(e) => Err(ZkError::op(op, path, e)),
@@ -287,122 +278,83 @@ impl Worker {
 
     /// Reads the whole registry and config, replaces the cache and sends `Reset`.
     async fn full_read(&mut self, client: &Client) -> Result<()> {
-        let started = std::time::Instant::now();
-        let mut cache = Cache::default();
+        let mut read = self.view.full_read();
         // Instances: three levels of children, each level's requests pipelined.
         let apps = children(client, SERVICE).await?;
         let mut app_dirs = Vec::new();
         for name in apps {
             let path = format!("{SERVICE}/{name}");
-            match AppId::new(&name) {
-                Ok(id) => app_dirs.push((id, path)),
-                Err(e) => self.skip(&path, e),
+            if let Some(id) = read.app_dir(&path, &name) {
+                app_dirs.push((id, path));
             }
         }
         let mut version_dirs = Vec::new();
-        for ((app, path), read) in pipelined_children(client, app_dirs).await {
-            let Some(versions) = self.triage(&path, read, "list_children")? else {
+        for ((app, path), result) in pipelined_children(client, app_dirs).await {
+            let Some(versions) = self.triage(&path, result, "list_children")? else {
                 continue;
             };
             for v in versions {
                 let vpath = format!("{path}/{v}");
-                match Version::new(&v) {
-                    Ok(version) => version_dirs.push(((app.clone(), version), vpath)),
-                    Err(e) => self.skip(&vpath, e),
+                if let Some(version) = read.version_dir(&vpath, &v) {
+                    version_dirs.push(((app.clone(), version), vpath));
                 }
             }
         }
         let mut instance_nodes = Vec::new();
-        for (((app, version), path), read) in pipelined_children(client, version_dirs).await {
-            let Some(ids) = self.triage(&path, read, "list_children")? else {
+        for (((app, version), path), result) in pipelined_children(client, version_dirs).await {
+            let Some(ids) = self.triage(&path, result, "list_children")? else {
                 continue;
             };
             for i in ids {
                 let ipath = format!("{path}/{i}");
-                match InstanceId::new(&i) {
-                    Ok(id) => instance_nodes.push(((app.clone(), version.clone(), id), ipath)),
-                    Err(e) => self.skip(&ipath, e),
+                if let Some(id) = read.instance_id(&ipath, &i) {
+                    instance_nodes.push(((app.clone(), version.clone(), id), ipath));
                 }
             }
         }
-        for (((app, version, id), path), read) in pipelined_data(client, instance_nodes).await {
-            let Some(data) = self.triage(&path, read, "get_data")? else {
-                continue;
-            };
-            match parse_address(&data) {
-                Ok(addr) => cache.insert_instance(app, version, id, addr),
-                Err(e) => self.skip(&path, e),
+        for ((key, path), result) in pipelined_data(client, instance_nodes).await {
+            if let Some(data) = self.triage(&path, result, "get_data")? {
+                read.instance(&path, key, &data);
             }
         }
         // App specs.
         let mut app_nodes = Vec::new();
         for name in children(client, APPS).await? {
             let path = format!("{APPS}/{name}");
-            match AppId::new(&name) {
-                Ok(id) => app_nodes.push((id, path)),
-                Err(e) => self.skip(&path, e),
+            if let Some(id) = read.app_name(&path, &name) {
+                app_nodes.push((id, path));
             }
         }
-        for ((app, path), read) in pipelined_data(client, app_nodes).await {
-            let Some(data) = self.triage(&path, read, "get_data")? else {
-                continue;
-            };
-            match parse_app(self.cipher.as_ref(), &path, data) {
-                Ok(spec) => {
-                    cache.specs.insert(app, spec);
-                }
-                Err(e) => self.skip(&path, e),
+        for ((app, path), result) in pipelined_data(client, app_nodes).await {
+            if let Some(data) = self.triage(&path, result, "get_data")? {
+                read.app(&path, app, data);
             }
         }
         // Domain claims.
         let mut domain_nodes = Vec::new();
         for name in children(client, DOMAINS).await? {
             let path = format!("{DOMAINS}/{name}");
-            match Domain::new(&name) {
-                Ok(d) => domain_nodes.push((d, path)),
-                Err(e) => self.skip(&path, e),
+            if let Some(d) = read.domain_name(&path, &name) {
+                domain_nodes.push((d, path));
             }
         }
-        for ((domain, path), read) in pipelined_data(client, domain_nodes).await {
-            let Some(data) = self.triage(&path, read, "get_data")? else {
-                continue;
-            };
-            match parse_owner(&data) {
-                Ok(owner) => {
-                    cache.claims.insert(domain, owner);
-                }
-                Err(e) => self.skip(&path, e),
+        for ((domain, path), result) in pipelined_data(client, domain_nodes).await {
+            if let Some(data) = self.triage(&path, result, "get_data")? {
+                read.domain(&path, domain, &data);
             }
         }
 
         // The gateway-wide blacklist; a bad one keeps the last good one.
-        cache.blacklist = match client.get_data(BLACKLIST).await {
-            Ok((data, _)) => match parse_blacklist(self.cipher.as_ref(), BLACKLIST, data) {
-                Ok(b) => b,
-                Err(e) => {
-                    self.skip(BLACKLIST, e);
-                    self.cache.blacklist.clone()
-                }
-            },
-            Err(zookeeper_client::Error::NoNode) => Default::default(),
-            Err(zookeeper_client::Error::NoAuth) => {
-                self.skip(BLACKLIST, "not readable by this identity (ACL)");
-                self.cache.blacklist.clone()
-            }
+        match client.get_data(BLACKLIST).await {
+            Ok((data, _)) => read.blacklist(BLACKLIST, Some(data)),
+            Err(zookeeper_client::Error::NoNode) => read.blacklist(BLACKLIST, None),
+            Err(zookeeper_client::Error::NoAuth) => read.blacklist_unreadable(BLACKLIST),
             Err(e) => return Err(ZkError::op("get_data", BLACKLIST, e)),
-        };
+        }
 
-        self.cache = cache;
-        let snapshot = self.cache.snapshot();
-        self.sent = snapshot.apps.clone();
-        ZkStats::bump(&self.stats.full_reads);
-        tracing::info!(
-            apps = snapshot.apps.len(),
-            endpoints = snapshot.endpoint_count(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "zookeeper discovery: full read"
-        );
-        self.send(Update::Reset(snapshot)).await;
+        let (cache, started) = read.done();
+        let reset = self.view.finish(cache, started);
+        self.send(reset).await;
         Ok(())
     }
 
@@ -417,139 +369,27 @@ impl Worker {
             let fut = client.get_data(&path);
             reads.push((path, fut));
         }
-        let mut dirty = BTreeSet::new();
-        let blacklist_before = self.cache.blacklist.clone();
+        let mut nodes = Vec::new();
         for (path, fut) in reads {
             let data = match fut.await {
                 Ok((d, _)) => Some(d),
                 Err(zookeeper_client::Error::NoNode) => None,
                 Err(zookeeper_client::Error::NoAuth) => {
-                    self.skip(&path, "not readable by this identity (ACL)");
+                    self.view.skip(&path, "not readable by this identity (ACL)");
                     continue;
                 }
                 Err(e) => return Err(ZkError::op("get_data", &path, e)),
             };
-            self.apply_node(&path, data, &mut dirty);
+            nodes.push((path, data));
         }
-        if self.cache.blacklist != blacklist_before {
-            self.send(Update::Blacklist(self.cache.blacklist.clone()))
-                .await;
-        }
-        for app in dirty {
-            let now = self.cache.merged(&app);
-            if now.as_ref() == self.sent.get(&app) {
-                continue;
-            }
-            let update = match now {
-                Some(spec) => {
-                    self.sent.insert(app.clone(), spec.clone());
-                    Update::Upsert(app, spec)
-                }
-                None => {
-                    self.sent.remove(&app);
-                    Update::Remove(app)
-                }
-            };
+        for update in self.view.apply(nodes) {
             self.send(update).await;
         }
         Ok(())
     }
 
-    /// Puts one node's new state (`None` = deleted) into the cache; collects affected apps.
-    fn apply_node(&mut self, path: &str, data: Option<Vec<u8>>, dirty: &mut BTreeSet<AppId>) {
-        match classify(path) {
-            Node::Instance {
-                app,
-                version,
-                instance,
-            } => {
-                let ids = (
-                    AppId::new(app),
-                    Version::new(version),
-                    InstanceId::new(instance),
-                );
-                let (app, version, id) = match ids {
-                    (Ok(a), Ok(v), Ok(i)) => (a, v, i),
-                    (a, v, i) => {
-                        if data.is_some() {
-                            let why = [a.err(), v.err(), i.err()].into_iter().flatten().next();
-                            self.skip(path, why.map(|e| e.to_string()).unwrap_or_default());
-                        }
-                        return;
-                    }
-                };
-                match data.map(|d| parse_address(&d)) {
-                    Some(Ok(addr)) => self.cache.insert_instance(app.clone(), version, id, addr),
-                    Some(Err(e)) => {
-                        self.skip(path, e);
-                        self.cache.remove_instance(&app, &version, &id);
-                    }
-                    None => self.cache.remove_instance(&app, &version, &id),
-                }
-                dirty.insert(app);
-            }
-            Node::App(name) => {
-                let app = match AppId::new(name) {
-                    Ok(a) => a,
-                    Err(e) => {
-                        if data.is_some() {
-                            self.skip(path, e);
-                        }
-                        return;
-                    }
-                };
-                match data.map(|d| parse_app(self.cipher.as_ref(), path, d)) {
-                    Some(Ok(spec)) => {
-                        self.cache.specs.insert(app.clone(), spec);
-                    }
-                    // A bad spec keeps the last good one: a typo must not take an app down.
-                    Some(Err(e)) => self.skip(path, e),
-                    None => {
-                        self.cache.specs.remove(&app);
-                    }
-                }
-                dirty.insert(app);
-            }
-            Node::Domain(name) => {
-                let domain = match Domain::new(name) {
-                    Ok(d) => d,
-                    Err(e) => {
-                        if data.is_some() {
-                            self.skip(path, e);
-                        }
-                        return;
-                    }
-                };
-                dirty.extend(self.cache.apps_touching(&domain));
-                match data.map(|d| parse_owner(&d)) {
-                    Some(Ok(owner)) => {
-                        self.cache.claims.insert(domain.clone(), owner);
-                    }
-                    Some(Err(e)) => {
-                        self.skip(path, e);
-                        self.cache.claims.remove(&domain);
-                    }
-                    None => {
-                        self.cache.claims.remove(&domain);
-                    }
-                }
-                dirty.extend(self.cache.apps_touching(&domain));
-            }
-            Node::Blacklist => match data.map(|d| parse_blacklist(self.cipher.as_ref(), path, d)) {
-                Some(Ok(b)) => self.cache.blacklist = b,
-                // A bad edit keeps the last good blacklist.
-                Some(Err(e)) => self.skip(path, e),
-                None => self.cache.blacklist = Default::default(),
-            },
-            Node::ServiceDir | Node::Other => {}
-        }
-    }
-
     async fn send(&mut self, update: Update) {
-        // A closed channel means the consumer is gone; the loop notices and stops.
-        if self.tx.send(update).await.is_ok() {
-            ZkStats::bump(&self.stats.updates_sent);
-        }
+        self.view.send(&self.tx, update).await;
     }
 }
 

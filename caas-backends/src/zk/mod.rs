@@ -48,6 +48,7 @@ mod read;
 pub mod registry;
 pub mod session;
 pub mod stats;
+pub(crate) mod view;
 
 pub use acl::{digest_id, grant_app, provision_tree};
 pub use apps::AppStore;
