@@ -3,9 +3,12 @@
 //! arrival times, head timeouts).
 //!
 //! Both readings start at 1, not 0, so that 0 can mean "unset" in an atomic slot.
+//!
+//! [`wall_ms`] is the other clock: the wall clock, for times stored where they outlive the
+//! process (a rollout node, an instance's start time).
 
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 fn base() -> Instant {
     static BASE: OnceLock<Instant> = OnceLock::new();
@@ -26,6 +29,13 @@ pub fn now_ns() -> u64 {
     u64::try_from(base().elapsed().as_nanos())
         .unwrap_or(u64::MAX)
         .saturating_add(1)
+}
+
+/// Milliseconds since the Unix epoch by the wall clock (0 if the clock is before it).
+pub fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

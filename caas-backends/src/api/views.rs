@@ -1,7 +1,6 @@
 //! The JSON the API answers with (what `caas ps`, `caas hosts` and scripts read).
 
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use caas_core::{AppId, Blacklist, Domain, RateLimit, Version};
 use serde::Serialize;
@@ -112,15 +111,9 @@ pub struct InstanceView {
     pub draining: bool,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// Every instance of `app` in the snapshot, sorted by id.
 pub fn instances(snap: &Snapshot, app: &AppId) -> Vec<InstanceView> {
-    let now = now_ms();
+    let now = caas_core::clock::wall_ms();
     let mut out = Vec::new();
     for h in snap.hosts.values() {
         for (id, a) in &h.instances {

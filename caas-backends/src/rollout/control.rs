@@ -3,7 +3,9 @@
 //! [`Rollouts::status`] reads it, [`Rollouts::rollback`] reverts an update in progress or
 //! a finished one. The work itself is done by the [`super::RolloutController`]s.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use caas_core::clock::wall_ms;
 
 use caas_core::{AppId, Version};
 
@@ -103,13 +105,6 @@ impl From<NodeError> for RolloutError {
             NodeError::Bad { path, reason } => RolloutError::BadNode { path, reason },
         }
     }
-}
-
-/// The wall clock in milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Rollouts on one store (and the key of its sealed app nodes, if any). Cheap to clone.
@@ -238,7 +233,7 @@ impl<S: Store> Rollouts<S> {
             )));
         }
         let deployment = new_deployment(app, &req, &from_deployment)?;
-        let now = now_ms();
+        let now = wall_ms();
         let state = RolloutState {
             app: app.clone(),
             from,
@@ -290,7 +285,7 @@ impl<S: Store> Rollouts<S> {
                     let mut s = state.clone();
                     s.phase = Phase::RollingBack;
                     s.reason = Some("rollback requested".into());
-                    s.updated_ms = now_ms();
+                    s.updated_ms = wall_ms();
                     s
                 }
             };
@@ -327,7 +322,7 @@ impl<S: Store> Rollouts<S> {
         }
         self.deployment(app, &done.to).await?;
         let routing = read_app(&self.store, self.cipher(), app).await?.routing();
-        let now = now_ms();
+        let now = wall_ms();
         Ok(RolloutState {
             app: app.clone(),
             from: done.to.clone(),

@@ -19,12 +19,13 @@ use caas_core::AppId;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::control::{Rollouts, now_ms};
+use super::control::Rollouts;
 use super::machine::next;
 use super::nodes::{NodeError, ROLLOUTS, decision_ops, observe, read_rollout};
 use super::state::Phase;
 use crate::store::{Store, StoreError};
 use crate::zk::layout::DEPLOYMENTS;
+use caas_core::clock::wall_ms;
 
 /// How a controller behaves.
 #[derive(Debug, Clone)]
@@ -133,7 +134,7 @@ impl<S: Store> RolloutController<S> {
                 return Ok(Advance::Idle);
             }
             let obs = observe(store, &state).await?;
-            let decision = next(&state, &obs, now_ms());
+            let decision = next(&state, &obs, wall_ms());
             let Some(new) = &decision.state else {
                 return Ok(Advance::Waiting);
             };
