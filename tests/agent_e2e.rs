@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use caas_backends::assignment::{Assignment, HealthPolicy};
+use caas_backends::store::ZkStore;
 use caas_backends::testing::docker::{docker_or_skip, hello_image, remove_labelled};
 use caas_backends::testing::{ZkServer, ZkServerBuilder};
 use caas_backends::zk::{HostStore, ZkConfig, ZkDiscovery, ZkSession};
@@ -160,7 +161,7 @@ async fn kill_leaves_rotation_and_returns_while_load_runs() {
         },
         sidecars: Vec::new(),
     };
-    let hosts = HostStore::new(session.clone());
+    let hosts = HostStore::new(ZkStore::new(session.clone()));
     let t0 = Instant::now();
     for i in 0..3 {
         let id = InstanceId::new(&format!("e2e-{i}")).unwrap();

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use caas::backends::store::{EtcdConfig, EtcdStore, Store as _, StoreDiscovery};
+use caas::backends::store::{EtcdConfig, EtcdStore, Store as _, StoreDiscovery, ZkStore};
 use caas::backends::testing::{EtcdServer, ZkServer};
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -109,7 +109,7 @@ async fn zookeeper_registrations_route_and_survive_an_outage() {
         return;
     };
     let cfg = ZkConfig::new(zk.connect_string()).with_session_timeout(Duration::from_secs(20));
-    let registry = Registry::new(ZkSession::connect(cfg.clone()).await.unwrap());
+    let registry = Registry::new(ZkStore::new(ZkSession::connect(cfg.clone()).await.unwrap()));
     let (a, b) = (upstream("one").await, upstream("two").await);
     let (app, v1) = (AppId::new("hello").unwrap(), Version::new("v1").unwrap());
 
@@ -319,7 +319,7 @@ async fn a_gateway_restarted_while_zookeeper_is_down_serves_its_snapshot_then_co
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("routes.json");
     let cfg = ZkConfig::new(zk.connect_string()).with_session_timeout(Duration::from_secs(20));
-    let registry = Registry::new(ZkSession::connect(cfg.clone()).await.unwrap());
+    let registry = Registry::new(ZkStore::new(ZkSession::connect(cfg.clone()).await.unwrap()));
     let (one, two, three) = (
         upstream("one").await,
         upstream("two").await,
@@ -414,7 +414,7 @@ async fn a_corrupt_snapshot_is_a_warning_and_zookeeper_still_feeds_the_gateway()
     let err = PersistedDiscovery::load(&file).unwrap_err().to_string();
     assert!(err.contains("not a valid snapshot"), "{err}");
     let cfg = ZkConfig::new(zk.connect_string()).with_session_timeout(Duration::from_secs(20));
-    let registry = Registry::new(ZkSession::connect(cfg.clone()).await.unwrap());
+    let registry = Registry::new(ZkStore::new(ZkSession::connect(cfg.clone()).await.unwrap()));
     let one = upstream("one").await;
     let (app, v1) = (AppId::new("hello").unwrap(), Version::new("v1").unwrap());
     registry

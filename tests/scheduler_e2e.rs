@@ -108,7 +108,7 @@ async fn until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Dura
 }
 
 /// The hosts each instance of `app` is assigned to (host id → count).
-async fn placement(hosts: &HostStore, app: &str) -> BTreeMap<String, usize> {
+async fn placement(hosts: &HostStore<ZkStore>, app: &str) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
     for h in ["h2", "h3", "h4"] {
         let n = hosts
@@ -178,7 +178,7 @@ async fn three_agents_place_spread_constrained_global_sidecar_and_heal_a_lost_ho
         .await
         .unwrap();
     let store = ZkStore::new(session.clone());
-    let hosts = HostStore::new(session.clone());
+    let hosts = HostStore::new(ZkStore::new(session.clone()));
     let scheduler = Scheduler::new(
         ZkStore::new(
             ZkSession::connect(ZkConfig::new(zk.connect_string()))

@@ -50,7 +50,7 @@ async fn round(zk: &ZkServer, name: &str, r: &Round, schedulers: usize) {
         .with_session_timeout(Duration::from_secs(20));
     let session = ZkSession::connect(config.clone()).await.unwrap();
     let store = ZkStore::new(session.clone());
-    let hosts = HostStore::new(session.clone());
+    let hosts = HostStore::new(ZkStore::new(session.clone()));
     for h in 0..r.hosts {
         let id = format!("h{h}");
         let info = HostInfo {

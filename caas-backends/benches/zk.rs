@@ -23,6 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use caas_backends::store::ZkStore;
 use caas_backends::testing::ZkServer;
 use caas_backends::testing::routes::endpoint_count;
 use caas_backends::zk::{Registry, ZkConfig, ZkDiscovery, ZkSession};
@@ -59,7 +60,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 async fn registration_to_routable(zk: &ZkServer) {
     let cfg = ZkConfig::new(zk.connect_string()).with_chroot("/bench-latency");
-    let registry = Registry::new(ZkSession::connect(cfg.clone()).await.unwrap());
+    let registry = Registry::new(ZkStore::new(ZkSession::connect(cfg.clone()).await.unwrap()));
     let (router, mut ticks) = gateway(ZkDiscovery::connect(cfg).await.unwrap());
     ticks.changed().await.unwrap(); // the initial Reset
     let v1 = Version::new("v1").unwrap();
@@ -91,7 +92,7 @@ async fn registration_to_routable(zk: &ZkServer) {
 
 async fn initial_load(zk: &ZkServer) {
     let cfg = ZkConfig::new(zk.connect_string()).with_chroot("/bench-load");
-    let registry = Registry::new(ZkSession::connect(cfg.clone()).await.unwrap());
+    let registry = Registry::new(ZkStore::new(ZkSession::connect(cfg.clone()).await.unwrap()));
     let v1 = Version::new("v1").unwrap();
     let started = Instant::now();
     for chunk in (0..10_000u32).collect::<Vec<_>>().chunks(500) {

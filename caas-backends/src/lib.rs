@@ -66,7 +66,7 @@ pub use health::{Backoff, HealthChecker, HealthEvent, HealthState, KillLimiter, 
 pub use persisted::{PersistStats, PersistedDiscovery, SnapshotFileError};
 pub use ports::{PortError, PortPool, PortRange};
 pub use scheduler::{Deployment, Scheduler, SchedulerConfig, SchedulerHandle};
-pub use store::{AnyStore, EtcdStore, MemStore, Store, ZkStore};
+pub use store::{AnyStore, EtcdStore, MemStore, NodeError, Store, StoreConfig, ZkStore};
 pub use zk::{AppStore, Registry, ZkConfig, ZkDiscovery, ZkError, ZkSession};
 
 #[cfg(feature = "testing")]

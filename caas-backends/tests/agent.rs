@@ -1,5 +1,5 @@
-//! The host agent against a real ZooKeeper (one server per test), the real Docker Engine and
-//! the real private registry, running the hello-app image (built and pushed by the setup).
+//! The host agent against a real store (ZooKeeper; the first test also on etcd), the real
+//! Docker Engine and the real private registry, running the hello-app image (built and pushed by the setup).
 //!
 //! Every test uses its own host id, loopback IP and instance ids, and labels its containers
 //! `caas.test=agent-{test}`; leftovers of that label are removed before and after. Without a
@@ -12,25 +12,39 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use agent_world::{http, inst, names, until, world};
+use agent_world::{Kind, http, inst, names, until, world, world_on};
 use caas_backends::docker::{LABEL_HOST, LABEL_INSTANCE, RunSpec};
-use caas_backends::zk::{HostStore, Resources};
+use caas_backends::zk::Resources;
 
 // ---------------------------------------------------------------- tests
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_run_with_limits_register_and_leave_on_deletion() {
-    let Some(w) = world("three", "h-three", "127.0.0.2").await else {
+    three_instances(Kind::Zk, "three", "127.0.0.2").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_on_etcd() {
+    three_instances(Kind::Etcd, "three-etcd", "127.0.0.12").await;
+}
+
+/// The agent's whole round on one store: host node, registrations in the common format,
+/// limits, deregistration on deletion, and everything ephemeral gone when it stops.
+async fn three_instances(kind: Kind, test: &str, ip: &str) {
+    let host = format!("h-{test}");
+    let Some(w) = world_on(kind, test, &host, ip).await else {
         return;
     };
+    let id = |n: usize| format!("{test}-{n}");
     let agent = w.agent().await;
-    let hosts = HostStore::new(w.session.clone());
+    let hosts = w.hosts();
     // The agent creates its host node with allocated = its assignments then (none here).
     until("the host node", || async {
-        hosts.info("h-three").await.unwrap().map(drop)
+        hosts.info(&host).await.unwrap().map(drop)
     })
     .await;
-    let ids = ["three-0", "three-1", "three-2"];
+    let ids = [id(0), id(1), id(2)];
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
     let t0 = Instant::now();
     w.assign(&ids).await;
     let regs = until("3 registrations", || async {
@@ -52,11 +66,11 @@ async fn three_instances_run_with_limits_register_and_leave_on_deletion() {
         assert_eq!(info.cpu_shares, 1024, "{id} cpu shares");
         assert_eq!(
             info.labels.get(LABEL_HOST).map(String::as_str),
-            Some("h-three")
+            Some(host.as_str())
         );
         assert_eq!(info.labels.get(LABEL_INSTANCE), Some(id));
         let (ip, port) = info.host_binding.clone().unwrap();
-        assert_eq!(ip, "127.0.0.2");
+        assert_eq!(ip, w.ip.to_string());
         assert_eq!(
             regs[id],
             SocketAddr::new(w.ip, port),
@@ -67,28 +81,20 @@ async fn three_instances_run_with_limits_register_and_leave_on_deletion() {
 
     // Host node: alive, capacity; allocated is the schedulers' (they change it with the
     // assignments), so the agent left it as it created it.
-    let info = hosts.info("h-three").await.unwrap().unwrap();
+    let info = hosts.info(&host).await.unwrap().unwrap();
     assert_eq!(info.ip, w.ip);
     assert_eq!(info.allocated, Resources::default());
     assert!(info.capacity.memory > 0);
-    let client = w.session.client().unwrap();
-    assert!(
-        client
-            .check_stat("/hosts/h-three/alive")
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert!(w.exists(&format!("/hosts/{host}/alive")).await);
 
     // Deleting an assignment: deregistered, container gone, port back.
-    let gone = running["three-1"].id.clone();
+    let gone = running[&id(1)].id.clone();
     let t0 = Instant::now();
-    w.unassign("three-1").await;
+    w.unassign(&id(1)).await;
     until("deregistration and removal", || async {
         let r = w.registered().await;
         let cs = w.containers().await;
-        (r.len() == 2 && !r.contains_key("three-1") && !cs.iter().any(|c| c.id == gone))
-            .then_some(())
+        (r.len() == 2 && !r.contains_key(&id(1)) && !cs.iter().any(|c| c.id == gone)).then_some(())
     })
     .await;
     println!(
@@ -105,13 +111,7 @@ async fn three_instances_run_with_limits_register_and_leave_on_deletion() {
         w.registered().await.is_empty().then_some(())
     })
     .await;
-    assert!(
-        client
-            .check_stat("/hosts/h-three/alive")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(!w.exists(&format!("/hosts/{host}/alive")).await);
     assert_eq!(w.running().await.len(), 2);
 }
 

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use agent_world::{World, docker_kill, get, inst, until, world};
 use caas_backends::assignment::{Assignment, HealthPolicy, Sidecar};
 use caas_backends::docker::{LABEL_PORT, LABEL_SIDECAR};
+use caas_backends::store::{Op, Store};
 use caas_backends::testing::docker::{SIDECAR_PORT, registry, sidecar_image};
 use caas_backends::zk::HostInfo;
 use caas_backends::zk::hosts::{InstanceState, host_path};
@@ -289,12 +290,11 @@ async fn status_nodes_say_what_a_user_needs() {
 
     // Written on change only: neither node changes while two reconciles and a dozen
     // probes pass.
-    let client = w.session.client().unwrap();
     let version = |id: &'static str| {
-        let client = client.clone();
+        let store = w.store.clone();
         async move {
             let path = format!("/hosts/h-status/status/{id}");
-            client.check_stat(&path).await.unwrap().unwrap().version
+            store.get(&path).await.unwrap().unwrap().version
         }
     };
     let (v_ok, v_slow) = (version("st-ok").await, version("st-slow").await);
@@ -392,18 +392,22 @@ async fn cpu_idle_updates_keep_the_schedulers_and_operators_fields() {
     until("cpu_idle 0.5", || info(0.5)).await;
 
     // A scheduler and an operator write their fields under the node's version.
-    let client = w.session.client().unwrap();
-    let (data, stat_v) = client.get_data(&host_path("h-hostinfo")).await.unwrap();
-    let mut theirs: HostInfo = serde_json::from_slice(&data).unwrap();
+    let node = w
+        .store
+        .get(&host_path("h-hostinfo"))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut theirs: HostInfo = serde_json::from_slice(&node.data).unwrap();
     theirs.allocated.instances = 7;
     theirs.allocated.memory = 7 << 30;
     theirs.draining = true;
-    client
-        .set_data(
-            &host_path("h-hostinfo"),
-            &serde_json::to_vec(&theirs).unwrap(),
-            Some(stat_v.version),
-        )
+    w.store
+        .commit(vec![Op::Set {
+            path: host_path("h-hostinfo"),
+            data: serde_json::to_vec(&theirs).unwrap(),
+            version: Some(node.version),
+        }])
         .await
         .unwrap();
 

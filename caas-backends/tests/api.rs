@@ -188,7 +188,7 @@ impl World {
         let session = ZkSession::connect(config(&self.servers, &self.chroot))
             .await
             .unwrap();
-        let hosts = HostStore::new(session.clone());
+        let hosts = HostStore::new(ZkStore::new(session.clone()));
         hosts.ensure(id).await.unwrap();
         let info = HostInfo {
             ip: "127.0.0.2".parse().unwrap(),
@@ -545,7 +545,7 @@ async fn deploy_shows_instances_then_scale_route_and_remove() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
-    HostStore::new(session.clone())
+    HostStore::new(ZkStore::new(session.clone()))
         .put_status(
             &host,
             &InstanceId::new(&id).unwrap(),
@@ -562,7 +562,7 @@ async fn deploy_shows_instances_then_scale_route_and_remove() {
         )
         .await
         .unwrap();
-    Registry::new(session)
+    Registry::new(ZkStore::new(session))
         .register(
             &AppId::new("hello").unwrap(),
             &Version::new("v1").unwrap(),
@@ -1040,7 +1040,7 @@ async fn serve_healthy(w: &World, app: &str, version: &str, replicas: usize) {
         let host = inst["host"].as_str().unwrap();
         let session = w.hosts[host].clone();
         let addr: SocketAddr = format!("127.0.0.2:{}", 25701 + n).parse().unwrap();
-        HostStore::new(session.clone())
+        HostStore::new(ZkStore::new(session.clone()))
             .put_status(
                 host,
                 &id,
@@ -1057,7 +1057,7 @@ async fn serve_healthy(w: &World, app: &str, version: &str, replicas: usize) {
             )
             .await
             .unwrap();
-        Registry::new(session)
+        Registry::new(ZkStore::new(session))
             .register(
                 &AppId::new(app).unwrap(),
                 &Version::new(version).unwrap(),

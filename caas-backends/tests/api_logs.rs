@@ -15,8 +15,7 @@ use agent_world::{get, until, world};
 use bytes::Bytes;
 use caas_backends::api::auth::sha256_hex;
 use caas_backends::api::{Api, ApiConfig, Tokens};
-use caas_backends::store::{self, ZkStore};
-use caas_backends::zk::{ZkConfig, ZkSession};
+use caas_backends::store::{self, Store};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
@@ -54,11 +53,7 @@ async fn logs_stream_from_the_agent_through_the_api() {
     .await;
 
     // The API, on its own session; the app exists (its spec node) and "t" owns it.
-    let store = ZkStore::new(
-        ZkSession::connect(ZkConfig::new(w.zk.connect_string()))
-            .await
-            .unwrap(),
-    );
+    let store = w.fixture.store_config().connect().await.unwrap();
     store::put(&store, "/apps/hello", b"{}").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join("tokens.toml");
@@ -133,5 +128,5 @@ async fn logs_stream_from_the_agent_through_the_api() {
     // An instance that is not there, and one of another app, are 404s.
     let resp = api_get(api_addr, "/v1/apps/hello/instances/logs-9/logs", "t").await;
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
-    store.session().close();
+    store.close().await;
 }

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use caas_backends::api::auth::sha256_hex;
 use caas_backends::api::{Api, ApiConfig, Tokens};
 use caas_backends::store::Store;
+use caas_backends::store_suite;
 use caas_backends::testing::stores::{EtcdFixture, MemFixture, StoreFixture, ZkFixture};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -222,21 +223,20 @@ async fn tenants_deploy_claim_and_remove<F: StoreFixture>(f: F) {
     store.close().await;
 }
 
-macro_rules! on_store {
-    ($store:ident, $fixture:expr) => {
-        mod $store {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn tenants_deploy_claim_and_remove() {
-                let name = concat!("api_", stringify!($store));
-                let Some(f) = $fixture(name) else { return };
-                super::tenants_deploy_claim_and_remove(f).await;
-            }
-        }
-    };
+fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "caas_backends=warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
 }
 
-on_store!(zookeeper, ZkFixture::shared);
-on_store!(etcd, EtcdFixture::shared);
-on_store!(memory, MemFixture::new);
+store_suite!(
+    zookeeper,
+    ZkFixture::shared,
+    [tenants_deploy_claim_and_remove]
+);
+store_suite!(etcd, EtcdFixture::shared, [tenants_deploy_claim_and_remove]);
+store_suite!(memory, MemFixture::new, [tenants_deploy_claim_and_remove]);

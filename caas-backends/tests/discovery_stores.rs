@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use caas_backends::store::{
     Op, Store, StoreDiscovery, StoreDiscoveryCounters, StoreDiscoveryStats, put,
 };
+use caas_backends::store_suite;
 use caas_backends::testing::routes::{WAIT, eventually_picks};
 use caas_backends::testing::stores::{EtcdFixture, MemFixture, StoreFixture, ZkFixture};
 use caas_backends::zk::ValueCipher;
@@ -228,25 +229,7 @@ async fn discovery_converges_after_a_store_restart<F: StoreFixture>(f: F) {
     eventually_picks(&router, "v2.app.caas.local", &[9503]).await;
 }
 
-/// One module per store: the same functions, each a test of its own.
-macro_rules! suite {
-    ($store:ident, $fixture:expr, [$($test:ident),* $(,)?]) => {
-        mod $store {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    logs();
-                    let name = concat!(stringify!($store), "_", stringify!($test));
-                    let Some(f) = $fixture(name) else { return };
-                    super::$test(f).await;
-                }
-            )*
-        }
-    };
-}
-
-suite!(
+store_suite!(
     zookeeper,
     ZkFixture::shared,
     [
@@ -255,7 +238,7 @@ suite!(
         encrypted_app_specs_open_with_the_key,
     ]
 );
-suite!(
+store_suite!(
     etcd,
     EtcdFixture::shared,
     [
@@ -264,7 +247,7 @@ suite!(
         encrypted_app_specs_open_with_the_key,
     ]
 );
-suite!(
+store_suite!(
     memory,
     MemFixture::new,
     [
@@ -273,12 +256,12 @@ suite!(
         encrypted_app_specs_open_with_the_key,
     ]
 );
-suite!(
+store_suite!(
     zookeeper_private,
     ZkFixture::private,
     [discovery_converges_after_a_store_restart]
 );
-suite!(
+store_suite!(
     etcd_private,
     EtcdFixture::private,
     [discovery_converges_after_a_store_restart]

@@ -1,19 +1,22 @@
-//! The host nodes against a real ZooKeeper 3.8: who owns which field of `/hosts/{hostId}`
-//! (the agent, schedulers, operators) while they write at the same time, and the instance
-//! status nodes. No Docker needed.
+//! The host nodes on every store (real ZooKeeper 3.8, real etcd, the in-memory store): who
+//! owns which field of `/hosts/{hostId}` (the agent, schedulers, operators) while they write
+//! at the same time, and the instance status nodes. No Docker needed.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::BTreeMap;
 
+use caas_backends::NodeError;
 use caas_backends::assignment::Assignment;
-use caas_backends::testing::{ZkServer, ZkServerBuilder};
+use caas_backends::store::{Op, Store, StoreError};
+use caas_backends::store_suite;
+use caas_backends::testing::stores::{EtcdFixture, MemFixture, StoreFixture, ZkFixture};
 use caas_backends::zk::hosts::{
     AgentHostFields, InstanceState, InstanceStatus, Published, host_path,
 };
-use caas_backends::zk::{HostInfo, HostStore, Resources, ZkConfig, ZkError, ZkSession};
+use caas_backends::zk::{HostInfo, HostStore, Resources};
 use caas_core::{AppId, InstanceId, Version};
 
-async fn setup(test: &str) -> Option<(ZkServer, HostStore)> {
+fn logs() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -21,11 +24,35 @@ async fn setup(test: &str) -> Option<(ZkServer, HostStore)> {
         )
         .with_test_writer()
         .try_init();
-    let zk = ZkServer::start_or_skip(ZkServerBuilder::default(), test)?;
-    let session = ZkSession::connect(ZkConfig::new(zk.connect_string()))
-        .await
-        .unwrap();
-    Some((zk, HostStore::new(session)))
+}
+
+async fn host_store<F: StoreFixture>(f: &F) -> HostStore<F::Store> {
+    HostStore::new(f.connect().await.unwrap())
+}
+
+/// Reads the host node, changes it with `edit`, writes it under the version read; again
+/// when another writer got in between.
+async fn read_modify_write<S: Store>(
+    store: &HostStore<S>,
+    host: &str,
+    edit: impl Fn(&mut HostInfo),
+) {
+    let path = host_path(host);
+    loop {
+        let node = store.store().get(&path).await.unwrap().unwrap();
+        let mut info: HostInfo = serde_json::from_slice(&node.data).unwrap();
+        edit(&mut info);
+        let op = Op::Set {
+            path: path.clone(),
+            data: serde_json::to_vec(&info).unwrap(),
+            version: Some(node.version),
+        };
+        match store.store().commit(vec![op]).await {
+            Ok(_) => return,
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => panic!("{e}"),
+        }
+    }
 }
 
 fn assignment(json: &str) -> Assignment {
@@ -47,46 +74,22 @@ fn fields(cpu_idle: Option<f64>) -> AgentHostFields {
 }
 
 /// What a scheduler does to `allocated`: read, add one instance, write under the version
-/// read, retry on BadVersion.
-async fn schedule_one(store: &HostStore, host: &str) {
-    let client = store.session().client().unwrap();
-    let path = host_path(host);
-    loop {
-        let (data, stat) = client.get_data(&path).await.unwrap();
-        let mut info: HostInfo = serde_json::from_slice(&data).unwrap();
+/// read, retry on a conflict.
+async fn schedule_one<S: Store>(store: &HostStore<S>, host: &str) {
+    read_modify_write(store, host, |info| {
         info.allocated.instances += 1;
         info.allocated.memory += 1 << 20;
-        let data = serde_json::to_vec(&info).unwrap();
-        match client.set_data(&path, &data, Some(stat.version)).await {
-            Ok(_) => return,
-            Err(zookeeper_client::Error::BadVersion) => continue,
-            Err(e) => panic!("{e}"),
-        }
-    }
+    })
+    .await;
 }
 
 /// What an operator does to `draining`, the same way.
-async fn drain(store: &HostStore, host: &str) {
-    let client = store.session().client().unwrap();
-    let path = host_path(host);
-    loop {
-        let (data, stat) = client.get_data(&path).await.unwrap();
-        let mut info: HostInfo = serde_json::from_slice(&data).unwrap();
-        info.draining = true;
-        let data = serde_json::to_vec(&info).unwrap();
-        match client.set_data(&path, &data, Some(stat.version)).await {
-            Ok(_) => return,
-            Err(zookeeper_client::Error::BadVersion) => continue,
-            Err(e) => panic!("{e}"),
-        }
-    }
+async fn drain<S: Store>(store: &HostStore<S>, host: &str) {
+    read_modify_write(store, host, |info| info.draining = true).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_schedulers_and_operators_keep_their_fields() {
-    let Some((_zk, agent)) = setup("hosts_concurrent").await else {
-        return;
-    };
+async fn concurrent_schedulers_and_operators_keep_their_fields<F: StoreFixture>(f: F) {
+    let agent = host_store(&f).await;
     let host = "h1";
     // Assignments written before the host node exists (as `caasd deploy --host` can).
     let plain = assignment(
@@ -132,16 +135,8 @@ async fn concurrent_schedulers_and_operators_keep_their_fields() {
 
     // Three writers at once, each on its own session: the agent publishing a new cpu_idle
     // 40 times, a scheduler adding 40 instances, an operator draining the host halfway.
-    let sched = HostStore::new(
-        ZkSession::connect(agent.session().config().clone())
-            .await
-            .unwrap(),
-    );
-    let op = HostStore::new(
-        ZkSession::connect(agent.session().config().clone())
-            .await
-            .unwrap(),
-    );
+    let sched = host_store(&f).await;
+    let op = host_store(&f).await;
     let agent_task = {
         let agent = agent.clone();
         tokio::spawn(async move {
@@ -178,11 +173,8 @@ async fn concurrent_schedulers_and_operators_keep_their_fields() {
     assert_eq!(info.labels["zone"], "a");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn empty_and_malformed_host_nodes() {
-    let Some((_zk, store)) = setup("hosts_bad_nodes").await else {
-        return;
-    };
+async fn empty_and_malformed_host_nodes<F: StoreFixture>(f: F) {
+    let store = host_store(&f).await;
     // `ensure` makes /hosts/h1 as an empty parent: not a HostInfo yet.
     store.ensure("h1").await.unwrap();
     assert!(store.info("h1").await.unwrap().is_none());
@@ -200,29 +192,22 @@ async fn empty_and_malformed_host_nodes() {
     );
 
     // Garbage in the node: a clear error naming it, and the node is left as it was.
-    let client = store.session().client().unwrap();
-    client
-        .set_data(&host_path("h1"), b"{not json", None)
+    caas_backends::store::put(store.store(), &host_path("h1"), b"{not json")
         .await
         .unwrap();
     let e = store
         .publish_agent_fields("h1", &fields(Some(0.1)))
         .await
         .unwrap_err();
-    assert!(matches!(e, ZkError::BadData { .. }), "{e}");
+    assert!(matches!(e, NodeError::Bad { .. }), "{e}");
     assert!(e.to_string().contains("/hosts/h1"), "{e}");
     assert!(e.to_string().contains("left as it is"), "{e}");
-    assert_eq!(
-        client.get_data(&host_path("h1")).await.unwrap().0,
-        b"{not json"
-    );
+    let node = store.store().get(&host_path("h1")).await.unwrap().unwrap();
+    assert_eq!(node.data, b"{not json");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_nodes_are_written_read_listed_and_deleted() {
-    let Some((_zk, store)) = setup("hosts_status").await else {
-        return;
-    };
+async fn status_nodes_are_written_read_listed_and_deleted<F: StoreFixture>(f: F) {
+    let store = host_store(&f).await;
     let id = InstanceId::new("i1").unwrap();
     assert!(store.status("h1", &id).await.unwrap().is_none());
     assert!(store.status_names("h1").await.unwrap().is_empty());
@@ -242,17 +227,44 @@ async fn status_nodes_are_written_read_listed_and_deleted() {
     store.put_status("h1", &id, &status).await.unwrap();
     assert_eq!(store.status("h1", &id).await.unwrap(), Some(status));
     assert_eq!(store.status_names("h1").await.unwrap(), vec!["i1"]);
-    let (data, _) = store
-        .session()
-        .client()
-        .unwrap()
-        .get_data("/hosts/h1/status/i1")
+    let node = store
+        .store()
+        .get("/hosts/h1/status/i1")
         .await
+        .unwrap()
         .unwrap();
-    let json: serde_json::Value = serde_json::from_slice(&data).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&node.data).unwrap();
     assert_eq!(json["state"], "healthy");
     assert_eq!(json["address"], "127.0.0.2:25701");
     store.delete_status("h1", "i1").await.unwrap();
     store.delete_status("h1", "i1").await.unwrap();
     assert!(store.status("h1", &id).await.unwrap().is_none());
 }
+
+store_suite!(
+    zookeeper,
+    ZkFixture::shared,
+    [
+        concurrent_schedulers_and_operators_keep_their_fields,
+        empty_and_malformed_host_nodes,
+        status_nodes_are_written_read_listed_and_deleted,
+    ]
+);
+store_suite!(
+    etcd,
+    EtcdFixture::shared,
+    [
+        concurrent_schedulers_and_operators_keep_their_fields,
+        empty_and_malformed_host_nodes,
+        status_nodes_are_written_read_listed_and_deleted,
+    ]
+);
+store_suite!(
+    memory,
+    MemFixture::new,
+    [
+        concurrent_schedulers_and_operators_keep_their_fields,
+        empty_and_malformed_host_nodes,
+        status_nodes_are_written_read_listed_and_deleted,
+    ]
+);

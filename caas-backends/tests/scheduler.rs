@@ -21,9 +21,7 @@ use caas_backends::scheduler::status::{DeploymentStatus, Health, Phase};
 use caas_backends::store::{EtcdStore, MemStore, Store, WatchEvent, ZkStore};
 use caas_backends::testing::stores::{EtcdFixture, StoreFixture};
 use caas_backends::testing::{ZkEnsemble, ZkServer, shared_zk};
-use caas_backends::zk::hosts::{
-    HostInfo, InstanceState, InstanceStatus, Resources, alive_path, host_path,
-};
+use caas_backends::zk::hosts::{HostInfo, InstanceState, InstanceStatus, Resources};
 use caas_backends::zk::{HostStore, Registry, ZkConfig, ZkSession};
 use caas_backends::{Scheduler, SchedulerConfig, SchedulerHandle};
 use caas_core::{AppId, InstanceId, Version};
@@ -79,45 +77,13 @@ fn host_info(memory: u64, ports: u64, labels: &[(&str, &str)]) -> HostInfo {
     }
 }
 
-/// A store the scheduler tests run on, and how a simulated host publishes itself on it.
-trait TestStore: Store {
-    /// Publishes `info` and the `alive` node in this handle's session or lease.
-    async fn publish_host(&self, id: &str, info: &HostInfo);
-}
-
-impl TestStore for ZkStore {
-    /// As the agent does: its own read-modify-write of the host node, then `alive`.
-    async fn publish_host(&self, id: &str, info: &HostInfo) {
-        let hosts = HostStore::new(self.session().clone());
-        hosts.ensure(id).await.unwrap();
-        hosts.publish_agent_fields(id, &info.into()).await.unwrap();
-        hosts.mark_alive(id, info.ip).await.unwrap();
-    }
-}
-
-/// The agent runs on ZooKeeper only: elsewhere the host node and `alive` are written in the
-/// layout it uses, through the store contract.
-async fn publish_in_layout<S: Store>(store: &S, id: &str, info: &HostInfo) {
-    let data = serde_json::to_vec(info).unwrap();
-    caas_backends::store::put(store, &host_path(id), &data)
-        .await
-        .unwrap();
-    store
-        .create_ephemeral(&alive_path(id), info.ip.to_string().as_bytes())
-        .await
-        .unwrap();
-}
-
-impl TestStore for EtcdStore {
-    async fn publish_host(&self, id: &str, info: &HostInfo) {
-        publish_in_layout(self, id, info).await;
-    }
-}
-
-impl TestStore for MemStore {
-    async fn publish_host(&self, id: &str, info: &HostInfo) {
-        publish_in_layout(self, id, info).await;
-    }
+/// A simulated host publishes itself as the agent does, in this handle's session or lease:
+/// its own read-modify-write of the host node, then `alive`.
+async fn publish_host<S: Store>(store: &S, id: &str, info: &HostInfo) {
+    let hosts = HostStore::new(store.clone());
+    hosts.ensure(id).await.unwrap();
+    hosts.publish_agent_fields(id, &info.into()).await.unwrap();
+    hosts.mark_alive(id, info.ip).await.unwrap();
 }
 
 type Connect<S> = Box<dyn Fn() -> Pin<Box<dyn Future<Output = S> + Send>> + Send + Sync>;
@@ -154,7 +120,7 @@ impl World<ZkStore> {
 
     /// Changes a host's labels as its agent would (read-modify-write under the version).
     async fn relabel(&self, id: &str, labels: &[(&str, &str)]) {
-        let hosts = HostStore::new(self.store.session().clone());
+        let hosts = HostStore::new(self.store.clone());
         let mut info = hosts.info(id).await.unwrap().unwrap();
         info.labels = labels
             .iter()
@@ -167,7 +133,7 @@ impl World<ZkStore> {
     }
 
     async fn register(&self, a: &str, v: &str, id: &str, port: u16) {
-        Registry::new(self.store.session().clone())
+        Registry::new(self.store.clone())
             .register(
                 &app(a),
                 &ver(v),
@@ -207,7 +173,7 @@ impl World<MemStore> {
     }
 }
 
-impl<S: TestStore> World<S> {
+impl<S: Store> World<S> {
     async fn with(connect: Connect<S>) -> Self {
         let store = connect().await;
         Self {
@@ -221,7 +187,7 @@ impl<S: TestStore> World<S> {
     /// Publishes a host as its agent would, in the host's own session or lease.
     async fn add_host(&mut self, id: &str, info: HostInfo) {
         let handle = (self.connect)().await;
-        handle.publish_host(id, &info).await;
+        publish_host(&handle, id, &info).await;
         self.hosts.insert(id.to_owned(), handle);
     }
 
@@ -398,7 +364,7 @@ async fn deploy_places_all_replicas_and_the_status_follows_registry_and_agents()
         on(&audit, "h2", "web:v1"),
         BTreeSet::from(["web-v1-2".into()])
     );
-    let h1 = HostStore::new(w.store.session().clone())
+    let h1 = HostStore::new(w.store.clone())
         .info("h1")
         .await
         .unwrap()
@@ -413,7 +379,7 @@ async fn deploy_places_all_replicas_and_the_status_follows_registry_and_agents()
         (2 * 15, 2)
     );
     // The assignment is the deployment's, sidecar included.
-    let a = HostStore::new(w.store.session().clone())
+    let a = HostStore::new(w.store.clone())
         .assignments("h2")
         .await
         .unwrap();
@@ -542,7 +508,7 @@ async fn scale_down_empties_the_most_concentrated_host_and_undeploy_releases_all
     let audit = w.audit().await;
     assert_eq!(count(&audit, "web:v1"), 0);
     for h in ["h1", "h2"] {
-        let info = HostStore::new(w.store.session().clone())
+        let info = HostStore::new(w.store.clone())
             .info(h)
             .await
             .unwrap()
@@ -594,7 +560,7 @@ async fn a_lost_host_loses_its_instances_after_the_grace_period() {
         audit["h1"].is_empty(),
         "lost host's assignments deleted: {audit:?}"
     );
-    let h1 = HostStore::new(w.store.session().clone())
+    let h1 = HostStore::new(w.store.clone())
         .info("h1")
         .await
         .unwrap()
@@ -705,7 +671,7 @@ async fn global_runs_one_instance_per_eligible_host_and_follows_hosts() {
 
 /// The race: three schedulers, four hosts, 200 instances in 20 deployments created at once
 /// and then rescaled, while a watcher checks every host info it sees against its capacity.
-async fn race<S: TestStore>(w: &mut World<S>, label: &str, mid_race: impl AsyncFnOnce(&World<S>)) {
+async fn race<S: Store>(w: &mut World<S>, label: &str, mid_race: impl AsyncFnOnce(&World<S>)) {
     // 4 hosts × 54 slots of 64 MiB (3.375 GiB) = 216 slots for 200 instances.
     for h in ["h1", "h2", "h3", "h4"] {
         w.add_host(h, host_info(54 * 64 * MIB, 60, &[])).await;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use caas_backends::store::{
     ConflictKind, Op, Store, StoreError, Watch, WatchEvent, delete_tree, put,
 };
+use caas_backends::store_suite;
 use caas_backends::testing::stores::{EtcdFixture, MemFixture, StoreFixture, ZkFixture};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -382,25 +383,7 @@ async fn ephemerals_are_recreated_after_the_session_is_lost<F: StoreFixture>(f: 
     wait_data(&other, "/l/h1/alive", None, "gone after close").await;
 }
 
-/// One module per store: the same functions, each a test of its own.
-macro_rules! suite {
-    ($store:ident, $fixture:expr, [$($test:ident),* $(,)?]) => {
-        mod $store {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    logs();
-                    let name = concat!(stringify!($store), "_", stringify!($test));
-                    let Some(f) = $fixture(name) else { return };
-                    super::$test(f).await;
-                }
-            )*
-        }
-    };
-}
-
-suite!(
+store_suite!(
     zookeeper,
     ZkFixture::shared,
     [
@@ -410,7 +393,7 @@ suite!(
         ephemerals_vanish_with_their_session,
     ]
 );
-suite!(
+store_suite!(
     zookeeper_private,
     ZkFixture::private,
     [
@@ -419,7 +402,7 @@ suite!(
         ephemerals_are_recreated_after_the_session_is_lost,
     ]
 );
-suite!(
+store_suite!(
     etcd,
     EtcdFixture::shared,
     [
@@ -429,7 +412,7 @@ suite!(
         ephemerals_vanish_with_their_session,
     ]
 );
-suite!(
+store_suite!(
     etcd_private,
     EtcdFixture::private,
     [
@@ -438,7 +421,7 @@ suite!(
         ephemerals_are_recreated_after_the_session_is_lost,
     ]
 );
-suite!(
+store_suite!(
     memory,
     MemFixture::new,
     [

@@ -8,8 +8,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use caas_backends::store::{StoreError, ZkStore};
 use caas_backends::testing::routes::{eventually_picks, picks};
 use caas_backends::testing::{TcpProxy, ZkServer, ZkServerBuilder};
+use caas_backends::zk::registry::RegistryError;
 use caas_backends::zk::{
     AppStore, GatewayInfo, Registry, ZkConfig, ZkDiscovery, ZkError, ZkSession, ZkTlsConfig,
     announce_gateway, digest_id, grant_app, list_gateways, provision_tree,
@@ -86,7 +88,7 @@ async fn register_writes_exact_ephemeral_and_rejects_duplicates() {
         return;
     };
     let session = ZkSession::connect(config(&zk, "/caas")).await.unwrap();
-    let registry = Registry::new(session.clone());
+    let registry = Registry::new(ZkStore::new(session.clone()));
     let (a, v1, c1) = (app("app01"), ver("v1"), inst("c0ffee"));
     registry.register(&a, &v1, &c1, addr(9001)).await.unwrap();
 
@@ -104,22 +106,24 @@ async fn register_writes_exact_ephemeral_and_rejects_duplicates() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, ZkError::AlreadyRegistered { existing, .. } if existing == "127.0.0.1:9001"),
+        matches!(&err, RegistryError::AlreadyRegistered { existing, .. } if existing == "127.0.0.1:9001"),
         "{err}"
     );
     assert_eq!(raw.get_data(path).await.unwrap().0, b"127.0.0.1:9001");
     // A second process registering the same id is refused as well.
-    let other = Registry::new(ZkSession::connect(config(&zk, "/caas")).await.unwrap());
+    let other = Registry::new(ZkStore::new(
+        ZkSession::connect(config(&zk, "/caas")).await.unwrap(),
+    ));
     assert!(matches!(
         other.register(&a, &v1, &c1, addr(9003)).await,
-        Err(ZkError::AlreadyRegistered { .. })
+        Err(RegistryError::AlreadyRegistered { .. })
     ));
 
     registry.deregister(&a, &v1, &c1).await.unwrap();
     assert!(raw.check_stat(path).await.unwrap().is_none());
     assert!(matches!(
         registry.deregister(&a, &v1, &c1).await,
-        Err(ZkError::NotRegistered { .. })
+        Err(RegistryError::NotRegistered { .. })
     ));
 
     // Ephemeral: closing the session removes the registration.
@@ -147,7 +151,7 @@ async fn discovery_feeds_the_router_and_follows_registry_and_config() {
         return;
     };
     let session = ZkSession::connect(config(&zk, "/t2")).await.unwrap();
-    let registry = Registry::new(session.clone());
+    let registry = Registry::new(ZkStore::new(session.clone()));
     let store = AppStore::new(session.clone());
     let a = app("shop");
     registry
@@ -263,7 +267,7 @@ async fn domain_claims_are_exclusive_and_decide_routing() {
         return;
     };
     let session = ZkSession::connect(config(&zk, "/caas")).await.unwrap();
-    let registry = Registry::new(session.clone());
+    let registry = Registry::new(ZkStore::new(session.clone()));
     let store = AppStore::new(session.clone());
     let (a, b) = (app("alpha"), app("beta"));
     let d = Domain::new("www.example.test").unwrap();
@@ -314,7 +318,7 @@ async fn bad_nodes_are_skipped_and_counted_not_fatal() {
         return;
     };
     let session = ZkSession::connect(config(&zk, "/caas")).await.unwrap();
-    let registry = Registry::new(session.clone());
+    let registry = Registry::new(ZkStore::new(session.clone()));
     let raw = raw_client(&zk).await;
     let open =
         zookeeper_client::CreateMode::Persistent.with_acls(zookeeper_client::Acls::anyone_all());
@@ -384,7 +388,7 @@ async fn gateway_serves_last_table_while_zookeeper_is_down_then_converges() {
         return;
     };
     let cfg = config(&zk, "/caas").with_session_timeout(Duration::from_secs(20));
-    let registry = Registry::new(ZkSession::connect(cfg.clone()).await.unwrap());
+    let registry = Registry::new(ZkStore::new(ZkSession::connect(cfg.clone()).await.unwrap()));
     registry
         .register(&app("web"), &ver("v1"), &inst("w1"), addr(9401))
         .await
@@ -444,7 +448,7 @@ async fn session_expiry_recreates_ephemerals_and_discovery_recovers() {
         .unwrap();
     let cfg = ZkConfig::new(proxy.connect_string()).with_session_timeout(Duration::from_secs(2));
     let reg_session = ZkSession::connect(cfg.clone()).await.unwrap();
-    let registry = Registry::new(reg_session.clone());
+    let registry = Registry::new(ZkStore::new(reg_session.clone()));
     registry
         .register(&app("api"), &ver("v1"), &inst("i1"), addr(9501))
         .await
@@ -458,7 +462,7 @@ async fn session_expiry_recreates_ephemerals_and_discovery_recovers() {
         listen: addr(8080),
         listen_tls: None,
     };
-    announce_gateway(&disc_session, "gw-1", &info)
+    announce_gateway(&ZkStore::new(disc_session.clone()), "gw-1", &info)
         .await
         .unwrap();
     let old_owner = reg_session.client().unwrap().session_id().0;
@@ -566,7 +570,7 @@ async fn digest_acls_confine_tenants_and_make_gateways_read_only() {
         ..AppSpec::default()
     };
     store_a.put_app(&a, &spec).await.unwrap();
-    Registry::new(tenant_a.clone())
+    Registry::new(ZkStore::new(tenant_a.clone()))
         .register(&a, &ver("v1"), &inst("x1"), addr(9601))
         .await
         .unwrap();
@@ -575,10 +579,10 @@ async fn digest_acls_confine_tenants_and_make_gateways_read_only() {
     assert!(matches!(denied, ZkError::Denied { .. }), "{denied}");
     assert!(denied.to_string().contains("permission denied"), "{denied}");
     assert!(matches!(
-        Registry::new(tenant_a.clone())
+        Registry::new(ZkStore::new(tenant_a.clone()))
             .register(&b, &ver("v1"), &inst("x2"), addr(9602))
             .await,
-        Err(ZkError::Denied { .. })
+        Err(RegistryError::Store(StoreError::Denied { .. }))
     ));
     assert!(matches!(
         store_a.put_app(&app("not-granted"), &spec).await,
@@ -613,9 +617,14 @@ async fn digest_acls_confine_tenants_and_make_gateways_read_only() {
         listen: addr(8080),
         listen_tls: None,
     };
-    announce_gateway(&gw, "gw-1", &info).await.unwrap();
+    announce_gateway(&ZkStore::new(gw.clone()), "gw-1", &info)
+        .await
+        .unwrap();
     assert_eq!(
-        list_gateways(&admin).await.unwrap().get("gw-1"),
+        list_gateways(&ZkStore::new(admin.clone()))
+            .await
+            .unwrap()
+            .get("gw-1"),
         Some(&info),
         "a read-only gateway announces itself under /gateways"
     );
@@ -647,7 +656,7 @@ async fn digest_acls_confine_tenants_and_make_gateways_read_only() {
         )
         .await
         .unwrap();
-    Registry::new(tenant_a.clone())
+    Registry::new(ZkStore::new(tenant_a.clone()))
         .register(&a, &ver("v1"), &inst("x3"), addr(9603))
         .await
         .unwrap();
@@ -678,7 +687,7 @@ async fn tls_to_zookeeper_secure_port() {
         key: Some(files.client_key.clone()),
     });
     let session = ZkSession::connect(cfg.clone()).await.unwrap();
-    Registry::new(session.clone())
+    Registry::new(ZkStore::new(session.clone()))
         .register(&app("sec"), &ver("v1"), &inst("s1"), addr(9701))
         .await
         .unwrap();
@@ -720,7 +729,7 @@ async fn encrypted_config_values_and_a_wrong_key() {
         .put_app(&a, &spec)
         .await
         .unwrap();
-    Registry::new(writer.clone())
+    Registry::new(ZkStore::new(writer.clone()))
         .register(&a, &ver("v1"), &inst("e1"), addr(9801))
         .await
         .unwrap();
@@ -760,13 +769,15 @@ async fn gateway_announcements_live_and_die_with_the_gateway_session() {
         return;
     };
     let gw = ZkSession::connect(config(&zk, "/ann")).await.unwrap();
-    let control = ZkSession::connect(config(&zk, "/ann")).await.unwrap();
+    let control = ZkStore::new(ZkSession::connect(config(&zk, "/ann")).await.unwrap());
     let info = GatewayInfo {
         admin: Some(addr(9901)),
         listen: addr(8080),
         listen_tls: Some(addr(8443)),
     };
-    announce_gateway(&gw, "edge-1", &info).await.unwrap();
+    announce_gateway(&ZkStore::new(gw.clone()), "edge-1", &info)
+        .await
+        .unwrap();
     let raw = raw_client(&zk).await;
     let (data, stat) = raw.get_data("/ann/gateways/edge-1").await.unwrap();
     assert_eq!(
@@ -776,13 +787,15 @@ async fn gateway_announcements_live_and_die_with_the_gateway_session() {
     assert_eq!(stat.ephemeral_owner, gw.client().unwrap().session_id().0);
     assert_eq!(list_gateways(&control).await.unwrap()["edge-1"], info);
     assert!(matches!(
-        announce_gateway(&gw, "Bad_Id", &info).await,
-        Err(ZkError::Config(_))
+        announce_gateway(&ZkStore::new(gw.clone()), "Bad_Id", &info).await,
+        Err(StoreError::Invalid { .. })
     ));
 
     // The same gateway restarted before its old session expired: the new run takes the id.
     let again = ZkSession::connect(config(&zk, "/ann")).await.unwrap();
-    announce_gateway(&again, "edge-1", &info).await.unwrap();
+    announce_gateway(&ZkStore::new(again.clone()), "edge-1", &info)
+        .await
+        .unwrap();
     let (_, stat) = raw.get_data("/ann/gateways/edge-1").await.unwrap();
     assert_eq!(stat.ephemeral_owner, again.client().unwrap().session_id().0);
     gw.close();

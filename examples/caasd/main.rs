@@ -32,9 +32,9 @@ use caas_backends::docker::RegistryAuth;
 use caas_backends::ports::PortRange;
 use caas_backends::scheduler::control;
 use caas_backends::scheduler::deployment::{AppRule, Constraint, Deployment, Strategy};
-use caas_backends::store::{EtcdConfig, EtcdStore, Store};
-use caas_backends::zk::{ZkConfig, ZkSession};
-use caas_backends::{Agent, AgentConfig, AnyStore, Scheduler, SchedulerConfig, ZkStore};
+use caas_backends::store::{EtcdConfig, Store, StoreConfig};
+use caas_backends::zk::ZkConfig;
+use caas_backends::{Agent, AgentConfig, AnyStore, Scheduler, SchedulerConfig};
 use caas_core::{AppId, Version};
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
@@ -79,33 +79,10 @@ enum Command {
     Up(up::UpArgs),
 }
 
-#[derive(Args, Debug)]
-pub(crate) struct ZkArgs {
-    /// ZooKeeper connect string, host:port[,host:port...].
-    #[arg(long, value_name = "HOST:PORT")]
-    zk: String,
-    /// Root of the caas tree in ZooKeeper.
-    #[arg(long, default_value = "/caas")]
-    chroot: String,
-    /// ZooKeeper digest credentials user:password.
-    #[arg(long, value_name = "USER:PASSWORD")]
-    zk_digest: Option<String>,
-}
-
-impl ZkArgs {
-    fn config(&self) -> ZkConfig {
-        let mut c = ZkConfig::new(&self.zk).with_chroot(&self.chroot);
-        if let Some(d) = &self.zk_digest {
-            c = c.with_digest(d);
-        }
-        c
-    }
-}
-
 /// The control store of the scheduler and the operator commands: ZooKeeper or etcd.
 #[derive(Args, Debug)]
 #[command(group(ArgGroup::new("store").required(true).args(["zk", "etcd"])))]
-struct StoreArgs {
+pub(crate) struct StoreArgs {
     /// ZooKeeper connect string, host:port[,host:port...].
     #[arg(long, value_name = "HOST:PORT")]
     zk: Option<String>,
@@ -121,25 +98,37 @@ struct StoreArgs {
 }
 
 impl StoreArgs {
-    async fn open(&self) -> Result<AnyStore, String> {
+    /// The store the flags name.
+    pub(crate) fn config(&self) -> Result<StoreConfig, String> {
         match (&self.zk, &self.etcd) {
             (Some(zk), _) => {
-                let zk = ZkArgs {
-                    zk: zk.clone(),
-                    chroot: self.chroot.clone(),
-                    zk_digest: self.zk_digest.clone(),
-                };
-                Ok(AnyStore::Zk(store(&zk).await?))
+                let mut c = ZkConfig::new(zk).with_chroot(&self.chroot);
+                if let Some(d) = &self.zk_digest {
+                    c = c.with_digest(d);
+                }
+                Ok(StoreConfig::Zk(c))
             }
             (None, Some(etcd)) => {
                 let mut config = EtcdConfig::new("").with_root(&self.chroot);
                 config.endpoints = etcd.split(',').map(|e| e.trim().to_owned()).collect();
-                let store = EtcdStore::connect(config)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok(AnyStore::Etcd(store))
+                Ok(StoreConfig::Etcd(config))
             }
             (None, None) => Err("give --zk or --etcd".into()),
+        }
+    }
+
+    /// Connects to the store the flags name.
+    pub(crate) async fn open(&self) -> Result<AnyStore, String> {
+        let config = self.config()?;
+        config.connect().await.map_err(|e| e.to_string())
+    }
+
+    /// The store, for messages: `ZooKeeper 127.0.0.1:2181`, `etcd http://...`.
+    pub(crate) fn describe(&self) -> String {
+        match (&self.zk, &self.etcd) {
+            (Some(zk), _) => format!("ZooKeeper {zk}"),
+            (None, Some(etcd)) => format!("etcd {etcd}"),
+            (None, None) => "no store".into(),
         }
     }
 }
@@ -147,7 +136,7 @@ impl StoreArgs {
 #[derive(Args, Debug)]
 struct AgentArgs {
     #[command(flatten)]
-    zk: ZkArgs,
+    store: StoreArgs,
     /// This host's id ([a-z0-9-], 1-63 characters).
     #[arg(long)]
     host_id: String,
@@ -172,7 +161,7 @@ struct AgentArgs {
     /// Host label k=v (repeatable), published for scheduling filters.
     #[arg(long = "label", value_parser = parse_label)]
     labels: Vec<(String, String)>,
-    /// Full resync interval, in milliseconds (besides the ZooKeeper watch).
+    /// Full resync interval, in milliseconds (besides the store's watch).
     #[arg(long, default_value_t = 5000)]
     resync_ms: u64,
     /// Health-triggered kills allowed per minute on this host.
@@ -405,7 +394,7 @@ fn main() -> ExitCode {
 }
 
 async fn agent(a: AgentArgs) -> Result<(), String> {
-    let mut config = AgentConfig::new(a.zk.config(), a.host_id, a.ip);
+    let mut config = AgentConfig::new(a.store.config()?, a.host_id, a.ip);
     config.ports = a.port_range;
     config.memory = a.memory.map(MemoryLimit::bytes);
     config.labels = a.labels.into_iter().collect::<BTreeMap<_, _>>();
@@ -445,13 +434,6 @@ async fn agent(a: AgentArgs) -> Result<(), String> {
     eprintln!("stopping (containers keep running; the next agent adopts them)");
     handle.shutdown().await;
     Ok(())
-}
-
-pub(crate) async fn store(zk: &ZkArgs) -> Result<ZkStore, String> {
-    let session = ZkSession::connect(zk.config())
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(ZkStore::new(session))
 }
 
 async fn scheduler(a: SchedulerArgs) -> Result<(), String> {

@@ -1,6 +1,7 @@
 //! `caasd up`: a whole caas on one machine, in one process: the host agent, a scheduler, a
-//! rollout controller, the control API and a ZooKeeper-fed gateway. Each still runs alone
-//! (`caasd agent`, `scheduler`, `rollouts`, `api`, `examples/gateway --zk`) for a cluster.
+//! rollout controller, the control API and a gateway, all on one store (`--zk` or
+//! `--etcd`). Each still runs alone (`caasd agent`, `scheduler`, `rollouts`, `api`,
+//! `examples/gateway`) for a cluster.
 //!
 //! On its first start it makes the API's tokens file with one admin token, written to a file
 //! of its own (mode 0600) so that `caas` can use it: `export CAAS_TOKEN=$(cat .caas/admin.token)`.
@@ -14,20 +15,21 @@ use caas_backends::api::auth::sha256_hex;
 use caas_backends::api::{Api, ApiConfig, Tokens};
 use caas_backends::rollout::Rollouts;
 use caas_backends::rollout::controller::{ControllerConfig, RolloutController};
+use caas_backends::store::{Store, StoreDiscovery};
 use caas_backends::zk::gateways::sanitize_gateway_id;
-use caas_backends::zk::{GatewayInfo, ZkDiscovery, ZkSession, announce_gateway, withdraw_gateway};
-use caas_backends::{Agent, AgentConfig, Scheduler, SchedulerConfig, ZkStore};
+use caas_backends::zk::{GatewayInfo, announce_gateway, withdraw_gateway};
+use caas_backends::{Agent, AgentConfig, Scheduler, SchedulerConfig};
 use caas_core::Domain;
 use caas_gateway::{Gateway, GatewayConfig};
 use clap::Args;
 use tokio::net::TcpListener;
 
-use crate::ZkArgs;
+use crate::StoreArgs;
 
 #[derive(Args, Debug)]
 pub(crate) struct UpArgs {
     #[command(flatten)]
-    zk: ZkArgs,
+    store: StoreArgs,
     /// This host's id.
     #[arg(long, default_value = "local")]
     host_id: String,
@@ -121,7 +123,7 @@ pub(crate) async fn run(a: UpArgs) -> Result<(), String> {
     let api_listener = bind(a.api_listen, "--api-listen").await?;
 
     // The agent: this machine's Docker.
-    let mut agent = AgentConfig::new(a.zk.config(), a.host_id.clone(), a.ip);
+    let mut agent = AgentConfig::new(a.store.config()?, a.host_id.clone(), a.ip);
     agent.ports = a.port_range;
     agent.memory = a.memory.map(caas_backends::assignment::MemoryLimit::bytes);
     agent.logs_listen = Some(a.logs_listen);
@@ -129,11 +131,12 @@ pub(crate) async fn run(a: UpArgs) -> Result<(), String> {
         .await
         .map_err(|e| format!("agent: {e}"))?;
 
-    // A scheduler and a rollout controller on one session.
-    let session = ZkSession::connect(a.zk.config())
+    // A scheduler, a rollout controller and the API on one session or lease.
+    let store = a
+        .store
+        .open()
         .await
-        .map_err(|e| format!("ZooKeeper {}: {e}", a.zk.zk))?;
-    let store = ZkStore::new(session.clone());
+        .map_err(|e| format!("{}: {e}", a.store.describe()))?;
     let scheduler = Scheduler::new(
         store.clone(),
         SchedulerConfig {
@@ -144,7 +147,7 @@ pub(crate) async fn run(a: UpArgs) -> Result<(), String> {
     )
     .spawn();
     let controller = RolloutController::new(
-        Rollouts::zk(session.clone()),
+        Rollouts::new(store.clone()),
         ControllerConfig {
             name: "up".into(),
             ..ControllerConfig::default()
@@ -152,11 +155,13 @@ pub(crate) async fn run(a: UpArgs) -> Result<(), String> {
     )
     .spawn();
 
-    // The gateway.
-    let discovery = ZkDiscovery::connect(a.zk.config())
+    // The gateway, on a session or lease of its own (app specs in plain JSON: no key).
+    let gw_store = a
+        .store
+        .open()
         .await
-        .map_err(|e| format!("gateway discovery: {e}"))?;
-    let gw_session = discovery.session().clone();
+        .map_err(|e| format!("gateway discovery: {}: {e}", a.store.describe()))?;
+    let discovery = StoreDiscovery::start(gw_store.clone(), None);
     let gateway = Gateway::builder(GatewayConfig {
         domains: vec![domain],
         ..GatewayConfig::default()
@@ -171,7 +176,7 @@ pub(crate) async fn run(a: UpArgs) -> Result<(), String> {
         listen: a.listen,
         listen_tls: None,
     };
-    announce_gateway(&gw_session, &gateway_id, &info)
+    announce_gateway(&gw_store, &gateway_id, &info)
         .await
         .map_err(|e| format!("gateway announcement: {e}"))?;
 
@@ -213,12 +218,13 @@ pub(crate) async fn run(a: UpArgs) -> Result<(), String> {
         Ok(Err(e)) => tracing::warn!(error = %e, "API listener ended with an error"),
         Err(e) => tracing::warn!(error = %e, "API listener task failed"),
     }
-    if let Err(e) = withdraw_gateway(&gw_session, &gateway_id).await {
+    if let Err(e) = withdraw_gateway(&gw_store, &gateway_id).await {
         tracing::warn!(error = %e, "gateway announcement not withdrawn (it goes with the session)");
     }
     controller.shutdown().await;
     scheduler.shutdown().await;
     agent.shutdown().await;
-    session.close();
+    gw_store.close().await;
+    store.close().await;
     Ok(())
 }

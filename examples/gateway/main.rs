@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use caas_backends::PersistedDiscovery;
-use caas_backends::store::{EtcdConfig, EtcdStore, StoreDiscovery};
+use caas_backends::store::{EtcdConfig, EtcdStore, StoreDiscovery, ZkStore};
 use caas_backends::zk::gateways::{sanitize_gateway_id, validate_gateway_id};
 use caas_backends::zk::{
     GatewayInfo, ValueCipher, ZkCertSource, ZkConfig, ZkDiscovery, ZkSession, ZkTlsConfig,
@@ -360,7 +360,7 @@ impl Announced {
     /// only when the session times out).
     async fn withdraw(&self) {
         if let Some(session) = self.session.get() {
-            if let Err(e) = withdraw_gateway(session, &self.id).await {
+            if let Err(e) = withdraw_gateway(&ZkStore::new(session.clone()), &self.id).await {
                 tracing::warn!(id = %self.id, "cannot withdraw the announcement: {e}");
             }
             session.close();
@@ -396,7 +396,8 @@ async fn zk_routes(
     };
     tracing::info!(servers = %zk.servers, chroot = %zk.chroot, "routes from ZooKeeper");
     let _ = announced.session.set(discovery.session().clone());
-    match announce_gateway(discovery.session(), &announced.id, &announced.info).await {
+    let store = ZkStore::new(discovery.session().clone());
+    match announce_gateway(&store, &announced.id, &announced.info).await {
         Ok(()) => {
             tracing::info!(id = %announced.id, "announced at {}/gateways/{}", zk.chroot, announced.id)
         }

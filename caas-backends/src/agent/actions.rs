@@ -2,7 +2,6 @@
 //! (register, deregister, restart, remove, hold), its health checker, the Docker jobs and
 //! timers it spawns, and the write of its status node when the status changed.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use caas_core::InstanceId;
@@ -14,8 +13,8 @@ use super::status::status_of;
 use super::tasks;
 use crate::docker::{RunSpec, SidecarSpec};
 use crate::health::{Action, HealthChecker};
-use crate::zk::ZkError;
 use crate::zk::layout::instance_path;
+use crate::zk::registry::RegistryError;
 
 impl State {
     pub(super) async fn execute(&mut self, id: &InstanceId, actions: Vec<Action>) {
@@ -82,11 +81,11 @@ impl State {
             inst.addr(self.p.config.ip),
         );
         let mut result = self.p.registry.register(&app, &version, id, addr).await;
-        if let Err(ZkError::AlreadyRegistered { path, existing }) = &result {
-            // Left by this host's previous session (agent restart): take it over.
+        if let Err(RegistryError::AlreadyRegistered { path, existing }) = &result {
+            // Left by this host's previous session or lease (agent restart): take it over.
             tracing::warn!(%path, %existing, "registration of an earlier session found; replacing it");
-            if let Err(e) = self.p.registry.deregister(&app, &version, id).await {
-                tracing::debug!(error = %e, "deregister before re-register");
+            if let Err(e) = self.p.registry.remove_stale(&app, &version, id).await {
+                tracing::debug!(error = %e, "removing the stale registration before re-register");
             }
             result = self.p.registry.register(&app, &version, id, addr).await;
         }
@@ -109,7 +108,7 @@ impl State {
                 AgentStats::bump(&self.p.stats.deregistered);
                 tracing::info!(instance = %id, "deregistered");
             }
-            Err(ZkError::NotRegistered { .. }) => {}
+            Err(RegistryError::NotRegistered { .. }) => {}
             Err(e) => self.error(&format!("deregistering {id} failed"), &e),
         }
     }
@@ -128,7 +127,7 @@ impl State {
     /// Registered instances whose node is not owned by the session (a failed write) are
     /// registered again.
     pub(super) async fn heal_registrations(&mut self) {
-        let owned: BTreeSet<String> = self.p.registry.session().ephemerals().into_iter().collect();
+        let owned = self.p.registry.owned();
         let missing: Vec<InstanceId> = self
             .instances
             .values()

@@ -1,4 +1,4 @@
-//! [`AgentConfig`]: who the agent is (host id, advertised IP), where its ZooKeeper is, and
+//! [`AgentConfig`]: who the agent is (host id, advertised IP), where its store is, and
 //! the knobs of its loops. Every field but the first three has a default.
 
 use std::collections::BTreeMap;
@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use crate::docker::RegistryAuth;
 use crate::ports::PortRange;
-use crate::zk::ZkConfig;
+use crate::store::StoreConfig;
 
 /// Configuration of one host agent.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// How to reach ZooKeeper.
-    pub zk: ZkConfig,
+    /// How to reach the control store (ZooKeeper or etcd).
+    pub store: StoreConfig,
     /// The host id: `/hosts/{hostId}` and the `caas.host` label of its containers.
     pub host_id: String,
     /// The advertised IP: ports are published on it, instances registered as `{ip}:{port}`.
@@ -51,7 +51,7 @@ pub struct AgentConfig {
     /// Read the CPU counters this often (the idle share between two reads is smoothed and
     /// published as `cpu_idle`).
     pub cpu_sample: Duration,
-    /// The smoothed idle share is written to ZooKeeper when it moved this much since the
+    /// The smoothed idle share is written to the store when it moved this much since the
     /// last write (0.0..=1.0), so an idle host does not rewrite its node every sample.
     pub cpu_idle_min_change: f64,
     /// The host node's agent fields are written this often anyway (with the latest
@@ -67,10 +67,10 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
-    /// Defaults for everything but ZooKeeper, host id and IP.
-    pub fn new(zk: ZkConfig, host_id: impl Into<String>, ip: IpAddr) -> Self {
+    /// Defaults for everything but the store, host id and IP.
+    pub fn new(store: impl Into<StoreConfig>, host_id: impl Into<String>, ip: IpAddr) -> Self {
         Self {
-            zk,
+            store: store.into(),
             host_id: host_id.into(),
             ip,
             ports: PortRange::DEFAULT,
@@ -128,7 +128,8 @@ mod tests {
 
     #[test]
     fn bad_values_are_refused_with_the_field() {
-        let ok = AgentConfig::new(ZkConfig::new("127.0.0.1:2181"), "h1", [127, 0, 0, 2].into());
+        let zk = crate::zk::ZkConfig::new("127.0.0.1:2181");
+        let ok = AgentConfig::new(zk, "h1", [127, 0, 0, 2].into());
         assert_eq!(ok.validate(), Ok(()));
         type Edit = fn(&mut AgentConfig);
         let rows: Vec<(Edit, &str)> = vec![

@@ -1,5 +1,5 @@
-//! The host agent: makes the containers on one Docker host match the assignments in
-//! ZooKeeper, keeps them healthy, and keeps the registry and the host's nodes truthful.
+//! The host agent: makes the containers on one Docker host match the assignments in the
+//! control store (ZooKeeper or etcd, [`AgentConfig::store`]), keeps them healthy, and keeps the registry and the host's nodes truthful.
 //!
 //! One agent per host id; several agents on one machine act as several hosts, each
 //! publishing on its own loopback IP. What it does:
@@ -53,7 +53,7 @@
 //! across restarts of the instance (which get new containers), and it names the assignment
 //! node the registration came from.
 //!
-//! Stopping the agent ([`AgentHandle::shutdown`]) closes its ZooKeeper session (its
+//! Stopping the agent ([`AgentHandle::shutdown`]) closes its store session or lease (its
 //! registrations and `alive` node vanish) but leaves the containers running: the next agent
 //! with the same host id adopts them and registers them again after their first ping.
 
@@ -80,8 +80,9 @@ pub use stats::{AgentStats, AgentStatsSnapshot};
 
 use crate::docker::{DockerError, DockerRuntime};
 use crate::ports::PortPool;
+use crate::store::{AnyStore, NodeError, Store};
 use crate::zk::hosts::AgentHostFields;
-use crate::zk::{HostStore, Registry, ZkError, ZkSession};
+use crate::zk::{HostStore, Registry};
 
 /// Why an agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -89,9 +90,9 @@ pub enum AgentError {
     /// A configuration value is invalid.
     #[error("agent config: {0}")]
     Config(String),
-    /// ZooKeeper could not be reached or written at start.
+    /// The store could not be reached or written at start.
     #[error("agent start: {0}")]
-    Zk(#[from] ZkError),
+    Store(#[from] NodeError),
     /// The Docker Engine could not be reached at start.
     #[error("agent start: {0}")]
     Docker(#[from] DockerError),
@@ -102,7 +103,7 @@ pub enum AgentError {
 pub struct Agent;
 
 impl Agent {
-    /// Connects to ZooKeeper and Docker, recovers the port pool from the host's containers,
+    /// Connects to the store and Docker, recovers the port pool from the host's containers,
     /// publishes its fields of the host node, marks the host alive, and starts the reconcile
     /// loop.
     pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
@@ -111,8 +112,8 @@ impl Agent {
             Some(s) => DockerRuntime::connect(s).await?,
             None => DockerRuntime::connect_default().await?,
         };
-        let session = ZkSession::connect(config.zk.clone()).await?;
-        let hosts = HostStore::new(session.clone());
+        let store = config.store.connect().await.map_err(NodeError::from)?;
+        let hosts = HostStore::new(store.clone());
         hosts.ensure(&config.host_id).await?;
 
         let mut pool = PortPool::new(config.ip, config.ports);
@@ -167,7 +168,7 @@ impl Agent {
         let state = run::State::new(run::Parts {
             config,
             docker,
-            registry: Registry::new(session.clone()),
+            registry: Registry::new(store.clone()),
             hosts,
             pool,
             capacity,
@@ -179,7 +180,7 @@ impl Agent {
             stats,
             shutdown,
             task: Some(task),
-            session,
+            store,
         })
     }
 }
@@ -190,7 +191,7 @@ pub struct AgentHandle {
     stats: Arc<AgentStats>,
     shutdown: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
-    session: ZkSession,
+    store: AnyStore,
 }
 
 impl AgentHandle {
@@ -199,12 +200,12 @@ impl AgentHandle {
         self.stats.snapshot()
     }
 
-    /// The agent's ZooKeeper session.
-    pub fn session(&self) -> &ZkSession {
-        &self.session
+    /// The agent's store connection (its session or lease holds the registrations).
+    pub fn store(&self) -> &AnyStore {
+        &self.store
     }
 
-    /// Stops the loops and closes the ZooKeeper session; containers keep running.
+    /// Stops the loops and closes the store session or lease; containers keep running.
     pub async fn shutdown(mut self) {
         self.shutdown.send_replace(true);
         if let Some(task) = self.task.take()
@@ -212,7 +213,7 @@ impl AgentHandle {
         {
             tracing::error!(error = %e, "agent task ended abnormally");
         }
-        self.session.close();
+        self.store.close().await;
     }
 
     /// Waits until the agent task ends (it only ends on shutdown).
@@ -232,6 +233,19 @@ impl Drop for AgentHandle {
         if let Some(task) = self.task.take() {
             task.abort();
         }
-        self.session.close();
+        close_in_background(self.store.clone());
+    }
+}
+
+/// Closes the store from a `Drop`: at once for ZooKeeper; for etcd the lease is revoked by a
+/// spawned task when a runtime is there (else it expires after its TTL).
+fn close_in_background(store: AnyStore) {
+    match store {
+        AnyStore::Zk(s) => s.session().close(),
+        AnyStore::Etcd(s) => {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move { s.close().await });
+            }
+        }
     }
 }

@@ -2,13 +2,13 @@
 //! CPU meter) and reacts, one message at a time, to
 //!
 //! - a change under the assignments (watch) or the resync tick → [`State::reconcile`]: read
-//!   ZooKeeper and Docker, [`plan`](super::plan::plan), execute the steps;
+//!   the store and Docker, [`plan`](super::plan::plan), execute the steps;
 //! - a health state change, a Docker die/oom event, a finished Docker job or a due timer
 //!   (`events`);
 //! - the CPU sample tick and the host refresh tick → the host node's agent fields.
 //!
 //! Slow Docker work (pull, run, stop) runs in spawned jobs so a deregistration is never
-//! queued behind a pull. ZooKeeper writes are done inline: they are what must happen first.
+//! queued behind a pull. Store writes are done inline: they are what must happen first.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -26,6 +26,7 @@ use super::tasks::{self, StartFailure, UnitStarted};
 use crate::docker::{DockerError, DockerRuntime, EventKind};
 use crate::health::{HealthEvent, KillLimiter};
 use crate::ports::PortPool;
+use crate::store::AnyStore;
 use crate::zk::Registry;
 use crate::zk::hosts::{AgentHostFields, HostStore, Published, Resources};
 
@@ -68,8 +69,8 @@ pub(super) enum TimerKind {
 pub(super) struct Parts {
     pub(super) config: AgentConfig,
     pub(super) docker: DockerRuntime,
-    pub(super) registry: Registry,
-    pub(super) hosts: HostStore,
+    pub(super) registry: Registry<AnyStore>,
+    pub(super) hosts: HostStore<AnyStore>,
     pub(super) pool: PortPool,
     pub(super) capacity: Resources,
     pub(super) stats: Arc<AgentStats>,
@@ -154,10 +155,9 @@ impl State {
             return;
         };
         let watcher = tokio::spawn(tasks::watch_assignments(
-            self.p.hosts.session().clone(),
+            self.p.hosts.store().clone(),
             self.p.config.host_id.clone(),
             self.changed.clone(),
-            self.p.stats.clone(),
         ));
         let (ev_tx, mut ev_rx) = mpsc::channel(256);
         let events = tokio::spawn(tasks::docker_events(

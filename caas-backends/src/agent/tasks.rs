@@ -1,8 +1,8 @@
 //! The agent's helper tasks. They never touch the agent's state: each reports to the
 //! reconcile loop over a channel.
 //!
-//! - [`watch_assignments`]: a persistent recursive watch on `/hosts/{hostId}/assignments`,
-//!   set again after a reconnect or a new session; every event wakes the loop.
+//! - [`watch_assignments`]: the store's watch on `/hosts/{hostId}/assignments`; every event
+//!   wakes the loop.
 //! - [`docker_events`]: the Engine's die/oom events of this host's containers, re-subscribed
 //!   from the last event's time when the stream breaks.
 //! - [`start_unit`] and [`remove_containers`]: the slow Docker calls of one instance (its
@@ -14,52 +14,21 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use tokio::sync::{Notify, mpsc};
-use zookeeper_client::{AddWatchMode, EventType, SessionState};
 
 use super::stats::AgentStats;
 use crate::docker::{
     ContainerEvent, ContainerInfo, DockerError, DockerRuntime, RegistryAuth, RunSpec, SidecarSpec,
 };
-use crate::zk::ZkSession;
+use crate::store::{AnyStore, Store};
 use crate::zk::hosts::assignments_path;
 
-/// Wakes `changed` on every change under the host's assignments (and once per new watch, so
-/// what changed while no watch was set is read). Ends when the session is closed.
-pub(super) async fn watch_assignments(
-    session: ZkSession,
-    host: String,
-    changed: Arc<Notify>,
-    stats: Arc<AgentStats>,
-) {
-    let path = assignments_path(&host);
-    loop {
-        let Ok(client) = session.client() else {
-            return; // closed: the agent is stopping
-        };
-        match client.watch(&path, AddWatchMode::PersistentRecursive).await {
-            Ok(mut watcher) => {
-                changed.notify_one();
-                loop {
-                    let event = watcher.changed().await;
-                    if event.event_type == EventType::Session {
-                        // After a reconnect the watch is set again: a persistent watch does
-                        // not survive a server restart (ZooKeeper 3.8).
-                        if event.session_state.is_terminated()
-                            || event.session_state == SessionState::SyncConnected
-                        {
-                            break;
-                        }
-                        continue;
-                    }
-                    changed.notify_one();
-                }
-            }
-            Err(e) => {
-                AgentStats::bump(&stats.errors);
-                tracing::warn!(%host, %path, error = %e, "cannot watch the assignments; retrying (the periodic resync still runs)");
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+/// Wakes `changed` on every change under the host's assignments, and on every resync of
+/// the watch (set, set again after a reconnect or a new session or lease), so what changed
+/// while no watch was set is read. Ends when the store is closed.
+pub(super) async fn watch_assignments(store: AnyStore, host: String, changed: Arc<Notify>) {
+    let mut watch = store.watch(&assignments_path(&host));
+    while watch.next().await.is_some() {
+        changed.notify_one();
     }
 }
 

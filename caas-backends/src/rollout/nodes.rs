@@ -8,7 +8,8 @@ use super::machine::{Action, Decision, Observation, VersionView};
 use super::state::{RolloutState, Routing};
 use crate::scheduler::control;
 use crate::scheduler::status::DeploymentStatus;
-use crate::store::{Op, Store, StoreError, Versioned};
+pub use crate::store::NodeError;
+use crate::store::{Op, Store, Versioned};
 use crate::zk::ValueCipher;
 use crate::zk::apps::parse_app;
 use crate::zk::crypto;
@@ -20,22 +21,6 @@ pub const ROLLOUTS: &str = "/rollouts";
 /// `/rollouts/{app}`.
 pub fn rollout_path(app: &AppId) -> String {
     format!("{ROLLOUTS}/{app}")
-}
-
-/// Why a store read or write for a rollout failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NodeError {
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// A node holds something that cannot be used.
-    #[error("{path}: {reason}")]
-    Bad {
-        /// The node.
-        path: String,
-        /// What is wrong.
-        reason: String,
-    },
 }
 
 /// The app node as read: its spec (default when missing or empty) and version (`None`:

@@ -1,7 +1,49 @@
 //! [`AnyStore`]: one of the real stores, chosen at run time (a `--zk` or an `--etcd` flag),
 //! for code that is generic over [`Store`] but picks the store from its configuration.
 
-use super::{EtcdStore, Op, Store, StoreError, Versioned, Watch, ZkStore};
+use super::{EtcdConfig, EtcdStore, Op, Store, StoreError, Versioned, Watch, ZkStore};
+use crate::zk::{ZkConfig, ZkSession};
+
+/// Which store to connect to, and how: what a `--zk` or an `--etcd` flag gives.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    /// ZooKeeper.
+    Zk(ZkConfig),
+    /// etcd v3.
+    Etcd(EtcdConfig),
+}
+
+impl From<ZkConfig> for StoreConfig {
+    fn from(c: ZkConfig) -> Self {
+        StoreConfig::Zk(c)
+    }
+}
+
+impl From<EtcdConfig> for StoreConfig {
+    fn from(c: EtcdConfig) -> Self {
+        StoreConfig::Etcd(c)
+    }
+}
+
+impl StoreConfig {
+    /// Connects: a ZooKeeper session, or an etcd client with its lease.
+    pub async fn connect(&self) -> Result<AnyStore, StoreError> {
+        match self {
+            StoreConfig::Zk(c) => {
+                let session =
+                    ZkSession::connect(c.clone())
+                        .await
+                        .map_err(|e| StoreError::Unavailable {
+                            op: "connect",
+                            path: c.servers.clone(),
+                            reason: e.to_string(),
+                        })?;
+                Ok(AnyStore::Zk(ZkStore::new(session)))
+            }
+            StoreConfig::Etcd(c) => Ok(AnyStore::Etcd(EtcdStore::connect(c.clone()).await?)),
+        }
+    }
+}
 
 /// ZooKeeper or etcd behind the [`Store`] contract.
 #[derive(Debug, Clone)]

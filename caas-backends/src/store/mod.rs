@@ -69,7 +69,7 @@ use std::future::Future;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-pub use any::AnyStore;
+pub use any::{AnyStore, StoreConfig};
 pub use discovery::{StoreDiscovery, StoreDiscoveryCounters, StoreDiscoveryStats};
 pub use etcd::{EtcdConfig, EtcdStats, EtcdStore};
 pub use memory::MemStore;
@@ -204,6 +204,32 @@ pub enum StoreError {
     },
 }
 
+/// A store call failed, or a node holds something its reader cannot use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A node holds something that cannot be used.
+    #[error("{path}: {reason}")]
+    Bad {
+        /// The node.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl NodeError {
+    /// A node whose data cannot be used.
+    pub fn bad(path: &str, reason: impl std::fmt::Display) -> Self {
+        NodeError::Bad {
+            path: path.to_owned(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
 impl StoreError {
     /// Whether a commit that failed with this error may nevertheless have been applied.
     pub fn outcome_unknown(&self) -> bool {
@@ -332,6 +358,37 @@ pub async fn put<S: Store>(store: &S, path: &str, data: &[u8]) -> Result<(), Sto
         path: path.to_owned(),
         reason: "no attempt made".into(),
     }))
+}
+
+/// Creates an ephemeral node of this handle like [`Store::create_ephemeral`], but replaces
+/// a node another session or lease holds at `path` (a previous run of the same identity —
+/// an agent's host id, a gateway's id — whose session has not timed out yet): one identity
+/// belongs to one live process. Returns whether a node was replaced; the caller says so.
+pub async fn claim_ephemeral<S: Store>(
+    store: &S,
+    path: &str,
+    data: &[u8],
+) -> Result<bool, StoreError> {
+    match store.create_ephemeral(path, data).await {
+        Err(StoreError::Conflict {
+            kind: ConflictKind::NodeExists,
+            ..
+        }) => {}
+        other => return other.map(|()| false),
+    }
+    let op = Op::Delete {
+        path: path.to_owned(),
+        version: None,
+    };
+    match store.commit(vec![op]).await {
+        Ok(_)
+        | Err(StoreError::Conflict {
+            kind: ConflictKind::NoNode,
+            ..
+        }) => {}
+        Err(e) => return Err(e),
+    }
+    store.create_ephemeral(path, data).await.map(|()| true)
 }
 
 /// [`Store::list`] as `children` and then a `get` of each, all in flight at once: for stores

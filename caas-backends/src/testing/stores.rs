@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::{EtcdServer, TcpProxy, ZkServer, ZkServerBuilder, shared_etcd, shared_zk};
-use crate::store::{EtcdConfig, EtcdStore, MemStore, Store, StoreError, ZkStore};
+use crate::store::{EtcdConfig, EtcdStore, MemStore, Store, StoreConfig, StoreError, ZkStore};
 use crate::zk::{ZkConfig, ZkSession};
 
 /// One store under test (see the module docs).
@@ -119,6 +119,11 @@ impl ZkFixture {
         self.server.with(ZkServer::connect_string)
     }
 
+    /// What a role (an agent, a scheduler) connects with.
+    pub fn store_config(&self) -> StoreConfig {
+        StoreConfig::Zk(self.config(&self.connect_string()))
+    }
+
     async fn open(config: ZkConfig) -> Result<ZkStore, StoreError> {
         let servers = config.servers.clone();
         ZkSession::connect(config)
@@ -201,6 +206,11 @@ impl EtcdFixture {
     pub fn endpoint(&self) -> String {
         self.server.with(EtcdServer::endpoint)
     }
+
+    /// What a role (an agent, a scheduler) connects with.
+    pub fn store_config(&self) -> StoreConfig {
+        StoreConfig::Etcd(self.config(self.endpoint()))
+    }
 }
 
 impl StoreFixture for EtcdFixture {
@@ -280,4 +290,27 @@ impl StoreFixture for MemFixture {
     fn session_timeout(&self) -> Duration {
         Duration::ZERO
     }
+}
+
+/// Runs generic test functions on stores: `store_suite!(etcd, EtcdFixture::shared, [a, b])`
+/// declares `mod etcd` with one `#[tokio::test]` per function, each calling the caller's
+/// `logs()` and then `super::a(fixture)` with the fixture `$fixture("etcd_a")` (the test
+/// passes, having printed why, when that store is not installed outside CI). The functions
+/// take any [`StoreFixture`], so one body is the test on every store.
+#[macro_export]
+macro_rules! store_suite {
+    ($store:ident, $fixture:expr, [$($test:ident),* $(,)?]) => {
+        mod $store {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    logs();
+                    let name = concat!(stringify!($store), "_", stringify!($test));
+                    let Some(f) = $fixture(name) else { return };
+                    super::$test(f).await;
+                }
+            )*
+        }
+    };
 }

@@ -37,20 +37,6 @@ pub enum ZkError {
         /// What the server or client reported.
         source: zookeeper_client::Error,
     },
-    /// `register` found the instance node already there: ids are never silently reused.
-    #[error("instance {path} is already registered (holding {existing:?})")]
-    AlreadyRegistered {
-        /// The instance node.
-        path: String,
-        /// What it holds now.
-        existing: String,
-    },
-    /// `deregister` of an instance that is not registered.
-    #[error("instance {path} is not registered")]
-    NotRegistered {
-        /// The instance node.
-        path: String,
-    },
     /// A custom domain is already bound to another app.
     #[error("domain {domain} is already claimed by app {owner}")]
     DomainTaken {

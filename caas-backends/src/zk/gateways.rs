@@ -1,19 +1,17 @@
-//! Gateway announcements: each ZooKeeper-fed gateway keeps the EPHEMERAL node
+//! Gateway announcements: each store-fed gateway keeps the ephemeral node
 //! `/gateways/{gatewayId}` holding where it can be reached (its admin listener, for
 //! `/stats/{appId}` and `/metrics`, and its proxy listeners), so the control plane finds
-//! every live gateway. The node lives with the gateway's session: it vanishes when the
-//! gateway stops or dies, and [`ZkSession`] re-creates it in a new session after an expiry.
+//! every live gateway. The node lives with the gateway's session or lease: it vanishes when
+//! the gateway stops or dies, and the store re-creates it after an expiry.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::error::{Result, ZkError};
 use super::hosts::validate_host_id;
 use super::layout::{GATEWAYS, gateway_path};
-use super::read::children;
-use super::session::ZkSession;
+use crate::store::{Store, StoreError, claim_ephemeral};
 
 /// What a gateway announces at `/gateways/{gatewayId}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,61 +54,47 @@ pub fn sanitize_gateway_id(raw: &str) -> String {
     }
 }
 
-/// Creates `/gateways/{id}` (EPHEMERAL, re-created after a session expiry). A node left by
-/// another session (this gateway's previous run, whose session has not expired yet) is
-/// replaced, with a warning: two live gateways must not share an id.
-pub async fn announce_gateway(session: &ZkSession, id: &str, info: &GatewayInfo) -> Result<()> {
-    validate_gateway_id(id).map_err(ZkError::Config)?;
+/// Creates `/gateways/{id}` (ephemeral, re-created after an expiry). A node left by another
+/// session or lease (this gateway's previous run, not expired yet) is replaced, with a
+/// warning: two live gateways must not share an id.
+pub async fn announce_gateway<S: Store>(
+    store: &S,
+    id: &str,
+    info: &GatewayInfo,
+) -> Result<(), StoreError> {
     let path = gateway_path(id);
-    let data = serde_json::to_vec(info).map_err(|e| ZkError::Config(e.to_string()))?;
-    match session.create_ephemeral(&path, &data).await {
-        Err(ZkError::Op {
-            source: zookeeper_client::Error::NodeExists,
-            ..
-        }) if !session.ephemerals().contains(&path) => {
-            let client = session.client()?;
-            match client.check_stat(&path).await {
-                Ok(Some(stat)) => {
-                    tracing::warn!(%path, owner = stat.ephemeral_owner, "replacing a gateway announcement of another session (a previous run with this id?)");
-                    match client.delete(&path, Some(stat.version)).await {
-                        Ok(()) | Err(zookeeper_client::Error::NoNode) => {}
-                        Err(e) => return Err(ZkError::op("delete", &path, e)),
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => return Err(ZkError::op("stat", &path, e)),
-            }
-            session.create_ephemeral(&path, &data).await
-        }
-        other => other,
+    let invalid = |reason: String| StoreError::Invalid {
+        op: "announce",
+        path: path.clone(),
+        reason,
+    };
+    validate_gateway_id(id).map_err(invalid)?;
+    let data = serde_json::to_vec(info).map_err(|e| invalid(e.to_string()))?;
+    if claim_ephemeral(store, &path, &data).await? {
+        tracing::warn!(%path, "replaced a gateway announcement of another session (a previous run with this id?)");
     }
+    Ok(())
 }
 
-/// Deletes this gateway's announcement (it also goes with the session).
-pub async fn withdraw_gateway(session: &ZkSession, id: &str) -> Result<()> {
-    let path = gateway_path(id);
-    session.forget_ephemeral(&path);
-    match session.client()?.delete(&path, None).await {
-        Ok(()) | Err(zookeeper_client::Error::NoNode) => Ok(()),
-        Err(e) => Err(ZkError::op("delete", &path, e)),
-    }
+/// Deletes this gateway's announcement (it also goes with the session or lease).
+pub async fn withdraw_gateway<S: Store>(store: &S, id: &str) -> Result<(), StoreError> {
+    store.delete_ephemeral(&gateway_path(id)).await
 }
 
 /// Every announced gateway by id. A node that does not parse is skipped with a warning.
-pub async fn list_gateways(session: &ZkSession) -> Result<BTreeMap<String, GatewayInfo>> {
-    let client = session.client()?;
+pub async fn list_gateways<S: Store>(
+    store: &S,
+) -> Result<BTreeMap<String, GatewayInfo>, StoreError> {
     let mut out = BTreeMap::new();
-    for id in children(&client, GATEWAYS).await? {
-        let path = gateway_path(&id);
-        match client.get_data(&path).await {
-            Ok((data, _)) => match serde_json::from_slice(&data) {
-                Ok(info) => {
-                    out.insert(id, info);
-                }
-                Err(e) => tracing::warn!(%path, "skipping a gateway node that does not parse: {e}"),
-            },
-            Err(zookeeper_client::Error::NoNode) => {}
-            Err(e) => return Err(ZkError::op("get", &path, e)),
+    for (id, node) in store.list(GATEWAYS).await? {
+        match serde_json::from_slice(&node.data) {
+            Ok(info) => {
+                out.insert(id, info);
+            }
+            Err(e) => {
+                let path = gateway_path(&id);
+                tracing::warn!(%path, "skipping a gateway node that does not parse: {e}");
+            }
         }
     }
     Ok(out)

@@ -7,11 +7,12 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use serde::Serialize;
-use zookeeper_client::{Acls, CreateMode};
 
-use super::error::{Result, ZkError};
-use super::hosts::{HOSTS, HostInfo, HostStore, Resources, host_path};
+use super::hosts::{HostInfo, HostStore, Resources, host_path};
 use crate::assignment::Assignment;
+use crate::store::{NodeError, Op, Store, StoreError};
+
+type Result<T> = std::result::Result<T, NodeError>;
 
 /// The fields of [`HostInfo`] the host agent owns and publishes; the rest (`allocated`,
 /// `draining`) belongs to schedulers and operators.
@@ -96,17 +97,14 @@ pub fn allocated_by<'a>(assignments: impl IntoIterator<Item = &'a Assignment>) -
 const PUBLISH_ATTEMPTS: usize = 20;
 
 fn encode<T: Serialize>(path: &str, value: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec(value).map_err(|e| ZkError::BadData {
-        path: path.to_owned(),
-        reason: format!("cannot encode: {e}"),
-    })
+    serde_json::to_vec(value).map_err(|e| NodeError::bad(path, format!("cannot encode: {e}")))
 }
 
-impl HostStore {
+impl<S: Store> HostStore<S> {
     /// Publishes the agent's fields of `/hosts/{host}` (see [`AgentHostFields`]): a
     /// read-modify-write under the node's version that keeps `allocated` and `draining` as
-    /// they are, retried when another writer got in between (`BadVersion`). A missing node
-    /// (or one created empty as a parent) is created with `allocated` = the sum over the
+    /// they are, retried when another writer got in between (a version conflict). A missing
+    /// node (or one created empty as a parent) is created with `allocated` = the sum over the
     /// host's current assignments ([`allocated_by`]) and `draining` false. Nothing is written
     /// when the agent's fields are already what the node holds. A node that holds something
     /// else than HostInfo JSON is an error and is left as it is.
@@ -116,59 +114,52 @@ impl HostStore {
         fields: &AgentHostFields,
     ) -> Result<Published> {
         let path = host_path(host);
-        let client = self.session().client()?;
+        let mut last = None;
         for _ in 0..PUBLISH_ATTEMPTS {
-            let (info, version, outcome) = match client.get_data(&path).await {
-                Ok((data, stat)) if data.is_empty() => (
-                    fields.new_info(self.allocated(host).await?),
-                    stat.version,
-                    Published::Created,
-                ),
-                Ok((data, stat)) => {
-                    let old: HostInfo =
-                        serde_json::from_slice(&data).map_err(|e| ZkError::BadData {
-                            path: path.clone(),
-                            reason: format!("not HostInfo JSON, left as it is: {e}"),
-                        })?;
+            let (op, outcome) = match self.store().get(&path).await? {
+                Some(node) if !node.data.is_empty() => {
+                    let old: HostInfo = serde_json::from_slice(&node.data).map_err(|e| {
+                        NodeError::bad(&path, format!("not HostInfo JSON, left as it is: {e}"))
+                    })?;
                     let new = fields.apply(old.clone());
                     if new == old {
                         return Ok(Published::Unchanged);
                     }
-                    (new, stat.version, Published::Updated)
+                    let data = encode(&path, &new)?;
+                    (
+                        Op::Set {
+                            path: path.clone(),
+                            data,
+                            version: Some(node.version),
+                        },
+                        Published::Updated,
+                    )
                 }
-                Err(zookeeper_client::Error::NoNode) => {
-                    let info = fields.new_info(self.allocated(host).await?);
-                    let opts =
-                        CreateMode::Persistent.with_acls(Acls::new(self.session().node_acl()));
-                    match client.create(&path, &encode(&path, &info)?, &opts).await {
-                        Ok(_) => return Ok(Published::Created),
-                        Err(zookeeper_client::Error::NodeExists) => continue,
-                        Err(zookeeper_client::Error::NoNode) => {
-                            self.session().mkdir(HOSTS).await?;
-                            continue;
-                        }
-                        Err(e) => return Err(ZkError::op("create", &path, e)),
-                    }
+                found => {
+                    let data = encode(&path, &fields.new_info(self.allocated(host).await?))?;
+                    let op = match found {
+                        // Created empty, as the parent of the assignments.
+                        Some(node) => Op::Set {
+                            path: path.clone(),
+                            data,
+                            version: Some(node.version),
+                        },
+                        None => Op::Create {
+                            path: path.clone(),
+                            data,
+                        },
+                    };
+                    (op, Published::Created)
                 }
-                Err(e) => return Err(ZkError::op("get", &path, e)),
             };
-            match client
-                .set_data(&path, &encode(&path, &info)?, Some(version))
-                .await
-            {
+            match self.store().commit(vec![op]).await {
                 Ok(_) => return Ok(outcome),
-                Err(zookeeper_client::Error::BadVersion | zookeeper_client::Error::NoNode) => {
-                    continue;
-                }
-                Err(e) => return Err(ZkError::op("set", &path, e)),
+                Err(e @ StoreError::Conflict { .. }) => last = Some(e),
+                Err(e) => return Err(e.into()),
             }
         }
         // Other writers won every round: the caller logs it and tries again later.
-        Err(ZkError::op(
-            "set",
-            &path,
-            zookeeper_client::Error::BadVersion,
-        ))
+        Err(last.map_or_else(|| NodeError::bad(&path, "not written"), NodeError::from))
     }
 
     /// The sum over the host's valid assignments (see [`allocated_by`]).

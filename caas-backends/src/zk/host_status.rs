@@ -3,70 +3,33 @@
 //! instance is removed, read by schedulers and users (`caas status`).
 
 use caas_core::InstanceId;
-use zookeeper_client::{Acls, CreateMode};
 
-use super::error::{Result, ZkError};
-use super::hosts::{HostStore, InstanceStatus, status_path, statuses_path};
+use super::hosts::{HostStore, InstanceStatus, delete_if_present, status_path, statuses_path};
+use crate::store::{NodeError, Store};
 
-impl HostStore {
-    /// Writes (creates with the session's node ACL, or overwrites) one status node.
+impl<S: Store> HostStore<S> {
+    /// Writes (creates or overwrites) one status node.
     pub async fn put_status(
         &self,
         host: &str,
         instance: &InstanceId,
         status: &InstanceStatus,
-    ) -> Result<()> {
+    ) -> Result<(), NodeError> {
         let path = status_path(host, instance);
-        let data = serde_json::to_vec(status).map_err(|e| ZkError::BadData {
-            path: path.clone(),
-            reason: format!("cannot encode: {e}"),
-        })?;
-        let client = self.session().client()?;
-        // Set first: after the first write of an instance every write is a set.
-        match client.set_data(&path, &data, None).await {
-            Ok(_) => return Ok(()),
-            Err(zookeeper_client::Error::NoNode) => {}
-            Err(e) => return Err(ZkError::op("set", &path, e)),
-        }
-        let opts = CreateMode::Persistent.with_acls(Acls::new(self.session().node_acl()));
-        match client.create(&path, &data, &opts).await {
-            Ok(_) => Ok(()),
-            Err(zookeeper_client::Error::NoNode) => {
-                self.session().mkdir(&statuses_path(host)).await?;
-                client
-                    .create(&path, &data, &opts)
-                    .await
-                    .map(drop)
-                    .map_err(|e| ZkError::op("create", &path, e))
-            }
-            // Created between our set and create (only this host's agent writes here).
-            Err(zookeeper_client::Error::NodeExists) => client
-                .set_data(&path, &data, None)
-                .await
-                .map(drop)
-                .map_err(|e| ZkError::op("set", &path, e)),
-            Err(e) => Err(ZkError::op("create", &path, e)),
-        }
+        let data = serde_json::to_vec(status)
+            .map_err(|e| NodeError::bad(&path, format!("cannot encode: {e}")))?;
+        Ok(crate::store::put(self.store(), &path, &data).await?)
     }
 
     /// Deletes one status node; absent is fine.
-    pub async fn delete_status(&self, host: &str, instance: &str) -> Result<()> {
-        let path = format!("{}/{instance}", statuses_path(host));
-        match self.session().client()?.delete(&path, None).await {
-            Ok(()) | Err(zookeeper_client::Error::NoNode) => Ok(()),
-            Err(e) => Err(ZkError::op("delete", &path, e)),
-        }
+    pub async fn delete_status(&self, host: &str, instance: &str) -> Result<(), NodeError> {
+        delete_if_present(self.store(), &format!("{}/{instance}", statuses_path(host))).await
     }
 
     /// The names of the children of `/hosts/{host}/status` (valid instance ids or not); a
     /// missing parent is no children.
-    pub async fn status_names(&self, host: &str) -> Result<Vec<String>> {
-        let parent = statuses_path(host);
-        match self.session().client()?.list_children(&parent).await {
-            Ok(n) => Ok(n),
-            Err(zookeeper_client::Error::NoNode) => Ok(Vec::new()),
-            Err(e) => Err(ZkError::op("list", &parent, e)),
-        }
+    pub async fn status_names(&self, host: &str) -> Result<Vec<String>, NodeError> {
+        Ok(self.store().children(&statuses_path(host)).await?)
     }
 
     /// Reads one status node; `None` when absent.
@@ -74,19 +37,13 @@ impl HostStore {
         &self,
         host: &str,
         instance: &InstanceId,
-    ) -> Result<Option<InstanceStatus>> {
+    ) -> Result<Option<InstanceStatus>, NodeError> {
         let path = status_path(host, instance);
-        match self.session().client()?.get_data(&path).await {
-            Ok((data, _)) => {
-                serde_json::from_slice(&data)
-                    .map(Some)
-                    .map_err(|e| ZkError::BadData {
-                        path,
-                        reason: format!("not InstanceStatus JSON: {e}"),
-                    })
-            }
-            Err(zookeeper_client::Error::NoNode) => Ok(None),
-            Err(e) => Err(ZkError::op("get", &path, e)),
+        match self.store().get(&path).await? {
+            Some(node) => serde_json::from_slice(&node.data)
+                .map(Some)
+                .map_err(|e| NodeError::bad(&path, format!("not InstanceStatus JSON: {e}"))),
+            None => Ok(None),
         }
     }
 }

@@ -29,20 +29,21 @@
 //! reconcile. It writes on a change of state, address, message or restart count only, never
 //! per health probe.
 //!
-//! [`HostStore`] reads and writes them through a [`ZkSession`]. The `alive` node is created
-//! through the session's ephemeral bookkeeping, so it comes back after a session expiry.
+//! [`HostStore`] reads and writes them on any [`Store`] (ZooKeeper, etcd). The `alive` node
+//! is one of the store's ephemeral nodes: it comes back after a session expiry or a lost
+//! lease.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use caas_core::InstanceId;
 use serde::{Deserialize, Serialize};
-use zookeeper_client::{Acls, CreateMode};
 
-use super::error::{Result, ZkError};
 pub use super::host_info::{AgentHostFields, Published, allocated_by};
-use super::session::ZkSession;
 use crate::assignment::{Assignment, AssignmentError};
+use crate::store::{ConflictKind, NodeError, Op, Store, StoreError};
+
+type Result<T> = std::result::Result<T, NodeError>;
 
 /// Parent of the host nodes.
 pub const HOSTS: &str = "/hosts";
@@ -190,93 +191,76 @@ pub struct AssignmentNode {
     pub assignment: std::result::Result<Assignment, AssignmentError>,
 }
 
-/// Reads and writes the host nodes.
+/// Reads and writes the host nodes on a [`Store`].
 #[derive(Debug, Clone)]
-pub struct HostStore {
-    session: ZkSession,
+pub struct HostStore<S> {
+    store: S,
 }
 
-impl HostStore {
-    /// A store writing through `session`.
-    pub fn new(session: ZkSession) -> Self {
-        Self { session }
+/// Whether a commit failed because a node was not where it was expected (`kind`).
+pub(crate) fn is_conflict(e: &StoreError, kind: ConflictKind) -> bool {
+    matches!(e, StoreError::Conflict { kind: k, .. } if *k == kind)
+}
+
+impl<S: Store> HostStore<S> {
+    /// Host nodes on `store`.
+    pub fn new(store: S) -> Self {
+        Self { store }
     }
 
-    /// The session underneath.
-    pub fn session(&self) -> &ZkSession {
-        &self.session
+    /// The store underneath.
+    pub fn store(&self) -> &S {
+        &self.store
     }
 
-    /// Creates `/hosts/{host}/assignments` (and its parents) when missing.
+    /// Creates `/hosts/{host}/assignments` (and, on ZooKeeper, its parents) when missing.
     pub async fn ensure(&self, host: &str) -> Result<()> {
-        self.session.mkdir(&assignments_path(host)).await
+        let op = Op::Create {
+            path: assignments_path(host),
+            data: Vec::new(),
+        };
+        match self.store.commit(vec![op]).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_conflict(&e, ConflictKind::NodeExists) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Reads `/hosts/{host}`; `None` when absent or not written yet (a node created empty
     /// as the parent of the host's assignments).
     pub async fn info(&self, host: &str) -> Result<Option<HostInfo>> {
         let path = host_path(host);
-        match self.session.client()?.get_data(&path).await {
-            Ok((data, _)) if data.is_empty() => Ok(None),
-            Ok((data, _)) => {
-                serde_json::from_slice(&data)
-                    .map(Some)
-                    .map_err(|e| ZkError::BadData {
-                        path,
-                        reason: e.to_string(),
-                    })
-            }
-            Err(zookeeper_client::Error::NoNode) => Ok(None),
-            Err(e) => Err(ZkError::op("get", &path, e)),
+        match self.store.get(&path).await? {
+            Some(node) if node.data.is_empty() => Ok(None),
+            Some(node) => serde_json::from_slice(&node.data)
+                .map(Some)
+                .map_err(|e| NodeError::bad(&path, e)),
+            None => Ok(None),
         }
     }
 
-    /// Creates the EPHEMERAL `/hosts/{host}/alive` holding the IP. A node left by an earlier
-    /// session of this host (a crashed agent whose session has not timed out yet) is
-    /// replaced: one host id belongs to one agent.
+    /// Creates the ephemeral `/hosts/{host}/alive` holding the IP. A node left by an earlier
+    /// session or lease of this host (a crashed agent whose session has not timed out yet)
+    /// is replaced: one host id belongs to one agent.
     pub async fn mark_alive(&self, host: &str, ip: IpAddr) -> Result<()> {
         let path = alive_path(host);
         let data = ip.to_string();
-        match self.session.create_ephemeral(&path, data.as_bytes()).await {
-            Err(ZkError::Op {
-                source: zookeeper_client::Error::NodeExists,
-                ..
-            }) if !self.session.ephemerals().contains(&path) => {
-                tracing::warn!(%path, "alive node of an earlier session found; replacing it");
-                match self.session.client()?.delete(&path, None).await {
-                    Ok(()) | Err(zookeeper_client::Error::NoNode) => {}
-                    Err(e) => return Err(ZkError::op("delete", &path, e)),
-                }
-                self.session.create_ephemeral(&path, data.as_bytes()).await
-            }
-            other => other,
+        if crate::store::claim_ephemeral(&self.store, &path, data.as_bytes()).await? {
+            tracing::warn!(%path, "replaced the alive node of an earlier session");
         }
+        Ok(())
     }
 
     /// Every child of `/hosts/{host}/assignments`, parsed; a missing parent is no children.
     pub async fn assignments(&self, host: &str) -> Result<Vec<AssignmentNode>> {
-        let parent = assignments_path(host);
-        let client = self.session.client()?;
-        let names = match client.list_children(&parent).await {
-            Ok(n) => n,
-            Err(zookeeper_client::Error::NoNode) => return Ok(Vec::new()),
-            Err(e) => return Err(ZkError::op("list", &parent, e)),
-        };
-        let mut out = Vec::with_capacity(names.len());
-        for name in names {
-            let path = format!("{parent}/{name}");
-            let data = match client.get_data(&path).await {
-                Ok((d, _)) => d,
-                // Deleted between the list and the read.
-                Err(zookeeper_client::Error::NoNode) => continue,
-                Err(e) => return Err(ZkError::op("get", &path, e)),
-            };
-            out.push(AssignmentNode {
+        let nodes = self.store.list(&assignments_path(host)).await?;
+        Ok(nodes
+            .into_iter()
+            .map(|(name, node)| AssignmentNode {
                 instance: InstanceId::new(&name).map_err(|e| e.to_string()),
-                assignment: Assignment::from_json(&data),
-            });
-        }
-        Ok(out)
+                assignment: Assignment::from_json(&node.data),
+            })
+            .collect())
     }
 
     /// Writes (creates or overwrites) one assignment.
@@ -287,30 +271,25 @@ impl HostStore {
         assignment: &Assignment,
     ) -> Result<()> {
         let path = assignment_path(host, instance);
-        let data = assignment.to_json();
-        let client = self.session.client()?;
-        match client.set_data(&path, &data, None).await {
-            Ok(_) => Ok(()),
-            Err(zookeeper_client::Error::NoNode) => {
-                self.ensure(host).await?;
-                let opts = CreateMode::Persistent.with_acls(Acls::new(self.session.node_acl()));
-                client
-                    .create(&path, &data, &opts)
-                    .await
-                    .map(drop)
-                    .map_err(|e| ZkError::op("create", &path, e))
-            }
-            Err(e) => Err(ZkError::op("set", &path, e)),
-        }
+        Ok(crate::store::put(&self.store, &path, &assignment.to_json()).await?)
     }
 
     /// Deletes one assignment; absent is fine.
     pub async fn delete_assignment(&self, host: &str, instance: &InstanceId) -> Result<()> {
-        let path = assignment_path(host, instance);
-        match self.session.client()?.delete(&path, None).await {
-            Ok(()) | Err(zookeeper_client::Error::NoNode) => Ok(()),
-            Err(e) => Err(ZkError::op("delete", &path, e)),
-        }
+        delete_if_present(&self.store, &assignment_path(host, instance)).await
+    }
+}
+
+/// Deletes a node whatever its version; absent is fine.
+pub(crate) async fn delete_if_present<S: Store>(store: &S, path: &str) -> Result<()> {
+    let op = Op::Delete {
+        path: path.to_owned(),
+        version: None,
+    };
+    match store.commit(vec![op]).await {
+        Ok(_) => Ok(()),
+        Err(e) if is_conflict(&e, ConflictKind::NoNode) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 

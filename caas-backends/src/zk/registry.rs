@@ -1,81 +1,152 @@
-//! [`Registry`]: puts running instances into ZooKeeper and takes them out.
+//! [`Registry`]: puts running instances into the store and takes them out.
 //!
-//! An instance is the EPHEMERAL node `/service/address/{appId}/{version}/{containerId}`
+//! An instance is the ephemeral node `/service/address/{appId}/{version}/{instanceId}`
 //! holding exactly `{hostIp}:{port}` (other tools read this format). It lives as long as the
-//! session; after a session expiry [`ZkSession`] re-creates it.
+//! store's session (ZooKeeper) or lease (etcd); after a loss the store creates it again.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use caas_core::{AppId, InstanceId, Version};
 
-use super::error::{Result, ZkError};
+use super::hosts::{delete_if_present, is_conflict};
 use super::layout::instance_path;
-use super::session::ZkSession;
+use crate::store::{ConflictKind, NodeError, Store, StoreError};
+
+/// Why a registration or deregistration failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// `register` found the instance node already there: ids are never silently reused.
+    #[error("instance {path} is already registered (holding {existing:?})")]
+    AlreadyRegistered {
+        /// The instance node.
+        path: String,
+        /// What it holds now.
+        existing: String,
+    },
+    /// `deregister` of an instance that is not registered.
+    #[error("instance {path} is not registered")]
+    NotRegistered {
+        /// The instance node.
+        path: String,
+    },
+}
+
+impl From<NodeError> for RegistryError {
+    fn from(e: NodeError) -> Self {
+        match e {
+            NodeError::Store(e) => RegistryError::Store(e),
+            // The registry never parses node data.
+            NodeError::Bad { path, reason } => RegistryError::Store(StoreError::Invalid {
+                op: "registry",
+                path,
+                reason,
+            }),
+        }
+    }
+}
 
 /// Registers and deregisters instances of apps.
 #[derive(Debug, Clone)]
-pub struct Registry {
-    session: ZkSession,
+pub struct Registry<S> {
+    store: S,
+    /// The instance nodes this registry created and has not removed.
+    owned: Arc<Mutex<BTreeSet<String>>>,
 }
 
-impl Registry {
-    /// A registry writing through `session`.
-    pub fn new(session: ZkSession) -> Self {
-        Self { session }
+impl<S: Store> Registry<S> {
+    /// A registry writing to `store`.
+    pub fn new(store: S) -> Self {
+        Self {
+            store,
+            owned: Arc::default(),
+        }
     }
 
-    /// The session underneath.
-    pub fn session(&self) -> &ZkSession {
-        &self.session
+    /// The store underneath.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The instance nodes registered through this registry (and its clones) and not
+    /// deregistered since.
+    pub fn owned(&self) -> BTreeSet<String> {
+        self.owned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Creates the instance node (parents as needed). An instance id that is already
-    /// registered is [`ZkError::AlreadyRegistered`], never overwritten.
+    /// registered is [`RegistryError::AlreadyRegistered`], never overwritten.
     pub async fn register(
         &self,
         app: &AppId,
         version: &Version,
         instance: &InstanceId,
         addr: SocketAddr,
-    ) -> Result<()> {
+    ) -> Result<(), RegistryError> {
         let path = instance_path(app, version, instance);
         let data = addr.to_string();
-        match self.session.create_ephemeral(&path, data.as_bytes()).await {
-            Err(ZkError::Op {
-                source: zookeeper_client::Error::NodeExists,
-                ..
-            }) => {
-                let existing = match self.session.client()?.get_data(&path).await {
-                    Ok((d, _)) => String::from_utf8_lossy(&d).into_owned(),
+        match self.store.create_ephemeral(&path, data.as_bytes()).await {
+            Ok(()) => {
+                self.own(&path, true);
+                tracing::debug!(%path, %addr, "registered");
+                Ok(())
+            }
+            Err(e) if is_conflict(&e, ConflictKind::NodeExists) => {
+                let existing = match self.store.get(&path).await {
+                    Ok(Some(node)) => String::from_utf8_lossy(&node.data).into_owned(),
+                    Ok(None) => "<deleted meanwhile>".to_owned(),
                     Err(e) => format!("<unreadable: {e}>"),
                 };
-                Err(ZkError::AlreadyRegistered { path, existing })
+                Err(RegistryError::AlreadyRegistered { path, existing })
             }
-            other => {
-                if other.is_ok() {
-                    tracing::debug!(%path, %addr, "registered");
-                }
-                other
-            }
+            Err(e) => Err(e.into()),
         }
     }
 
-    /// Deletes the instance node; [`ZkError::NotRegistered`] when it is not there.
+    /// Stops re-creating the instance node and deletes it (on etcd only when it is still
+    /// this registry's: a registration taken over meanwhile stays); [`RegistryError::NotRegistered`]
+    /// when there is no node.
     pub async fn deregister(
         &self,
         app: &AppId,
         version: &Version,
         instance: &InstanceId,
-    ) -> Result<()> {
+    ) -> Result<(), RegistryError> {
         let path = instance_path(app, version, instance);
-        self.session.forget_ephemeral(&path);
-        match self.session.client()?.delete(&path, None).await {
-            Ok(()) => {
-                tracing::debug!(%path, "deregistered");
-                Ok(())
-            }
-            Err(zookeeper_client::Error::NoNode) => Err(ZkError::NotRegistered { path }),
-            Err(e) => Err(ZkError::op("delete", &path, e)),
+        self.own(&path, false);
+        if self.store.get(&path).await?.is_none() {
+            return Err(RegistryError::NotRegistered { path });
+        }
+        self.store.delete_ephemeral(&path).await?;
+        tracing::debug!(%path, "deregistered");
+        Ok(())
+    }
+
+    /// Deletes an instance node whoever wrote it (a registration left by an earlier session
+    /// or lease of the same host, about to be taken over); absent is fine.
+    pub async fn remove_stale(
+        &self,
+        app: &AppId,
+        version: &Version,
+        instance: &InstanceId,
+    ) -> Result<(), RegistryError> {
+        let path = instance_path(app, version, instance);
+        Ok(delete_if_present(&self.store, &path).await?)
+    }
+
+    fn own(&self, path: &str, owned: bool) {
+        let mut set = self.owned.lock().unwrap_or_else(PoisonError::into_inner);
+        if owned {
+            set.insert(path.to_owned());
+        } else {
+            set.remove(path);
         }
     }
 }

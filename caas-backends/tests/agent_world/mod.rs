@@ -1,4 +1,5 @@
-//! The world of the agent tests (`agent.rs`, `agent_units.rs`): one real ZooKeeper per test,
+//! The world of the agent tests (`agent.rs`, `agent_units.rs`): a real store (ZooKeeper, or
+//! etcd for the tests that run on both; the process's shared server, a namespace per test),
 //! the real Docker Engine and registry, the hello-app image, a host id and a loopback IP per
 //! test, and helpers that read what a user would look at (registrations, containers by
 //! label, status nodes).
@@ -12,24 +13,48 @@ use std::time::{Duration, Instant};
 
 use caas_backends::assignment::{Assignment, HealthPolicy};
 use caas_backends::docker::{DockerRuntime, ManagedContainer};
+use caas_backends::store::{AnyStore, Store, StoreConfig};
 use caas_backends::testing::docker::{docker_or_skip, hello_image, remove_labelled};
-use caas_backends::testing::{ZkServer, ZkServerBuilder};
+use caas_backends::testing::stores::{EtcdFixture, ZkFixture};
+use caas_backends::zk::HostStore;
 use caas_backends::zk::hosts::InstanceStatus;
-use caas_backends::zk::{HostStore, ZkConfig, ZkSession};
 use caas_backends::{Agent, AgentConfig, AgentHandle};
 use caas_core::{AppId, InstanceId, Version};
 
 pub const WAIT: Duration = Duration::from_secs(60);
 
-/// One test's world: ZooKeeper, Docker, the image, a host id and IP.
+/// Which store the agent runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Zk,
+    Etcd,
+}
+
+/// The test's namespace on the shared server of its store.
+pub enum Fixture {
+    Zk(ZkFixture),
+    Etcd(EtcdFixture),
+}
+
+impl Fixture {
+    pub fn store_config(&self) -> StoreConfig {
+        match self {
+            Fixture::Zk(f) => f.store_config(),
+            Fixture::Etcd(f) => f.store_config(),
+        }
+    }
+}
+
+/// One test's world: the store, Docker, the image, a host id and IP.
 pub struct World {
-    pub zk: ZkServer,
+    pub fixture: Fixture,
     pub docker: DockerRuntime,
     pub image: String,
     pub host: String,
     pub ip: IpAddr,
     pub label: String,
-    pub session: ZkSession,
+    /// The test's own handle on the store (not the agent's).
+    pub store: AnyStore,
 }
 
 impl Drop for World {
@@ -38,7 +63,12 @@ impl Drop for World {
     }
 }
 
+/// A world on ZooKeeper.
 pub async fn world(test: &str, host: &str, ip: &str) -> Option<World> {
+    world_on(Kind::Zk, test, host, ip).await
+}
+
+pub async fn world_on(kind: Kind, test: &str, host: &str, ip: &str) -> Option<World> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -47,31 +77,34 @@ pub async fn world(test: &str, host: &str, ip: &str) -> Option<World> {
         .with_test_writer()
         .try_init();
     let docker = docker_or_skip(test).await?;
-    let zk = ZkServer::start_or_skip(ZkServerBuilder::default(), test)?;
+    // Namespaces are per test: fixture names must be valid path segments.
+    let ns = format!("agent-{test}");
+    let fixture = match kind {
+        Kind::Zk => Fixture::Zk(ZkFixture::shared(&ns)?),
+        Kind::Etcd => Fixture::Etcd(EtcdFixture::shared(&ns)?),
+    };
     let label = format!("caas.test=agent-{test}");
     remove_labelled(&label);
     let image = tokio::task::spawn_blocking(hello_image).await.unwrap();
-    let session = ZkSession::connect(ZkConfig::new(zk.connect_string()))
-        .await
-        .unwrap();
+    let store = fixture.store_config().connect().await.unwrap();
     Some(World {
-        zk,
+        fixture,
         docker,
         image,
         host: host.into(),
         ip: ip.parse().unwrap(),
         label,
-        session,
+        store,
     })
 }
 
 impl World {
     pub fn config(&self) -> AgentConfig {
-        let mut c = AgentConfig::new(
-            ZkConfig::new(self.zk.connect_string()).with_session_timeout(Duration::from_secs(6)),
-            &self.host,
-            self.ip,
-        );
+        let store = match self.fixture.store_config() {
+            StoreConfig::Zk(c) => StoreConfig::Zk(c.with_session_timeout(Duration::from_secs(6))),
+            other => other,
+        };
+        let mut c = AgentConfig::new(store, &self.host, self.ip);
         c.resync = Duration::from_secs(2);
         c.restart_backoff = Duration::from_millis(200);
         let (k, v) = self.label.split_once('=').unwrap();
@@ -104,7 +137,7 @@ impl World {
     }
 
     pub async fn assign(&self, ids: &[&str]) {
-        let hosts = HostStore::new(self.session.clone());
+        let hosts = self.hosts();
         for id in ids {
             hosts
                 .put_assignment(&self.host, &inst(id), &self.assignment())
@@ -114,7 +147,7 @@ impl World {
     }
 
     pub async fn unassign(&self, id: &str) {
-        HostStore::new(self.session.clone())
+        self.hosts()
             .delete_assignment(&self.host, &inst(id))
             .await
             .unwrap();
@@ -122,18 +155,11 @@ impl World {
 
     /// Registered instances of hello/v1: id → address.
     pub async fn registered(&self) -> BTreeMap<String, SocketAddr> {
-        let client = self.session.client().unwrap();
-        let dir = "/service/address/hello/v1";
-        let mut out = BTreeMap::new();
-        let Ok(names) = client.list_children(dir).await else {
-            return out;
-        };
-        for n in names {
-            if let Ok((d, _)) = client.get_data(&format!("{dir}/{n}")).await {
-                out.insert(n, String::from_utf8(d).unwrap().parse().unwrap());
-            }
-        }
-        out
+        let nodes = self.store.list("/service/address/hello/v1").await.unwrap();
+        nodes
+            .into_iter()
+            .map(|(n, v)| (n, String::from_utf8(v.data).unwrap().parse().unwrap()))
+            .collect()
     }
 
     pub async fn containers(&self) -> Vec<ManagedContainer> {
@@ -189,9 +215,14 @@ pub fn http(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<u16> 
 }
 
 impl World {
-    /// The host store on the test's own session.
-    pub fn hosts(&self) -> HostStore {
-        HostStore::new(self.session.clone())
+    /// The host store on the test's own handle.
+    pub fn hosts(&self) -> HostStore<AnyStore> {
+        HostStore::new(self.store.clone())
+    }
+
+    /// Whether the node exists, as the test's handle reads it.
+    pub async fn exists(&self, path: &str) -> bool {
+        self.store.get(path).await.unwrap().is_some()
     }
 
     /// Writes one assignment.
