@@ -1,7 +1,9 @@
 //! The README's walkthrough, run as written: every line starting with `$` between the
 //! `walkthrough:begin` and `walkthrough:end` markers, in order, in one bash environment, from
 //! the repository's root, against the real pieces (ZooKeeper started by `scripts/zk.sh`,
-//! the registry, the Docker Engine, `caasd up`, the `caas` CLI, curl).
+//! the registry, the Docker Engine, `caasd up`, the `caas` CLI, curl). It runs twice: as
+//! written, on ZooKeeper, and on etcd (a server the test starts; `caasd up --etcd`, no
+//! `scripts/zk.sh`), the one store flag being the only change.
 //!
 //! Only what must differ on a test machine is changed, by the table in [`adapt`]: the ports
 //! (ZooKeeper's and `caasd up`'s listeners move to free ones, so a developer's own caas or
@@ -20,6 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use caas_backends::testing::EtcdServer;
 use caas_backends::testing::docker::{docker_or_skip, registry, workspace_root};
 
 mod support {
@@ -59,6 +62,10 @@ struct Env {
     tmp: PathBuf,
     examples: PathBuf,
     zk: u16,
+    /// `Some(endpoint)`: `caasd up` runs on this etcd instead of the walkthrough's ZooKeeper.
+    etcd: Option<String>,
+    /// The host id `caasd up` runs as (its containers' `caas.host` label).
+    host: &'static str,
     gateway: u16,
     admin: u16,
     api: u16,
@@ -85,6 +92,9 @@ fn adapt(cmd: &str, env: &Env) -> Option<String> {
         // The suite's registry is up already (scripts/test.sh or the harness started it).
         return Some(format!("scripts/registry.sh status {}", registry()));
     }
+    if env.etcd.is_some() && cmd.starts_with("scripts/zk.sh start") {
+        return None; // the test runs etcd instead
+    }
     let tmp = env.tmp.display();
     let mut c = cmd
         .replace(
@@ -93,7 +103,13 @@ fn adapt(cmd: &str, env: &Env) -> Option<String> {
         )
         .replace("/tmp/caas-zk 2181", &format!("{tmp}/zk {}", env.zk))
         .replace("/tmp/caas-zk", &format!("{tmp}/zk"))
-        .replace("127.0.0.1:2181", &format!("127.0.0.1:{}", env.zk))
+        .replace(
+            "--zk 127.0.0.1:2181",
+            &match &env.etcd {
+                Some(endpoint) => format!("--etcd {endpoint}"),
+                None => format!("--zk 127.0.0.1:{}", env.zk),
+            },
+        )
         .replace("/tmp/caasd-up.log", &format!("{tmp}/up.log"))
         .replace(".caas/admin.token", &format!("{tmp}/admin.token"))
         .replace("127.0.0.1:8080", &format!("127.0.0.1:{}", env.gateway))
@@ -102,11 +118,11 @@ fn adapt(cmd: &str, env: &Env) -> Option<String> {
     if c.starts_with("caasd up") {
         let flags = format!(
             " --listen 127.0.0.1:{} --admin-listen 127.0.0.1:{} --api-listen 127.0.0.1:{} \
-             --logs-listen 127.0.0.1:{} --host-id walkthrough --tokens {tmp}/tokens.toml \
+             --logs-listen 127.0.0.1:{} --host-id {} --tokens {tmp}/tokens.toml \
              --admin-token-file {tmp}/admin.token",
-            env.gateway, env.admin, env.api, env.logs
+            env.gateway, env.admin, env.api, env.logs, env.host
         );
-        c = c.replacen("caasd up --zk", &format!("caasd up{flags} --zk"), 1);
+        c = c.replacen("caasd up", &format!("caasd up{flags}"), 1);
         // Remember it, to stop it whatever happens.
         c.push_str(&format!(" echo $! > {tmp}/up.pid"));
     }
@@ -115,6 +131,9 @@ fn adapt(cmd: &str, env: &Env) -> Option<String> {
         c = c
             .replace("$(pgrep -f 'caasd up')", &format!("$(cat {tmp}/up.pid)"))
             .replace("; scripts/registry.sh stop /tmp/caas-registry", "");
+        if env.etcd.is_some() {
+            c = c.replace(&format!("; scripts/zk.sh stop {tmp}/zk"), "");
+        }
     }
     Some(c)
 }
@@ -169,8 +188,9 @@ impl Drop for Cleanup<'_> {
             .arg("stop")
             .arg(env.tmp.join("zk"))
             .status();
+        let label = format!("label=caas.host={}", env.host);
         let ids = Command::new("docker")
-            .args(["ps", "-aq", "--filter", "label=caas.host=walkthrough"])
+            .args(["ps", "-aq", "--filter", &label])
             .output();
         if let Ok(ids) = ids {
             for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
@@ -275,11 +295,22 @@ fn step_output<'a>(text: &'a str, cmd_prefix: &str) -> &'a str {
 
 #[test]
 fn the_readme_walkthrough_runs_as_written() {
+    walkthrough("the_readme_walkthrough_runs_as_written", None);
+}
+
+#[test]
+fn the_readme_walkthrough_runs_on_etcd() {
+    let test = "the_readme_walkthrough_runs_on_etcd";
+    let Some(etcd) = EtcdServer::start_or_skip(test) else {
+        return;
+    };
+    walkthrough(test, Some(&etcd));
+}
+
+/// Runs the README's walkthrough on ZooKeeper as written, or on `etcd`.
+fn walkthrough(test: &str, etcd: Option<&EtcdServer>) {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    if rt
-        .block_on(docker_or_skip("the_readme_walkthrough_runs_as_written"))
-        .is_none()
-    {
+    if rt.block_on(docker_or_skip(test)).is_none() {
         return;
     }
     let root = workspace_root();
@@ -293,6 +324,12 @@ fn the_readme_walkthrough_runs_as_written() {
         tmp: tmp.path().to_owned(),
         examples,
         zk: free_port(),
+        etcd: etcd.map(EtcdServer::endpoint),
+        host: if etcd.is_some() {
+            "walkthrough-etcd"
+        } else {
+            "walkthrough"
+        },
         gateway: free_port(),
         admin: free_port(),
         api: free_port(),
@@ -310,8 +347,11 @@ fn the_readme_walkthrough_runs_as_written() {
     let curl = step_output(&before, "curl -s -w '\\n' -H 'Host: hello.caas.local'");
     assert!(curl.contains(r#""app":"hello","version":"v1""#), "{curl}");
     let scaled = step_output(&before, "caas scale hello:v1 3");
-    assert_eq!(scaled.matches("hello-v1-").count(), 3, "{scaled}");
-    assert!(!scaled.contains("unhealthy"), "{scaled}");
+    // Progress lines may pass through `unhealthy` (running, no passing ping yet); the
+    // table at the end shows three healthy instances.
+    let table = scaled.find("APP ").map_or("", |i| &scaled[i..]);
+    assert_eq!(table.matches("hello-v1-").count(), 3, "{scaled}");
+    assert_eq!(table.matches(" healthy  healthy ").count(), 3, "{scaled}");
 
     // The rolling update, under load.
     let gw: SocketAddr = format!("127.0.0.1:{}", env.gateway).parse().unwrap();
@@ -359,6 +399,8 @@ fn the_walkthrough_is_parsed_and_adapted_as_meant() {
         tmp: PathBuf::from("/t"),
         examples: PathBuf::from("/repo/target/debug/examples"),
         zk: 1,
+        etcd: None,
+        host: "walkthrough",
         gateway: 2,
         admin: 3,
         api: 4,
@@ -377,6 +419,21 @@ fn the_walkthrough_is_parsed_and_adapted_as_meant() {
         let Some(a) = adapt(c, &env) else { continue };
         for fixed in [":2181", ":8080", ":7070", "/tmp/", ".caas/"] {
             assert!(!a.contains(fixed), "`{c}` still uses {fixed} here: `{a}`");
+        }
+    }
+
+    // On etcd: `caasd up --etcd`, and no ZooKeeper started or stopped.
+    let on_etcd = Env {
+        etcd: Some("http://127.0.0.1:6".into()),
+        ..env
+    };
+    let up = cmds.iter().find(|c| c.starts_with("caasd up")).unwrap();
+    let up = adapt(up, &on_etcd).unwrap();
+    assert!(up.contains("--etcd http://127.0.0.1:6"), "{up}");
+    assert!(!up.contains("--zk"), "{up}");
+    for c in &cmds {
+        if let Some(a) = adapt(c, &on_etcd) {
+            assert!(!a.contains("zk.sh"), "`{c}` runs ZooKeeper on etcd: `{a}`");
         }
     }
 }

@@ -209,6 +209,47 @@ async fn commit_conflicts_say_which_op_and_why<F: StoreFixture>(f: F) {
     assert!(s.children("/c").await.unwrap().is_empty());
 }
 
+/// A node goes in the same commit as its children (children first), as an undeploy removes
+/// a deployment with its status node; a child left behind refuses the whole commit.
+async fn a_node_goes_with_its_children_in_one_commit<F: StoreFixture>(f: F) {
+    let s = f.connect().await.unwrap();
+    for p in ["/d/app", "/d/app/a", "/d/app/b", "/d/app/b/x", "/d/apple"] {
+        s.commit(vec![create(p, "")]).await.unwrap();
+    }
+    let refused = [
+        // `b` stays.
+        vec![delete("/d/app/a", None), delete("/d/app", None)],
+        // `b/x` stays under the deleted `b`.
+        vec![
+            delete("/d/app/a", None),
+            delete("/d/app/b", None),
+            delete("/d/app", None),
+        ],
+    ];
+    for ops in refused {
+        let what = format!("{}: {ops:?}", f.name());
+        let (_, kind) = conflict_kind(s.commit(ops).await);
+        assert_eq!(kind, ConflictKind::NotEmpty, "{what}");
+        assert!(
+            s.get("/d/app/a").await.unwrap().is_some(),
+            "{what}: nothing deleted"
+        );
+    }
+    s.commit(vec![
+        delete("/d/app/a", None),
+        delete("/d/app/b/x", None),
+        delete("/d/app/b", None),
+        delete("/d/app", None),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(
+        s.children("/d").await.unwrap(),
+        vec!["apple"],
+        "a sibling with the same prefix stays"
+    );
+}
+
 async fn a_watch_sees_every_change_in_order<F: StoreFixture>(f: F) {
     let s = f.connect().await.unwrap();
     let mut w = s.watch("/w");
@@ -389,6 +430,7 @@ store_suite!(
     [
         versioned_reads_and_compare_and_set,
         commit_conflicts_say_which_op_and_why,
+        a_node_goes_with_its_children_in_one_commit,
         a_watch_sees_every_change_in_order,
         ephemerals_vanish_with_their_session,
     ]
@@ -408,6 +450,7 @@ store_suite!(
     [
         versioned_reads_and_compare_and_set,
         commit_conflicts_say_which_op_and_why,
+        a_node_goes_with_its_children_in_one_commit,
         a_watch_sees_every_change_in_order,
         ephemerals_vanish_with_their_session,
     ]
@@ -427,6 +470,7 @@ store_suite!(
     [
         versioned_reads_and_compare_and_set,
         commit_conflicts_say_which_op_and_why,
+        a_node_goes_with_its_children_in_one_commit,
         a_watch_sees_every_change_in_order,
         ephemerals_vanish_with_their_session,
     ]

@@ -172,9 +172,16 @@ impl<S: Store> RolloutController<S> {
                     continue;
                 }
             };
-            if let Err(e) = self.advance(&app).await {
-                bump(&self.stats.errors);
-                tracing::warn!(controller = %self.config.name, %app, error = %e, "rollout not advanced; trying again next pass");
+            match self.advance(&app).await {
+                Ok(Advance::Contended) => {
+                    // Another controller kept winning, or a conflict that does not go away.
+                    tracing::warn!(controller = %self.config.name, %app, "rollout not advanced: every commit of this pass was refused; trying again next pass");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    bump(&self.stats.errors);
+                    tracing::warn!(controller = %self.config.name, %app, error = %e, "rollout not advanced; trying again next pass");
+                }
             }
         }
         Ok(())

@@ -254,6 +254,32 @@ impl EtcdStore {
     }
 }
 
+/// Compares that hold when no key lies under `{key}/` except those in `deleted` (deleted by
+/// the same commit): one "no key" compare over each gap between them.
+fn no_children_but(key: &str, deleted: &BTreeSet<String>) -> Vec<Compare> {
+    let below = format!("{key}/");
+    let end = prefix_end(below.as_bytes());
+    let mut start = below.clone().into_bytes();
+    let mut out = Vec::new();
+    let inside = deleted.range::<str, _>((
+        std::ops::Bound::Excluded(below.as_str()),
+        std::ops::Bound::Unbounded,
+    ));
+    for child in inside.take_while(|k| k.starts_with(below.as_str())) {
+        if start.as_slice() < child.as_bytes() {
+            out.push(
+                Compare::create_revision(start.clone(), CompareOp::Equal, 0)
+                    .with_range(child.as_bytes().to_vec()),
+            );
+        }
+        // The next gap starts right after the child's key.
+        start = child.as_bytes().to_vec();
+        start.push(0);
+    }
+    out.push(Compare::create_revision(start, CompareOp::Equal, 0).with_range(end));
+    out
+}
+
 fn lock(inner: &Inner) -> std::sync::MutexGuard<'_, BTreeMap<String, Vec<u8>>> {
     // A plain map with no invariant spanning several entries.
     inner
@@ -379,6 +405,14 @@ impl Store for EtcdStore {
         let mut compares = Vec::new();
         let mut then = Vec::new();
         let mut reads = Vec::new();
+        // Children deleted by this same commit do not keep their parent from being deleted
+        // (etcd evaluates every compare before any delete).
+        let mut deleted = BTreeSet::new();
+        for op in &ops {
+            if let Op::Delete { path, .. } = op {
+                deleted.insert(self.key("commit", path)?);
+            }
+        }
         for op in &ops {
             let key = self.key("commit", op.path())?;
             let exists = || Compare::create_revision(key.as_str(), CompareOp::Greater, 0);
@@ -401,11 +435,7 @@ impl Store for EtcdStore {
                 Op::Delete { version, .. } => {
                     compares.push(exists());
                     compares.extend(version.map(at));
-                    let below = format!("{key}/");
-                    compares.push(
-                        Compare::create_revision(below.as_str(), CompareOp::Equal, 0)
-                            .with_range(prefix_end(below.as_bytes())),
-                    );
+                    compares.extend(no_children_but(&key, &deleted));
                     then.push(TxnOp::delete(key.as_str(), None));
                 }
             }
@@ -417,7 +447,7 @@ impl Store for EtcdStore {
                 let below = format!("{key}/");
                 let opts = GetOptions::new()
                     .with_range(prefix_end(below.as_bytes()))
-                    .with_count_only();
+                    .with_keys_only();
                 reads.push(TxnOp::get(below.as_str(), Some(opts)));
             }
         }
@@ -439,7 +469,8 @@ impl Store for EtcdStore {
                 _ => None,
             };
             let has_children = if matches!(op, Op::Delete { .. }) {
-                matches!(responses.next(), Some(TxnOpResponse::Get(g)) if g.count() > 0)
+                matches!(responses.next(), Some(TxnOpResponse::Get(g))
+                    if g.kvs().iter().any(|kv| !deleted.contains(kv.key_str().unwrap_or_default())))
             } else {
                 false
             };
