@@ -18,10 +18,11 @@ pub mod docker;
 mod ensemble;
 mod etcd;
 pub mod routes;
+pub mod secure;
 pub mod stores;
 
 pub use ensemble::ZkEnsemble;
-pub use etcd::{EtcdServer, shared_etcd};
+pub use etcd::{EtcdServer, EtcdServerBuilder, SECURE_ROOT_USER, shared_etcd, shared_etcd_secure};
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -408,7 +409,10 @@ fn four_letter(port: u16, cmd: &str) -> Option<String> {
     Some(out)
 }
 
-fn write_certs(dir: &Path) -> io::Result<TlsFiles> {
+/// Generates a CA, a server identity for `127.0.0.1`/`localhost` and a client identity into
+/// `dir` (`ca.pem`, `server.pem` + `server-key.pem`, `server-keystore.pem` with both,
+/// `client.pem`, `client-key.pem`).
+pub(crate) fn write_certs(dir: &Path) -> io::Result<TlsFiles> {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
     let err = |e: rcgen::Error| io::Error::other(format!("certificate generation: {e}"));
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
@@ -430,6 +434,8 @@ fn write_certs(dir: &Path) -> io::Result<TlsFiles> {
         dir.join("server-keystore.pem"),
         format!("{server_key}{server_cert}"),
     )?;
+    std::fs::write(dir.join("server.pem"), &server_cert)?;
+    std::fs::write(dir.join("server-key.pem"), &server_key)?;
     let files = TlsFiles {
         ca: dir.join("ca.pem"),
         client_cert: dir.join("client.pem"),

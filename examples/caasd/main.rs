@@ -32,12 +32,13 @@ use caas_backends::docker::RegistryAuth;
 use caas_backends::ports::PortRange;
 use caas_backends::scheduler::control;
 use caas_backends::scheduler::deployment::{AppRule, Constraint, Deployment, Strategy};
-use caas_backends::store::{EtcdConfig, Store, StoreConfig};
+use caas_backends::store::{EtcdConfig, EtcdTlsConfig, Store, StoreConfig};
 use caas_backends::zk::ZkConfig;
 use caas_backends::{Agent, AgentConfig, AnyStore, Scheduler, SchedulerConfig};
 use caas_core::{AppId, Version};
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
+mod etcd_provision;
 mod rollout;
 mod up;
 
@@ -77,6 +78,9 @@ enum Command {
     /// Run a whole caas on this machine in one process: agent, scheduler, rollout
     /// controller, control API and gateway.
     Up(up::UpArgs),
+    /// Create etcd's roles and users for caas (gateways, control plane, tenants) and
+    /// optionally enable etcd's auth. Safe to run again.
+    EtcdProvision(etcd_provision::ProvisionArgs),
 }
 
 /// The control store of the scheduler and the operator commands: ZooKeeper or etcd.
@@ -95,9 +99,39 @@ pub(crate) struct StoreArgs {
     /// ZooKeeper digest credentials user:password.
     #[arg(long, value_name = "USER:PASSWORD", conflicts_with = "etcd")]
     zk_digest: Option<String>,
+    /// etcd credentials user:password (once etcd's auth is enabled; see etcd-provision).
+    #[arg(long, value_name = "USER:PASSWORD", requires = "etcd")]
+    etcd_user: Option<String>,
+    /// CA certificate (PEM) that signed etcd's certificate, for https:// endpoints.
+    #[arg(long, value_name = "FILE", requires = "etcd")]
+    etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM), for an etcd with --client-cert-auth.
+    #[arg(long, value_name = "FILE", requires_all = ["etcd_ca", "etcd_key"])]
+    etcd_cert: Option<PathBuf>,
+    /// Client private key (PEM), with --etcd-cert.
+    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
 }
 
 impl StoreArgs {
+    /// The etcd settings, when --etcd is given.
+    fn etcd_config(&self) -> Option<EtcdConfig> {
+        let etcd = self.etcd.as_ref()?;
+        let mut config = EtcdConfig::new("").with_root(&self.chroot);
+        config.endpoints = etcd.split(',').map(|e| e.trim().to_owned()).collect();
+        if let Some(user) = &self.etcd_user {
+            config = config.with_user(user);
+        }
+        if let Some(ca) = &self.etcd_ca {
+            config = config.with_tls(EtcdTlsConfig {
+                ca: ca.clone(),
+                cert: self.etcd_cert.clone(),
+                key: self.etcd_key.clone(),
+            });
+        }
+        Some(config)
+    }
+
     /// The store the flags name.
     pub(crate) fn config(&self) -> Result<StoreConfig, String> {
         match (&self.zk, &self.etcd) {
@@ -108,11 +142,7 @@ impl StoreArgs {
                 }
                 Ok(StoreConfig::Zk(c))
             }
-            (None, Some(etcd)) => {
-                let mut config = EtcdConfig::new("").with_root(&self.chroot);
-                config.endpoints = etcd.split(',').map(|e| e.trim().to_owned()).collect();
-                Ok(StoreConfig::Etcd(config))
-            }
+            (None, Some(_)) => Ok(StoreConfig::Etcd(self.etcd_config().ok_or("give --etcd")?)),
             (None, None) => Err("give --zk or --etcd".into()),
         }
     }
@@ -382,6 +412,7 @@ fn main() -> ExitCode {
             Command::Rollback(a) => rollout::rollback(a).await,
             Command::RolloutStatus(a) => rollout::status(a).await,
             Command::Up(a) => up::run(a).await,
+            Command::EtcdProvision(a) => etcd_provision::run(a).await,
         }
     });
     match result {

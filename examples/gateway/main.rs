@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use caas_backends::PersistedDiscovery;
-use caas_backends::store::{EtcdConfig, EtcdStore, StoreDiscovery, ZkStore};
+use caas_backends::store::{EtcdConfig, EtcdStore, EtcdTlsConfig, StoreDiscovery, ZkStore};
 use caas_backends::zk::gateways::{sanitize_gateway_id, validate_gateway_id};
 use caas_backends::zk::{
     GatewayInfo, ValueCipher, ZkCertSource, ZkConfig, ZkDiscovery, ZkSession, ZkTlsConfig,
@@ -103,10 +103,10 @@ struct Args {
     /// and listen addresses). Default: the host name and the admin (else listen) port.
     #[arg(long, value_name = "ID", requires = "zk")]
     gateway_id: Option<String>,
-    /// Take apps from etcd v3 instead (`http://host:port[,http://host:port...]`), the same
-    /// layout under --etcd-root. The --zk-* flags and --gateway-id are ZooKeeper's only:
-    /// with etcd there is no identity, TLS, snapshot file, announcement or custom-domain
-    /// certificates yet.
+    /// Take apps from etcd v3 instead (`http://host:port[,...]`, `https://` with --etcd-ca),
+    /// the same layout under --etcd-root. The --zk-* flags and --gateway-id are ZooKeeper's
+    /// only: with etcd there is no snapshot file, announcement or custom-domain certificates
+    /// yet.
     #[arg(
         long,
         value_name = "URL",
@@ -122,6 +122,19 @@ struct Args {
     /// AES-256-GCM key file for encrypted app specs and blacklist in etcd (as --zk-key-file).
     #[arg(long, value_name = "FILE", requires = "etcd")]
     etcd_key_file: Option<PathBuf>,
+    /// File holding etcd credentials `user:password` (the gateway's read-only user; see
+    /// `caasd etcd-provision`).
+    #[arg(long, value_name = "FILE", requires = "etcd")]
+    etcd_user_file: Option<PathBuf>,
+    /// CA certificate (PEM) that signed etcd's certificate, for https:// endpoints.
+    #[arg(long, value_name = "FILE", requires = "etcd")]
+    etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM), for an etcd with --client-cert-auth.
+    #[arg(long, value_name = "FILE", requires_all = ["etcd_ca", "etcd_key"])]
+    etcd_cert: Option<PathBuf>,
+    /// Client private key (PEM), with --etcd-cert.
+    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
 }
 
 impl Args {
@@ -423,6 +436,19 @@ async fn etcd_routes(args: &Args) -> Result<StoreDiscovery<EtcdStore>, String> {
     let endpoints = args.etcd.clone().unwrap_or_default();
     let mut config = EtcdConfig::new("").with_root(&args.etcd_root);
     config.endpoints = endpoints.split(',').map(|e| e.trim().to_owned()).collect();
+    if let Some(f) = &args.etcd_user_file {
+        let user = std::fs::read_to_string(f)
+            .map_err(|e| format!("--etcd-user-file {}: {e}", f.display()))?;
+        config = config.with_user(user.trim().to_owned());
+    }
+    if let Some(ca) = &args.etcd_ca {
+        config = config.with_tls(EtcdTlsConfig {
+            ca: ca.clone(),
+            cert: args.etcd_cert.clone(),
+            key: args.etcd_key.clone(),
+        });
+    }
+    config.validate().map_err(|e| format!("--etcd: {e}"))?;
     let bound = config.request_timeout + Duration::from_secs(1);
     let store = match tokio::time::timeout(bound, EtcdStore::connect(config)).await {
         Ok(Ok(s)) => s,

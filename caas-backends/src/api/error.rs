@@ -113,7 +113,9 @@ impl From<StoreError> for ApiError {
                 "conflict",
                 format!("{e}; others kept changing the same nodes, nothing was written: retry"),
             ),
-            StoreError::Denied { .. } | StoreError::Invalid { .. } => Self::new(
+            StoreError::Denied { .. }
+            | StoreError::Unauthenticated { .. }
+            | StoreError::Invalid { .. } => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "store_refused",
                 e.to_string(),

@@ -16,22 +16,23 @@
 //!   compacted, the watch reports [`WatchEvent::Resync`] and starts again from now.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
-    WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
+    TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use tokio::sync::{mpsc, watch};
 
 use super::{ConflictKind, Op, Store, StoreError, Versioned, Watch, WatchEvent, check_path};
 
-/// How to reach etcd and where the layout lives.
-#[derive(Debug, Clone)]
+/// How to reach etcd, as whom, and where the layout lives.
+#[derive(Clone)]
 pub struct EtcdConfig {
-    /// Client endpoints, like `http://127.0.0.1:2379`.
+    /// Client endpoints, like `http://127.0.0.1:2379` (`https://` with [`EtcdConfig::tls`]).
     pub endpoints: Vec<String>,
     /// Key prefix of every node (`/caas`; `/` for the whole key space).
     pub root: String,
@@ -40,16 +41,49 @@ pub struct EtcdConfig {
     pub lease_ttl: Duration,
     /// Deadline of one request.
     pub request_timeout: Duration,
+    /// TLS to etcd's `https://` client URLs: the CA, and the client identity etcd demands
+    /// with `--client-cert-auth`.
+    pub tls: Option<EtcdTlsConfig>,
+    /// etcd user `user:password` (etcd auth: `auth enable`, users bound to roles; see
+    /// [`crate::store::etcd_auth`]). Without it requests are anonymous, which etcd refuses
+    /// once auth is enabled.
+    pub user: Option<String>,
+}
+
+/// TLS material for the connection to etcd, as PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTlsConfig {
+    /// CA certificate(s) that signed etcd's server certificate.
+    pub ca: PathBuf,
+    /// Client certificate chain (etcd demands one with `--client-cert-auth`).
+    pub cert: Option<PathBuf>,
+    /// Client private key (PEM), with `cert`.
+    pub key: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for EtcdConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdConfig")
+            .field("endpoints", &self.endpoints)
+            .field("root", &self.root)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("request_timeout", &self.request_timeout)
+            .field("tls", &self.tls)
+            .field("user", &self.user_name())
+            .finish()
+    }
 }
 
 impl EtcdConfig {
-    /// Defaults: root `/caas`, lease TTL 10 s, request timeout 5 s.
+    /// Defaults: root `/caas`, lease TTL 10 s, request timeout 5 s, no TLS, anonymous.
     pub fn new(endpoint: impl Into<String>) -> Self {
         Self {
             endpoints: vec![endpoint.into()],
             root: "/caas".into(),
             lease_ttl: Duration::from_secs(10),
             request_timeout: Duration::from_secs(5),
+            tls: None,
+            user: None,
         }
     }
 
@@ -63,6 +97,115 @@ impl EtcdConfig {
     pub fn with_lease_ttl(mut self, ttl: Duration) -> Self {
         self.lease_ttl = ttl;
         self
+    }
+
+    /// TLS to `https://` endpoints.
+    pub fn with_tls(mut self, tls: EtcdTlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// etcd credentials `user:password`.
+    pub fn with_user(mut self, user_password: impl Into<String>) -> Self {
+        self.user = Some(user_password.into());
+        self
+    }
+
+    /// The user name of [`EtcdConfig::user`] (never the password).
+    pub fn user_name(&self) -> Option<&str> {
+        self.user
+            .as_deref()
+            .map(|u| u.split_once(':').map_or(u, |(name, _)| name))
+    }
+
+    /// Checks what can be checked without the network: endpoints whose scheme matches the
+    /// TLS setting, `user:password`, a client certificate with its key, the root.
+    pub fn validate(&self) -> Result<(), StoreError> {
+        let invalid = |reason: String| StoreError::Invalid {
+            op: "connect",
+            path: self.endpoints.join(","),
+            reason,
+        };
+        if self.endpoints.iter().all(|e| e.trim().is_empty()) {
+            return Err(invalid("no etcd endpoint".into()));
+        }
+        for e in &self.endpoints {
+            match (
+                &self.tls,
+                e.starts_with("http://"),
+                e.starts_with("https://"),
+            ) {
+                (Some(_), true, _) => {
+                    return Err(invalid(format!(
+                        "endpoint {e}: with TLS the endpoints are https:// URLs"
+                    )));
+                }
+                (None, _, true) => {
+                    return Err(invalid(format!(
+                        "endpoint {e}: an https:// endpoint needs the CA that signed etcd's \
+                         certificate (TLS settings)"
+                    )));
+                }
+                _ => {}
+            }
+        }
+        if let Some(user) = &self.user {
+            match user.split_once(':') {
+                Some((name, pw)) if !name.is_empty() && !pw.is_empty() => {}
+                _ => {
+                    return Err(invalid(
+                        "etcd user: expected `user:password`, both non-empty".into(),
+                    ));
+                }
+            }
+        }
+        if self
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.cert.is_some() != t.key.is_some())
+        {
+            return Err(invalid(
+                "etcd TLS: a client certificate goes with its private key: give both or neither"
+                    .into(),
+            ));
+        }
+        let root = self.root.trim_end_matches('/');
+        if !root.is_empty() {
+            check_path("connect", root)?;
+        }
+        Ok(())
+    }
+
+    /// The client options: timeouts, keep-alive, TLS material (read from the files now) and
+    /// credentials.
+    pub(crate) fn connect_options(&self) -> Result<ConnectOptions, StoreError> {
+        self.validate()?;
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(self.request_timeout)
+            .with_timeout(self.request_timeout)
+            .with_keep_alive(Duration::from_secs(5), self.request_timeout);
+        if let Some(tls) = &self.tls {
+            let read = |what: &str, path: &Path| {
+                std::fs::read(path).map_err(|e| StoreError::Invalid {
+                    op: "connect",
+                    path: self.endpoints.join(","),
+                    reason: format!("etcd TLS {what} {}: {e}", path.display()),
+                })
+            };
+            let mut t =
+                TlsOptions::new().ca_certificate(Certificate::from_pem(read("CA", &tls.ca)?));
+            if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+                t = t.identity(Identity::from_pem(
+                    read("client certificate", cert)?,
+                    read("client key", key)?,
+                ));
+            }
+            options = options.with_tls(t);
+        }
+        if let Some((name, pw)) = self.user.as_deref().and_then(|u| u.split_once(':')) {
+            options = options.with_user(name, pw).with_auto_token_refresh(true);
+        }
+        Ok(options)
     }
 }
 
@@ -134,12 +277,10 @@ fn failed(op: &'static str, path: &str, e: etcd_client::Error) -> StoreError {
     use etcd_client::Error as E;
     use tonic::Code;
     match &e {
-        E::GRpcStatus(s) if matches!(s.code(), Code::PermissionDenied | Code::Unauthenticated) => {
-            StoreError::Denied {
-                op,
-                path: path.to_owned(),
-            }
-        }
+        E::GRpcStatus(s) if refuses_identity(s) => StoreError::Denied {
+            op,
+            path: path.to_owned(),
+        },
         E::GRpcStatus(s) if s.code() == Code::InvalidArgument => StoreError::Invalid {
             op,
             path: path.to_owned(),
@@ -150,7 +291,92 @@ fn failed(op: &'static str, path: &str, e: etcd_client::Error) -> StoreError {
             path: path.to_owned(),
             reason: why.clone(),
         },
-        _ => unavailable(op, path, e),
+        _ => unavailable(op, path, describe(&e)),
+    }
+}
+
+/// etcd's answers meaning "not as this identity": permission denied, a token refused, no
+/// user while auth is enabled (`InvalidArgument` in etcd 3.4), credentials refused.
+fn refuses_identity(s: &tonic::Status) -> bool {
+    use tonic::Code;
+    matches!(s.code(), Code::PermissionDenied | Code::Unauthenticated)
+        || [USER_EMPTY, AUTH_FAILED]
+            .iter()
+            .any(|m| s.message().starts_with(m))
+}
+
+/// etcd's message when a request carries no user while auth is enabled.
+const USER_EMPTY: &str = "etcdserver: user name is empty";
+/// etcd's message for an unknown user or a wrong password.
+const AUTH_FAILED: &str = "etcdserver: authentication failed";
+/// etcd's message when a client authenticates while auth is disabled.
+pub(crate) const AUTH_NOT_ENABLED: &str = "etcdserver: authentication is not enabled";
+
+/// An etcd client error with its causes (a gRPC status says only "transport error"
+/// otherwise).
+pub(crate) fn describe(e: &etcd_client::Error) -> String {
+    use std::error::Error as _;
+    let (mut out, mut source) = match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            (format!("{:?}: {}", s.code(), s.message()), s.source())
+        }
+        etcd_client::Error::TransportError(t) => (t.to_string(), t.source()),
+        other => (other.to_string(), None),
+    };
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}
+
+/// Why connecting failed, naming the user when etcd refused the credentials.
+pub(crate) fn connect_failed(config: &EtcdConfig, e: etcd_client::Error) -> StoreError {
+    let endpoints = config.endpoints.join(",");
+    let user = config.user_name().unwrap_or("anonymous").to_owned();
+    match &e {
+        etcd_client::Error::GRpcStatus(s) if s.message().starts_with(AUTH_FAILED) => {
+            StoreError::Unauthenticated {
+                user,
+                reason: format!(
+                    "etcd at {endpoints} refused the credentials (unknown user or wrong \
+                     password): {}",
+                    s.message()
+                ),
+            }
+        }
+        etcd_client::Error::GRpcStatus(s) if s.message().starts_with(AUTH_NOT_ENABLED) => {
+            StoreError::Unauthenticated {
+                user,
+                reason: format!(
+                    "etcd at {endpoints} has authentication disabled: connect without a user, \
+                     or enable it (roles and users first: see caas_backends::store::etcd_auth)"
+                ),
+            }
+        }
+        etcd_client::Error::GRpcStatus(s) if s.message().starts_with(USER_EMPTY) => {
+            StoreError::Unauthenticated {
+                user,
+                reason: format!(
+                    "etcd at {endpoints} has authentication enabled: connect as a user \
+                     (user:password)"
+                ),
+            }
+        }
+        _ => {
+            let mut reason = describe(&e);
+            if config.tls.as_ref().is_some_and(|t| t.cert.is_none()) {
+                reason.push_str(
+                    " (no client certificate is configured: an etcd with --client-cert-auth \
+                     drops clients without one)",
+                );
+            }
+            unavailable("connect", &endpoints, reason)
+        }
     }
 }
 
@@ -170,23 +396,30 @@ impl EtcdStore {
     /// Connects, grants the lease for ephemeral nodes and starts keeping it alive. Needs a
     /// Tokio runtime.
     pub async fn connect(config: EtcdConfig) -> Result<Self, StoreError> {
+        let options = config.connect_options()?;
         let root = config.root.trim_end_matches('/').to_owned();
-        if !root.is_empty() {
-            check_path("connect", &root)?;
-        }
         let ttl_secs = i64::try_from(config.lease_ttl.as_secs().max(1)).unwrap_or(i64::MAX);
-        let options = ConnectOptions::new()
-            .with_connect_timeout(config.request_timeout)
-            .with_timeout(config.request_timeout)
-            .with_keep_alive(Duration::from_secs(5), config.request_timeout);
-        let endpoints = config.endpoints.join(",");
         let mut client = Client::connect(&config.endpoints, Some(options))
             .await
-            .map_err(|e| failed("connect", &endpoints, e))?;
+            .map_err(|e| connect_failed(&config, e))?;
+        if config.user.is_none() {
+            // etcd grants leases to anyone: find out now whether it demands a user.
+            let probe = GetOptions::new().with_count_only();
+            match client.get(format!("{root}/"), Some(probe)).await {
+                Err(etcd_client::Error::GRpcStatus(s))
+                    if s.code() == tonic::Code::PermissionDenied =>
+                {
+                    // An identity after all (the client certificate's CN), with no read
+                    // access there: its own requests will say so.
+                }
+                Err(e) => return Err(connect_failed(&config, e)),
+                Ok(_) => {}
+            }
+        }
         let lease = client
             .lease_grant(ttl_secs, None)
             .await
-            .map_err(|e| failed("connect", &endpoints, e))?
+            .map_err(|e| connect_failed(&config, e))?
             .id();
         let (shutdown, shutdown_rx) = watch::channel(false);
         let inner = Arc::new(Inner {
@@ -690,6 +923,13 @@ async fn watch_loop(store: EtcdStore, prefix: String, tx: mpsc::Sender<WatchEven
         tracing::error!(%prefix, "store watch: invalid prefix");
         return;
     };
+    // The whole tree is `{root}/...`: the root key itself is never a node written by caas,
+    // and a gateway's read access is the `{root}/` prefix (see `etcd_auth`).
+    let key = if prefix == "/" {
+        format!("{key}/")
+    } else {
+        key
+    };
     // The next revision to watch from; `None`: from now, after a Resync.
     let mut next: Option<i64> = None;
     let mut backoff = Duration::from_millis(100);
@@ -715,6 +955,10 @@ async fn watch_loop(store: EtcdStore, prefix: String, tx: mpsc::Sender<WatchEven
                 continue;
             }
             Ok(Stop::Ended) => {}
+            Ok(Stop::Canceled(reason)) => {
+                bump(&counters.errors);
+                tracing::error!(%prefix, %reason, "store watch: etcd canceled the watch; setting it again");
+            }
             Err(e) => {
                 bump(&counters.errors);
                 tracing::warn!(%prefix, error = %e, "store watch: stream failed; resuming");
@@ -729,6 +973,8 @@ async fn watch_loop(store: EtcdStore, prefix: String, tx: mpsc::Sender<WatchEven
 enum Stop {
     Receiver,
     Compacted(i64),
+    /// Canceled by etcd for another reason than a compaction (permission denied).
+    Canceled(String),
     Ended,
 }
 
@@ -756,14 +1002,21 @@ async fn watch_once(
         .with_range(prefix_end(key.as_bytes()))
         .with_start_revision(start);
     let mut stream = client.watch(key, Some(options)).await?;
-    *established = true;
-    *next = Some(start);
-    if resync && tx.send(WatchEvent::Resync).await.is_err() {
-        return Ok(Stop::Receiver);
-    }
     while let Some(resp) = stream.message().await? {
         if resp.compact_revision() > 0 {
             return Ok(Stop::Compacted(resp.compact_revision()));
+        }
+        if resp.canceled() {
+            return Ok(Stop::Canceled(resp.cancel_reason().to_owned()));
+        }
+        if !*established {
+            // The first answer: etcd accepted the watch (until then a failure starts over,
+            // Resync included).
+            *established = true;
+            *next = Some(start);
+            if resync && tx.send(WatchEvent::Resync).await.is_err() {
+                return Ok(Stop::Receiver);
+            }
         }
         for event in resp.events() {
             let Some(kv) = event.kv() else { continue };
@@ -779,9 +1032,6 @@ async fn watch_once(
             if under && tx.send(WatchEvent::Changed(path)).await.is_err() {
                 return Ok(Stop::Receiver);
             }
-        }
-        if resp.canceled() {
-            return Ok(Stop::Ended);
         }
     }
     Ok(Stop::Ended)

@@ -61,6 +61,7 @@
 mod any;
 mod discovery;
 mod etcd;
+pub mod etcd_auth;
 mod memory;
 mod zk;
 
@@ -71,7 +72,8 @@ use tokio::task::JoinHandle;
 
 pub use any::{AnyStore, StoreConfig};
 pub use discovery::{StoreDiscovery, StoreDiscoveryCounters, StoreDiscoveryStats};
-pub use etcd::{EtcdConfig, EtcdStats, EtcdStore};
+pub use etcd::{EtcdConfig, EtcdStats, EtcdStore, EtcdTlsConfig};
+pub use etcd_auth::EtcdAdmin;
 pub use memory::MemStore;
 pub use zk::ZkStore;
 
@@ -191,6 +193,16 @@ pub enum StoreError {
         op: &'static str,
         /// The node.
         path: String,
+    },
+    /// The store refused this process's credentials, or demands some and none were given
+    /// (etcd: unknown user or wrong password, auth enabled for an anonymous client, a user
+    /// given while auth is disabled).
+    #[error("store connect as {user}: {reason}")]
+    Unauthenticated {
+        /// The user (`anonymous` without credentials).
+        user: String,
+        /// What the store said, and where.
+        reason: String,
     },
     /// The request itself is malformed (bad path, version out of range).
     #[error("store {op} {path}: invalid request: {reason}")]

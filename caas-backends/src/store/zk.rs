@@ -277,7 +277,10 @@ async fn watch_loop(session: ZkSession, prefix: String, tx: mpsc::Sender<WatchEv
         let Some(client) = current.client else {
             return; // closed for good
         };
-        if let Err(e) = session.mkdir(&prefix).await {
+        // Only a missing node is created: the root cannot be, and a read-only identity may
+        // not create what exists (ZooKeeper checks CREATE on the parent first).
+        let missing = prefix != "/" && matches!(client.check_stat(&prefix).await, Ok(None));
+        if missing && let Err(e) = session.mkdir(&prefix).await {
             tracing::warn!(%prefix, error = %e, "store watch: cannot create the watched node; retrying");
         }
         match client

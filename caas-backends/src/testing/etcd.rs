@@ -3,6 +3,11 @@
 //! waits until `GET /health` answers `"health":"true"`, and kills it on drop. `stop`, `kill`
 //! and `restart` (same ports, same data) let a test take etcd away mid-test.
 //!
+//! [`EtcdServerBuilder::tls`] serves the client port over mutual TLS instead
+//! (`--client-cert-auth`, certificates generated into the server's dir, `/health` on a plain
+//! metrics port); [`shared_etcd_secure`] is such a server with etcd's auth enabled, shared by
+//! the tests of one process.
+//!
 //! The binary is `$CAAS_ETCD_BIN`, else `/usr/bin/etcd`. When it is missing,
 //! [`EtcdServer::start_or_skip`] fails under `CI=true` and otherwise prints a loud SKIPPED
 //! banner and returns `None`, as the ZooKeeper harness does.
@@ -16,40 +21,56 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use super::{free_port, is_ci};
+use super::{TlsFiles, free_port, is_ci, write_certs};
+use crate::store::{EtcdAdmin, EtcdConfig, EtcdTlsConfig};
 
 const DEFAULT_BIN: &str = "/usr/bin/etcd";
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A single-member etcd cluster process owned by a test.
-#[derive(Debug)]
-pub struct EtcdServer {
-    dir: TempDir,
-    port: u16,
-    peer_port: u16,
-    child: Option<Child>,
+/// The credentials of etcd's `root` user on [`shared_etcd_secure`].
+pub const SECURE_ROOT_USER: &str = "root:caas-test-root";
+
+/// Options for [`EtcdServer`].
+#[derive(Debug, Clone, Default)]
+pub struct EtcdServerBuilder {
+    tls: bool,
 }
 
-impl EtcdServer {
-    /// Starts a server on free ports and waits until it is healthy.
-    pub fn start() -> io::Result<Self> {
+impl EtcdServerBuilder {
+    /// Serve clients over mutual TLS (`https://`, `--client-cert-auth`) with certificates
+    /// generated into the server's dir ([`EtcdServer::tls_files`]).
+    pub fn tls(mut self, on: bool) -> Self {
+        self.tls = on;
+        self
+    }
+
+    /// Starts the server on free ports and waits until it is healthy.
+    pub fn start(self) -> io::Result<EtcdServer> {
         check_available()?;
         let dir = tempfile::Builder::new().prefix("caas-etcd-").tempdir()?;
-        let mut server = Self {
+        let tls = if self.tls {
+            Some(write_certs(dir.path())?)
+        } else {
+            None
+        };
+        let metrics_port = if self.tls { Some(free_port()?) } else { None };
+        let mut server = EtcdServer {
             dir,
             port: free_port()?,
             peer_port: free_port()?,
+            metrics_port,
+            tls,
             child: None,
         };
         server.spawn()?;
         Ok(server)
     }
 
-    /// Starts a server, or returns `None` after printing a loud SKIPPED banner when etcd is
+    /// Starts the server, or returns `None` after printing a loud SKIPPED banner when etcd is
     /// not installed. Under `CI=true` a missing etcd panics instead: CI must never pass by
     /// skipping. Any other start failure panics.
     #[allow(clippy::panic)]
-    pub fn start_or_skip(test: &str) -> Option<Self> {
+    pub fn start_or_skip(self, test: &str) -> Option<EtcdServer> {
         if let Err(e) = check_available() {
             if is_ci() {
                 panic!("CI=true but etcd is not available: {e}");
@@ -63,15 +84,65 @@ impl EtcdServer {
             let _ = io::stderr().write_all(banner.as_bytes());
             return None;
         }
-        match Self::start() {
+        match self.start() {
             Ok(s) => Some(s),
             Err(e) => panic!("{test}: cannot start etcd: {e}"),
         }
     }
+}
 
-    /// `http://127.0.0.1:PORT`, the client endpoint.
+/// A single-member etcd cluster process owned by a test.
+#[derive(Debug)]
+pub struct EtcdServer {
+    dir: TempDir,
+    port: u16,
+    peer_port: u16,
+    /// Plain `/health` (and `/metrics`) of a TLS server.
+    metrics_port: Option<u16>,
+    tls: Option<TlsFiles>,
+    child: Option<Child>,
+}
+
+impl EtcdServer {
+    /// Starts a plain server on free ports and waits until it is healthy.
+    pub fn start() -> io::Result<Self> {
+        Self::builder().start()
+    }
+
+    /// Options (TLS).
+    pub fn builder() -> EtcdServerBuilder {
+        EtcdServerBuilder::default()
+    }
+
+    /// A plain server, or `None` when etcd is not installed (see
+    /// [`EtcdServerBuilder::start_or_skip`]).
+    pub fn start_or_skip(test: &str) -> Option<Self> {
+        Self::builder().start_or_skip(test)
+    }
+
+    /// `http://127.0.0.1:PORT`, the client endpoint (`https://` with TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// The CA and a client identity the server accepts, when started with TLS.
+    pub fn tls_files(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
+    }
+
+    /// A store configuration for this server under `root`: its endpoint, and with TLS the
+    /// CA and the client identity.
+    pub fn config(&self, root: &str) -> EtcdConfig {
+        let config = EtcdConfig::new(self.endpoint()).with_root(root);
+        match &self.tls {
+            Some(files) => config.with_tls(EtcdTlsConfig {
+                ca: files.ca.clone(),
+                cert: Some(files.client_cert.clone()),
+                key: Some(files.client_key.clone()),
+            }),
+            None => config,
+        }
     }
 
     /// The client port.
@@ -125,9 +196,10 @@ impl EtcdServer {
         self.spawn()
     }
 
-    /// Whether `GET /health` answers healthy.
+    /// Whether `GET /health` answers healthy (on the metrics port of a TLS server).
     pub fn healthy(&self) -> bool {
-        http_get(self.port, "/health").is_some_and(|b| b.contains("\"health\":\"true\""))
+        http_get(self.metrics_port.unwrap_or(self.port), "/health")
+            .is_some_and(|b| b.contains("\"health\":\"true\""))
     }
 
     /// The tail of the server log, for failure messages.
@@ -144,7 +216,20 @@ impl EtcdServer {
             .open(self.dir.path().join("etcd.log"))?;
         let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new(binary())
+        let mut command = Command::new(binary());
+        if let (Some(files), Some(metrics)) = (&self.tls, self.metrics_port) {
+            let dir = self.dir.path();
+            command
+                .arg(format!("--cert-file={}", dir.join("server.pem").display()))
+                .arg(format!(
+                    "--key-file={}",
+                    dir.join("server-key.pem").display()
+                ))
+                .arg(format!("--trusted-ca-file={}", files.ca.display()))
+                .arg("--client-cert-auth")
+                .arg(format!("--listen-metrics-urls=http://127.0.0.1:{metrics}"));
+        }
+        let child = command
             .arg("--name=caas-test")
             .arg(format!(
                 "--data-dir={}",
@@ -208,6 +293,42 @@ pub fn shared_etcd(test: &str) -> Option<Arc<EtcdServer>> {
     let server = Arc::new(EtcdServer::start_or_skip(test)?);
     *shared = Arc::downgrade(&server);
     Some(server)
+}
+
+/// The TLS etcd server shared by the tests of this process, with etcd's auth enabled (the
+/// `root` user is [`SECURE_ROOT_USER`]): each test works under its own root, with users and
+/// roles of its own. `None` (with a SKIPPED banner) when etcd is missing.
+#[allow(clippy::panic)]
+pub fn shared_etcd_secure(test: &str) -> Option<Arc<EtcdServer>> {
+    static SHARED: Mutex<Weak<EtcdServer>> = Mutex::new(Weak::new());
+    let mut shared = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(server) = shared.upgrade() {
+        return Some(server);
+    }
+    let server = EtcdServer::builder().tls(true).start_or_skip(test)?;
+    if let Err(e) = enable_auth(server.config("/").with_user(SECURE_ROOT_USER)) {
+        panic!("{test}: cannot enable etcd's auth: {e}");
+    }
+    let server = Arc::new(server);
+    *shared = Arc::downgrade(&server);
+    Some(server)
+}
+
+/// Enables auth on a fresh server, on a thread of its own (callers may be inside a runtime).
+fn enable_auth(config: EtcdConfig) -> io::Result<()> {
+    let run = move || -> io::Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let mut admin = EtcdAdmin::connect(config).await?;
+            admin.enable_auth().await
+        })
+        .map_err(io::Error::other)
+    };
+    std::thread::spawn(run)
+        .join()
+        .map_err(|_| io::Error::other("the thread enabling etcd's auth panicked"))?
 }
 
 fn binary() -> PathBuf {
