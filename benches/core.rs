@@ -10,7 +10,9 @@
 //!   `Route::pool()` on a 90/10 weighted version split — target ≤ 20 ns.
 //! - `rebuild/*`: `RouteTable::build` of a 10,000-app table from a snapshot, with and without a
 //!   previous table to carry state from, dropping a 10,000-app table, and `Router::apply` of
-//!   one `Upsert` on a 10,000-app router (a full rebuild, swap and drop) — target ≤ 20 ms.
+//!   one `Upsert` on a 10,000-app router that keeps the app's host names (one app rebuilt,
+//!   the rest shared; swap and drop), and one that changes them (a remove or a re-insert: the
+//!   full rebuild) — target ≤ 20 ms.
 //! - `rebuild_while_serving/*`: the same `Router::apply` while another thread loops
 //!   load + lookup + pick; prints how many reader operations completed during the rebuilds and
 //!   the reader's batch latencies with and without a rebuild running, to show readers never
@@ -339,6 +341,24 @@ fn bench_rebuild(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    // An app removed, then back: its host names change each time, so the whole table is
+    // rebuilt (what every upsert cost before the one-app path).
+    g.bench_function(
+        BenchmarkId::new("router_apply_names_change", REBUILD_APPS),
+        |b| {
+            b.iter_batched(
+                || {
+                    step += 1;
+                    match upsert(step) {
+                        Update::Upsert(id, _) if step % 2 == 0 => Update::Remove(id),
+                        u => u,
+                    }
+                },
+                |u| black_box(router.apply(u).generation),
+                BatchSize::SmallInput,
+            )
+        },
+    );
     g.finish();
 }
 

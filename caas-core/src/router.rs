@@ -116,7 +116,14 @@ impl Router {
         match update {
             Update::Reset(s) => w.snapshot = s,
             Update::Upsert(id, spec) => {
+                // An app that keeps its host names: only its route is rebuilt.
+                let started = Instant::now();
+                let current = self.table.load_full();
+                let built = current.with_app(&id, &spec, w.generation + 1);
                 w.snapshot.apps.insert(id, spec);
+                if let Some((table, warnings)) = built {
+                    return self.install(&mut w, table, warnings, started);
+                }
             }
             Update::Remove(id) => {
                 w.snapshot.apps.remove(&id);
@@ -135,10 +142,21 @@ impl Router {
 
     fn rebuild(&self, w: &mut Writer) -> ApplyReport {
         let started = Instant::now();
-        w.generation += 1;
         let previous = self.table.load_full();
         let (table, warnings) =
-            RouteTable::build(&w.snapshot, &w.domains, Some(&previous), w.generation);
+            RouteTable::build(&w.snapshot, &w.domains, Some(&previous), w.generation + 1);
+        self.install(w, table, warnings, started)
+    }
+
+    /// Swaps in `table` (built for generation `w.generation + 1`) and retires the previous.
+    fn install(
+        &self,
+        w: &mut Writer,
+        table: RouteTable,
+        warnings: Vec<BuildWarning>,
+        started: Instant,
+    ) -> ApplyReport {
+        w.generation += 1;
         let apps = table.apps().len();
         let old = self.table.swap(Arc::new(table));
         if let Some(older) = w.previous.replace(old) {
@@ -178,6 +196,124 @@ mod tests {
             .into(),
             ..AppSpec::default()
         }
+    }
+
+    fn two_versions(p1: &[u16], p2: &[u16]) -> AppSpec {
+        let version = |ports: &[u16]| VersionSpec {
+            endpoints: ports
+                .iter()
+                .map(|p| Endpoint::new(([127, 0, 0, 1], *p).into()))
+                .collect(),
+        };
+        AppSpec {
+            versions: [
+                (Version::new("v1").unwrap(), version(p1)),
+                (Version::new("v2").unwrap(), version(p2)),
+            ]
+            .into(),
+            ..AppSpec::default()
+        }
+    }
+
+    /// Every host name the table routes, with the ports its pool picks from.
+    fn routes(t: &RouteTable) -> Vec<(String, Vec<u16>)> {
+        let mut hosts: Vec<String> = Vec::new();
+        for a in t.apps() {
+            hosts.push(format!("{}.caas.local", a.id()));
+            for v in a.versions() {
+                hosts.push(format!("{}.{}.caas.local", v.id(), a.id()));
+            }
+        }
+        hosts
+            .into_iter()
+            .map(|h| {
+                let ports = t
+                    .lookup(&h)
+                    .and_then(|r| r.pool())
+                    .map(|p| {
+                        p.endpoints()
+                            .iter()
+                            .map(|e| e.endpoint().addr.port())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (h, ports)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_change_that_keeps_host_names_rebuilds_one_app_and_routes_as_a_full_build() {
+        let r = Router::new(vec![Domain::new("caas.local").unwrap()]);
+        let apps: Vec<AppId> = (0..50)
+            .map(|i| AppId::new(&format!("app{i}")).unwrap())
+            .collect();
+        let snapshot = Snapshot {
+            apps: apps
+                .iter()
+                .map(|a| (a.clone(), two_versions(&[1, 2], &[3])))
+                .collect(),
+            ..Snapshot::default()
+        };
+        r.apply(Update::Reset(snapshot));
+        let before = r.current();
+        let hosts_before = before.host_count();
+
+        // A registration and a deregistration in app7: its names stay.
+        let rep = r.apply(Update::Upsert(
+            apps[7].clone(),
+            two_versions(&[1, 2, 9], &[4]),
+        ));
+        let after = r.current();
+        assert_eq!(rep.generation, before.generation() + 1);
+        assert_eq!(after.host_count(), hosts_before);
+        // Every other app is the same route (state and all); app7's kept endpoint too.
+        for (a, b) in before.apps().iter().zip(after.apps()) {
+            assert_eq!(Arc::ptr_eq(a, b), a.id() != &apps[7], "{}", a.id());
+        }
+        let kept = |t: &RouteTable| {
+            let pool = t
+                .lookup("v1.app7.caas.local")
+                .and_then(|r| r.pool())
+                .unwrap();
+            Arc::clone(&pool.endpoints()[0])
+        };
+        assert!(
+            Arc::ptr_eq(&kept(&before), &kept(&after)),
+            "endpoint state carried over"
+        );
+        // What the table routes is what a full build of the same snapshot routes.
+        let (full, _) = RouteTable::build(
+            &r.snapshot(),
+            &[Domain::new("caas.local").unwrap()],
+            None,
+            0,
+        );
+        assert_eq!(routes(&after), routes(&full));
+        assert_eq!(
+            routes(&after)
+                .iter()
+                .find(|(h, _)| h == "app7.caas.local")
+                .map(|(_, p)| p.clone()),
+            Some(vec![1, 2, 9, 4])
+        );
+
+        // A version appearing changes the names: a full build, which routes it.
+        r.apply(Update::Upsert(apps[7].clone(), two_versions(&[1], &[])));
+        assert!(r.load().lookup("v2.app7.caas.local").is_none());
+        assert!(r.load().lookup("v1.app7.caas.local").is_some());
+        r.apply(Update::Upsert(apps[7].clone(), two_versions(&[1], &[5])));
+        assert!(r.load().lookup("v2.app7.caas.local").is_some());
+        // A new app too.
+        r.apply(Update::Upsert(AppId::new("fresh").unwrap(), spec(6)));
+        assert!(r.load().lookup("fresh.caas.local").is_some());
+        let (full, _) = RouteTable::build(
+            &r.snapshot(),
+            &[Domain::new("caas.local").unwrap()],
+            None,
+            0,
+        );
+        assert_eq!(routes(&r.current()), routes(&full));
     }
 
     #[test]

@@ -287,14 +287,18 @@ impl fmt::Display for BuildWarning {
 }
 
 /// The immutable routing table.
+///
+/// Its parts are shared between generations: a change to one app that keeps its host names
+/// ([`RouteTable::with_app`]) makes a new table that shares the host map, the id index and
+/// every other app with the previous one, in microseconds at any size.
 #[derive(Debug, Default)]
 pub struct RouteTable {
     /// The gateway-wide blacklist, checked before any app's.
-    blacklist: BlacklistMatcher,
-    hosts: FxHashMap<Box<str>, Target>,
-    by_id: FxHashMap<AppId, u32>,
-    apps: Box<[AppRoute]>,
-    domains: Box<[Domain]>,
+    blacklist: Arc<BlacklistMatcher>,
+    hosts: Arc<FxHashMap<Box<str>, Target>>,
+    by_id: Arc<FxHashMap<AppId, u32>>,
+    apps: Box<[Arc<AppRoute>]>,
+    domains: Arc<[Domain]>,
     generation: u64,
     /// Some app redirects plain HTTP to HTTPS (plain requests then look their app up for it).
     any_https_redirect: bool,
@@ -335,29 +339,30 @@ impl RouteTable {
             let prev = previous.and_then(|t| t.app(id));
             let route = build_app(id, spec, prev, &mut warnings);
             by_id.insert(id.clone(), apps.len() as u32);
-            apps.push(route);
+            apps.push(Arc::new(route));
         }
 
         let mut hosts: FxHashMap<Box<str>, Target> = FxHashMap::default();
         let per_app: usize = apps.iter().map(|a| 1 + a.versions.len()).sum();
         hosts.reserve(per_app * domains.len().max(1));
-        let mut claim = |host: String, target: Target, app: &AppId, apps: &[AppRoute]| match hosts
-            .entry(host.into_boxed_str())
-        {
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(target);
-            }
-            std::collections::hash_map::Entry::Occupied(o) => {
-                let kept = match o.get() {
-                    Target::App(i) | Target::Version(i, _) => apps[*i as usize].id.clone(),
-                };
-                warnings.push(BuildWarning::HostConflict {
-                    host: o.key().to_string(),
-                    kept,
-                    dropped: app.clone(),
-                });
-            }
-        };
+        let mut claim =
+            |host: String, target: Target, app: &AppId, apps: &[Arc<AppRoute>]| match hosts
+                .entry(host.into_boxed_str())
+            {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(target);
+                }
+                std::collections::hash_map::Entry::Occupied(o) => {
+                    let kept = match o.get() {
+                        Target::App(i) | Target::Version(i, _) => apps[*i as usize].id.clone(),
+                    };
+                    warnings.push(BuildWarning::HostConflict {
+                        host: o.key().to_string(),
+                        kept,
+                        dropped: app.clone(),
+                    });
+                }
+            };
         // Generated names first: they are authoritative over custom domains.
         for (ai, app) in apps.iter().enumerate() {
             let ai = ai as u32;
@@ -377,14 +382,59 @@ impl RouteTable {
         let any_https_redirect = apps.iter().any(|a| a.https_redirect);
         let table = RouteTable {
             any_https_redirect,
-            blacklist: BlacklistMatcher::new(&snapshot.blacklist),
-            hosts,
-            by_id,
+            blacklist: Arc::new(BlacklistMatcher::new(&snapshot.blacklist)),
+            hosts: Arc::new(hosts),
+            by_id: Arc::new(by_id),
             apps: apps.into_boxed_slice(),
             domains: domains.into(),
             generation,
         };
         (table, warnings)
+    }
+
+    /// The table with the existing app `id` rebuilt from `spec`, everything else shared with
+    /// this one, when the app keeps its host names (the same versions with endpoints, in the
+    /// same order, and the same custom domains): what a registration, a deregistration or a
+    /// weight change does. `None` when the app is new or its names change; then
+    /// [`RouteTable::build`] the whole table. The result is what `build` would give.
+    pub fn with_app(
+        &self,
+        id: &AppId,
+        spec: &AppSpec,
+        generation: u64,
+    ) -> Option<(RouteTable, Vec<BuildWarning>)> {
+        let &index = self.by_id.get(id)?;
+        let prev = &self.apps[index as usize];
+        let mut warnings = Vec::new();
+        let route = build_app(id, spec, Some(prev), &mut warnings);
+        let same_names = route.domains == prev.domains
+            && route.versions.len() == prev.versions.len()
+            && route
+                .versions
+                .iter()
+                .zip(prev.versions.iter())
+                .all(|(a, b)| a.id == b.id);
+        if !same_names {
+            return None;
+        }
+        let redirect_changed = route.https_redirect != prev.https_redirect;
+        let mut apps = self.apps.clone();
+        apps[index as usize] = Arc::new(route);
+        let any_https_redirect = if redirect_changed {
+            apps.iter().any(|a| a.https_redirect)
+        } else {
+            self.any_https_redirect
+        };
+        let table = RouteTable {
+            blacklist: Arc::clone(&self.blacklist),
+            hosts: Arc::clone(&self.hosts),
+            by_id: Arc::clone(&self.by_id),
+            apps,
+            domains: Arc::clone(&self.domains),
+            generation,
+            any_https_redirect,
+        };
+        Some((table, warnings))
     }
 
     /// Finds the route for a `Host` header value (case-insensitive, port ignored).
@@ -432,11 +482,11 @@ impl RouteTable {
 
     /// An app by id.
     pub fn app(&self, id: &AppId) -> Option<&AppRoute> {
-        self.by_id.get(id).map(|&i| &self.apps[i as usize])
+        self.by_id.get(id).map(|&i| &*self.apps[i as usize])
     }
 
     /// All apps, sorted by id.
-    pub fn apps(&self) -> &[AppRoute] {
+    pub fn apps(&self) -> &[Arc<AppRoute>] {
         &self.apps
     }
 
