@@ -40,6 +40,8 @@
 #   ACCESS_LOG=1      also measure `gateway-log`: the same gateway binary and config with
 #                     access_log on, writing to a file on tmpfs (/dev/shm, else TMPDIR),
 #                     emptied before each of its runs (0 skips it)
+#   CHURN_APPS=10000  then run benches/churn.sh (a ZooKeeper-fed gateway's latency while its
+#                     routes change, at this many apps; 0 skips it)
 #   TASKSET=1         pin backend, proxies and wrk to separate CPUs (see "CPU pinning" below)
 #   KEEP=1            keep the temp dir (configs, logs, raw wrk output) even on success
 # Needs nginx, haproxy, wrk, curl and python3; runs scripts/install-deps.sh when one of the
@@ -67,6 +69,8 @@ IDLE_CONNS=${IDLE_CONNS:-10000}
 TASKSET=${TASKSET:-0}
 KEEP=${KEEP:-0}
 ACCESS_LOG=${ACCESS_LOG:-1}
+CHURN_APPS=${CHURN_APPS:-10000}
+[[ $CHURN_APPS =~ ^[0-9]+$ ]] || die "CHURN_APPS takes a number (0 skips), got '$CHURN_APPS'"
 
 [[ $TLS_CONNS =~ ^[0-9]+$ ]] || die "TLS_CONNS takes a number (0: no HTTPS rows), got '$TLS_CONNS'"
 for c in $CONNS $SIZE_CONNS; do
@@ -364,29 +368,6 @@ proc_tree() {
 
 # --- measure -------------------------------------------------------------------------------
 
-# wrk latency → milliseconds ("812.00us", "1.23ms", "1.01s").
-to_ms() {
-  awk -v v="$1" 'BEGIN {
-    if (v ~ /us$/) { sub(/us$/, "", v); printf "%.3f", v / 1000 }
-    else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.3f", v }
-    else if (v ~ /m$/) { sub(/m$/, "", v); printf "%.3f", v * 60000 }
-    else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.3f", v * 1000 }
-    else printf "nan"
-  }'
-}
-
-# One wrk run → "rps p50_ms p99_ms non2xx3xx socket_errors" on stdout.
-parse_wrk() {
-  local f=$1 rps p50 p99 status sock
-  rps=$(awk '/^Requests\/sec:/ {print $2}' "$f")
-  p50=$(awk '$1 == "50%" {print $2}' "$f")
-  p99=$(awk '$1 == "99%" {print $2}' "$f")
-  status=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' "$f")
-  sock=$(awk '/Socket errors:/ {for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) s += $i; print s + 0}' "$f")
-  [[ -n $rps && -n $p50 && -n $p99 ]] || die "could not parse wrk output $f: $(tail -n 5 "$f")"
-  echo "$rps $(to_ms "$p50") $(to_ms "$p99") ${status:-0} ${sock:-0}"
-}
-
 # What one round runs, as "size conns": every CONNS on "ok\n", SIZE_CONNS on the other sizes.
 RUNS=()
 for size in $SIZES; do
@@ -602,5 +583,13 @@ if ((IDLE_CONNS > 0)); then
     printf "| %s | %d | %.1f | %.1f | %.1f | %.2f |\n",
       $1, $2, $3 / 1024, $4 / 1024, $5 / 1024, ($2 > 0 ? ($5 - $4) / $2 : 0)
   }' "$IDLE"
+fi
+
+if ((CHURN_APPS > 0)); then
+  echo
+  quick=()
+  $QUICK && quick=(--quick)
+  GATEWAY_BIN=$GATEWAY_BIN ROUNDS=$ROUNDS DURATION=$DURATION CHURN_APPS=$CHURN_APPS \
+    "$ROOT/benches/churn.sh" "${quick[@]}" | sed '1s/^# /## /' || die "benches/churn.sh failed"
 fi
 STATUS=0

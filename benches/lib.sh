@@ -407,6 +407,31 @@ start_backend() {
   check_ok backend "http://127.0.0.1:$BACKEND_PORT/"
 }
 
+# --- wrk output -------------------------------------------------------------------------------
+
+# wrk latency → milliseconds ("812.00us", "1.23ms", "1.01s").
+to_ms() {
+  awk -v v="$1" 'BEGIN {
+    if (v ~ /us$/) { sub(/us$/, "", v); printf "%.3f", v / 1000 }
+    else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.3f", v }
+    else if (v ~ /m$/) { sub(/m$/, "", v); printf "%.3f", v * 60000 }
+    else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.3f", v * 1000 }
+    else printf "nan"
+  }'
+}
+
+# One wrk run → "rps p50_ms p99_ms non2xx3xx socket_errors" on stdout.
+parse_wrk() {
+  local f=$1 rps p50 p99 status sock
+  rps=$(awk '/^Requests\/sec:/ {print $2}' "$f")
+  p50=$(awk '$1 == "50%" {print $2}' "$f")
+  p99=$(awk '$1 == "99%" {print $2}' "$f")
+  status=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' "$f")
+  sock=$(awk '/Socket errors:/ {for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) s += $i; print s + 0}' "$f")
+  [[ -n $rps && -n $p50 && -n $p99 ]] || die "could not parse wrk output $f: $(tail -n 5 "$f")"
+  echo "$rps $(to_ms "$p50") $(to_ms "$p99") ${status:-0} ${sock:-0}"
+}
+
 # --- report -----------------------------------------------------------------------------------
 
 # The report's first lines: the date and the machine, as markdown list items.
