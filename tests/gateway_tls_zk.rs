@@ -91,7 +91,7 @@ enum Writer {
     },
     Nodes {
         store: EtcdStore,
-        cipher: ValueCipher,
+        cipher: Box<ValueCipher>,
     },
 }
 
@@ -415,7 +415,7 @@ async fn etcd_certificates_are_served_only_for_the_app_holding_the_claim() {
     let admin = connect().await.unwrap();
     let writer = Writer::Nodes {
         store: admin.clone(),
-        cipher: cipher.clone(),
+        cipher: Box::new(cipher.clone()),
     };
     let ca = Ca::new();
     let cert_a = seed(&writer, &ca).await;

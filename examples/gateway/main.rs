@@ -205,7 +205,7 @@ impl Args {
         }
         Ok(self
             .etcd_config()?
-            .map(|(config, cipher)| Source::Etcd(config, cipher)))
+            .map(|(config, cipher)| Source::Etcd(config, cipher.map(Box::new))))
     }
 }
 
@@ -405,7 +405,7 @@ async fn run(args: Args, config: FileConfig, path: Option<PathBuf>) -> Result<()
 /// Where the routes come from: `--zk` or `--etcd`.
 enum Source {
     Zk(ZkConfig),
-    Etcd(EtcdConfig, Option<ValueCipher>),
+    Etcd(EtcdConfig, Option<Box<ValueCipher>>),
 }
 
 /// The routes of either store.
@@ -485,8 +485,9 @@ impl Source {
                         }
                     };
                 tracing::info!(%endpoints, root = %config.root, "routes from etcd");
+                let cipher = cipher.as_deref().cloned();
                 let d = StoreDiscovery::start(store.clone(), cipher.clone());
-                (StoreRoutes::Etcd(d), AnyStore::Etcd(store), cipher.clone())
+                (StoreRoutes::Etcd(d), AnyStore::Etcd(store), cipher)
             }
         };
         let _ = announced.store.set(store.clone());
