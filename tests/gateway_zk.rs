@@ -1,7 +1,9 @@
 //! The gateway fed by ZooKeeper, end to end over HTTP: a registration becomes routable, the
 //! gateway keeps serving its last table while ZooKeeper is down, and converges when it is
 //! back; a gateway restarted while ZooKeeper is down serves its saved route snapshot. The
-//! same outage case runs on etcd, the gateway fed by `StoreDiscovery` over `EtcdStore`.
+//! same outage case runs on etcd, the gateway fed by `StoreDiscovery` over `EtcdStore`, and
+//! the example gateway binary runs on etcd as a user runs it: announced, serving a stored
+//! custom-domain certificate, and serving its route snapshot while etcd is down.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -9,11 +11,12 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use caas::backends::store::{EtcdConfig, EtcdStore, Store as _, StoreDiscovery, ZkStore};
+use caas::backends::store::{EtcdConfig, EtcdStore, Store as _, StoreDiscovery, ZkStore, put};
 use caas::backends::testing::{EtcdServer, ZkServer};
 use std::sync::atomic::Ordering::Relaxed;
 
-use caas::backends::zk::{Registry, ZkConfig, ZkDiscovery, ZkSession};
+use caas::backends::zk::certs::CertNode;
+use caas::backends::zk::{GatewayInfo, Registry, ValueCipher, ZkConfig, ZkDiscovery, ZkSession};
 use caas::backends::{PersistStats, PersistedDiscovery};
 use caas::core::{AppId, Domain, InstanceId, Version};
 use caas::gateway::{Gateway, GatewayConfig};
@@ -22,6 +25,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+mod support {
+    pub(crate) mod examples;
+    pub(crate) mod tls;
+}
+use support::tls::{Ca, der, presented};
 
 /// An upstream answering every request with its name.
 async fn upstream(name: &'static str) -> SocketAddr {
@@ -432,4 +441,230 @@ async fn a_corrupt_snapshot_is_a_warning_and_zookeeper_still_feeds_the_gateway()
         PersistedDiscovery::load(&file).is_ok()
     })
     .await;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The example gateway binary, its stderr in a file; killed if still running when dropped.
+struct GatewayProcess {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl GatewayProcess {
+    fn start(args: &[&str], log: std::path::PathBuf) -> Self {
+        let child = std::process::Command::new(support::examples::examples_dir().join("gateway"))
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Self { child, log }
+    }
+
+    /// Stops it as an operator does (SIGTERM); its exit status.
+    async fn stop(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no exit on SIGTERM:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            eprintln!("gateway log:\n{}", self.log());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_etcd_fed_gateway_binary_announces_itself_serves_stored_certificates_and_its_snapshot()
+{
+    let Some(mut etcd) = EtcdServer::start_or_skip("gateway binary on etcd") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    std::fs::write(path("config.key"), [7u8; 32]).unwrap();
+    let cipher = ValueCipher::from_file(dir.path().join("config.key").as_path()).unwrap();
+    let store = EtcdStore::connect(EtcdConfig::new(etcd.endpoint()))
+        .await
+        .unwrap();
+    let one = upstream("one").await;
+    put(
+        &store,
+        "/service/address/hello/v1/c1",
+        one.to_string().as_bytes(),
+    )
+    .await
+    .unwrap();
+    // A custom domain of app hello, with its certificate (the key sealed for the node).
+    let ca = Ca::new();
+    let custom = ca.leaf(&["www.hello.test"]);
+    put(&store, "/domains/www.hello.test", b"hello")
+        .await
+        .unwrap();
+    let sealed = cipher
+        .encrypt("/certs/www.hello.test", custom.1.as_bytes())
+        .unwrap();
+    let node = CertNode {
+        app: AppId::new("hello").unwrap(),
+        cert: custom.0.clone(),
+        key: String::from_utf8(sealed).unwrap(),
+    };
+    put(
+        &store,
+        "/certs/www.hello.test",
+        &serde_json::to_vec(&node).unwrap(),
+    )
+    .await
+    .unwrap();
+
+    // The gateway's own certificate and config: HTTP, HTTPS and admin listeners.
+    let own = ca.leaf(&["*.caas.local"]);
+    std::fs::write(path("gw.pem"), &own.0).unwrap();
+    std::fs::write(path("gw.key"), &own.1).unwrap();
+    let (listen, listen_tls, admin): (SocketAddr, SocketAddr, SocketAddr) = (
+        format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+        format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+        format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+    );
+    std::fs::write(
+        path("gateway.toml"),
+        format!(
+            "listen = \"{listen}\"\nlisten_tls = \"{listen_tls}\"\nadmin_listen = \"{admin}\"\n\
+             domains = [\"caas.local\"]\nworkers = 1\n\
+             [tls]\ncertificates = [{{ cert = \"gw.pem\", key = \"gw.key\" }}]\n"
+        ),
+    )
+    .unwrap();
+    let (config, key, snapshot) = (
+        path("gateway.toml"),
+        path("config.key"),
+        path("routes.json"),
+    );
+    let endpoint = etcd.endpoint();
+    let mut gw = GatewayProcess::start(
+        &[
+            "--config",
+            &config,
+            "--etcd",
+            &endpoint,
+            "--etcd-key-file",
+            &key,
+            "--gateway-id",
+            "edge-1",
+            "--snapshot",
+            &snapshot,
+            "--snapshot-wait-ms",
+            "500",
+        ],
+        dir.path().join("gateway-1.log"),
+    );
+
+    // Announced with its addresses, routing, serving the stored certificate, saving routes.
+    let announced = GatewayInfo {
+        admin: Some(admin),
+        listen,
+        listen_tls: Some(listen_tls),
+    };
+    wait_for("the announcement", Duration::from_secs(30), async || {
+        let node = store.get("/gateways/edge-1").await.unwrap();
+        node.is_some_and(|n| serde_json::from_slice(&n.data).ok() == Some(announced.clone()))
+    })
+    .await;
+    wait_for("the route", Duration::from_secs(10), async || {
+        get(listen, "hello.caas.local").await == (200, "one".into())
+    })
+    .await;
+    wait_for(
+        "the stored certificate",
+        Duration::from_secs(10),
+        async || presented(listen_tls, "www.hello.test", &ca).await == Ok(der(&custom.0)),
+    )
+    .await;
+    wait_for("the snapshot file", Duration::from_secs(10), async || {
+        PersistedDiscovery::load(std::path::Path::new(&snapshot))
+            .is_ok_and(|s| s.endpoint_count() == 1)
+    })
+    .await;
+    // Stopped, it withdraws at once (not when its lease expires).
+    let status = gw.stop().await;
+    assert!(status.success(), "{status}:\n{}", gw.log());
+    assert_eq!(store.get("/gateways/edge-1").await.unwrap(), None);
+
+    // Started again while etcd is down (the flags' old names still work): it serves the
+    // saved routes.
+    etcd.kill().unwrap();
+    let mut gw = GatewayProcess::start(
+        &[
+            "--config",
+            &config,
+            "--etcd",
+            &endpoint,
+            "--etcd-key-file",
+            &key,
+            "--gateway-id",
+            "edge-1",
+            "--zk-snapshot",
+            &snapshot,
+            "--zk-snapshot-wait-ms",
+            "500",
+        ],
+        dir.path().join("gateway-2.log"),
+    );
+    wait_for("the saved route", Duration::from_secs(20), async || {
+        TcpStream::connect(listen).await.is_ok()
+            && get(listen, "hello.caas.local").await == (200, "one".into())
+    })
+    .await;
+    assert!(
+        gw.log().contains("serving the saved route snapshot"),
+        "{}",
+        gw.log()
+    );
+    // etcd is back: the gateway connects and announces itself.
+    etcd.restart().unwrap();
+    wait_for(
+        "the announcement after the outage",
+        Duration::from_secs(30),
+        async || {
+            store
+                .get("/gateways/edge-1")
+                .await
+                .is_ok_and(|n| n.is_some())
+        },
+    )
+    .await;
+    let status = gw.stop().await;
+    assert!(status.success(), "{status}:\n{}", gw.log());
+    store.close().await;
 }

@@ -26,7 +26,8 @@
 //!   commit with version checks, ephemeral nodes on a session or lease, prefix watches)
 //!   with [`ZkStore`], [`EtcdStore`] (etcd v3), the in-memory [`MemStore`] and
 //!   [`AnyStore`] (ZooKeeper or etcd, chosen at run time), and [`store::StoreDiscovery`],
-//!   the gateway's discovery on any of them (validation shared with `ZkDiscovery`).
+//!   the gateway's discovery on any of them (validation shared with `ZkDiscovery`), and
+//!   [`store::StoreCertSource`], its custom-domain certificates.
 //! - [`scheduler`]: the [`Scheduler`]: deployments in, assignments out; filters and
 //!   strategies as pure functions, each deployment's change as one commit under version
 //!   checks, several schedulers safe at once.

@@ -13,15 +13,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use caas_backends::PersistedDiscovery;
-use caas_backends::store::{EtcdConfig, EtcdStore, EtcdTlsConfig, StoreDiscovery, ZkStore};
+use caas_backends::store::{
+    AnyStore, EtcdConfig, EtcdStore, EtcdTlsConfig, Store as _, StoreCertSource, StoreDiscovery,
+    ZkStore,
+};
 use caas_backends::zk::gateways::{sanitize_gateway_id, validate_gateway_id};
 use caas_backends::zk::{
-    GatewayInfo, ValueCipher, ZkCertSource, ZkConfig, ZkDiscovery, ZkSession, ZkTlsConfig,
-    announce_gateway, withdraw_gateway,
+    GatewayInfo, ValueCipher, ZkConfig, ZkDiscovery, ZkTlsConfig, announce_gateway,
+    withdraw_gateway,
 };
-use caas_core::Static;
+use caas_core::{Discovery, Static, Update};
 use caas_gateway::{CertResolver, FileConfig, FileDiscovery, Gateway, TlsAcceptor};
-use clap::Parser;
+use clap::{ArgGroup, Parser};
 use tokio::net::TcpListener;
 
 mod demo;
@@ -51,6 +54,7 @@ endpoints = ["127.0.0.1:9001", "127.0.0.1:9002"]
 
 #[derive(Parser, Debug)]
 #[command(about = "caas L7 gateway: routes {app}.{domain} to the app's endpoints")]
+#[command(group(ArgGroup::new("store").args(["zk", "etcd"])))]
 struct Args {
     /// Gateway config (TOML). Its [apps] and its [tls] certificate files are watched and
     /// reloaded live.
@@ -87,32 +91,34 @@ struct Args {
     /// AES-256-GCM key file for encrypted app config values and certificate keys.
     #[arg(long, value_name = "FILE", requires = "zk")]
     zk_key_file: Option<PathBuf>,
-    /// Keep the routes received from ZooKeeper in FILE (rewritten atomically, at most once a
-    /// second) and serve them when ZooKeeper cannot be reached at start.
-    #[arg(long, value_name = "FILE", requires = "zk")]
-    zk_snapshot: Option<PathBuf>,
-    /// With --zk-snapshot: how long to try ZooKeeper at start before serving the file.
+    /// Keep the routes received from the store (--zk or --etcd) in FILE (rewritten
+    /// atomically, at most once a second) and serve them when the store cannot be reached at
+    /// start.
+    #[arg(long, alias = "zk-snapshot", value_name = "FILE", requires = "store")]
+    snapshot: Option<PathBuf>,
+    /// With --snapshot: how long to try the store at start before serving the file.
     #[arg(
         long,
+        alias = "zk-snapshot-wait-ms",
         default_value_t = 3000,
         value_name = "MS",
-        requires = "zk_snapshot"
+        requires = "snapshot"
     )]
-    zk_snapshot_wait_ms: u64,
-    /// This gateway's id in ZooKeeper ({chroot}/gateways/{id}, EPHEMERAL, holding its admin
+    snapshot_wait_ms: u64,
+    /// This gateway's id in the store ({root}/gateways/{id}, ephemeral, holding its admin
     /// and listen addresses). Default: the host name and the admin (else listen) port.
-    #[arg(long, value_name = "ID", requires = "zk")]
+    #[arg(long, value_name = "ID", requires = "store")]
     gateway_id: Option<String>,
     /// Take apps from etcd v3 instead (`http://host:port[,...]`, `https://` with --etcd-ca),
-    /// the same layout under --etcd-root. The --zk-* flags and --gateway-id are ZooKeeper's
-    /// only: with etcd there is no snapshot file, announcement or custom-domain certificates
-    /// yet.
+    /// the same layout under --etcd-root, as --zk does: announced at {root}/gateways/{id},
+    /// --snapshot and --gateway-id apply, and with [tls] the certificates at
+    /// {root}/certs/{domain} are served. The --zk-* flags are ZooKeeper's only.
     #[arg(
         long,
         value_name = "URL",
         conflicts_with_all = [
             "zk", "zk_chroot", "zk_digest_file", "zk_tls_ca", "zk_tls_cert", "zk_tls_key",
-            "zk_key_file", "zk_snapshot", "zk_snapshot_wait_ms", "gateway_id",
+            "zk_key_file",
         ]
     )]
     etcd: Option<String>,
@@ -161,6 +167,45 @@ impl Args {
         }
         cfg.validate().map_err(|e| format!("--zk: {e}"))?;
         Ok(Some(cfg))
+    }
+
+    /// The etcd settings and config key, when `--etcd` is given.
+    fn etcd_config(&self) -> Result<Option<(EtcdConfig, Option<ValueCipher>)>, String> {
+        let Some(endpoints) = &self.etcd else {
+            return Ok(None);
+        };
+        let cipher = match &self.etcd_key_file {
+            Some(f) => {
+                Some(ValueCipher::from_file(f).map_err(|e| format!("--etcd-key-file: {e}"))?)
+            }
+            None => None,
+        };
+        let mut config = EtcdConfig::new("").with_root(&self.etcd_root);
+        config.endpoints = endpoints.split(',').map(|e| e.trim().to_owned()).collect();
+        if let Some(f) = &self.etcd_user_file {
+            let user = std::fs::read_to_string(f)
+                .map_err(|e| format!("--etcd-user-file {}: {e}", f.display()))?;
+            config = config.with_user(user.trim().to_owned());
+        }
+        if let Some(ca) = &self.etcd_ca {
+            config = config.with_tls(EtcdTlsConfig {
+                ca: ca.clone(),
+                cert: self.etcd_cert.clone(),
+                key: self.etcd_key.clone(),
+            });
+        }
+        config.validate().map_err(|e| format!("--etcd: {e}"))?;
+        Ok(Some((config, cipher)))
+    }
+
+    /// The store the routes come from, checked (files read, key loaded) before any connect.
+    fn source(&self) -> Result<Option<Source>, String> {
+        if let Some(zk) = self.zk_config()? {
+            return Ok(Some(Source::Zk(zk)));
+        }
+        Ok(self
+            .etcd_config()?
+            .map(|(config, cipher)| Source::Etcd(config, cipher.map(Box::new))))
     }
 }
 
@@ -250,16 +295,19 @@ async fn run(args: Args, config: FileConfig, path: Option<PathBuf>) -> Result<()
     let builder = Gateway::builder(config.gateway_config());
     // Held for the life of the server: dropping it would end the built-in routes' stream.
     let routes = Static::new(config.snapshot());
-    let zk = args.zk_config()?;
+    let source = args.source()?;
     let reload_every = Duration::from_millis(args.reload_interval_ms);
-    let mut zk_announced = None;
-    let builder = match (&zk, &path) {
-        (Some(zk), _) => {
+    let mut store_announced = None;
+    let builder = match (source, &path) {
+        (Some(source), _) => {
             if !config.apps.is_empty() {
-                tracing::warn!("--zk given: the [apps] of the config file are ignored");
+                tracing::warn!(
+                    "{} given: the [apps] of the config file are ignored",
+                    source.flag()
+                );
             }
             let announced = Arc::new(Announced {
-                session: std::sync::OnceLock::new(),
+                store: std::sync::OnceLock::new(),
                 id: match &args.gateway_id {
                     Some(id) => {
                         validate_gateway_id(id).map_err(|e| format!("--gateway-id: {e}"))?;
@@ -273,14 +321,14 @@ async fn run(args: Args, config: FileConfig, path: Option<PathBuf>) -> Result<()
                     listen_tls: tls_listener.as_ref().and_then(|l| l.local_addr().ok()),
                 },
             });
-            zk_announced = Some(Arc::clone(&announced));
-            match &args.zk_snapshot {
+            store_announced = Some(Arc::clone(&announced));
+            match &args.snapshot {
                 Some(file) => {
-                    let (zk, certs) = (zk.clone(), certs.clone());
+                    let certs = certs.clone();
                     let live = async move {
                         let mut backoff = Duration::from_millis(500);
                         loop {
-                            match zk_routes(&zk, certs.as_ref(), &announced).await {
+                            match source.routes(certs.as_ref(), &announced).await {
                                 Ok(d) => return d,
                                 Err(e) => tracing::warn!("{e}; retrying in {backoff:?}"),
                             }
@@ -288,17 +336,11 @@ async fn run(args: Args, config: FileConfig, path: Option<PathBuf>) -> Result<()
                             backoff = (backoff * 2).min(Duration::from_secs(5));
                         }
                     };
-                    let wait = Duration::from_millis(args.zk_snapshot_wait_ms);
+                    let wait = Duration::from_millis(args.snapshot_wait_ms);
                     builder.discovery(PersistedDiscovery::start(file.clone(), live, wait))
                 }
-                None => builder.discovery(zk_routes(zk, certs.as_ref(), &announced).await?),
+                None => builder.discovery(source.routes(certs.as_ref(), &announced).await?),
             }
-        }
-        (None, _) if args.etcd.is_some() => {
-            if !config.apps.is_empty() {
-                tracing::warn!("--etcd given: the [apps] of the config file are ignored");
-            }
-            builder.discovery(etcd_routes(&args).await?)
         }
         (None, Some(p)) => builder.discovery(FileDiscovery::new(p.clone(), reload_every)),
         (None, None) => builder.discovery(routes.subscribe()),
@@ -354,29 +396,135 @@ async fn run(args: Args, config: FileConfig, path: Option<PathBuf>) -> Result<()
             .map_err(|e| format!("TLS listener task failed: {e}"))?
             .map_err(|e| e.to_string())?;
     }
-    if let Some(a) = zk_announced {
+    if let Some(a) = store_announced {
         a.withdraw().await;
     }
     Ok(())
 }
 
-/// What the gateway announces at {chroot}/gateways/{id}, and the session holding it once
+/// Where the routes come from: `--zk` or `--etcd`.
+enum Source {
+    Zk(ZkConfig),
+    Etcd(EtcdConfig, Option<Box<ValueCipher>>),
+}
+
+/// The routes of either store.
+enum StoreRoutes {
+    Zk(ZkDiscovery),
+    Etcd(StoreDiscovery<EtcdStore>),
+}
+
+impl Discovery for StoreRoutes {
+    async fn next(&mut self) -> Option<Update> {
+        match self {
+            StoreRoutes::Zk(d) => d.next().await,
+            StoreRoutes::Etcd(d) => d.next().await,
+        }
+    }
+}
+
+impl Source {
+    fn flag(&self) -> &'static str {
+        match self {
+            Source::Zk(_) => "--zk",
+            Source::Etcd(..) => "--etcd",
+        }
+    }
+
+    /// The root of the caas tree, for messages.
+    fn root(&self) -> &str {
+        match self {
+            Source::Zk(zk) => &zk.chroot,
+            Source::Etcd(etcd, _) => &etcd.root,
+        }
+    }
+
+    /// Routes from the store: connects (bounded by the session timeout or the request
+    /// timeout), announces this gateway, and follows custom domains' certificates when the
+    /// gateway serves HTTPS.
+    async fn routes(
+        &self,
+        certs: Option<&Arc<CertResolver>>,
+        announced: &Announced,
+    ) -> Result<StoreRoutes, String> {
+        let (routes, store, cipher) = match self {
+            Source::Zk(zk) => {
+                let bound = zk.session_timeout() + Duration::from_secs(1);
+                let d = match tokio::time::timeout(bound, ZkDiscovery::connect(zk.clone())).await {
+                    Ok(Ok(d)) => d,
+                    Ok(Err(e)) => {
+                        return Err(format!("cannot use ZooKeeper at {}: {e}", zk.servers));
+                    }
+                    Err(_) => {
+                        return Err(format!(
+                            "cannot use ZooKeeper at {}: no session within {bound:?}",
+                            zk.servers
+                        ));
+                    }
+                };
+                tracing::info!(servers = %zk.servers, chroot = %zk.chroot, "routes from ZooKeeper");
+                let session = d.session().clone();
+                let cipher = session.cipher().cloned();
+                (
+                    StoreRoutes::Zk(d),
+                    AnyStore::Zk(ZkStore::new(session)),
+                    cipher,
+                )
+            }
+            Source::Etcd(config, cipher) => {
+                let endpoints = config.endpoints.join(",");
+                let bound = config.request_timeout + Duration::from_secs(1);
+                let store =
+                    match tokio::time::timeout(bound, EtcdStore::connect(config.clone())).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => return Err(format!("cannot use etcd at {endpoints}: {e}")),
+                        Err(_) => {
+                            return Err(format!(
+                                "cannot use etcd at {endpoints}: no answer within {bound:?}"
+                            ));
+                        }
+                    };
+                tracing::info!(%endpoints, root = %config.root, "routes from etcd");
+                let cipher = cipher.as_deref().cloned();
+                let d = StoreDiscovery::start(store.clone(), cipher.clone());
+                (StoreRoutes::Etcd(d), AnyStore::Etcd(store), cipher)
+            }
+        };
+        let _ = announced.store.set(store.clone());
+        let root = self.root();
+        match announce_gateway(&store, &announced.id, &announced.info).await {
+            Ok(()) => {
+                tracing::info!(id = %announced.id, "announced at {root}/gateways/{}", announced.id)
+            }
+            // Routing goes on without it; the control plane just does not see this gateway.
+            Err(e) => tracing::error!(id = %announced.id, "cannot announce this gateway: {e}"),
+        }
+        if let Some(certs) = certs {
+            // Custom domains' certificates, stored at {root}/certs/{domain}.
+            tokio::spawn(Arc::clone(certs).follow(StoreCertSource::start(store, cipher)));
+            tracing::info!("custom-domain certificates from {root}/certs");
+        }
+        Ok(routes)
+    }
+}
+
+/// What the gateway announces at {root}/gateways/{id}, and the store holding it once
 /// connected.
 struct Announced {
     id: String,
     info: GatewayInfo,
-    session: std::sync::OnceLock<ZkSession>,
+    store: std::sync::OnceLock<AnyStore>,
 }
 
 impl Announced {
-    /// Withdraws the announcement and closes the session, so the node is gone at once (not
-    /// only when the session times out).
+    /// Withdraws the announcement and closes the store's session or lease, so the node is
+    /// gone at once (not only when the session times out or the lease expires).
     async fn withdraw(&self) {
-        if let Some(session) = self.session.get() {
-            if let Err(e) = withdraw_gateway(&ZkStore::new(session.clone()), &self.id).await {
+        if let Some(store) = self.store.get() {
+            if let Err(e) = withdraw_gateway(store, &self.id).await {
                 tracing::warn!(id = %self.id, "cannot withdraw the announcement: {e}");
             }
-            session.close();
+            store.close().await;
         }
     }
 }
@@ -387,80 +535,6 @@ fn default_gateway_id(addr: SocketAddr) -> String {
         .or_else(|_| std::env::var("HOSTNAME"))
         .unwrap_or_else(|_| addr.ip().to_string());
     sanitize_gateway_id(&format!("{}-{}", host.trim(), addr.port()))
-}
-
-/// Routes from ZooKeeper: connects (bounded by the session timeout), announces this gateway,
-/// and follows custom domains' certificates when the gateway serves HTTPS.
-async fn zk_routes(
-    zk: &ZkConfig,
-    certs: Option<&Arc<CertResolver>>,
-    announced: &Announced,
-) -> Result<ZkDiscovery, String> {
-    let bound = zk.session_timeout() + Duration::from_secs(1);
-    let discovery = match tokio::time::timeout(bound, ZkDiscovery::connect(zk.clone())).await {
-        Ok(Ok(d)) => d,
-        Ok(Err(e)) => return Err(format!("cannot use ZooKeeper at {}: {e}", zk.servers)),
-        Err(_) => {
-            return Err(format!(
-                "cannot use ZooKeeper at {}: no session within {bound:?}",
-                zk.servers
-            ));
-        }
-    };
-    tracing::info!(servers = %zk.servers, chroot = %zk.chroot, "routes from ZooKeeper");
-    let _ = announced.session.set(discovery.session().clone());
-    let store = ZkStore::new(discovery.session().clone());
-    match announce_gateway(&store, &announced.id, &announced.info).await {
-        Ok(()) => {
-            tracing::info!(id = %announced.id, "announced at {}/gateways/{}", zk.chroot, announced.id)
-        }
-        // Routing goes on without it; the control plane just does not see this gateway.
-        Err(e) => tracing::error!(id = %announced.id, "cannot announce this gateway: {e}"),
-    }
-    if let Some(certs) = certs {
-        // Custom domains' certificates, stored at {chroot}/certs/{domain}.
-        let source = ZkCertSource::start(discovery.session());
-        tokio::spawn(Arc::clone(certs).follow(source));
-        tracing::info!("custom-domain certificates from ZooKeeper");
-    }
-    Ok(discovery)
-}
-
-/// Routes from etcd: connects (bounded) and watches the tree under --etcd-root.
-async fn etcd_routes(args: &Args) -> Result<StoreDiscovery<EtcdStore>, String> {
-    // The key first: a bad key file is a config error, whatever etcd's state.
-    let cipher = match &args.etcd_key_file {
-        Some(f) => Some(ValueCipher::from_file(f).map_err(|e| format!("--etcd-key-file: {e}"))?),
-        None => None,
-    };
-    let endpoints = args.etcd.clone().unwrap_or_default();
-    let mut config = EtcdConfig::new("").with_root(&args.etcd_root);
-    config.endpoints = endpoints.split(',').map(|e| e.trim().to_owned()).collect();
-    if let Some(f) = &args.etcd_user_file {
-        let user = std::fs::read_to_string(f)
-            .map_err(|e| format!("--etcd-user-file {}: {e}", f.display()))?;
-        config = config.with_user(user.trim().to_owned());
-    }
-    if let Some(ca) = &args.etcd_ca {
-        config = config.with_tls(EtcdTlsConfig {
-            ca: ca.clone(),
-            cert: args.etcd_cert.clone(),
-            key: args.etcd_key.clone(),
-        });
-    }
-    config.validate().map_err(|e| format!("--etcd: {e}"))?;
-    let bound = config.request_timeout + Duration::from_secs(1);
-    let store = match tokio::time::timeout(bound, EtcdStore::connect(config)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(format!("cannot use etcd at {endpoints}: {e}")),
-        Err(_) => {
-            return Err(format!(
-                "cannot use etcd at {endpoints}: no answer within {bound:?}"
-            ));
-        }
-    };
-    tracing::info!(%endpoints, root = %args.etcd_root, "routes from etcd");
-    Ok(StoreDiscovery::start(store, cipher))
 }
 
 async fn shutdown_signal() {

@@ -59,6 +59,7 @@
 //!   explained by an earlier op of the same commit, the conflict names op 0.
 
 mod any;
+mod certs;
 mod discovery;
 mod etcd;
 pub mod etcd_auth;
@@ -71,6 +72,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 pub use any::{AnyStore, StoreConfig};
+pub use certs::{CertSourceStats, StoreCertSource};
 pub use discovery::{StoreDiscovery, StoreDiscoveryCounters, StoreDiscoveryStats};
 pub use etcd::{EtcdConfig, EtcdStats, EtcdStore, EtcdTlsConfig};
 pub use etcd_auth::EtcdAdmin;

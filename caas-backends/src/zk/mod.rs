@@ -25,8 +25,9 @@
 //! - [`gateways`]: each ZooKeeper-fed gateway's EPHEMERAL announcement
 //!   `/gateways/{gatewayId}` (its admin and proxy addresses).
 //! - [`AppStore`] ([`apps`]): write app specs, claim and release custom domains.
-//! - [`certs`]: custom-domain certificates: [`CertStore`] writes them for the claimant app,
-//!   [`ZkCertSource`] feeds them to a gateway's TLS listener (caas-core's `CertSource`).
+//! - [`certs`]: custom-domain certificates: [`CertStore`] writes them for the claimant app;
+//!   [`StoreCertSource`](crate::store::StoreCertSource) feeds them to a gateway's TLS
+//!   listener (caas-core's `CertSource`) from any store.
 //! - [`acl`]: digest ids and the admin / tenant / gateway ACL helpers.
 //! - [`crypto`]: AES-256-GCM envelopes for config values.
 //! - [`ZkError`] ([`error`]) and [`ZkStats`] ([`stats`]).
@@ -52,7 +53,7 @@ pub(crate) mod view;
 
 pub use acl::{digest_id, grant_app, provision_tree};
 pub use apps::AppStore;
-pub use certs::{CertStore, ZkCertSource};
+pub use certs::CertStore;
 pub use config::{ZkConfig, ZkTlsConfig};
 pub use crypto::ValueCipher;
 pub use discovery::ZkDiscovery;

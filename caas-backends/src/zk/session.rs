@@ -133,7 +133,8 @@ impl ZkSession {
         self.inner.current.subscribe()
     }
 
-    pub(crate) fn cipher(&self) -> Option<&ValueCipher> {
+    /// The config encryption key (`encryption_key_file`), if one is configured.
+    pub fn cipher(&self) -> Option<&ValueCipher> {
         self.inner.cipher.as_ref()
     }
 

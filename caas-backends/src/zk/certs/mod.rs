@@ -1,5 +1,5 @@
 //! HTTPS for custom domains: a certificate and its key per claimed domain, stored at
-//! `/certs/{domain}` and served by every ZooKeeper-fed gateway.
+//! `/certs/{domain}` and served by every store-fed gateway.
 //!
 //! ```text
 //! /certs/{domain}   PERSISTENT   {"app": "{appId}", "cert": "<PEM chain>", "key": "enc:v1:..."}
@@ -11,18 +11,18 @@
 //!   does not open). A key is never stored in the clear.
 //! - Only the app holding the domain's claim (`/domains/{domain}` names it) has its
 //!   certificate served. [`CertStore`] refuses to store a certificate for a domain another
-//!   app holds, and [`ZkCertSource`] re-checks on every read, so a claim that moves (or a
-//!   node written around the store) takes the certificate out of service at once.
-//! - `decide` is that rule, pure and table-tested; `store` writes, `source` watches
-//!   and feeds the gateway's `CertSource`.
+//!   app holds, and [`StoreCertSource`](crate::store::StoreCertSource) re-checks on every
+//!   read, so a claim that moves (or a node written around the store) takes the certificate
+//!   out of service at once.
+//! - `decide` is that rule, pure and table-tested; `store` writes (ZooKeeper);
+//!   [`StoreCertSource`](crate::store::StoreCertSource) watches any store and feeds the
+//!   gateway's `CertSource`.
 
-mod source;
 mod store;
 
 use caas_core::{AppId, Domain, DomainCert};
 use serde::{Deserialize, Serialize};
 
-pub use source::{CertSourceStats, ZkCertSource};
 pub use store::CertStore;
 
 use super::crypto::{self, ValueCipher};
