@@ -143,5 +143,5 @@ for mode in "${MODES[@]}"; do
     }'
 done
 echo
-echo "Medians over rounds. Per round (p99 ms): $(awk '{printf "%s%s r%s %.3f", (NR > 1 ? "," : ""), $2, $1, $5}' "$RESULTS")"
+echo "Medians over rounds. Per round (p99 ms): $(awk '{printf "%s%s r%s %.3f", (NR > 1 ? ", " : ""), $2, $1, $5}' "$RESULTS")"
 STATUS=0

@@ -532,3 +532,25 @@ async fn etcd_a_watch_replays_what_it_missed_without_a_resync() {
     assert_eq!(next(&mut w).await, WatchEvent::Changed("/m/a".into()));
     assert!(watcher.stats().watch_resumes >= 1, "{:?}", watcher.stats());
 }
+
+/// etcd only: watches set at the same moment on one handle each start (each says Resync),
+/// again and again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_watches_set_together_all_start() {
+    logs();
+    let Some(f) = EtcdFixture::shared("etcd_watches_together") else {
+        return;
+    };
+    for attempt in 0..20 {
+        let s = f.connect().await.unwrap();
+        let mut watches: Vec<Watch> = ["/a", "/b", "/c"].iter().map(|p| s.watch(p)).collect();
+        for (i, w) in watches.iter_mut().enumerate() {
+            let first = tokio::time::timeout(Duration::from_secs(10), w.next()).await;
+            assert!(
+                matches!(first, Ok(Some(WatchEvent::Resync))),
+                "attempt {attempt}: watch {i} did not start: {first:?}"
+            );
+        }
+        s.close().await;
+    }
+}
