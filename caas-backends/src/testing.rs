@@ -286,6 +286,18 @@ impl Drop for ZkServer {
     }
 }
 
+/// Sends this crate's logs (`info` and up, or `RUST_LOG`) to the test's output, which the
+/// test runner shows when a test fails. Call it first in every test; later calls do nothing.
+pub fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "caas_backends=info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
 /// The ZooKeeper server shared by the tests of this process: started by the first test that
 /// asks, kept while any test holds it, stopped when the last one drops it (a later test starts
 /// a new one). Tests running in one process (`cargo test`) share it; under a runner that gives

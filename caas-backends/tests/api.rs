@@ -16,6 +16,7 @@ use bytes::Bytes;
 use caas_backends::api::auth::sha256_hex;
 use caas_backends::api::{Api, ApiConfig, Tokens};
 use caas_backends::store::{Store, ZkStore};
+use caas_backends::testing::logs;
 use caas_backends::testing::{ZkServer, shared_zk};
 use caas_backends::zk::hosts::{HostInfo, InstanceState, InstanceStatus, Resources};
 use caas_backends::zk::{HostStore, Registry, ZkConfig, ZkSession};
@@ -32,16 +33,6 @@ const GIB: u64 = 1 << 30;
 const ADMIN: &str = "admin-token";
 const ACME: &str = "acme-token";
 const GLOBEX: &str = "globex-token";
-
-fn logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "caas_backends=warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
 
 fn tokens_toml(entries: &[(&str, &str, &[&str], bool)]) -> String {
     let mut s = String::new();

@@ -223,16 +223,6 @@ async fn tenants_deploy_claim_and_remove<F: StoreFixture>(f: F) {
     store.close().await;
 }
 
-fn logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "caas_backends=warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
 store_suite!(
     zookeeper,
     ZkFixture::shared,

@@ -17,16 +17,6 @@ use caas_backends::testing::stores::{EtcdFixture, MemFixture, StoreFixture, ZkFi
 use caas_backends::zk::ValueCipher;
 use caas_core::{Discovery as _, Domain, Router};
 
-fn logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "caas_backends=warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
 /// What the gateway does: a router fed by the discovery in a background task. Returns the
 /// router and the discovery's counters.
 fn gateway<S: Store>(mut discovery: StoreDiscovery<S>) -> (Arc<Router>, StoreDiscoveryCounters) {

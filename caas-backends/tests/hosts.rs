@@ -16,16 +16,6 @@ use caas_backends::zk::hosts::{
 use caas_backends::zk::{HostInfo, HostStore, Resources};
 use caas_core::{AppId, InstanceId, Version};
 
-fn logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "caas_backends=info".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
 async fn host_store<F: StoreFixture>(f: &F) -> HostStore<F::Store> {
     HostStore::new(f.connect().await.unwrap())
 }

@@ -19,6 +19,7 @@ use caas_backends::scheduler::deployment::Deployment;
 use caas_backends::scheduler::snapshot;
 use caas_backends::scheduler::status::{DeploymentStatus, Health, Phase};
 use caas_backends::store::{EtcdStore, MemStore, Store, WatchEvent, ZkStore};
+use caas_backends::testing::logs;
 use caas_backends::testing::stores::{EtcdFixture, StoreFixture};
 use caas_backends::testing::{ZkEnsemble, ZkServer, shared_zk};
 use caas_backends::zk::hosts::{HostInfo, InstanceState, InstanceStatus, Resources};
@@ -38,16 +39,6 @@ fn ver(s: &str) -> Version {
 }
 fn inst(s: &str) -> InstanceId {
     InstanceId::new(s).unwrap()
-}
-
-fn logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "caas_backends=warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
 }
 
 /// A deployment of `{app}:{version}` with `memory_mib` and 10 CPU shares per instance.

@@ -10,19 +10,10 @@ use caas_backends::store::{
     ConflictKind, Op, Store, StoreError, Watch, WatchEvent, delete_tree, put,
 };
 use caas_backends::store_suite;
+use caas_backends::testing::logs;
 use caas_backends::testing::stores::{EtcdFixture, MemFixture, StoreFixture, ZkFixture};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "caas_backends=warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
 
 fn create(path: &str, data: &str) -> Op {
     Op::Create {

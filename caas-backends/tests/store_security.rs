@@ -13,20 +13,11 @@ use caas_backends::store::{
     StoreError, WatchEvent, put,
 };
 use caas_backends::testing::SECURE_ROOT_USER;
+use caas_backends::testing::logs;
 use caas_backends::testing::routes::{WAIT, eventually_picks};
 use caas_backends::testing::secure::{EtcdSecure, SecureFixture, ZkSecure};
 use caas_backends::testing::shared_etcd_secure;
 use caas_core::{AppId, Discovery as _, Domain, Router};
-
-fn logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "caas_backends=warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
 
 fn app(s: &str) -> AppId {
     AppId::new(s).unwrap()

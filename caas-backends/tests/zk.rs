@@ -21,13 +21,7 @@ use caas_core::{AppId, AppSpec, Discovery, Domain, InstanceId, Router, Version};
 const WAIT: Duration = Duration::from_secs(30);
 
 fn server(test: &str) -> Option<ZkServer> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "caas_backends=info".into()),
-        )
-        .with_test_writer()
-        .try_init();
+    caas_backends::testing::logs();
     ZkServer::start_or_skip(ZkServerBuilder::default(), test)
 }
 

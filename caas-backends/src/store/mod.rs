@@ -390,6 +390,12 @@ pub async fn claim_ephemeral<S: Store>(
         }) => {}
         other => return other.map(|()| false),
     }
+    delete_if_present(store, path).await?;
+    store.create_ephemeral(path, data).await.map(|()| true)
+}
+
+/// Deletes a node whatever its version; a missing node is fine.
+pub async fn delete_if_present<S: Store>(store: &S, path: &str) -> Result<(), StoreError> {
     let op = Op::Delete {
         path: path.to_owned(),
         version: None,
@@ -399,10 +405,9 @@ pub async fn claim_ephemeral<S: Store>(
         | Err(StoreError::Conflict {
             kind: ConflictKind::NoNode,
             ..
-        }) => {}
-        Err(e) => return Err(e),
+        }) => Ok(()),
+        Err(e) => Err(e),
     }
-    store.create_ephemeral(path, data).await.map(|()| true)
 }
 
 /// [`Store::list`] as `children` and then a `get` of each, all in flight at once: for stores
@@ -436,18 +441,7 @@ pub async fn delete_tree<S: Store>(store: &S, path: &str) -> Result<(), StoreErr
         order.push(p);
     }
     for p in order.iter().rev() {
-        let op = Op::Delete {
-            path: p.clone(),
-            version: None,
-        };
-        match store.commit(vec![op]).await {
-            Ok(_)
-            | Err(StoreError::Conflict {
-                kind: ConflictKind::NoNode,
-                ..
-            }) => {}
-            Err(e) => return Err(e),
-        }
+        delete_if_present(store, p).await?;
     }
     Ok(())
 }

@@ -293,8 +293,8 @@ impl StoreFixture for MemFixture {
 }
 
 /// Runs generic test functions on stores: `store_suite!(etcd, EtcdFixture::shared, [a, b])`
-/// declares `mod etcd` with one `#[tokio::test]` per function, each calling the caller's
-/// `logs()` and then `super::a(fixture)` with the fixture `$fixture("etcd_a")` (the test
+/// declares `mod etcd` with one `#[tokio::test]` per function, each calling
+/// [`logs`](super::logs) and then `super::a(fixture)` with the fixture `$fixture("etcd_a")` (the test
 /// passes, having printed why, when that store is not installed outside CI). The functions
 /// take any [`StoreFixture`], so one body is the test on every store.
 #[macro_export]
@@ -305,7 +305,7 @@ macro_rules! store_suite {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
-                    logs();
+                    $crate::testing::logs();
                     let name = concat!(stringify!($store), "_", stringify!($test));
                     let Some(f) = $fixture(name) else { return };
                     super::$test(f).await;

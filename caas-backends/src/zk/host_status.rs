@@ -4,8 +4,8 @@
 
 use caas_core::InstanceId;
 
-use super::hosts::{HostStore, InstanceStatus, delete_if_present, status_path, statuses_path};
-use crate::store::{NodeError, Store};
+use super::hosts::{HostStore, InstanceStatus, status_path, statuses_path};
+use crate::store::{NodeError, Store, delete_if_present};
 
 impl<S: Store> HostStore<S> {
     /// Writes (creates or overwrites) one status node.
@@ -23,7 +23,8 @@ impl<S: Store> HostStore<S> {
 
     /// Deletes one status node; absent is fine.
     pub async fn delete_status(&self, host: &str, instance: &str) -> Result<(), NodeError> {
-        delete_if_present(self.store(), &format!("{}/{instance}", statuses_path(host))).await
+        let path = format!("{}/{instance}", statuses_path(host));
+        Ok(delete_if_present(self.store(), &path).await?)
     }
 
     /// The names of the children of `/hosts/{host}/status` (valid instance ids or not); a

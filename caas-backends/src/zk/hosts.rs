@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 
 pub use super::host_info::{AgentHostFields, Published, allocated_by};
 use crate::assignment::{Assignment, AssignmentError};
-use crate::store::{ConflictKind, NodeError, Op, Store, StoreError};
+use crate::store::{ConflictKind, NodeError, Op, Store, StoreError, delete_if_present};
 
 type Result<T> = std::result::Result<T, NodeError>;
 
@@ -276,20 +276,7 @@ impl<S: Store> HostStore<S> {
 
     /// Deletes one assignment; absent is fine.
     pub async fn delete_assignment(&self, host: &str, instance: &InstanceId) -> Result<()> {
-        delete_if_present(&self.store, &assignment_path(host, instance)).await
-    }
-}
-
-/// Deletes a node whatever its version; absent is fine.
-pub(crate) async fn delete_if_present<S: Store>(store: &S, path: &str) -> Result<()> {
-    let op = Op::Delete {
-        path: path.to_owned(),
-        version: None,
-    };
-    match store.commit(vec![op]).await {
-        Ok(_) => Ok(()),
-        Err(e) if is_conflict(&e, ConflictKind::NoNode) => Ok(()),
-        Err(e) => Err(e.into()),
+        Ok(delete_if_present(&self.store, &assignment_path(host, instance)).await?)
     }
 }
 

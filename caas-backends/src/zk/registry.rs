@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use caas_core::{AppId, InstanceId, Version};
 
-use super::hosts::{delete_if_present, is_conflict};
+use super::hosts::is_conflict;
 use super::layout::instance_path;
-use crate::store::{ConflictKind, NodeError, Store, StoreError};
+use crate::store::{ConflictKind, Store, StoreError, delete_if_present};
 
 /// Why a registration or deregistration failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -34,20 +34,6 @@ pub enum RegistryError {
         /// The instance node.
         path: String,
     },
-}
-
-impl From<NodeError> for RegistryError {
-    fn from(e: NodeError) -> Self {
-        match e {
-            NodeError::Store(e) => RegistryError::Store(e),
-            // The registry never parses node data.
-            NodeError::Bad { path, reason } => RegistryError::Store(StoreError::Invalid {
-                op: "registry",
-                path,
-                reason,
-            }),
-        }
-    }
 }
 
 /// Registers and deregisters instances of apps.

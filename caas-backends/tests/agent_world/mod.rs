@@ -69,13 +69,7 @@ pub async fn world(test: &str, host: &str, ip: &str) -> Option<World> {
 }
 
 pub async fn world_on(kind: Kind, test: &str, host: &str, ip: &str) -> Option<World> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "caas_backends=info".into()),
-        )
-        .with_test_writer()
-        .try_init();
+    caas_backends::testing::logs();
     let docker = docker_or_skip(test).await?;
     // Namespaces are per test: fixture names must be valid path segments.
     let ns = format!("agent-{test}");
