@@ -15,6 +15,7 @@ use caas_core::{AppState, EndpointState};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::client_h1::wire::ClientBody;
 use crate::upstream::UpstreamBody;
 
 /// The response body type of the gateway.
@@ -124,15 +125,33 @@ impl ClientBodyError {
 /// endpoint it is sent to.
 #[derive(Debug)]
 pub(crate) struct RequestBody {
-    inner: Incoming,
+    inner: Inner,
     counted: Option<(Arc<AppState>, Arc<EndpointState>)>,
     bytes: u64,
     /// The request's access log count, when the log is on.
     logged: Option<Arc<AtomicU64>>,
 }
 
+/// Where the body comes from: hyper's connection (HTTP/2), or the gateway's own HTTP/1.1
+/// connection.
+#[derive(Debug)]
+enum Inner {
+    Hyper(Incoming),
+    Client(ClientBody),
+}
+
 impl RequestBody {
+    /// A body read by hyper.
     pub(crate) fn new(inner: Incoming) -> Self {
+        Self::with(Inner::Hyper(inner))
+    }
+
+    /// A body read by the gateway's HTTP/1.1 connection.
+    pub(crate) fn client(inner: ClientBody) -> Self {
+        Self::with(Inner::Client(inner))
+    }
+
+    fn with(inner: Inner) -> Self {
         Self {
             inner,
             counted: None,
@@ -148,7 +167,10 @@ impl RequestBody {
 
     /// Whether the body is empty and complete (nothing to stream).
     pub(crate) fn is_empty(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::Hyper(b) => b.is_end_stream(),
+            Inner::Client(b) => b.is_end_stream(),
+        }
     }
 
     /// Attributes the bytes to an app and endpoint (set once the endpoint is known; a
@@ -170,16 +192,17 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         let this = &mut *self;
-        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
-            Some(Ok(f)) => {
-                if let Some(d) = f.data_ref() {
-                    this.bytes += d.len() as u64;
-                }
-                Poll::Ready(Some(Ok(f)))
-            }
-            Some(Err(e)) => Poll::Ready(Some(Err(ClientBodyError::classify(&e)))),
-            None => Poll::Ready(None),
+        let polled = match &mut this.inner {
+            Inner::Hyper(b) => ready!(Pin::new(b).poll_frame(cx))
+                .map(|f| f.map_err(|e| ClientBodyError::classify(&e))),
+            Inner::Client(b) => ready!(b.poll_frame(cx)),
+        };
+        if let Some(Ok(f)) = &polled
+            && let Some(d) = f.data_ref()
+        {
+            this.bytes += d.len() as u64;
         }
+        Poll::Ready(polled)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -187,7 +210,10 @@ impl Body for RequestBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Hyper(b) => b.size_hint(),
+            Inner::Client(b) => b.size_hint(),
+        }
     }
 }
 

@@ -31,6 +31,8 @@ pub(crate) struct ClientIo<S> {
     /// The JSON answer being written in place of hyper's bare one (boxed: rare, and an idle
     /// connection should not carry its room).
     replacing: Option<Box<Replacement>>,
+    /// hyper serves the connection: its bare answers are replaced.
+    under_hyper: bool,
 }
 
 struct Replacement {
@@ -41,12 +43,22 @@ struct Replacement {
 }
 
 impl<S> ClientIo<S> {
+    /// The socket of a connection hyper serves.
     pub(crate) fn new(inner: S, info: Arc<ConnInfo>, shared: Arc<Shared>) -> Self {
         Self {
             inner,
             info,
             shared,
             replacing: None,
+            under_hyper: true,
+        }
+    }
+
+    /// The socket of a connection the gateway serves itself (it writes its own answers).
+    pub(crate) fn own(inner: S, info: Arc<ConnInfo>, shared: Arc<Shared>) -> Self {
+        Self {
+            under_hyper: false,
+            ..Self::new(inner, info, shared)
         }
     }
 
@@ -105,7 +117,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.replacing.is_none() && self.info.between_http1_requests() {
+        if self.under_hyper && self.replacing.is_none() && self.info.between_http1_requests() {
             if let Some((code, message)) = parser_answer(buf) {
                 self.shared.stats.count(code);
                 tracing::debug!(peer = %self.info.peer, "unparsable request head: {}", code.as_str());

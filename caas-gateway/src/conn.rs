@@ -6,7 +6,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -42,6 +42,9 @@ pub(crate) struct Shared {
     pub(crate) stats: GatewayStats,
     pub(crate) h1: http1::Builder,
     pub(crate) h2: http2::Builder<TokioExecutor>,
+    /// HTTP/1.1 clients are served by hyper instead of the gateway's own connection (a
+    /// test hook, for comparing the two).
+    pub(crate) hyper_http1: bool,
     /// The certificate resolver of the TLS listener, once one serves (for `/metrics`).
     pub(crate) certs: std::sync::OnceLock<Arc<crate::tls::CertResolver>>,
     /// The access log's producing side, when it is on.
@@ -71,6 +74,9 @@ pub(crate) struct ConnInfo {
     pub(crate) h2: bool,
     /// The connection came in over TLS.
     pub(crate) tls: bool,
+    /// The gateway is shutting down: the gateway's HTTP/1.1 connection closes at the end
+    /// of the request in progress, or at once between requests.
+    pub(crate) draining: AtomicBool,
 }
 
 impl ConnInfo {
@@ -86,6 +92,7 @@ impl ConnInfo {
             head_since: AtomicU64::new(now_ms()),
             h2,
             tls,
+            draining: AtomicBool::new(false),
         }
     }
 

@@ -352,8 +352,19 @@ impl std::fmt::Display for ChunkError {
 }
 
 impl Chunked {
-    /// Decodes from `buf` until data, the end, or a need for more bytes.
+    /// Decodes from `buf` until data, the end, or a need for more bytes. Lenient about line
+    /// ends (a bare LF ends a line), as upstreams are read.
     pub(crate) fn step(&mut self, buf: &mut BytesMut) -> Result<ChunkStep, ChunkError> {
+        self.step_with(buf, false)
+    }
+
+    /// As [`step`](Self::step), for a client's request body: every line of the framing must
+    /// end with CRLF, so no two parsers can disagree where the body ends.
+    pub(crate) fn step_strict(&mut self, buf: &mut BytesMut) -> Result<ChunkStep, ChunkError> {
+        self.step_with(buf, true)
+    }
+
+    fn step_with(&mut self, buf: &mut BytesMut, strict: bool) -> Result<ChunkStep, ChunkError> {
         loop {
             match *self {
                 Self::Size => {
@@ -364,6 +375,9 @@ impl Chunked {
                             Ok(ChunkStep::NeedMore)
                         };
                     };
+                    if strict && (eol == 0 || buf[eol - 1] != b'\r') {
+                        return Err(ChunkError("chunk-size line without CRLF"));
+                    }
                     let size = parse_chunk_size(&buf[..eol])?;
                     buf.advance(eol + 1);
                     *self = if size == 0 {
@@ -387,6 +401,9 @@ impl Chunked {
                     return Ok(ChunkStep::Data(data));
                 }
                 Self::DataEnd => {
+                    if strict && buf.first().is_some_and(|&b| b != b'\r') {
+                        return Err(ChunkError("missing CRLF after chunk data"));
+                    }
                     if buf.len() < 2 {
                         if buf.first().is_some_and(|&b| b != b'\r' && b != b'\n') {
                             return Err(ChunkError("missing CRLF after chunk data"));
@@ -406,6 +423,9 @@ impl Chunked {
                     *self = Self::Size;
                 }
                 Self::Trailers => {
+                    if strict && buf.first() == Some(&b'\n') {
+                        return Err(ChunkError("trailer section without CRLF"));
+                    }
                     if buf.starts_with(b"\r\n") || buf.starts_with(b"\n") {
                         buf.advance(if buf[0] == b'\r' { 2 } else { 1 });
                         return Ok(ChunkStep::End(None));

@@ -3,10 +3,13 @@
 //! One request takes one path through the crate, readable top to bottom:
 //!
 //! - [`server`]: [`Gateway::builder`]`(config).discovery(d).serve(listener, shutdown)`:
-//!   accept on a pre-bound listener, HTTP/1.1 and HTTP/2 (h2c) via hyper, header-read and
-//!   idle timeouts, graceful drain on shutdown. `conn`: the state every connection shares
-//!   and what is known of each client connection; `client_io`: the client socket as hyper
-//!   sees it (activity for the timers, JSON in place of hyper's bare parse-error answers).
+//!   accept on a pre-bound listener, HTTP/2 (h2c) via hyper, header-read and idle timeouts,
+//!   graceful drain on shutdown. `client_h1`: the gateway's own HTTP/1.1 server connection,
+//!   which holds no buffer while it waits for the next request (`head`: request heads in,
+//!   response heads out; `wire`: the socket, shared with the request body that reads
+//!   itself from it). `conn`: the state every connection shares and what is known of each
+//!   client connection; `client_io`: the client socket (activity for the timers, and under
+//!   hyper JSON in place of its bare parse-error answers).
 //! - `proxy`: limits → the request's authority, decided once (`headers::Authority`) → route
 //!   through the lock-free [`caas_core::Router`] → blacklist and rate limit → balancer pick →
 //!   forward, retrying a failed connect on another endpoint through the same filters;
@@ -35,8 +38,9 @@
 //!   [`file`]: the hot-reloading [`FileDiscovery`].
 //!
 //! Modules depend one way: `h1` ← `upstream` ← `body` ← `error` ← `stats` ← `conn` ←
-//! `proxy` ← `server` ← `tls` ← `admin` (`redirect` sits beside `proxy`;
-//! `access_log` between `error` and `conn`).
+//! `proxy` ← `client_h1` ← `server` ← `tls` ← `admin` (`redirect` sits beside `proxy`;
+//! `access_log` between `error` and `conn`; `client_h1::wire`, the request body's source,
+//! beside `body`).
 //!
 //! ```no_run
 //! use caas_core::Static;
@@ -83,6 +87,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod body;
+mod client_h1;
 mod client_io;
 pub mod config;
 mod conn;

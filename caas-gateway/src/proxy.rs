@@ -12,15 +12,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use caas_core::{AppInFlight, AppRoute, AppState, EndpointState, InFlight, Refused, RouteTable};
 use http::header::USER_AGENT;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 
 use crate::access_log::Pending;
 use crate::body::{ProxyBody, RequestBody};
+use crate::client_h1::{self, wire::Io};
 use crate::conn::{ConnInfo, Shared, Tracked, Waiting};
 use crate::error::{Blame, ErrorCode, ProxyError};
 use crate::h1;
@@ -37,11 +38,12 @@ use crate::upstream::{
 /// refused a connection.
 const EJECT_AFTER_FAILURES: u32 = 3;
 
-/// The hyper service function: never fails, every error becomes a response.
+/// The service of both connections (hyper's and the gateway's own HTTP/1.1): never fails,
+/// every error becomes a response.
 pub(crate) async fn serve_request(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> Result<Response<Tracked<ProxyBody>>, Infallible> {
     let started = Instant::now();
     let done = conn.request_started();
@@ -231,15 +233,14 @@ fn reroute(
 async fn proxy(
     shared: &Shared,
     conn: &ConnInfo,
-    req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     started: Instant,
     app_out: &mut Option<Arc<AppState>>,
     mut log: Option<&mut Pending>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     check_head_limits(shared, &req)?;
     let upgrade = is_upgrade_request(&req);
-    let mut req = req.map(RequestBody::new);
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let client_upgrade = upgrade.then(|| ClientUpgrade::of(&mut req));
     let (parts, mut body) = req.into_parts();
     if let Some(l) = &log {
         body.log_bytes_to(Arc::clone(&l.bytes_in));
@@ -529,20 +530,55 @@ fn eject(shared: &Shared, ep: &EndpointState) {
     );
 }
 
+/// The client's side of an upgrade: from hyper's connection or the gateway's own.
+enum ClientUpgrade {
+    Hyper(hyper::upgrade::OnUpgrade),
+    Own(client_h1::OnUpgrade),
+}
+
+impl ClientUpgrade {
+    fn of(req: &mut Request<RequestBody>) -> Self {
+        match req.extensions_mut().remove::<client_h1::OnUpgrade>() {
+            Some(own) => Self::Own(own),
+            None => Self::Hyper(hyper::upgrade::on(req)),
+        }
+    }
+
+    /// The client's connection once its 101 is written, and the bytes it sent past its
+    /// request head.
+    async fn wait(self) -> Result<(Box<dyn Io>, Bytes), String> {
+        match self {
+            Self::Hyper(on) => match on.await {
+                Ok(c) => Ok((Box::new(TokioIo::new(c)), Bytes::new())),
+                Err(e) => Err(e.to_string()),
+            },
+            Self::Own(on) => match on.wait().await {
+                Ok(up) => Ok((up.io, up.read)),
+                Err(e) => Err(e.to_string()),
+            },
+        }
+    }
+}
+
 /// Copies bytes both ways between an upgraded client connection and its upstream (first the
-/// bytes the upstream sent right after its 101, read along with it).
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: UpstreamConn, addr: SocketAddr) {
-    let client = match client.await {
+/// bytes each side sent right after the handshake, read along with it).
+async fn tunnel(client: ClientUpgrade, upstream: UpstreamConn, addr: SocketAddr) {
+    let (mut client, client_early) = match client.wait().await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(%addr, "upgrade failed: {e}");
             return;
         }
     };
-    let mut client = TokioIo::new(client);
     let (mut upstream, early) = upstream.into_parts();
     if !early.is_empty() {
         if let Err(e) = client.write_all(&early).await {
+            tracing::debug!(%addr, "upgraded connection ended: {e}");
+            return;
+        }
+    }
+    if !client_early.is_empty() {
+        if let Err(e) = upstream.write_all(&client_early).await {
             tracing::debug!(%addr, "upgraded connection ended: {e}");
             return;
         }

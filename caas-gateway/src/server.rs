@@ -1,6 +1,6 @@
-//! The [`Gateway`]: accepts connections on a pre-bound listener, serves HTTP/1.1 and HTTP/2
-//! (h2c with prior knowledge) with hyper, applies discovery updates to its router, and drains
-//! in-flight requests on shutdown.
+//! The [`Gateway`]: accepts connections on a pre-bound listener, serves HTTP/1.1 with the
+//! gateway's own connection (`client_h1`) and HTTP/2 (h2c with prior knowledge) with hyper,
+//! applies discovery updates to its router, and drains in-flight requests on shutdown.
 
 use std::future::Future;
 use std::io;
@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use caas_core::{Discovery, Router};
+use http::Request;
+use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -20,6 +22,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::access_log::{AccessLog, AccessLogConfig, AccessLogStats};
+use crate::body::RequestBody;
+use crate::client_h1;
 use crate::client_io::ClientIo;
 use crate::config::{GatewayConfig, Limits};
 use crate::conn::{ConnInfo, Shared, Timeouts};
@@ -50,6 +54,7 @@ impl std::fmt::Debug for Gateway {
 /// Builds a [`Gateway`].
 pub struct GatewayBuilder {
     config: GatewayConfig,
+    hyper_http1: bool,
     router: Option<Arc<Router>>,
     discovery: Option<DiscoveryTask>,
 }
@@ -93,6 +98,15 @@ impl GatewayBuilder {
     /// Turns the access log on (the same as setting [`GatewayConfig::access_log`]).
     pub fn access_log(mut self, log: AccessLogConfig) -> Self {
         self.config.access_log = Some(log);
+        self
+    }
+
+    /// Serves HTTP/1.1 clients with hyper's server instead of the gateway's own connection
+    /// (which holds no buffers while a connection waits for its next request). For tests
+    /// that compare the two.
+    #[doc(hidden)]
+    pub fn hyper_http1(mut self, on: bool) -> Self {
+        self.hyper_http1 = on;
         self
     }
 
@@ -147,6 +161,7 @@ impl GatewayBuilder {
                 stats: GatewayStats::default(),
                 h1,
                 h2,
+                hyper_http1: self.hyper_http1,
                 certs: std::sync::OnceLock::new(),
                 access_log,
             }),
@@ -170,6 +185,7 @@ impl Gateway {
     pub fn builder(config: GatewayConfig) -> GatewayBuilder {
         GatewayBuilder {
             config,
+            hyper_http1: false,
             router: None,
             discovery: None,
         }
@@ -344,6 +360,15 @@ pub(crate) async fn serve_http<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    if !info.h2 && !shared.hyper_http1 {
+        let io = ClientIo::own(stream, Arc::clone(&info), Arc::clone(shared));
+        let conn = client_h1::serve(Arc::clone(shared), Box::new(io), Arc::clone(&info));
+        drive(shared, &info, stop, conn, |_| {
+            info.draining.store(true, Relaxed)
+        })
+        .await;
+        return;
+    }
     let io = TokioIo::new(ClientIo::new(stream, Arc::clone(&info), Arc::clone(shared)));
     let svc = {
         let shared = Arc::clone(shared);
@@ -351,7 +376,13 @@ pub(crate) async fn serve_http<S>(
         // Boxed: hyper keeps a slot for the service's future in every connection from its
         // start; a box there costs an idle keep-alive connection 8 bytes instead of the
         // whole request state (about 3 KiB), for one allocation per request.
-        service_fn(move |req| Box::pin(serve_request(Arc::clone(&shared), Arc::clone(&info), req)))
+        service_fn(move |req: Request<Incoming>| {
+            Box::pin(serve_request(
+                Arc::clone(&shared),
+                Arc::clone(&info),
+                req.map(RequestBody::new),
+            ))
+        })
     };
     if info.h2 {
         let conn = shared.h2.serve_connection(io, svc);
@@ -364,14 +395,15 @@ pub(crate) async fn serve_http<S>(
 
 /// Runs a client connection to its end, closing it when idle or slow to send a request head,
 /// and starting a graceful shutdown when the gateway stops.
-async fn drive<C>(
+async fn drive<C, E>(
     shared: &Shared,
     info: &ConnInfo,
     mut stop: watch::Receiver<bool>,
     conn: C,
     graceful_shutdown: impl Fn(Pin<&mut C>),
 ) where
-    C: Future<Output = Result<(), hyper::Error>>,
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
 {
     let peer = info.peer;
     tokio::pin!(conn);

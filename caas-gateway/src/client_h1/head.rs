@@ -1,0 +1,503 @@
+//! The HTTP/1.1 wire format on the client side: request heads in, response heads out
+//! (RFC 9112). Pure functions over byte buffers; the I/O is the driver's.
+//!
+//! Heads are read and written as hyper's HTTP/1 server does (the same limits, the same
+//! answers, the same fields added to responses), with one defence more: a request with both
+//! `Transfer-Encoding` and `Content-Length` is refused, not reinterpreted.
+
+use std::mem::MaybeUninit;
+
+use bytes::BytesMut;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Uri, Version, request, response};
+
+use crate::error::ErrorCode;
+
+/// Longest request target accepted (hyper's bound).
+const MAX_URI_LEN: usize = u16::MAX as usize - 1;
+/// Header fields parsed on the stack; more take a heap array.
+const STACK_FIELDS: usize = 128;
+
+/// The limits of a request head.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HeadLimits {
+    /// Most bytes buffered for an incomplete head.
+    pub(crate) max_bytes: usize,
+    /// Most header fields.
+    pub(crate) max_fields: usize,
+}
+
+/// How a request body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyFraming {
+    /// No body.
+    Empty,
+    /// Exactly this many bytes (more than zero).
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked,
+}
+
+/// A parsed request head and what it says about the connection.
+#[derive(Debug)]
+pub(crate) struct RequestHead {
+    pub(crate) parts: request::Parts,
+    pub(crate) framing: BodyFraming,
+    /// The client allows another request after this one.
+    pub(crate) keep_alive: bool,
+    /// `Expect: 100-continue` on a request with a body.
+    pub(crate) expect_continue: bool,
+    /// An HTTP/1.1 `Upgrade` (or `CONNECT`).
+    pub(crate) upgrade: bool,
+}
+
+/// Why a request head was refused: the answer's cause and message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HeadError {
+    pub(crate) code: ErrorCode,
+    pub(crate) message: &'static str,
+}
+
+impl HeadError {
+    const fn malformed(message: &'static str) -> Self {
+        Self {
+            code: ErrorCode::MalformedRequest,
+            message,
+        }
+    }
+    const TOO_LARGE: Self = Self {
+        code: ErrorCode::HeadersTooLarge,
+        message: "the request head is larger than the gateway accepts",
+    };
+    const URI_TOO_LONG: Self = Self {
+        code: ErrorCode::UriTooLong,
+        message: "the request target is longer than the gateway accepts",
+    };
+    const INVALID: Self = Self::malformed("the request head is not valid HTTP/1.1");
+}
+
+/// Parses a request head from the start of `buf`. `Ok(None)`: incomplete, read more. On
+/// success the head is consumed from `buf`; the target and field values share its memory.
+pub(crate) fn parse_request_head(
+    buf: &mut BytesMut,
+    limits: HeadLimits,
+) -> Result<Option<RequestHead>, HeadError> {
+    let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_FIELDS];
+    let mut heap;
+    let fields: &mut [MaybeUninit<httparse::Header<'_>>] = if limits.max_fields <= STACK_FIELDS {
+        &mut stack[..limits.max_fields]
+    } else {
+        heap = Vec::with_capacity(limits.max_fields);
+        heap.resize_with(limits.max_fields, MaybeUninit::uninit);
+        &mut heap[..]
+    };
+    let mut req = httparse::Request::new(&mut []);
+    let len = match httparse::ParserConfig::default()
+        .parse_request_with_uninit_headers(&mut req, buf, fields)
+    {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => {
+            if buf.len() < limits.max_bytes {
+                return Ok(None);
+            }
+            // Still inside the request line: it is the target that is too long.
+            return Err(if buf.contains(&b'\n') {
+                HeadError::TOO_LARGE
+            } else {
+                HeadError::URI_TOO_LONG
+            });
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TOO_LARGE),
+        Err(_) => return Err(HeadError::INVALID),
+    };
+    let (Some(method), Some(path), Some(minor)) = (req.method, req.path, req.version) else {
+        return Err(HeadError::INVALID);
+    };
+    if path.len() > MAX_URI_LEN {
+        return Err(HeadError::URI_TOO_LONG);
+    }
+    let method = Method::from_bytes(method.as_bytes()).map_err(|_| HeadError::INVALID)?;
+    let base = buf.as_ptr() as usize;
+    let path_at = path.as_ptr() as usize - base;
+    let path_range = path_at..path_at + path.len();
+    let http11 = minor == 1;
+    // Field positions, so names and values can be cut out of one frozen copy of the head.
+    let spans: Vec<(usize, usize, usize, usize)> = req
+        .headers
+        .iter()
+        .map(|h| {
+            let n = h.name.as_ptr() as usize - base;
+            let v = h.value.as_ptr() as usize - base;
+            (n, n + h.name.len(), v, v + h.value.len())
+        })
+        .collect();
+    let head = buf.split_to(len).freeze();
+    let uri = Uri::from_maybe_shared(head.slice(path_range)).map_err(|_| HeadError::INVALID)?;
+
+    let mut keep_alive = http11;
+    let mut saw_close = false;
+    let mut expect_continue = false;
+    let mut upgrade = method == Method::CONNECT;
+    let mut length: Option<u64> = None;
+    let mut te = false;
+    let mut te_chunked = false;
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for (n0, n1, v0, v1) in spans {
+        let name = HeaderName::from_bytes(&head[n0..n1]).map_err(|_| HeadError::INVALID)?;
+        let value =
+            HeaderValue::from_maybe_shared(head.slice(v0..v1)).map_err(|_| HeadError::INVALID)?;
+        match name {
+            header::TRANSFER_ENCODING => {
+                if !http11 {
+                    return Err(HeadError::malformed(
+                        "Transfer-Encoding in an HTTP/1.0 request",
+                    ));
+                }
+                te = true;
+                te_chunked = last_token_is(&value, b"chunked");
+            }
+            header::CONTENT_LENGTH => {
+                let n = parse_length(value.as_bytes())
+                    .ok_or(HeadError::malformed("invalid Content-Length"))?;
+                match length {
+                    Some(prev) if prev != n => {
+                        return Err(HeadError::malformed("conflicting Content-Length fields"));
+                    }
+                    // The same length again says nothing new.
+                    Some(_) => continue,
+                    None => length = Some(n),
+                }
+            }
+            header::CONNECTION => {
+                if saw_close || has_token(&value, b"close") {
+                    saw_close = true;
+                    keep_alive = false;
+                } else if !keep_alive {
+                    keep_alive = has_token(&value, b"keep-alive");
+                }
+            }
+            header::EXPECT => {
+                expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+            }
+            header::UPGRADE => upgrade = http11,
+            _ => {}
+        }
+        headers.append(name, value);
+    }
+    let framing = if te {
+        if !te_chunked {
+            return Err(HeadError::malformed(
+                "Transfer-Encoding does not end with chunked",
+            ));
+        }
+        if length.is_some() {
+            // Two framings: whichever one a peer picked, the other could smuggle a request.
+            return Err(HeadError::malformed(
+                "both Transfer-Encoding and Content-Length",
+            ));
+        }
+        BodyFraming::Chunked
+    } else {
+        match length {
+            None | Some(0) => BodyFraming::Empty,
+            Some(n) => BodyFraming::Length(n),
+        }
+    };
+    let mut parts = http::Request::new(()).into_parts().0;
+    parts.method = method;
+    parts.uri = uri;
+    parts.version = if http11 {
+        Version::HTTP_11
+    } else {
+        Version::HTTP_10
+    };
+    parts.headers = headers;
+    Ok(Some(RequestHead {
+        parts,
+        expect_continue: expect_continue && framing != BodyFraming::Empty && http11,
+        framing,
+        keep_alive,
+        upgrade,
+    }))
+}
+
+/// A `Content-Length` value: digits only.
+fn parse_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+fn tokens(value: &HeaderValue) -> impl DoubleEndedIterator<Item = &[u8]> {
+    value
+        .as_bytes()
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+fn has_token(value: &HeaderValue, token: &[u8]) -> bool {
+    tokens(value).any(|t| t.eq_ignore_ascii_case(token))
+}
+
+fn last_token_is(value: &HeaderValue, token: &[u8]) -> bool {
+    tokens(value)
+        .next_back()
+        .is_some_and(|t| t.eq_ignore_ascii_case(token))
+}
+
+/// The length of a response body as its [`http_body::Body`] tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyLength {
+    /// No body at all (it is at its end already).
+    None,
+    Known(u64),
+    Unknown,
+}
+
+/// How a response body goes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Encoder {
+    /// Exactly this many bytes (0: nothing is written).
+    Length(u64),
+    Chunked,
+    /// Until the connection closes.
+    CloseDelimited,
+}
+
+/// What the request said that shapes its response.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ResponseContext<'a> {
+    pub(crate) method: &'a Method,
+    pub(crate) version: Version,
+}
+
+/// Writes a response head to `out` (status line, fields, `Content-Length` or
+/// `Transfer-Encoding` for `body`, `Date`), fixing up `Connection` for the client's version
+/// and `keep_alive`. Returns the body's encoder and whether the connection closes after
+/// this response. Errors name a response the gateway must not send (conflicting lengths).
+pub(crate) fn encode_response_head(
+    parts: &mut response::Parts,
+    req: ResponseContext<'_>,
+    body: BodyLength,
+    keep_alive: bool,
+    out: &mut Vec<u8>,
+) -> Result<(Encoder, bool), &'static str> {
+    let mut keep_alive = keep_alive;
+    let connection_has = |h: &HeaderMap, t: &[u8]| {
+        h.get_all(header::CONNECTION)
+            .iter()
+            .any(|v| has_token(v, t))
+    };
+    if req.version == Version::HTTP_10 {
+        if !connection_has(&parts.headers, b"keep-alive") {
+            if parts.version == Version::HTTP_10 {
+                keep_alive = false;
+            } else if keep_alive {
+                parts
+                    .headers
+                    .append(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+            }
+        }
+        parts.version = Version::HTTP_10;
+    } else if !keep_alive && !connection_has(&parts.headers, b"close") {
+        parts
+            .headers
+            .append(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    let status = parts.status;
+    let connect_ok = *req.method == Method::CONNECT && status.is_success();
+    let mut wrote_len = false;
+    let mut is_last = if status == StatusCode::SWITCHING_PROTOCOLS {
+        true
+    } else if connect_ok {
+        wrote_len = true;
+        true
+    } else if status.is_informational() {
+        return Err("an interim status as the final response");
+    } else {
+        !keep_alive
+    };
+    let http10 = parts.version == Version::HTTP_10;
+    let can_chunk = !http10 && can_have_body(req.method, status);
+    out.reserve(64 + parts.headers.len() * 32);
+    if !http10 && status == StatusCode::OK {
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    } else {
+        out.extend_from_slice(if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let mut encoder = Encoder::Length(0);
+    let mut wrote_date = false;
+    for name in parts.headers.keys() {
+        let values = parts.headers.get_all(name);
+        match *name {
+            header::CONTENT_LENGTH => {
+                if wrote_len {
+                    return Err("Content-Length after the body's framing was decided");
+                }
+                match body {
+                    BodyLength::Known(n) => {
+                        let Some(first) = values.iter().next() else {
+                            continue;
+                        };
+                        encoder = Encoder::Length(n);
+                        line(out, b"content-length", first.as_bytes());
+                    }
+                    BodyLength::Unknown => {
+                        let mut len = None;
+                        for v in values.iter() {
+                            let n = parse_length(v.as_bytes())
+                                .ok_or("an invalid Content-Length in the response")?;
+                            if len.is_some_and(|l| l != n) {
+                                return Err("conflicting Content-Length values");
+                            }
+                            len = Some(n);
+                        }
+                        let Some(n) = len else { continue };
+                        encoder = Encoder::Length(n);
+                        let first = values.iter().next().map_or(&b""[..], |v| v.as_bytes());
+                        line(out, b"content-length", first);
+                    }
+                    BodyLength::None => {
+                        if *req.method != Method::HEAD {
+                            continue;
+                        }
+                        for v in values.iter() {
+                            line(out, b"content-length", v.as_bytes());
+                        }
+                    }
+                }
+                wrote_len = true;
+                continue;
+            }
+            header::TRANSFER_ENCODING => {
+                if wrote_len {
+                    return Err("Transfer-Encoding after the body's framing was decided");
+                }
+                if !can_chunk {
+                    continue;
+                }
+                wrote_len = true;
+                encoder = Encoder::Chunked;
+                let mut last = None;
+                out.extend_from_slice(b"transfer-encoding: ");
+                for (i, v) in values.iter().enumerate() {
+                    if i > 0 {
+                        out.extend_from_slice(b", ");
+                    }
+                    out.extend_from_slice(v.as_bytes());
+                    last = Some(v);
+                }
+                if !last.is_some_and(|v| last_token_is(v, b"chunked")) {
+                    out.extend_from_slice(b", chunked");
+                }
+                out.extend_from_slice(b"\r\n");
+                continue;
+            }
+            header::CONNECTION | header::TRAILER => {
+                if *name == header::TRAILER && !can_chunk {
+                    continue;
+                }
+                if *name == header::CONNECTION && values.iter().any(|v| has_token(v, b"close")) {
+                    is_last = true;
+                }
+                out.extend_from_slice(name.as_str().as_bytes());
+                out.extend_from_slice(b": ");
+                for (i, v) in values.iter().enumerate() {
+                    if i > 0 {
+                        out.extend_from_slice(b", ");
+                    }
+                    out.extend_from_slice(v.as_bytes());
+                }
+                out.extend_from_slice(b"\r\n");
+                continue;
+            }
+            header::DATE => wrote_date = true,
+            _ => {}
+        }
+        for v in values.iter() {
+            line(out, name.as_str().as_bytes(), v.as_bytes());
+        }
+    }
+    if !wrote_len {
+        encoder = match body {
+            BodyLength::Unknown if can_chunk => {
+                out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                Encoder::Chunked
+            }
+            BodyLength::Unknown => Encoder::CloseDelimited,
+            BodyLength::None | BodyLength::Known(0) => {
+                if can_have_length(req.method, status) && *req.method != Method::HEAD {
+                    out.extend_from_slice(b"content-length: 0\r\n");
+                }
+                Encoder::Length(0)
+            }
+            BodyLength::Known(n) => {
+                if can_have_length(req.method, status) {
+                    line(out, b"content-length", n.to_string().as_bytes());
+                    Encoder::Length(n)
+                } else {
+                    Encoder::Length(0)
+                }
+            }
+        };
+    }
+    if !can_have_body(req.method, status) {
+        encoder = Encoder::Length(0);
+    }
+    if encoder == Encoder::CloseDelimited {
+        is_last = true;
+    }
+    if !wrote_date {
+        out.extend_from_slice(b"date: ");
+        super::date::extend(out);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok((encoder, is_last))
+}
+
+fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Whether a response to `method` with `status` carries a body (RFC 9112 §6.3).
+fn can_have_body(method: &Method, status: StatusCode) -> bool {
+    !(*method == Method::HEAD
+        || *method == Method::CONNECT && status.is_success()
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED)
+}
+
+/// Whether a response to `method` with `status` may carry `Content-Length`.
+fn can_have_length(method: &Method, status: StatusCode) -> bool {
+    !(status.is_informational()
+        || *method == Method::CONNECT && status.is_success()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED)
+}
+
+/// Encodes one chunk's size line.
+pub(crate) fn chunk_line(len: usize, out: &mut [u8; 18]) -> &[u8] {
+    let mut at = out.len() - 2;
+    out[at..].copy_from_slice(b"\r\n");
+    let mut n = len;
+    loop {
+        at -= 1;
+        out[at] = b"0123456789abcdef"[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    &out[at..]
+}

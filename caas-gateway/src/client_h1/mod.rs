@@ -1,0 +1,349 @@
+//! The gateway's own HTTP/1.1 server connection ([`serve`]), for clients that do not speak
+//! HTTP/2: an idle keep-alive connection holds its socket and a few words of state, no
+//! buffer. hyper's server keeps its read and write buffers and its state machine for the
+//! whole life of a connection; here a request's buffers live as long as the request.
+//!
+//! One request at a time, top to bottom: wait for bytes (read into the stack, so nothing
+//! is allocated until some arrive) → read the head (`head`) → the proxy, with the request
+//! body read from the socket as it takes frames (`wire`), while the connection watches for
+//! the client leaving → write the response, streaming its body → keep alive, close, or hand
+//! the socket to an upgrade. Pipelined requests wait in the read buffer and are served in
+//! order. Heads the parser refuses get the gateway's JSON answer and the connection closes.
+//!
+//! Timers (idle, request head) and the graceful shutdown are the connection task's, as for
+//! hyper's connections: [`serve`] only stops between requests once `ConnInfo::draining`
+//! is set, and closes instead of keeping alive.
+
+pub(crate) mod date;
+pub(crate) mod head;
+pub(crate) mod wire;
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::{Pin, pin};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body::Body;
+use http_body_util::BodyExt;
+
+use self::head::{BodyLength, Encoder, HeadError, HeadLimits, RequestHead, ResponseContext};
+pub(crate) use self::wire::OnUpgrade;
+use self::wire::{ClientBody, Io, Upgraded, Wire, lock};
+use crate::body::RequestBody;
+use crate::conn::{ConnInfo, Shared};
+use crate::proxy::serve_request;
+
+/// What became of a connection after a request.
+enum Outcome {
+    KeepAlive,
+    Close,
+    /// The socket went to an upgrade.
+    Upgraded,
+}
+
+/// Serves HTTP/1.1 on a client connection until it closes, fails, is upgraded or drains.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    io: Box<dyn Io>,
+    info: Arc<ConnInfo>,
+) -> io::Result<()> {
+    let limits = &shared.config.limits;
+    let limits = HeadLimits {
+        // As hyper's server was configured: twice the proxy's limits (which answer with
+        // the precise cause) as the parser's backstop.
+        max_bytes: limits.max_header_bytes.saturating_mul(2).max(64 * 1024),
+        max_fields: limits.max_headers.saturating_mul(2),
+    };
+    let wire = Arc::new(Mutex::new(Wire::new(io, limits.max_bytes)));
+    let mut requests = 0u64;
+    loop {
+        // Idle: nothing is held but the socket.
+        let arrived = poll_fn(|cx| {
+            if info.draining.load(Relaxed) {
+                return Poll::Ready(Ok(false));
+            }
+            let mut w = lock(&wire);
+            if w.has_buffered() {
+                return Poll::Ready(Ok(true));
+            }
+            w.poll_read_stack(cx).map_ok(|n| n > 0)
+        })
+        .await?;
+        if !arrived {
+            return shutdown(&wire).await;
+        }
+        let head = match read_head(&wire, limits).await {
+            Ok(Some(head)) => head,
+            Ok(None) => return Ok(()),
+            Err(Refused::Head(e)) => {
+                shared.stats.count(e.code);
+                tracing::debug!(peer = %info.peer, "unparsable request head: {}", e.code.as_str());
+                let answer = e.code.http1_response(e.message);
+                write_all(&wire, &mut [&answer]).await?;
+                return shutdown(&wire).await;
+            }
+            Err(Refused::Io(e)) => return Err(e),
+        };
+        requests += 1;
+        // Boxed: the state of a request lives as long as the request, not in the
+        // connection's task.
+        match Box::pin(exchange(&shared, &info, &wire, head, requests)).await? {
+            Outcome::KeepAlive => lock(&wire).release(),
+            Outcome::Close => return shutdown(&wire).await,
+            Outcome::Upgraded => return Ok(()),
+        }
+    }
+}
+
+enum Refused {
+    Head(HeadError),
+    Io(io::Error),
+}
+
+/// Reads until a whole request head is buffered and parses it. `Ok(None)`: the client
+/// closed before completing one.
+async fn read_head(wire: &Mutex<Wire>, limits: HeadLimits) -> Result<Option<RequestHead>, Refused> {
+    poll_fn(|cx| {
+        let mut w = lock(wire);
+        loop {
+            match head::parse_request_head(w.buf_mut(), limits) {
+                Ok(Some(head)) => return Poll::Ready(Ok(Some(head))),
+                Ok(None) => {}
+                Err(e) => return Poll::Ready(Err(Refused::Head(e))),
+            }
+            match ready!(w.poll_fill(cx, 4096)) {
+                Ok(0) => return Poll::Ready(Ok(None)),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Err(Refused::Io(e))),
+            }
+        }
+    })
+    .await
+}
+
+/// One request: through the proxy, then its response written.
+async fn exchange(
+    shared: &Arc<Shared>,
+    info: &Arc<ConnInfo>,
+    wire: &Arc<Mutex<Wire>>,
+    head: RequestHead,
+    request: u64,
+) -> io::Result<Outcome> {
+    let RequestHead {
+        mut parts,
+        framing,
+        keep_alive,
+        expect_continue,
+        upgrade,
+    } = head;
+    lock(wire).start_request(request, framing, expect_continue);
+    let method = parts.method.clone();
+    let version = parts.version;
+    let upgrade_to = upgrade.then(|| {
+        let (tx, on) = OnUpgrade::pair();
+        parts.extensions.insert(on);
+        tx
+    });
+    let body = RequestBody::client(ClientBody::new(Arc::clone(wire), request, framing));
+    let req = Request::from_parts(parts, body);
+    let mut service = pin!(serve_request(Arc::clone(shared), Arc::clone(info), req));
+    // The proxy runs; once the request body is all read, the socket is watched for the
+    // client leaving (the request is then dropped, and counted as abandoned).
+    let resp = poll_fn(|cx| {
+        if let Poll::Ready(Ok(resp)) = service.as_mut().poll(cx) {
+            return Poll::Ready(Some(resp));
+        }
+        match lock(wire).poll_client_gone(cx) {
+            Poll::Ready(()) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await;
+    let Some(resp) = resp else {
+        tracing::debug!(peer = %info.peer, "client left before its response");
+        return Ok(Outcome::Close);
+    };
+    let (mut parts, mut body) = resp.into_parts();
+    let keep_alive = keep_alive && !info.draining.load(Relaxed) && {
+        let mut w = lock(wire);
+        w.responding();
+        !w.body_failed()
+    };
+    let length = if body.is_end_stream() {
+        BodyLength::None
+    } else {
+        body.size_hint()
+            .exact()
+            .map_or(BodyLength::Unknown, BodyLength::Known)
+    };
+    let mut out = Vec::new();
+    let ctx = ResponseContext {
+        method: &method,
+        version,
+    };
+    let (encoder, last) =
+        match head::encode_response_head(&mut parts, ctx, length, keep_alive, &mut out) {
+            Ok(e) => e,
+            Err(why) => {
+                tracing::warn!(peer = %info.peer, "response not sent: {why}");
+                return Ok(Outcome::Close);
+            }
+        };
+    let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+    drop(parts);
+    let complete = if length == BodyLength::None || encoder == Encoder::Length(0) {
+        drop(body);
+        write_all(wire, &mut [&out]).await?;
+        flush(wire).await?;
+        true
+    } else {
+        let complete = write_body(wire, out, &mut body, encoder).await?;
+        drop(body);
+        complete
+    };
+    if switching {
+        return Ok(match (upgrade_to, lock(wire).take_upgraded()) {
+            (Some(tx), Some(up)) => {
+                let _: Result<(), Upgraded> = tx.send(up);
+                Outcome::Upgraded
+            }
+            _ => Outcome::Close,
+        });
+    }
+    if !complete || last {
+        return Ok(Outcome::Close);
+    }
+    let reusable = poll_fn(|cx| Poll::Ready(lock(wire).finish_request(cx))).await;
+    Ok(if reusable && !info.draining.load(Relaxed) {
+        Outcome::KeepAlive
+    } else {
+        Outcome::Close
+    })
+}
+
+/// Streams a response body after its head (`head`, sent with the first data when that is
+/// ready at once). Returns whether the whole body went out; a body that fails or breaks
+/// its length ends the connection (the client sees an incomplete message).
+async fn write_body<B>(
+    wire: &Mutex<Wire>,
+    head: Vec<u8>,
+    body: &mut B,
+    encoder: Encoder,
+) -> io::Result<bool>
+where
+    B: Body<Data = Bytes, Error = io::Error> + Unpin,
+{
+    let mut head = Some(head);
+    let mut left = match encoder {
+        Encoder::Length(n) => n,
+        _ => u64::MAX,
+    };
+    loop {
+        let polled = poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await;
+        let frame = match polled {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                // Nothing more now: what is written goes out before waiting.
+                if let Some(h) = head.take() {
+                    write_all(wire, &mut [&h]).await?;
+                }
+                flush(wire).await?;
+                body.frame().await
+            }
+        };
+        let pending_head = head.take();
+        let pending_head = pending_head.as_deref().unwrap_or_default();
+        let data = match frame {
+            None => {
+                let tail: &[u8] = if encoder == Encoder::Chunked {
+                    b"0\r\n\r\n"
+                } else {
+                    b""
+                };
+                write_all(wire, &mut [pending_head, tail]).await?;
+                flush(wire).await?;
+                return Ok(matches!(encoder, Encoder::Chunked) || left == 0 || left == u64::MAX);
+            }
+            Some(Err(e)) => {
+                tracing::debug!("response body failed: {e}");
+                write_all(wire, &mut [pending_head]).await?;
+                flush(wire).await?;
+                return Ok(false);
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => data,
+                // Trailers: not sent to HTTP/1.1 clients (hyper's server did not either).
+                Err(_) => Bytes::new(),
+            },
+        };
+        if data.is_empty() {
+            if !pending_head.is_empty() {
+                head = Some(pending_head.to_vec());
+            }
+            continue;
+        }
+        match encoder {
+            Encoder::Chunked => {
+                let mut line = [0u8; 18];
+                let line = head::chunk_line(data.len(), &mut line);
+                write_all(wire, &mut [pending_head, line, &data, b"\r\n"]).await?;
+            }
+            Encoder::Length(_) => {
+                let take = usize::try_from(left).map_or(data.len(), |l| l.min(data.len()));
+                write_all(wire, &mut [pending_head, &data[..take]]).await?;
+                left -= take as u64;
+                if take < data.len() {
+                    tracing::warn!("response body longer than its Content-Length; cut");
+                    flush(wire).await?;
+                    return Ok(false);
+                }
+                if left == 0 {
+                    flush(wire).await?;
+                    return Ok(true);
+                }
+            }
+            Encoder::CloseDelimited => write_all(wire, &mut [pending_head, &data]).await?,
+        }
+    }
+}
+
+/// Writes every byte of `parts`, in order.
+async fn write_all(wire: &Mutex<Wire>, parts: &mut [&[u8]]) -> io::Result<()> {
+    poll_fn(|cx| poll_write_all(&mut lock(wire), cx, parts)).await
+}
+
+fn poll_write_all(w: &mut Wire, cx: &mut Context<'_>, parts: &mut [&[u8]]) -> Poll<io::Result<()>> {
+    loop {
+        let mut slices = [io::IoSlice::new(&[]); 4];
+        let mut k = 0;
+        for p in parts.iter().filter(|p| !p.is_empty()).take(slices.len()) {
+            slices[k] = io::IoSlice::new(p);
+            k += 1;
+        }
+        if k == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        let mut n = ready!(w.poll_write_vectored(cx, &slices[..k]))?;
+        if n == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        for p in parts.iter_mut() {
+            let k = n.min(p.len());
+            *p = &p[k..];
+            n -= k;
+        }
+    }
+}
+
+async fn flush(wire: &Mutex<Wire>) -> io::Result<()> {
+    poll_fn(|cx| lock(wire).poll_flush(cx)).await
+}
+
+/// Closes the sending side (a TLS stream sends its close_notify).
+async fn shutdown(wire: &Mutex<Wire>) -> io::Result<()> {
+    poll_fn(|cx| lock(wire).poll_shutdown(cx)).await
+}
