@@ -255,9 +255,24 @@ impl Gw {
 
     /// A gateway listening on `bind` (e.g. `[::1]:0`).
     pub async fn start_on(bind: &str, snapshot: Snapshot, config: GatewayConfig) -> Self {
+        Self::start_built(bind, snapshot, config, false).await
+    }
+
+    /// A gateway serving HTTP/1.1 clients with hyper's server instead of its own connection.
+    pub async fn start_hyper_http1(snapshot: Snapshot) -> Self {
+        Self::start_built("127.0.0.1:0", snapshot, Self::config(), true).await
+    }
+
+    async fn start_built(
+        bind: &str,
+        snapshot: Snapshot,
+        config: GatewayConfig,
+        hyper_http1: bool,
+    ) -> Self {
         let routes = Static::new(snapshot);
         let gateway = Gateway::builder(config)
             .discovery(routes.subscribe())
+            .hyper_http1(hyper_http1)
             .build()
             .unwrap();
         let listener = TcpListener::bind(bind).await.unwrap();
