@@ -468,3 +468,73 @@ async fn a_retry_keeps_the_authority_and_the_upstream_sees_it_as_host() {
     }
     assert_eq!(b_up.requests.load(SeqCst), 0);
 }
+
+#[tokio::test]
+async fn smuggling_attempts_are_refused_and_end_the_connection() {
+    let up = Upstream::start("a").await;
+    let gw = Gw::start_with(snapshot(vec![("a", app(&[("v1", &[up.addr])]))]), strict()).await;
+    let next = "GET /smuggled HTTP/1.1\r\nHost: a.caas.local\r\n\r\n";
+    let post = "POST /upload HTTP/1.1\r\nHost: a.caas.local\r\n";
+    // (what, bytes before the next request, refused before anything goes upstream)
+    let cases = [
+        (
+            "Content-Length and Transfer-Encoding",
+            format!("{post}Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+            true,
+        ),
+        (
+            "Transfer-Encoding and Content-Length",
+            format!("{post}Transfer-Encoding: chunked\r\nContent-Length: 0\r\n\r\n0\r\n\r\n"),
+            true,
+        ),
+        (
+            "two lengths",
+            format!("{post}Content-Length: 0\r\nContent-Length: 5\r\n\r\nhello"),
+            true,
+        ),
+        (
+            "a coding after chunked",
+            format!("{post}Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n"),
+            true,
+        ),
+        (
+            "an obs-folded field",
+            format!("{post}Content-Length: 0\r\nX-A: 1\r\n Transfer-Encoding: chunked\r\n\r\n"),
+            true,
+        ),
+        (
+            "a space before the colon",
+            format!("{post}Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n"),
+            true,
+        ),
+        (
+            "a chunk-size line ended by a bare LF",
+            format!("{post}Transfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n"),
+            false,
+        ),
+        (
+            "chunk data longer than its size",
+            format!("{post}Transfer-Encoding: chunked\r\n\r\n2\r\nhello\r\n0\r\n\r\n"),
+            false,
+        ),
+    ];
+    for (what, bytes, before_upstream) in cases {
+        let before = up.requests.load(SeqCst);
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        let _ = s.write_all(format!("{bytes}{next}").as_bytes()).await;
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+        let got = String::from_utf8_lossy(&got);
+        assert!(read.is_ok(), "{what}: the connection stayed open: {got}");
+        assert_eq!(status_of(&got), Some(400), "{what}: {got}");
+        assert_eq!(got.matches("HTTP/1.1 ").count(), 1, "{what}: {got}");
+        if before_upstream {
+            assert_eq!(
+                up.requests.load(SeqCst),
+                before,
+                "{what} reached the upstream"
+            );
+        }
+    }
+    assert_upstreams_untouched(&gw.gateway);
+}

@@ -501,3 +501,261 @@ pub(crate) fn chunk_line(len: usize, out: &mut [u8; 18]) -> &[u8] {
     }
     &out[at..]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: HeadLimits = HeadLimits {
+        max_bytes: 4096,
+        max_fields: 8,
+    };
+
+    fn parse(raw: &[u8]) -> Result<Option<RequestHead>, HeadError> {
+        parse_request_head(&mut BytesMut::from(raw), LIMITS)
+    }
+
+    fn refused(raw: &[u8]) -> ErrorCode {
+        match parse(raw) {
+            Err(e) => e.code,
+            Ok(h) => panic!("{:?} accepted: {h:?}", String::from_utf8_lossy(raw)),
+        }
+    }
+
+    #[test]
+    fn heads_are_read_with_their_framing_and_the_rest_stays_buffered() {
+        let mut buf = BytesMut::from(
+            &b"\r\nPOST /a?b=1 HTTP/1.1\r\nHost: x\r\nX-Dup: 1\r\nx-other: 2\r\nX-Dup: 3\r\n\
+               Content-Length: 5\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\nhelloGET"[..],
+        );
+        let h = parse_request_head(&mut buf, LIMITS).unwrap().unwrap();
+        assert_eq!(&buf[..], b"helloGET");
+        assert_eq!(h.parts.method, Method::POST);
+        assert_eq!(h.parts.uri, "/a?b=1");
+        assert_eq!(h.framing, BodyFraming::Length(5));
+        assert!(h.keep_alive && h.expect_continue && !h.upgrade);
+        let dups: Vec<_> = h.parts.headers.get_all("x-dup").iter().collect();
+        assert_eq!(dups, ["1", "3"]);
+        assert_eq!(h.parts.headers.get_all("content-length").iter().count(), 1);
+
+        let h = parse(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.framing, BodyFraming::Chunked);
+        let h = parse(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(h.keep_alive);
+        assert_eq!(h.parts.version, Version::HTTP_10);
+        let h = parse(b"GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        assert!(!h.keep_alive);
+        let h = parse(b"GET / HTTP/1.1\r\nConnection: close\r\nConnection: keep-alive\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(!h.keep_alive, "a close is not undone");
+        let h = parse(b"GET /ws HTTP/1.1\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(h.upgrade);
+        let h = parse(b"GET / HTTP/1.1\r\nContent-Length: 0\r\nExpect: 100-continue\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.framing, BodyFraming::Empty);
+        assert!(!h.expect_continue, "nothing to wait for");
+        assert!(parse(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap().is_none());
+    }
+
+    #[test]
+    fn ambiguous_framing_is_refused() {
+        for raw in [
+            // Both framings: one peer's body end is another's next request.
+            &b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            // obs-fold, a space before the colon, a bare LF inside a field line.
+            b"GET / HTTP/1.1\r\nX-A: 1\r\n folded\r\n\r\n",
+            b"GET / HTTP/1.1\r\nContent-Length : 3\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX-A: 1\rX-B: 2\r\n\r\n",
+            b"GET / HTTP/2.0\r\n\r\n",
+            b"G\0T / HTTP/1.1\r\n\r\n",
+            b"GET /a b HTTP/1.1\r\n\r\n",
+        ] {
+            assert_eq!(
+                refused(raw),
+                ErrorCode::MalformedRequest,
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_heads_are_431_and_long_targets_414() {
+        let many: String = (0..9).map(|i| format!("X-{i}: 1\r\n")).collect();
+        assert_eq!(
+            refused(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes()),
+            ErrorCode::HeadersTooLarge
+        );
+        let big = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(4096));
+        assert_eq!(refused(big.as_bytes()), ErrorCode::HeadersTooLarge);
+        let long = format!("GET /{}", "a".repeat(4096));
+        assert_eq!(refused(long.as_bytes()), ErrorCode::UriTooLong);
+    }
+
+    fn encoded(
+        status: u16,
+        fields: &[(&'static str, &'static str)],
+        method: Method,
+        version: Version,
+        body: BodyLength,
+        keep_alive: bool,
+    ) -> (String, Encoder, bool) {
+        let mut parts = http::Response::new(()).into_parts().0;
+        parts.status = StatusCode::from_u16(status).unwrap();
+        for (n, v) in fields {
+            parts.headers.append(*n, HeaderValue::from_static(v));
+        }
+        let mut out = Vec::new();
+        let (enc, last) = encode_response_head(
+            &mut parts,
+            ResponseContext {
+                method: &method,
+                version,
+            },
+            body,
+            keep_alive,
+            &mut out,
+        )
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let date = text.find("date: ").unwrap();
+        let text = format!("{}{}", &text[..date], &text[date + 37..]);
+        (text, enc, last)
+    }
+
+    #[test]
+    fn response_heads_get_framing_connection_and_date() {
+        let get = Method::GET;
+        assert_eq!(
+            encoded(
+                200,
+                &[("x-a", "1"), ("x-a", "2")],
+                get.clone(),
+                Version::HTTP_11,
+                BodyLength::Known(3),
+                true
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nx-a: 1\r\nx-a: 2\r\ncontent-length: 3\r\n\r\n".into(),
+                Encoder::Length(3),
+                false
+            )
+        );
+        assert_eq!(
+            encoded(
+                404,
+                &[],
+                get.clone(),
+                Version::HTTP_11,
+                BodyLength::Unknown,
+                false
+            ),
+            (
+                "HTTP/1.1 404 Not Found\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\n"
+                    .into(),
+                Encoder::Chunked,
+                true
+            )
+        );
+        assert_eq!(
+            encoded(
+                200,
+                &[],
+                get.clone(),
+                Version::HTTP_10,
+                BodyLength::Unknown,
+                true
+            ),
+            (
+                "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\n\r\n".into(),
+                Encoder::CloseDelimited,
+                true
+            )
+        );
+        assert_eq!(
+            encoded(
+                200,
+                &[("content-length", "9")],
+                Method::HEAD,
+                Version::HTTP_11,
+                BodyLength::None,
+                true
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n".into(),
+                Encoder::Length(0),
+                false
+            )
+        );
+        assert_eq!(
+            encoded(
+                204,
+                &[],
+                get.clone(),
+                Version::HTTP_11,
+                BodyLength::None,
+                true
+            ),
+            (
+                "HTTP/1.1 204 No Content\r\n\r\n".into(),
+                Encoder::Length(0),
+                false
+            )
+        );
+        assert_eq!(
+            encoded(
+                200,
+                &[],
+                get.clone(),
+                Version::HTTP_11,
+                BodyLength::None,
+                true
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".into(),
+                Encoder::Length(0),
+                false
+            )
+        );
+        assert_eq!(
+            encoded(
+                101,
+                &[("upgrade", "x"), ("connection", "upgrade")],
+                get,
+                Version::HTTP_11,
+                BodyLength::None,
+                true
+            ),
+            (
+                "HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\n"
+                    .into(),
+                Encoder::Length(0),
+                true
+            )
+        );
+    }
+
+    #[test]
+    fn chunk_lines_are_hex() {
+        let mut b = [0u8; 18];
+        assert_eq!(chunk_line(0x1a2b, &mut b), b"1a2b\r\n");
+        assert_eq!(chunk_line(1, &mut b), b"1\r\n");
+        assert_eq!(chunk_line(usize::MAX, &mut b), b"ffffffffffffffff\r\n");
+    }
+}
