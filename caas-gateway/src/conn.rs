@@ -57,8 +57,6 @@ pub(crate) struct ConnInfo {
     pub(crate) peer: SocketAddr,
     /// The peer's IP, preformatted for `X-Forwarded-For`.
     pub(crate) peer_ip: HeaderValue,
-    /// `http` or `https`, for `X-Forwarded-Proto`.
-    pub(crate) proto: HeaderValue,
     /// Requests of this connection waiting for an upstream response head.
     pub(crate) waiting: AtomicUsize,
     /// Reads and writes that moved bytes (the idle timer watches it change).
@@ -85,7 +83,6 @@ impl ConnInfo {
         Self {
             peer,
             peer_ip: HeaderValue::from_str(&ip).unwrap_or(HeaderValue::from_static("unknown")),
-            proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
             waiting: AtomicUsize::new(0),
             activity: AtomicU64::new(0),
             open: AtomicUsize::new(0),
@@ -94,6 +91,13 @@ impl ConnInfo {
             tls,
             draining: AtomicBool::new(false),
         }
+    }
+
+    /// `http` or `https`, for `X-Forwarded-Proto`.
+    pub(crate) fn proto(&self) -> &'static HeaderValue {
+        static HTTP: HeaderValue = HeaderValue::from_static("http");
+        static HTTPS: HeaderValue = HeaderValue::from_static("https");
+        if self.tls { &HTTPS } else { &HTTP }
     }
 
     /// Called after each read that brought bytes from the client.

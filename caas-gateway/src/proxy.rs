@@ -301,7 +301,11 @@ async fn proxy(
     let has_body = !body.is_empty();
     let mut head = Vec::new();
     let framing = h1::encode_request_head(&parts, has_body, &mut head, |out| {
-        let proto = if https { &redirect::HTTPS } else { &conn.proto };
+        let proto = if https {
+            &redirect::HTTPS
+        } else {
+            conn.proto()
+        };
         write_upstream_fields(&parts, &authority, &conn.peer_ip, proto, upgrade, out);
     });
     let request = Outgoing {

@@ -43,6 +43,8 @@ enum Outcome {
     Close,
     /// The socket went to an upgrade.
     Upgraded,
+    /// The client closed the connection.
+    Gone,
 }
 
 /// Serves HTTP/1.1 on a client connection until it closes, fails, is upgraded or drains.
@@ -76,26 +78,36 @@ pub(crate) async fn serve(
         if !arrived {
             return shutdown(&wire).await;
         }
-        let head = match read_head(&wire, limits).await {
-            Ok(Some(head)) => head,
-            Ok(None) => return Ok(()),
-            Err(Refused::Head(e)) => {
-                shared.stats.count(e.code);
-                tracing::debug!(peer = %info.peer, "unparsable request head: {}", e.code.as_str());
-                let answer = e.code.http1_response(e.message);
-                write_all(&wire, &mut [&answer]).await?;
-                return shutdown(&wire).await;
-            }
-            Err(Refused::Io(e)) => return Err(e),
-        };
         requests += 1;
         // Boxed: the state of a request lives as long as the request, not in the
         // connection's task.
-        match Box::pin(exchange(&shared, &info, &wire, head, requests)).await? {
+        match Box::pin(request(&shared, &info, &wire, limits, requests)).await? {
             Outcome::KeepAlive => lock(&wire).release(),
             Outcome::Close => return shutdown(&wire).await,
-            Outcome::Upgraded => return Ok(()),
+            Outcome::Gone | Outcome::Upgraded => return Ok(()),
         }
+    }
+}
+
+/// Reads a request head and serves the request, or refuses the head.
+async fn request(
+    shared: &Arc<Shared>,
+    info: &Arc<ConnInfo>,
+    wire: &Arc<Mutex<Wire>>,
+    limits: HeadLimits,
+    request: u64,
+) -> io::Result<Outcome> {
+    match read_head(wire, limits).await {
+        Ok(Some(head)) => exchange(shared, info, wire, head, request).await,
+        Ok(None) => Ok(Outcome::Gone),
+        Err(Refused::Head(e)) => {
+            shared.stats.count(e.code);
+            tracing::debug!(peer = %info.peer, "unparsable request head: {}", e.code.as_str());
+            let answer = e.code.http1_response(e.message);
+            write_all(wire, &mut [&answer]).await?;
+            Ok(Outcome::Close)
+        }
+        Err(Refused::Io(e)) => Err(e),
     }
 }
 
