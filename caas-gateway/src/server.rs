@@ -433,7 +433,9 @@ async fn drive<C, E>(
     let tick = (shared.timeouts.idle.min(shared.timeouts.head) / 4).max(Duration::from_millis(1));
     let idle_ticks = u32::try_from(shared.timeouts.idle.as_nanos().div_ceil(tick.as_nanos()))
         .unwrap_or(u32::MAX);
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
+    // A timer in the task (an `Interval` would box its own, per connection).
+    let ticker = tokio::time::sleep(tick);
+    tokio::pin!(ticker);
     let (mut last, mut quiet) = (0u64, 0u32);
     let mut draining = false;
     loop {
@@ -450,7 +452,8 @@ async fn drive<C, E>(
                     graceful_shutdown(conn.as_mut());
                 }
             }
-            _ = ticker.tick() => {
+            () = &mut ticker => {
+                ticker.as_mut().reset(tokio::time::Instant::now() + tick);
                 if info.head_overdue(head_timeout) {
                     shared.stats.header_timeouts.fetch_add(1, Relaxed);
                     tracing::debug!(%peer, "request head not complete in time; closing");

@@ -448,7 +448,7 @@ async fn run(addr: SocketAddr, plan: Plan) -> (Vec<Option<Got>>, bool) {
         }
     }
     let closed = matches!(
-        tokio::time::timeout(Duration::from_millis(400), r.more()).await,
+        tokio::time::timeout(Duration::from_secs(1), r.more()).await,
         Ok(false)
     );
     (got, closed)
@@ -527,7 +527,7 @@ async fn the_gateways_http1_connection_answers_as_hypers_did() {
         });
     }
     let requests: usize = plans.iter().map(|p| p.reqs.len()).sum();
-    for batch in plans.chunks(16) {
+    for batch in plans.chunks(32) {
         let mut runs = Vec::new();
         for plan in batch {
             let (a, b) = (plan.clone(), plan.clone());
