@@ -444,3 +444,55 @@ async fn idempotent_request_reset_by_a_dying_upstream_is_resent_elsewhere_once()
         10 + statuses.iter().filter(|s| **s == 200).count()
     );
 }
+
+#[tokio::test]
+async fn expect_100_continue_is_answered_when_the_body_is_wanted() {
+    let up = Upstream::start("a").await;
+    let gw = Gw::start(snapshot(vec![("a", app(&[("v1", &[up.addr])]))])).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    for _ in 0..2 {
+        s.write_all(
+            b"POST /upload HTTP/1.1\r\nHost: a.caas.local\r\nContent-Length: 5\r\n\
+              Expect: 100-continue\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        // The client sends its body only once told to.
+        let mut buf = vec![0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&buf[..n]),
+            "HTTP/1.1 100 Continue\r\n\r\n"
+        );
+        s.write_all(b"hello").await.unwrap();
+        let mut got = Vec::new();
+        while !got.ends_with(b"\r\n\r\n5") {
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    }
+    // An answer that needs no body (unknown host): no 100, and the connection closes after
+    // it, since the body the client still holds would be read as the next request.
+    s.write_all(
+        b"POST / HTTP/1.1\r\nHost: nobody.caas.local\r\nContent-Length: 5\r\n\
+          Expect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 404 "), "{got}");
+    assert_eq!(up.requests.load(SeqCst), 2);
+}
