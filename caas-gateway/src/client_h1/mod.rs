@@ -32,7 +32,7 @@ use http_body_util::BodyExt;
 
 use self::head::{BodyLength, Encoder, HeadError, HeadLimits, RequestHead, ResponseContext};
 pub(crate) use self::wire::OnUpgrade;
-use self::wire::{ClientBody, Io, Upgraded, Wire, lock};
+use self::wire::{ClientBody, Io, Wire, lock};
 use crate::body::RequestBody;
 use crate::conn::{ConnInfo, Shared};
 use crate::proxy::serve_request;
@@ -220,7 +220,9 @@ async fn exchange(
     if switching {
         return Ok(match (upgrade_to, lock(wire).take_upgraded()) {
             (Some(tx), Some(up)) => {
-                let _: Result<(), Upgraded> = tx.send(up);
+                if tx.send(up).is_err() {
+                    tracing::debug!(peer = %info.peer, "upgrade abandoned by its tunnel; closing");
+                }
                 Outcome::Upgraded
             }
             _ => Outcome::Close,

@@ -44,6 +44,15 @@ enum Inbound {
     Failed,
 }
 
+/// One step of decoding the body from the buffer.
+enum Decoded {
+    Frame(Frame<Bytes>),
+    /// The buffer holds too little: read more.
+    More,
+    /// The body is complete.
+    End,
+}
+
 /// The socket and what was read from it and not consumed yet.
 pub(crate) struct Wire {
     io: Option<Box<dyn Io>>,
@@ -183,9 +192,9 @@ impl Wire {
                 return false;
             }
             match self.decode() {
-                Ok(None) => return true,
-                Ok(Some(Some(_))) => continue,
-                Ok(Some(None)) => {}
+                Ok(Decoded::End) => return true,
+                Ok(Decoded::Frame(_)) => continue,
+                Ok(Decoded::More) => {}
                 Err(_) => return false,
             }
             match self.poll_fill(cx, body_reserve(None)) {
@@ -202,18 +211,16 @@ impl Wire {
         }
     }
 
-    /// Decodes the next frame of the body from the buffer. `Ok(None)`: the body is over;
-    /// `Ok(Some(None))`: read more.
-    #[allow(clippy::type_complexity)]
-    fn decode(&mut self) -> Result<Option<Option<Frame<Bytes>>>, ClientBodyError> {
+    /// Decodes the next frame of the body from the buffer.
+    fn decode(&mut self) -> Result<Decoded, ClientBodyError> {
         match &mut self.body {
-            Inbound::Done => Ok(None),
+            Inbound::Done => Ok(Decoded::End),
             Inbound::Failed => Err(ClientBodyError::Closed(
                 "the request body already failed".into(),
             )),
             Inbound::Length(left) => {
                 if self.buf.is_empty() {
-                    return Ok(Some(None));
+                    return Ok(Decoded::More);
                 }
                 let n = usize::try_from(*left).map_or(self.buf.len(), |l| l.min(self.buf.len()));
                 let data = self.buf.split_to(n).freeze();
@@ -221,15 +228,15 @@ impl Wire {
                 if *left == 0 {
                     self.body = Inbound::Done;
                 }
-                Ok(Some(Some(Frame::data(data))))
+                Ok(Decoded::Frame(Frame::data(data)))
             }
             Inbound::Chunked(state) => match state.step_strict(&mut self.buf) {
-                Ok(ChunkStep::Data(data)) => Ok(Some(Some(Frame::data(data)))),
+                Ok(ChunkStep::Data(data)) => Ok(Decoded::Frame(Frame::data(data))),
                 Ok(ChunkStep::End(trailers)) => {
                     self.body = Inbound::Done;
-                    Ok(trailers.map(|t| Some(Frame::trailers(t))))
+                    Ok(trailers.map_or(Decoded::End, |t| Decoded::Frame(Frame::trailers(t))))
                 }
-                Ok(ChunkStep::NeedMore) => Ok(Some(None)),
+                Ok(ChunkStep::NeedMore) => Ok(Decoded::More),
                 Err(e) => {
                     self.body = Inbound::Failed;
                     Err(ClientBodyError::Malformed(e.to_string()))
@@ -267,9 +274,9 @@ impl Wire {
         }
         loop {
             match self.decode() {
-                Ok(None) => return Poll::Ready(None),
-                Ok(Some(Some(frame))) => return Poll::Ready(Some(Ok(frame))),
-                Ok(Some(None)) => {}
+                Ok(Decoded::End) => return Poll::Ready(None),
+                Ok(Decoded::Frame(frame)) => return Poll::Ready(Some(Ok(frame))),
+                Ok(Decoded::More) => {}
                 Err(e) => return Poll::Ready(Some(Err(e))),
             }
             let left = match self.body {
