@@ -45,10 +45,15 @@ pub struct CertSourceStats {
 /// Custom-domain certificates from a [`Store`], for `CertResolver::follow` in the gateway.
 ///
 /// ```no_run
-/// # async fn wire(resolver: std::sync::Arc<caas_gateway::CertResolver>, session: caas_backends::ZkSession) {
+/// # async fn wire(session: caas_backends::ZkSession) {
 /// use caas_backends::store::{StoreCertSource, ZkStore};
-/// let source = StoreCertSource::start(ZkStore::new(session.clone()), session.cipher().cloned());
-/// tokio::spawn(resolver.follow(source));
+/// use caas_core::CertSource as _;
+/// let mut source =
+///     StoreCertSource::start(ZkStore::new(session.clone()), session.cipher().cloned());
+/// // A gateway hands the source to `CertResolver::follow`; here, its updates one by one.
+/// while let Some(update) = source.next().await {
+///     println!("{update:?}");
+/// }
 /// # }
 /// ```
 #[derive(Debug)]
