@@ -14,7 +14,8 @@
 //! - `churn --mode specs` rewrites `/apps/app{k}` (its `max_in_flight` alternates), `k`
 //!   cycling over the apps: every write is a route-table change of one app.
 //! - `churn --mode registrations` registers an instance of `app{k}` and deregisters it at
-//!   the next step: every write is a registration or a deregistration.
+//!   the next step: every write is a registration or a deregistration. A registration
+//!   still there at the end is deregistered.
 //!
 //! Writes go one after the other at `--rate` per second (a late write is sent at once, so
 //! the average holds); at the end it prints the rate it kept and the slowest write.
@@ -179,7 +180,10 @@ async fn churn(c: &Common, mode: Mode, rate: f64, length: Duration) -> Result<()
                 store::put(&store, &format!("/apps/{app}"), &json).await
             }
             Mode::Registrations => {
-                let path = format!("/service/address/{app}/v1/churn");
+                // Named by this run and step: a run cut short after a registration leaves a
+                // node no later run trips over.
+                let id = std::process::id();
+                let path = format!("/service/address/{app}/v1/churn-{id}-{}", writes / 2);
                 let op = if writes % 2 == 0 {
                     Op::Create {
                         path,
@@ -199,6 +203,17 @@ async fn churn(c: &Common, mode: Mode, rate: f64, length: Duration) -> Result<()
         writes += 1;
     }
     let secs = started.elapsed().as_secs_f64();
+    if matches!(mode, Mode::Registrations) && writes % 2 == 1 {
+        let app = format!("app{}", (writes as usize / 2) % c.apps);
+        let path = format!(
+            "/service/address/{app}/v1/churn-{}-{}",
+            std::process::id(),
+            writes / 2
+        );
+        store::delete_if_present(&store, &path)
+            .await
+            .map_err(|e| format!("removing the last registration: {e}"))?;
+    }
     println!(
         "route_churn: {writes} writes in {secs:.1} s = {:.1}/s, slowest {:.1} ms",
         writes as f64 / secs,
