@@ -79,13 +79,7 @@ async fn until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_leaves_rotation_and_returns_while_load_runs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "caas_backends=info".into()),
-        )
-        .with_test_writer()
-        .try_init();
+    caas_backends::testing::logs();
     let test = "agent_e2e";
     let Some(_docker) = docker_or_skip(test).await else {
         return;
