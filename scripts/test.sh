@@ -144,6 +144,14 @@ echo "CAAS_REGISTRY=$CAAS_REGISTRY"
 cargo --version
 rustc --version
 
+# A build from scratch gains nothing from incremental state, which roughly doubles the size of
+# target/ (a CI run on a small disk once ran out of space linking the test binaries).
+if $IN_CI; then
+  export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
+fi
+disk_free() { df -Pk "$ROOT" | awk 'NR == 2 { printf "%.1f GiB free", $4 / 1048576 }'; }
+SUMMARY+=("ok     disk         $(disk_free) before the build")
+
 # --- 4-7. checks and tests ---------------------------------------------------------------------
 step fmt cargo fmt --all --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
@@ -163,5 +171,6 @@ else
   step tests cargo test --workspace --all-targets --no-fail-fast "$@"
 fi
 
+SUMMARY+=("ok     disk         $(disk_free) after the tests; target/ is $(du -sh target 2>/dev/null | cut -f1)")
 print_summary
 exit "$FAILED"
