@@ -345,26 +345,6 @@ rss_kib() {
   echo "$kib"
 }
 
-# CPU time (user + system, clock ticks) of a process and its descendants.
-cpu_ticks() {
-  local pid total=0 t
-  for pid in $(proc_tree "$1"); do
-    t=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
-    total=$((total + t))
-  done
-  echo "$total"
-}
-CLK_TCK=$(getconf CLK_TCK)
-
-# A process and its descendants, one pid a line.
-proc_tree() {
-  local child
-  echo "$1"
-  for child in $(pgrep -P "$1" || true); do
-    proc_tree "$child"
-  done
-}
-
 
 # --- measure -------------------------------------------------------------------------------
 
@@ -381,7 +361,7 @@ if ((TLS_CONNS > 0)); then
   RUNS+=("https $TLS_CONNS" "https-new $TLS_CONNS")
 fi
 
-RESULTS="$WORK/results.txt" # round size conns target rps p50 p99 status sock cpu_us_per_req
+RESULTS="$WORK/results.txt" # round size conns target rps p50 p99 status sock cpu_us_per_req vol_csw_per_req invol_csw_per_req
 : >"$RESULTS"
 total=0
 for run in "${RUNS[@]}"; do
@@ -409,16 +389,20 @@ for ((round = 1; round <= ROUNDS; round++)); do
       # CPU of the process serving the run: the proxy, or the backend for "direct".
       cpu_pid=$(pid_of "$([[ $target == direct ]] && echo backend || echo "$target")")
       ticks0=$(cpu_ticks "$cpu_pid")
+      read -r vol0 invol0 < <(ctx_switches "$cpu_pid")
       # The access log starts each run empty (the gateway appends: writes go on at the new end).
       [[ $target == gateway-log ]] && : >"$ACCESS_LOG_FILE"
       "${PIN_WRK[@]}" wrk -t1 -c"$conns" -d"${DURATION}s" --latency \
         -H "Host: $HOST_HEADER" "${wrk_extra[@]}" "$url" >"$out" 2>&1 ||
         die "wrk failed against $target: $(tail -n 5 "$out")"
       ticks1=$(cpu_ticks "$cpu_pid")
+      read -r vol1 invol1 < <(ctx_switches "$cpu_pid")
       requests=$(awk '/requests in/ {print $1}' "$out")
       cpu_us=$(awk -v t=$((ticks1 - ticks0)) -v hz="$CLK_TCK" -v n="${requests:-0}" \
         'BEGIN {printf "%.2f", (n > 0 ? t / hz / n * 1e6 : 0)}')
-      echo "$round $size $conns $target $(parse_wrk "$out") $cpu_us" >>"$RESULTS"
+      csw=$(awk -v v=$((vol1 - vol0)) -v i=$((invol1 - invol0)) -v n="${requests:-0}" \
+        'BEGIN {printf "%.3f %.3f", (n > 0 ? v / n : 0), (n > 0 ? i / n : 0)}')
+      echo "$round $size $conns $target $(parse_wrk "$out") $cpu_us $csw" >>"$RESULTS"
     done
   done
 done
@@ -534,8 +518,8 @@ fi
 echo "- CPU pinning: $([[ ${#PIN_PROXY[@]} -gt 0 ]] && echo "backend ${PIN_BACKEND[*]: -1}, proxy ${PIN_PROXY[*]: -1}, wrk ${PIN_WRK[*]: -1}" || echo none)"
 echo "- every request carries 'Host: $HOST_HEADER'; backend: nginx, 1 worker, return 200 \"ok\\n\" at /, static files (sendfile) at /8k, /256k, ..."
 echo
-echo "| body | conns | target | req/s | req/s min–max | p50 ms | p99 ms | non-2xx/3xx | socket errors | CPU µs/req | × nginx-proxy | × direct |"
-echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| body | conns | target | req/s | req/s min–max | p50 ms | p99 ms | non-2xx/3xx | socket errors | CPU µs/req | ctx switches/req (preempted) | × nginx-proxy | × direct |"
+echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for run in "${RUNS[@]}"; do
   read -r size conns <<<"$run"
   label=$(size_label "$size")
@@ -552,11 +536,13 @@ for run in "${RUNS[@]}"; do
     status=$(col "$size" "$conns" "$target" 8 | sum)
     sock=$(col "$size" "$conns" "$target" 9 | sum)
     cpu=$(col "$size" "$conns" "$target" 10 | median)
+    vol=$(col "$size" "$conns" "$target" 11 | median)
+    invol=$(col "$size" "$conns" "$target" 12 | median)
     awk -v b="$label" -v c="$conns" -v t="$target" -v r="$rps" -v lo="$lo" -v hi="$hi" \
       -v p50="$p50" -v p99="$p99" -v st="$status" -v so="$sock" -v cpu="$cpu" -v n="$nginx_rps" \
-      -v d="$direct_rps" 'BEGIN {
-        printf "| %s | %s | %s | %.0f | %.0f–%.0f | %.3f | %.3f | %d | %d | %.2f | %.2f× | %s |\n",
-          b, c, t, r, lo, hi, p50, p99, st, so, cpu, (n > 0 ? r / n : 0),
+      -v d="$direct_rps" -v vol="$vol" -v invol="$invol" 'BEGIN {
+        printf "| %s | %s | %s | %.0f | %.0f–%.0f | %.3f | %.3f | %d | %d | %.2f | %.3f (%.3f) | %.2f× | %s |\n",
+          b, c, t, r, lo, hi, p50, p99, st, so, cpu, vol + invol, invol, (n > 0 ? r / n : 0),
           (d > 0 ? sprintf("%.2f×", r / d) : "—")
       }'
   done
@@ -565,7 +551,9 @@ echo
 echo "Errors are summed over rounds; req/s min–max is the spread over rounds; everything else is"
 echo "a median over rounds. CPU µs/req: user + system CPU time of the process serving the run"
 echo "(the proxy and its children; for direct, the backend) over the wrk run, per request"
-echo "(/proc/PID/stat, kernel time included). Raw wrk output: KEEP=1."
+echo "(/proc/PID/stat, kernel time included). Context switches: of every thread of that process,"
+echo "per request, and in brackets those where the scheduler preempted it to run another task"
+echo "(wrk, the backend) on its CPU (/proc/PID/task/*/status). Raw wrk output: KEEP=1."
 
 if ((IDLE_CONNS > 0)); then
   echo

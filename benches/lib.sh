@@ -163,6 +163,38 @@ start() {
 # The pid of the process that start recorded as $1.
 pid_of() { eval "echo \$PID_${1//-/_}"; }
 
+# A process and its descendants, one pid a line.
+proc_tree() {
+  local child
+  echo "$1"
+  for child in $(pgrep -P "$1" || true); do
+    proc_tree "$child"
+  done
+}
+
+# CPU time (user + system, clock ticks) of a process and its descendants.
+cpu_ticks() {
+  local pid total=0 t
+  for pid in $(proc_tree "$1"); do
+    t=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
+    total=$((total + t))
+  done
+  echo "$total"
+}
+# shellcheck disable=SC2034 # read by the sourcing scripts
+CLK_TCK=$(getconf CLK_TCK)
+
+# Context switches of a process and its descendants, every thread: "VOLUNTARY INVOLUNTARY".
+# Voluntary: the thread waited (for events, a lock); involuntary: the scheduler preempted
+# it to run another task on its CPU.
+ctx_switches() {
+  local pid
+  for pid in $(proc_tree "$1"); do
+    cat "/proc/$pid/task/"*/status 2>/dev/null || true
+  done | awk '/^voluntary_ctxt_switches/ {v += $2} /^nonvoluntary_ctxt_switches/ {i += $2}
+    END {print v + 0, i + 0}'
+}
+
 # --- ports and readiness ----------------------------------------------------------------------
 
 USED_PORTS=" "
