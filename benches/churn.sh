@@ -8,20 +8,32 @@
 #   specs          app specs rewritten (`/apps/app{k}`): each write is one app's route change
 #   registrations  instances of `app{k}` registered and deregistered, one per write
 #
-# The three run in rotating order each round, and the script prints the medians over rounds
-# (requests/s, p50, p99) with each p99 as a ratio to the baseline's p99 of the same run, and
-# the write rate the writer kept. Target: the p99 with churn within 5 % of the p99 without.
-# Compare ratios in one run only: on a small machine wrk, the gateway, the backend, ZooKeeper
-# and the writer share the CPUs. benches/compare.sh runs this at its end (CHURN_APPS=0 there
-# skips it).
+# The three run in rotating order each round, twice:
+#
+#   flat out       wrk -t1 -cCHURN_CONNS: every connection busy, the gateway at full speed.
+#                  On a small machine ZooKeeper and the writer then take CPU the gateway,
+#                  wrk and the backend would use, so this p99 also counts the machine.
+#   fixed rate     examples/open_loop sends CHURN_LOAD % of the flat-out no-churn req/s
+#                  over the same connections, at a fixed rate (an open loop, latency counted
+#                  from when each request was due): there is CPU to spare, and the p99 shows
+#                  what the gateway's own route updates cost the requests it is serving.
+#
+# For each, the script prints the medians over rounds (requests/s, p50, p99) with each p99 as
+# a ratio to the no-churn p99 of the same run, the write rate the writer kept, the gateway's
+# CPU per request and the CPU ZooKeeper used (% of one CPU). Target: the p99 with churn within
+# 5 % of the p99 without. Compare ratios in one run only. benches/compare.sh runs this at its
+# end (CHURN_APPS=0 there skips it).
 #
 # Usage: benches/churn.sh [--quick] [-h|--help]
 # Environment:
 #   ROUNDS=3 DURATION=5   rounds, seconds per wrk run (--quick: 1 round of 3 s)
 #   CHURN_APPS=10000      apps in the route table
 #   CHURN_RATE=100        route changes per second
-#   CHURN_CONNS=32        wrk connections
-#   GATEWAY_BIN=path      the gateway binary (skips cargo build); ROUTE_CHURN_BIN likewise
+#   CHURN_CONNS=32        connections (wrk and open_loop)
+#   CHURN_LOAD=50         the fixed-rate rows' rate, in % of the flat-out no-churn req/s
+#                         (0 skips them)
+#   GATEWAY_BIN=path      the gateway binary (skips cargo build); ROUTE_CHURN_BIN and
+#                         OPEN_LOOP_BIN likewise
 #   KEEP=1                keep the temp dir (logs, raw wrk output)
 # Needs nginx, wrk, curl, and ZooKeeper (scripts/install-deps.sh installs them).
 set -euo pipefail
@@ -41,6 +53,9 @@ fi
 CHURN_APPS=${CHURN_APPS:-10000}
 CHURN_RATE=${CHURN_RATE:-100}
 CHURN_CONNS=${CHURN_CONNS:-32}
+CHURN_LOAD=${CHURN_LOAD:-50}
+[[ $CHURN_LOAD =~ ^[0-9]+$ ]] && ((CHURN_LOAD <= 100)) ||
+  die "CHURN_LOAD takes a percentage, 0 to 100 (0 skips the fixed-rate rows), got '$CHURN_LOAD'"
 KEEP=${KEEP:-0}
 NGINX_WORKER_CONNS=4096
 for v in ROUNDS DURATION CHURN_APPS CHURN_RATE CHURN_CONNS; do
@@ -51,13 +66,15 @@ require_tools nginx wrk curl
 "$ROOT/scripts/zk.sh" classpath >/dev/null 2>&1 || require_tools java
 
 build_gateway
-if [[ -z ${ROUTE_CHURN_BIN:-} ]]; then
-  log "building the writer: cargo build --release --example route_churn"
-  (cd "$ROOT" && cargo build --release --example route_churn) ||
-    die "cargo build --release --example route_churn failed"
-  ROUTE_CHURN_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/route_churn"
+if [[ -z ${ROUTE_CHURN_BIN:-} || -z ${OPEN_LOOP_BIN:-} ]]; then
+  log "building the writer and the load: cargo build --release --example route_churn --example open_loop"
+  (cd "$ROOT" && cargo build --release --example route_churn --example open_loop) ||
+    die "cargo build --release --example route_churn --example open_loop failed"
+  ROUTE_CHURN_BIN=${ROUTE_CHURN_BIN:-"${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/route_churn"}
+  OPEN_LOOP_BIN=${OPEN_LOOP_BIN:-"${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/open_loop"}
 fi
 [[ -x $ROUTE_CHURN_BIN ]] || die "ROUTE_CHURN_BIN=$ROUTE_CHURN_BIN is not an executable file"
+[[ -x $OPEN_LOOP_BIN ]] || die "OPEN_LOOP_BIN=$OPEN_LOOP_BIN is not an executable file"
 
 make_workdir caas-churn
 cleanup() {
@@ -94,54 +111,102 @@ done
 check_ok gateway "http://127.0.0.1:$GW_PORT/"
 
 MODES=(none specs registrations)
-RESULTS="$WORK/results.txt" # round mode rps p50 p99 status sock writes_per_s
+ZK_PID=$(cat "$WORK/zk/zk.pid" 2>/dev/null || true)
+GW_PID=$(pid_of gateway)
+RESULTS="$WORK/results.txt" # load round mode rps p50 p99 status sock writes_per_s gw_cpu_us zk_cpu_pct p999
 : >"$RESULTS"
-for ((round = 1; round <= ROUNDS; round++)); do
-  for ((i = 0; i < ${#MODES[@]}; i++)); do
-    mode=${MODES[$(((i + round - 1) % ${#MODES[@]}))]}
-    out="$WORK/wrk.r$round.$mode.txt"
-    log "round $round, $mode"
-    writer=""
-    if [[ $mode != none ]]; then
-      "$ROUTE_CHURN_BIN" churn "${churn_args[@]}" --mode "$mode" --rate "$CHURN_RATE" \
-        --seconds "$((DURATION + 1))" >"$WORK/churn.r$round.$mode.txt" 2>>"$WORK/route_churn.log" &
-      writer=$!
-      sleep 0.5 # the writer connected and writing before the load starts
-    fi
+
+# One measured run: load $1 (flat or fixed), round $2, mode $3; for fixed, the rate is $4.
+measure() {
+  local load=$1 round=$2 mode=$3 rate=${4:-0} out writer="" kept=0 gw0 zk0 t0 gw1 zk1 t1 stats
+  local rps p50 p99 status sock requests p999
+  out="$WORK/$load.r$round.$mode.txt"
+  log "$load, round $round, $mode"
+  if [[ $mode != none ]]; then
+    "$ROUTE_CHURN_BIN" churn "${churn_args[@]}" --mode "$mode" --rate "$CHURN_RATE" \
+      --seconds "$((DURATION + 1))" >"$WORK/churn.$load.r$round.$mode.txt" 2>>"$WORK/route_churn.log" &
+    writer=$!
+    sleep 0.5 # the writer connected and writing before the load starts
+  fi
+  gw0=$(cpu_ticks "$GW_PID")
+  zk0=$([[ -n $ZK_PID ]] && cpu_ticks "$ZK_PID" || echo 0)
+  t0=$(date +%s.%N)
+  if [[ $load == flat ]]; then
     wrk -t1 -c"$CHURN_CONNS" -d"${DURATION}s" --latency -H "Host: $HOST_HEADER" \
       "http://127.0.0.1:$GW_PORT/" >"$out" 2>&1 || die "wrk failed: $(tail -n 5 "$out")"
-    rate=0
-    if [[ -n $writer ]]; then
-      wait "$writer" || die "the writer failed ($mode): $(tail -n 3 "$WORK/route_churn.log")"
-      rate=$(awk '{for (i = 1; i <= NF; i++) if ($i == "=") {sub(/\/s,?/, "", $(i + 1)); print $(i + 1)}}' \
-        "$WORK/churn.r$round.$mode.txt")
-    fi
-    echo "$round $mode $(parse_wrk "$out") ${rate:-0}" >>"$RESULTS"
+    # rps p50 p99 status sock, then the requests and a p99.9 wrk does not give.
+    stats="$(parse_wrk "$out") $(awk '/requests in/ {print $1}' "$out") 0"
+  else
+    "$OPEN_LOOP_BIN" --addr "127.0.0.1:$GW_PORT" --host "$HOST_HEADER" --rate "$rate" \
+      --conns "$CHURN_CONNS" --seconds "$DURATION" >"$out" 2>&1 ||
+      die "open_loop failed: $(tail -n 5 "$out")"
+    stats=$(awk '/^requests/ {print $4, $6, $10, 0, 0, $2, $12}' "$out")
+  fi
+  t1=$(date +%s.%N)
+  gw1=$(cpu_ticks "$GW_PID")
+  zk1=$([[ -n $ZK_PID ]] && cpu_ticks "$ZK_PID" || echo 0)
+  if [[ -n $writer ]]; then
+    wait "$writer" || die "the writer failed ($mode): $(tail -n 3 "$WORK/route_churn.log")"
+    kept=$(awk '{for (i = 1; i <= NF; i++) if ($i == "=") {sub(/\/s,?/, "", $(i + 1)); print $(i + 1)}}' \
+      "$WORK/churn.$load.r$round.$mode.txt")
+  fi
+  read -r rps p50 p99 status sock requests p999 <<<"$stats"
+  awk -v l="$load" -v r="$round" -v m="$mode" -v rps="$rps" -v p50="$p50" -v p99="$p99" \
+    -v st="$status" -v so="$sock" -v w="${kept:-0}" -v n="$requests" -v g=$((gw1 - gw0)) \
+    -v z=$((zk1 - zk0)) -v hz="$CLK_TCK" -v t0="$t0" -v t1="$t1" -v p999="$p999" 'BEGIN {
+      printf "%s %s %s %s %s %s %s %s %s %.2f %.1f %s\n", l, r, m, rps, p50, p99, st, so, w,
+        (n > 0 ? g / hz / n * 1e6 : 0), z / hz / (t1 - t0) * 100, p999
+    }' >>"$RESULTS"
+}
+
+for ((round = 1; round <= ROUNDS; round++)); do
+  for ((i = 0; i < ${#MODES[@]}; i++)); do
+    measure flat "$round" "${MODES[$(((i + round - 1) % ${#MODES[@]}))]}"
   done
 done
 
 median() { sort -g | awk '{v[NR] = $1} END {print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2)}'; }
-col() { awk -v m="$1" -v c="$2" '$2 == m {print $c}' "$RESULTS"; }
+col() { awk -v l="$1" -v m="$2" -v c="$3" '$1 == l && $3 == m {print $c}' "$RESULTS"; }
+
+FIXED_RATE=0
+if ((CHURN_LOAD > 0)); then
+  FIXED_RATE=$(col flat none 4 | median | awk -v p="$CHURN_LOAD" '{printf "%d", $1 * p / 100}')
+  ((FIXED_RATE > 0)) || die "no flat-out no-churn req/s to take $CHURN_LOAD % of"
+  for ((round = 1; round <= ROUNDS; round++)); do
+    for ((i = 0; i < ${#MODES[@]}; i++)); do
+      measure fixed "$round" "${MODES[$(((i + round - 1) % ${#MODES[@]}))]}" "$FIXED_RATE"
+    done
+  done
+fi
 
 echo "# Route churn: a ZooKeeper-fed gateway under load while its routes change"
 echo
 report_machine
 echo "- gateway: $GATEWAY_LABEL, one worker, fed by ZooKeeper 3.8 (standalone, loopback)"
-echo "- $CHURN_APPS apps registered (app0..app$((CHURN_APPS - 1)) and hello); wrk -t1 -c$CHURN_CONNS on hello.caas.local"
-echo "- churn: $CHURN_RATE writes/s by examples/route_churn while wrk runs; $ROUNDS rounds × $DURATION s, modes in rotating order"
-echo
-echo "| churn | writes/s kept | req/s | p50 ms | p99 ms | p99 × none | non-2xx/3xx | socket errors |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|"
-base_p99=$(col none 5 | median)
-for mode in "${MODES[@]}"; do
-  awk -v m="$mode" -v w="$(col "$mode" 8 | median)" -v r="$(col "$mode" 3 | median)" \
-    -v p50="$(col "$mode" 4 | median)" -v p99="$(col "$mode" 5 | median)" -v b="$base_p99" \
-    -v st="$(col "$mode" 6 | awk '{s += $1} END {print s + 0}')" \
-    -v so="$(col "$mode" 7 | awk '{s += $1} END {print s + 0}')" 'BEGIN {
-      printf "| %s | %s | %.0f | %.3f | %.3f | %.2f× | %d | %d |\n",
-        m, (m == "none" ? "—" : sprintf("%.0f", w)), r, p50, p99, (b > 0 ? p99 / b : 0), st, so
-    }'
+echo "- $CHURN_APPS apps registered (app0..app$((CHURN_APPS - 1)) and hello); $CHURN_CONNS connections on hello.caas.local"
+echo "- churn: $CHURN_RATE writes/s by examples/route_churn while the load runs; $ROUNDS rounds × $DURATION s, modes in rotating order"
+echo "- flat out: wrk -t1 -c$CHURN_CONNS; fixed rate: examples/open_loop at $FIXED_RATE req/s ($CHURN_LOAD % of the flat-out no-churn req/s), latency from when each request was due"
+for load in flat fixed; do
+  [[ $load == fixed ]] && ((CHURN_LOAD == 0)) && continue
+  echo
+  if [[ $load == flat ]]; then echo "Flat out:"; else echo "At a fixed $FIXED_RATE req/s:"; fi
+  echo
+  echo "| churn | writes/s kept | req/s | p50 ms | p99 ms | p99.9 ms | p99 × none | non-2xx/3xx | socket errors | gateway CPU µs/req | ZooKeeper CPU % |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  base_p99=$(col "$load" none 6 | median)
+  for mode in "${MODES[@]}"; do
+    awk -v l="$load" -v m="$mode" -v w="$(col "$load" "$mode" 9 | median)" \
+      -v r="$(col "$load" "$mode" 4 | median)" -v p50="$(col "$load" "$mode" 5 | median)" \
+      -v p99="$(col "$load" "$mode" 6 | median)" -v p999="$(col "$load" "$mode" 12 | median)" \
+      -v b="$base_p99" -v st="$(col "$load" "$mode" 7 | awk '{s += $1} END {print s + 0}')" \
+      -v so="$(col "$load" "$mode" 8 | awk '{s += $1} END {print s + 0}')" \
+      -v cpu="$(col "$load" "$mode" 10 | median)" -v zk="$(col "$load" "$mode" 11 | median)" 'BEGIN {
+        printf "| %s | %s | %.0f | %.3f | %.3f | %s | %.2f× | %d | %d | %.2f | %.1f |\n",
+          m, (m == "none" ? "—" : sprintf("%.0f", w)), r, p50, p99,
+          (l == "flat" ? "—" : sprintf("%.3f", p999)), (b > 0 ? p99 / b : 0), st, so, cpu, zk
+      }'
+  done
+  echo
+  echo "Medians over rounds. Per round (p99 ms): $(awk -v l="$load" '$1 == l {printf "%s%s r%s %.3f", (n++ ? ", " : ""), $3, $2, $6}' "$RESULTS")"
 done
-echo
-echo "Medians over rounds. Per round (p99 ms): $(awk '{printf "%s%s r%s %.3f", (NR > 1 ? ", " : ""), $2, $1, $5}' "$RESULTS")"
 STATUS=0

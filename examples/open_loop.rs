@@ -1,0 +1,210 @@
+//! `open_loop`: an HTTP/1.1 load generator that sends at a fixed rate (an open loop), for
+//! `benches/churn.sh`. wrk keeps every connection busy (a closed loop): the proxy runs flat
+//! out, so anything else that takes CPU on the machine shows up in its latency. At a fixed
+//! rate below what the proxy can do, latency shows the proxy's own stalls instead.
+//!
+//! ```sh
+//! open_loop --addr 127.0.0.1:8080 --host hello.caas.local --rate 20000 --conns 32 --seconds 5
+//! ```
+//!
+//! Every connection sends `GET PATH` with `Host: HOST` at its share of the rate (connection
+//! `i` of `C` at `i/RATE + k·C/RATE`), one request in flight per connection, and reads the
+//! whole response (it must be 200 with a `Content-Length`). A request's latency runs from
+//! when it was sent; but when the previous response on its connection came back after the
+//! request was due, from when it was due, so a slow response also counts against the
+//! requests it held up (wrk2's correction of coordinated omission). Sends are due on tokio's
+//! 1 ms timer: in each millisecond the requests due go out together.
+//!
+//! Prints one line, `requests N rate R p50 P p90 P p99 P p999 P max P` (latencies in ms).
+//! Any failure ends the run with an error and status 1: a connection that cannot be made or
+//! breaks, an answer that is not 200.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+#[derive(Parser, Debug)]
+#[command(about = "Sends HTTP/1.1 requests at a fixed rate and prints latency percentiles")]
+struct Args {
+    /// Where to send.
+    #[arg(long)]
+    addr: SocketAddr,
+    /// The `Host` header.
+    #[arg(long, default_value = "hello.caas.local")]
+    host: String,
+    /// The request path.
+    #[arg(long, default_value = "/")]
+    path: String,
+    /// Requests per second, in all.
+    #[arg(long)]
+    rate: u32,
+    /// Keep-alive connections the rate is spread over.
+    #[arg(long, default_value_t = 32)]
+    conns: u32,
+    /// How long to send.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.rate == 0 || args.conns == 0 || args.seconds == 0 {
+        eprintln!("open_loop: --rate, --conns and --seconds must be positive");
+        return ExitCode::from(2);
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("open_loop: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(&args)) {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("open_loop: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: &Args) -> Result<String, String> {
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: open_loop\r\n\r\n",
+        args.path, args.host
+    );
+    let period = Duration::from_secs_f64(f64::from(args.conns) / f64::from(args.rate));
+    let total = Duration::from_secs(args.seconds);
+    let mut streams = Vec::new();
+    for _ in 0..args.conns {
+        let s = TcpStream::connect(args.addr)
+            .await
+            .map_err(|e| format!("connect {}: {e}", args.addr))?;
+        s.set_nodelay(true)
+            .map_err(|e| format!("TCP_NODELAY on {}: {e}", args.addr))?;
+        streams.push(s);
+    }
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, stream) in streams.into_iter().enumerate() {
+        let offset = Duration::from_secs_f64(i as f64 / f64::from(args.rate));
+        tasks.spawn(connection(
+            stream,
+            request.clone().into_bytes(),
+            start + offset,
+            period,
+            start + total,
+        ));
+    }
+    let mut latencies = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let mut conn = joined.map_err(|e| format!("connection task: {e}"))??;
+        latencies.append(&mut conn);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let ms = |q: f64| -> f64 {
+        if latencies.is_empty() {
+            return 0.0;
+        }
+        let i = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1;
+        latencies[i].as_secs_f64() * 1e3
+    };
+    Ok(format!(
+        "requests {} rate {:.0} p50 {:.3} p90 {:.3} p99 {:.3} p999 {:.3} max {:.3}",
+        latencies.len(),
+        latencies.len() as f64 / elapsed,
+        ms(0.50),
+        ms(0.90),
+        ms(0.99),
+        ms(0.999),
+        ms(1.0),
+    ))
+}
+
+/// Sends on one connection from `first`, every `period`, until `end`; the latency of each.
+async fn connection(
+    mut stream: TcpStream,
+    request: Vec<u8>,
+    first: Instant,
+    period: Duration,
+    end: Instant,
+) -> Result<Vec<Duration>, String> {
+    let mut latencies = Vec::new();
+    let mut buf = Vec::with_capacity(4096);
+    let mut due = first;
+    while due < end {
+        let now = Instant::now();
+        // Free before the request was due: it is sent late only by our own timer, so its
+        // latency runs from the send. Still busy when it was due: from when it was due.
+        let sent = if now <= due {
+            tokio::time::sleep_until(due).await;
+            Instant::now()
+        } else {
+            due
+        };
+        stream
+            .write_all(&request)
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        read_response(&mut stream, &mut buf).await?;
+        latencies.push(sent.elapsed());
+        due += period;
+    }
+    Ok(latencies)
+}
+
+/// Reads one whole response (200 with a Content-Length) from `stream`.
+async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), String> {
+    buf.clear();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = find(buf, b"\r\n\r\n") {
+            let head = std::str::from_utf8(&buf[..end]).map_err(|_| "a non-UTF-8 head")?;
+            let status = head.split(' ').nth(1).unwrap_or("");
+            if status != "200" {
+                return Err(format!(
+                    "want 200, got {:?}",
+                    head.lines().next().unwrap_or("")
+                ));
+            }
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().ok())?
+                })
+                .ok_or("a response without Content-Length")?;
+            if buf.len() >= end + 4 + length {
+                if buf.len() > end + 4 + length {
+                    return Err("bytes after the response (none were asked for)".into());
+                }
+                return Ok(());
+            }
+        }
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("receive: {e}"))?;
+        if n == 0 {
+            return Err("the connection closed before a whole response".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
