@@ -204,3 +204,19 @@ impl<B: Body<Data = Bytes, Error = io::Error> + Unpin> Body for Tracked<B> {
         self.body.size_hint()
     }
 }
+
+/// Yields once before a send that wakes a peer (a response head to a client, a request to
+/// an upstream) while other client connections are open, so the send happens after the
+/// runtime has run every task made ready by the same batch of events: the receives first,
+/// then the sends, as HAProxy's event loop orders them.
+///
+/// A send on loopback, or to any peer sharing the gateway's CPU, wakes the peer on that CPU
+/// in the expectation that the sender sleeps soon. Sent in the middle of a batch, the woken
+/// peer preempts the gateway with the rest of the batch still to run. With one connection
+/// there is no batch to finish, and the yield (a second poll of the task, and one more
+/// `epoll_wait`) would only cost.
+pub(crate) async fn send_after_batch(stats: &GatewayStats) {
+    if stats.connections_active.load(Relaxed) > 1 {
+        tokio::task::yield_now().await;
+    }
+}

@@ -22,7 +22,7 @@ use tokio::io::AsyncWriteExt;
 use crate::access_log::Pending;
 use crate::body::{ProxyBody, RequestBody};
 use crate::client_h1::{self, wire::Io};
-use crate::conn::{ConnInfo, Shared, Tracked, Waiting};
+use crate::conn::{ConnInfo, Shared, Tracked, Waiting, send_after_batch};
 use crate::error::{Blame, ErrorCode, ProxyError};
 use crate::h1;
 use crate::headers::{
@@ -400,6 +400,7 @@ async fn forward(
         let addr = ep.endpoint().addr;
         let failed = loop {
             let mut exchange = Exchange::new(&mut upstream, req.head, req.body.take(), req.method);
+            send_after_batch(&shared.stats).await;
             let res = exchange.response_head(shared.timeouts.response).await;
             let complete = exchange.request_complete();
             req.body = exchange.take_body();

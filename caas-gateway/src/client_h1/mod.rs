@@ -34,7 +34,7 @@ use self::head::{BodyLength, Encoder, HeadError, HeadLimits, RequestHead, Respon
 pub(crate) use self::wire::OnUpgrade;
 use self::wire::{ClientBody, Io, Wire, lock};
 use crate::body::RequestBody;
-use crate::conn::{ConnInfo, Shared};
+use crate::conn::{ConnInfo, Shared, send_after_batch};
 use crate::proxy::serve_request;
 
 /// What became of a connection after a request.
@@ -179,6 +179,7 @@ async fn exchange(
         tracing::debug!(peer = %info.peer, "client left before its response");
         return Ok(Outcome::Close);
     };
+    send_after_batch(&shared.stats).await;
     let (mut parts, mut body) = resp.into_parts();
     let keep_alive = keep_alive && !info.draining.load(Relaxed) && {
         let mut w = lock(wire);
