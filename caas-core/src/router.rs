@@ -33,6 +33,9 @@ pub struct ApplyReport {
     pub apps: usize,
     /// Time spent building the table (the swap itself is one atomic store).
     pub build_time: Duration,
+    /// Whether the whole table was built; `false` when only the updated app's routes were
+    /// (an app that kept its host names: a registration, a deregistration, a weight change).
+    pub whole: bool,
     /// Problems the build worked around.
     pub warnings: Vec<BuildWarning>,
 }
@@ -122,7 +125,7 @@ impl Router {
                 let built = current.with_app(&id, &spec, w.generation + 1);
                 w.snapshot.apps.insert(id, spec);
                 if let Some((table, warnings)) = built {
-                    return self.install(&mut w, table, warnings, started);
+                    return self.install(&mut w, table, warnings, started, false);
                 }
             }
             Update::Remove(id) => {
@@ -145,7 +148,7 @@ impl Router {
         let previous = self.table.load_full();
         let (table, warnings) =
             RouteTable::build(&w.snapshot, &w.domains, Some(&previous), w.generation + 1);
-        self.install(w, table, warnings, started)
+        self.install(w, table, warnings, started, true)
     }
 
     /// Swaps in `table` (built for generation `w.generation + 1`) and retires the previous.
@@ -155,6 +158,7 @@ impl Router {
         table: RouteTable,
         warnings: Vec<BuildWarning>,
         started: Instant,
+        whole: bool,
     ) -> ApplyReport {
         w.generation += 1;
         let apps = table.apps().len();
@@ -169,6 +173,7 @@ impl Router {
             generation: w.generation,
             apps,
             build_time: started.elapsed(),
+            whole,
             warnings,
         }
     }
@@ -266,6 +271,7 @@ mod tests {
         ));
         let after = r.current();
         assert_eq!(rep.generation, before.generation() + 1);
+        assert!(!rep.whole, "one app rebuilt");
         assert_eq!(after.host_count(), hosts_before);
         // Every other app is the same route (state and all); app7's kept endpoint too.
         for (a, b) in before.apps().iter().zip(after.apps()) {
@@ -302,10 +308,12 @@ mod tests {
         r.apply(Update::Upsert(apps[7].clone(), two_versions(&[1], &[])));
         assert!(r.load().lookup("v2.app7.caas.local").is_none());
         assert!(r.load().lookup("v1.app7.caas.local").is_some());
-        r.apply(Update::Upsert(apps[7].clone(), two_versions(&[1], &[5])));
+        let rep = r.apply(Update::Upsert(apps[7].clone(), two_versions(&[1], &[5])));
+        assert!(rep.whole);
         assert!(r.load().lookup("v2.app7.caas.local").is_some());
         // A new app too.
-        r.apply(Update::Upsert(AppId::new("fresh").unwrap(), spec(6)));
+        let rep = r.apply(Update::Upsert(AppId::new("fresh").unwrap(), spec(6)));
+        assert!(rep.whole);
         assert!(r.load().lookup("fresh.caas.local").is_some());
         let (full, _) = RouteTable::build(
             &r.snapshot(),

@@ -83,12 +83,22 @@ impl GatewayBuilder {
                         continue;
                     }
                 };
-                tracing::info!(
-                    generation = report.generation,
-                    apps = report.apps,
-                    build_us = report.build_time.as_micros() as u64,
-                    "route table updated"
-                );
+                // One app's routes change with every registration: at debug, so a busy
+                // cluster does not fill the log; whole rebuilds stay at info.
+                if report.whole {
+                    tracing::info!(
+                        generation = report.generation,
+                        apps = report.apps,
+                        build_us = report.build_time.as_micros() as u64,
+                        "route table rebuilt"
+                    );
+                } else {
+                    tracing::debug!(
+                        generation = report.generation,
+                        build_us = report.build_time.as_micros() as u64,
+                        "one app's routes updated"
+                    );
+                }
             }
             tracing::warn!("discovery ended; serving the last route table");
         }));
