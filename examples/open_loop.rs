@@ -7,13 +7,12 @@
 //! open_loop --addr 127.0.0.1:8080 --host hello.caas.local --rate 20000 --conns 32 --seconds 5
 //! ```
 //!
-//! Every connection sends `GET PATH` with `Host: HOST` at its share of the rate (connection
-//! `i` of `C` at `i/RATE + k·C/RATE`), one request in flight per connection, and reads the
-//! whole response (it must be 200 with a `Content-Length`). A request's latency runs from
-//! when it was sent; but when the previous response on its connection came back after the
-//! request was due, from when it was due, so a slow response also counts against the
-//! requests it held up (wrk2's correction of coordinated omission). Sends are due on tokio's
-//! 1 ms timer: in each millisecond the requests due go out together.
+//! A pacer thread releases the requests as they fall due (`RATE` a second, checked every
+//! 100 µs, so a handful at a time, not a millisecond's worth); each goes out on whichever
+//! connection is free (one request in flight per connection) and must come back whole (200
+//! with a `Content-Length`). A request's latency runs from its release: when every
+//! connection is still waiting on the server, the time it waits for one counts against the
+//! server, as in wrk2 (no coordinated omission); the pacer's own lateness does not.
 //!
 //! Prints one line, `requests N rate R p50 P p90 P p99 P p999 P max P` (latencies in ms).
 //! Any failure ends the run with an error and status 1: a connection that cannot be made or
@@ -21,11 +20,13 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::{Mutex, mpsc};
 use tokio::time::Instant;
 
 #[derive(Parser, Debug)]
@@ -84,8 +85,6 @@ async fn run(args: &Args) -> Result<String, String> {
         "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: open_loop\r\n\r\n",
         args.path, args.host
     );
-    let period = Duration::from_secs_f64(f64::from(args.conns) / f64::from(args.rate));
-    let total = Duration::from_secs(args.seconds);
     let mut streams = Vec::new();
     for _ in 0..args.conns {
         let s = TcpStream::connect(args.addr)
@@ -95,24 +94,41 @@ async fn run(args: &Args) -> Result<String, String> {
             .map_err(|e| format!("TCP_NODELAY on {}: {e}", args.addr))?;
         streams.push(s);
     }
-    let start = Instant::now();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let rx = Arc::new(Mutex::new(rx));
     let mut tasks = tokio::task::JoinSet::new();
-    for (i, stream) in streams.into_iter().enumerate() {
-        let offset = Duration::from_secs_f64(i as f64 / f64::from(args.rate));
+    for stream in streams {
         tasks.spawn(connection(
             stream,
             request.clone().into_bytes(),
-            start + offset,
-            period,
-            start + total,
+            Arc::clone(&rx),
         ));
     }
+    let (rate, seconds) = (args.rate, args.seconds);
+    let start = std::time::Instant::now();
+    let pacer = std::thread::Builder::new()
+        .name("pacer".into())
+        .spawn(move || pace(&tx, rate, Duration::from_secs(seconds)))
+        .map_err(|e| format!("cannot start the pacer thread: {e}"))?;
     let mut latencies = Vec::new();
+    let mut failed = None;
     while let Some(joined) = tasks.join_next().await {
-        let mut conn = joined.map_err(|e| format!("connection task: {e}"))??;
-        latencies.append(&mut conn);
+        match joined.map_err(|e| format!("connection task: {e}")) {
+            Ok(Ok(mut conn)) => latencies.append(&mut conn),
+            Ok(Err(e)) | Err(e) => {
+                // The first failure ends the run: closing the queue stops the pacer.
+                rx.lock().await.close();
+                failed.get_or_insert(e);
+            }
+        }
     }
     let elapsed = start.elapsed().as_secs_f64();
+    if pacer.join().is_err() {
+        return Err("the pacer thread panicked".into());
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
     latencies.sort_unstable();
     let ms = |q: f64| -> f64 {
         if latencies.is_empty() {
@@ -133,36 +149,48 @@ async fn run(args: &Args) -> Result<String, String> {
     ))
 }
 
-/// Sends on one connection from `first`, every `period`, until `end`; the latency of each.
+/// Releases `rate` requests a second for `total` (each as the instant it was released),
+/// then closes the queue.
+fn pace(tx: &mpsc::UnboundedSender<Instant>, rate: u32, total: Duration) {
+    let start = std::time::Instant::now();
+    let mut released: u64 = 0;
+    loop {
+        let elapsed = start.elapsed().min(total);
+        let due = (elapsed.as_secs_f64() * f64::from(rate)) as u64;
+        let now = Instant::now();
+        for _ in released..due {
+            if tx.send(now).is_err() {
+                return; // a connection failed: the run is over
+            }
+        }
+        released = due;
+        if elapsed >= total {
+            return;
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+}
+
+/// Serves released requests on one connection until the queue closes; the latency of each.
 async fn connection(
     mut stream: TcpStream,
     request: Vec<u8>,
-    first: Instant,
-    period: Duration,
-    end: Instant,
+    queue: Arc<Mutex<mpsc::UnboundedReceiver<Instant>>>,
 ) -> Result<Vec<Duration>, String> {
     let mut latencies = Vec::new();
     let mut buf = Vec::with_capacity(4096);
-    let mut due = first;
-    while due < end {
-        let now = Instant::now();
-        // Free before the request was due: it is sent late only by our own timer, so its
-        // latency runs from the send. Still busy when it was due: from when it was due.
-        let sent = if now <= due {
-            tokio::time::sleep_until(due).await;
-            Instant::now()
-        } else {
-            due
+    loop {
+        let released = queue.lock().await.recv().await;
+        let Some(released) = released else {
+            return Ok(latencies);
         };
         stream
             .write_all(&request)
             .await
             .map_err(|e| format!("send: {e}"))?;
         read_response(&mut stream, &mut buf).await?;
-        latencies.push(sent.elapsed());
-        due += period;
+        latencies.push(released.elapsed());
     }
-    Ok(latencies)
 }
 
 /// Reads one whole response (200 with a Content-Length) from `stream`.
