@@ -11,7 +11,7 @@
 #                  (/caas-unwatched): ZooKeeper and the writer as busy, the gateway idle.
 #                  The control: what the churn costs the machine, apart from the gateway
 #
-# The three run in rotating order each round, twice:
+# The modes run in rotating order each round, twice:
 #
 #   flat out       wrk -t1 -cCHURN_CONNS: every connection busy, the gateway at full speed.
 #                  On a small machine ZooKeeper and the writer then take CPU the gateway,
