@@ -179,7 +179,6 @@ for ((round = 1; round <= ROUNDS; round++)); do
   done
 done
 
-median() { sort -g | awk '{v[NR] = $1} END {print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2)}'; }
 col() { awk -v l="$1" -v m="$2" -v c="$3" '$1 == l && $3 == m {print $c}' "$RESULTS"; }
 
 FIXED_RATE=0
@@ -212,8 +211,8 @@ for load in flat fixed; do
     awk -v l="$load" -v m="$mode" -v w="$(col "$load" "$mode" 9 | median)" \
       -v r="$(col "$load" "$mode" 4 | median)" -v p50="$(col "$load" "$mode" 5 | median)" \
       -v p99="$(col "$load" "$mode" 6 | median)" -v p999="$(col "$load" "$mode" 12 | median)" \
-      -v b="$base_p99" -v st="$(col "$load" "$mode" 7 | awk '{s += $1} END {print s + 0}')" \
-      -v so="$(col "$load" "$mode" 8 | awk '{s += $1} END {print s + 0}')" \
+      -v b="$base_p99" -v st="$(col "$load" "$mode" 7 | sum)" \
+      -v so="$(col "$load" "$mode" 8 | sum)" \
       -v cpu="$(col "$load" "$mode" 10 | median)" -v zk="$(col "$load" "$mode" 11 | median)" 'BEGIN {
         printf "| %s | %s | %.0f | %.3f | %.3f | %s | %.2f× | %d | %d | %.2f | %.1f |\n",
           m, (m == "none" ? "—" : sprintf("%.0f", w)), r, p50, p99,

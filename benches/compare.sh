@@ -484,16 +484,9 @@ fi
 # --- report --------------------------------------------------------------------------------
 
 # Median of the numbers on stdin.
-median() {
-  sort -g | awk '{v[NR] = $1} END {
-    if (NR == 0) { print "nan"; exit }
-    if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2
-  }'
-}
 col() { # size conns target column → values over rounds
   awk -v s="$1" -v c="$2" -v t="$3" -v k="$4" '$2 == s && $3 == c && $4 == t {print $k}' "$RESULTS"
 }
-sum() { awk '{s += $1} END {print s + 0}'; }
 # A body size as the table shows it.
 size_label() {
   case "$1" in

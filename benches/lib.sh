@@ -163,6 +163,17 @@ start() {
 # The pid of the process that start recorded as $1.
 pid_of() { eval "echo \$PID_${1//-/_}"; }
 
+# The median of the numbers on stdin, one a line ("nan" when there are none).
+median() {
+  sort -g | awk '{v[NR] = $1} END {
+    if (NR == 0) { print "nan"; exit }
+    if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2
+  }'
+}
+
+# The sum of the numbers on stdin, one a line.
+sum() { awk '{s += $1} END {print s + 0}'; }
+
 # A process and its descendants, one pid a line.
 proc_tree() {
   local child
