@@ -11,7 +11,7 @@
 //! - [`body`]: [`UpstreamBody`], the response body read from the connection as the client
 //!   takes it, which also finishes sending a request body the upstream started answering
 //!   early, and hands the connection back to its pool at the end.
-//! - [`pool`]: [`UpstreamPool`], the idle connections of one endpoint, lock-free.
+//! - [`pool`]: [`UpstreamPool`], the idle connections of one endpoint, most recently used first.
 //!
 //! Nothing here knows about client connections, routes or the gateway's errors: failures are
 //! reported as this module's own types and the proxy decides what they mean.
