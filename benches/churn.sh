@@ -10,6 +10,11 @@
 #   unwatched      the specs writes under a root the gateway does not watch
 #                  (/caas-unwatched): ZooKeeper and the writer as busy, the gateway idle.
 #                  The control: what the churn costs the machine, apart from the gateway
+#   inproc-none    the same apps served by the gateway library embedded in
+#                  `route_churn serve`, fed in-process (no store): its baseline
+#   inproc-specs   that gateway taking CHURN_RATE one-app updates a second through its
+#                  discovery channel: the route table's own churn, with no ZooKeeper and no
+#                  writer process taking CPU. Its p99 ratio is to inproc-none
 #
 # The modes run in rotating order each round, twice:
 #
@@ -104,6 +109,22 @@ for root in /caas /caas-unwatched; do
     die "seeding $root failed: $(tail -n 3 "$WORK/route_churn.log")"
 done
 
+# The in-process gateway: churns when told `churn SECONDS` on its stdin (a FIFO this script
+# holds open, read-write so that neither open waits for the other) and answers on its log.
+free_port INPROC_PORT
+mkfifo "$WORK/inproc.ctl"
+exec {INPROC_CTL}<>"$WORK/inproc.ctl"
+# Not through `start`: a background command's stdin would be /dev/null there.
+"$ROUTE_CHURN_BIN" serve --listen "127.0.0.1:$INPROC_PORT" --apps "$CHURN_APPS" \
+  --backend "127.0.0.1:$BACKEND_PORT" --rate "$CHURN_RATE" \
+  <"$WORK/inproc.ctl" >>"$WORK/inproc.log" 2>&1 {INPROC_CTL}>&- &
+INPROC_PID=$!
+PIDS+=("$INPROC_PID")
+PID_inproc=$INPROC_PID
+INPROC_CHURNS=0
+wait_http inproc "$INPROC_PORT"
+check_ok inproc "http://127.0.0.1:$INPROC_PORT/"
+
 write_gateway_toml gateway "$GW_PORT" "" ""
 start gateway "$GATEWAY_BIN" --config "$WORK/gateway.toml" --zk "$ZK"
 wait_http gateway "$GW_PORT"
@@ -119,10 +140,12 @@ check_ok gateway "http://127.0.0.1:$GW_PORT/"
 # Warm-up, not measured: ZooKeeper has just taken 20,000 writes (its JIT and collector are
 # still busy), and the gateway's pools are empty.
 log "warming up (wrk, 3 s)"
-wrk -t1 -c"$CHURN_CONNS" -d3s -H "Host: $HOST_HEADER" "http://127.0.0.1:$GW_PORT/" \
-  >"$WORK/warmup.txt" 2>&1 || die "wrk failed: $(tail -n 5 "$WORK/warmup.txt")"
+for port in "$GW_PORT" "$INPROC_PORT"; do
+  wrk -t1 -c"$CHURN_CONNS" -d3s -H "Host: $HOST_HEADER" "http://127.0.0.1:$port/" \
+    >"$WORK/warmup.txt" 2>&1 || die "wrk failed: $(tail -n 5 "$WORK/warmup.txt")"
+done
 
-MODES=(none specs registrations unwatched)
+MODES=(none specs registrations unwatched inproc-none inproc-specs)
 ZK_PID=$(cat "$WORK/zk/zk.pid" 2>/dev/null || true)
 GW_PID=$(pid_of gateway)
 RESULTS="$WORK/results.txt" # load round mode rps p50 p99 status sock writes_per_s gw_cpu_us zk_cpu_pct p999
@@ -131,10 +154,15 @@ RESULTS="$WORK/results.txt" # load round mode rps p50 p99 status sock writes_per
 # One measured run: load $1 (flat or fixed), round $2, mode $3; for fixed, the rate is $4.
 measure() {
   local load=$1 round=$2 mode=$3 rate=${4:-0} out writer="" kept=0 gw0 zk0 t0 gw1 zk1 t1 stats
-  local rps p50 p99 status sock requests p999
+  local rps p50 p99 status sock requests p999 port=$GW_PORT pid=$GW_PID
   out="$WORK/$load.r$round.$mode.txt"
   log "$load, round $round, $mode"
-  if [[ $mode != none ]]; then
+  [[ $mode == inproc-* ]] && port=$INPROC_PORT pid=$INPROC_PID
+  if [[ $mode == inproc-specs ]]; then
+    echo "churn $((DURATION + 1))" >&"$INPROC_CTL"
+    INPROC_CHURNS=$((INPROC_CHURNS + 1))
+    sleep 0.5 # as for a writer process: churning before the load starts
+  elif [[ $mode != none && $mode != inproc-none ]]; then
     local how=(--mode "$mode")
     [[ $mode == unwatched ]] && how=(--mode specs --chroot /caas-unwatched)
     "$ROUTE_CHURN_BIN" churn "${churn_args[@]}" "${how[@]}" --rate "$CHURN_RATE" \
@@ -142,27 +170,38 @@ measure() {
     writer=$!
     sleep 0.5 # the writer connected and writing before the load starts
   fi
-  gw0=$(cpu_ticks "$GW_PID")
+  gw0=$(cpu_ticks "$pid")
   zk0=$([[ -n $ZK_PID ]] && cpu_ticks "$ZK_PID" || echo 0)
   t0=$(date +%s.%N)
   if [[ $load == flat ]]; then
     wrk -t1 -c"$CHURN_CONNS" -d"${DURATION}s" --latency -H "Host: $HOST_HEADER" \
-      "http://127.0.0.1:$GW_PORT/" >"$out" 2>&1 || die "wrk failed: $(tail -n 5 "$out")"
+      "http://127.0.0.1:$port/" >"$out" 2>&1 || die "wrk failed: $(tail -n 5 "$out")"
     # rps p50 p99 status sock, then the requests and a p99.9 wrk does not give.
     stats="$(parse_wrk "$out") $(awk '/requests in/ {print $1}' "$out") 0"
   else
-    "$OPEN_LOOP_BIN" --addr "127.0.0.1:$GW_PORT" --host "$HOST_HEADER" --rate "$rate" \
+    "$OPEN_LOOP_BIN" --addr "127.0.0.1:$port" --host "$HOST_HEADER" --rate "$rate" \
       --conns "$CHURN_CONNS" --seconds "$DURATION" >"$out" 2>&1 ||
       die "open_loop failed: $(tail -n 5 "$out")"
     stats=$(awk '/^requests/ {print $4, $6, $10, 0, 0, $2, $12}' "$out")
   fi
   t1=$(date +%s.%N)
-  gw1=$(cpu_ticks "$GW_PID")
+  gw1=$(cpu_ticks "$pid")
   zk1=$([[ -n $ZK_PID ]] && cpu_ticks "$ZK_PID" || echo 0)
   if [[ -n $writer ]]; then
     wait "$writer" || die "the writer failed ($mode): $(tail -n 3 "$WORK/route_churn.log")"
     kept=$(awk '{for (i = 1; i <= NF; i++) if ($i == "=") {sub(/\/s,?/, "", $(i + 1)); print $(i + 1)}}' \
       "$WORK/churn.$load.r$round.$mode.txt")
+  elif [[ $mode == inproc-specs ]]; then
+    # Its answer: "churned N in S s = R/s, K not applied yet".
+    for _ in $(seq 1 100); do
+      (($(grep -c '^churned' "$WORK/inproc.log") >= INPROC_CHURNS)) && break
+      sleep 0.1
+    done
+    local answer
+    answer=$(grep '^churned' "$WORK/inproc.log" | sed -n "${INPROC_CHURNS}p")
+    [[ -n $answer ]] || die "route_churn serve did not answer churn $INPROC_CHURNS: $(tail -n 3 "$WORK/inproc.log")"
+    [[ $answer == *", 0 not applied yet" ]] || log "warning: inproc: $answer"
+    kept=$(awk '{for (i = 1; i <= NF; i++) if ($i == "=") {sub(/\/s,?/, "", $(i + 1)); print $(i + 1)}}' <<<"$answer")
   fi
   read -r rps p50 p99 status sock requests p999 <<<"$stats"
   awk -v l="$load" -v r="$round" -v m="$mode" -v rps="$rps" -v p50="$p50" -v p99="$p99" \
@@ -195,7 +234,7 @@ fi
 echo "# Route churn: a ZooKeeper-fed gateway under load while its routes change"
 echo
 report_machine
-echo "- gateway: $GATEWAY_LABEL, one worker, fed by ZooKeeper 3.8 (standalone, loopback)"
+echo "- gateway: $GATEWAY_LABEL, one worker, fed by ZooKeeper 3.8 (standalone, loopback); inproc-*: the same library embedded in examples/route_churn (serve), one worker, fed in-process"
 echo "- $CHURN_APPS apps registered (app0..app$((CHURN_APPS - 1)) and hello); $CHURN_CONNS connections on hello.caas.local"
 echo "- churn: $CHURN_RATE writes/s by examples/route_churn while the load runs; $ROUNDS rounds × $DURATION s, modes in rotating order"
 echo "- flat out: wrk -t1 -c$CHURN_CONNS; fixed rate: examples/open_loop at $FIXED_RATE req/s ($CHURN_LOAD % of the flat-out no-churn req/s), latency from when each request was released"
@@ -206,8 +245,10 @@ for load in flat fixed; do
   echo
   echo "| churn | writes/s kept | req/s | p50 ms | p99 ms | p99.9 ms | p99 × none | non-2xx/3xx | socket errors | gateway CPU µs/req | ZooKeeper CPU % |"
   echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-  base_p99=$(col "$load" none 6 | median)
   for mode in "${MODES[@]}"; do
+    base=none
+    [[ $mode == inproc-* ]] && base=inproc-none
+    base_p99=$(col "$load" "$base" 6 | median)
     awk -v l="$load" -v m="$mode" -v w="$(col "$load" "$mode" 9 | median)" \
       -v r="$(col "$load" "$mode" 4 | median)" -v p50="$(col "$load" "$mode" 5 | median)" \
       -v p99="$(col "$load" "$mode" 6 | median)" -v p999="$(col "$load" "$mode" 12 | median)" \
@@ -215,7 +256,7 @@ for load in flat fixed; do
       -v so="$(col "$load" "$mode" 8 | sum)" \
       -v cpu="$(col "$load" "$mode" 10 | median)" -v zk="$(col "$load" "$mode" 11 | median)" 'BEGIN {
         printf "| %s | %s | %.0f | %.3f | %.3f | %s | %.2f× | %d | %d | %.2f | %.1f |\n",
-          m, (m == "none" ? "—" : sprintf("%.0f", w)), r, p50, p99,
+          m, (m ~ /none$/ ? "—" : sprintf("%.0f", w)), r, p50, p99,
           (l == "flat" ? "—" : sprintf("%.3f", p999)), (b > 0 ? p99 / b : 0), st, so, cpu, zk
       }'
   done

@@ -19,15 +19,33 @@
 //!
 //! Writes go one after the other at `--rate` per second (a late write is sent at once, so
 //! the average holds); at the end it prints the rate it kept and the slowest write.
+//!
+//! ```sh
+//! route_churn serve --listen 127.0.0.1:8080 --apps 10000 --backend 127.0.0.1:9001 --rate 100
+//! ```
+//!
+//! - `serve` is the in-process case, with no store at all: the gateway library embedded
+//!   (one worker, domain `caas.local`), fed through its channel discovery with the same
+//!   `hello` and `app{0..N}` a `seed` registers. Each line `churn SECONDS` on stdin sends
+//!   `--rate` one-app updates a second for that long (the `specs` change: `app{k}`'s
+//!   `max_in_flight` alternates) and answers `churned N in S s = R/s, K not applied yet` (K: the
+//!   updates the route table had not taken a moment later; 0 normally); end of stdin stops the
+//!   gateway. The route table then changes exactly as often as asked, and ZooKeeper's CPU is
+//!   not in the picture.
 
+use std::collections::BTreeMap;
+use std::io::BufRead;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use caas_backends::store::{self, Op, Store, ZkStore};
 use caas_backends::zk::{ZkConfig, ZkSession};
-use caas_core::AppSpec;
+use caas_core::{AppId, AppSpec, Domain, Endpoint, Router, Snapshot, Update, Version, VersionSpec};
+use caas_gateway::{Gateway, GatewayConfig};
 use clap::{Parser, Subcommand, ValueEnum};
+use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 
 #[derive(Parser, Debug)]
@@ -71,6 +89,22 @@ enum Command {
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
     },
+    /// Serves the apps from an embedded gateway and changes its routes in-process on
+    /// request (`churn SECONDS` on stdin).
+    Serve {
+        /// Where the gateway listens.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Apps `app0` … `app{N-1}`, besides `hello`.
+        #[arg(long, default_value_t = 10_000)]
+        apps: usize,
+        /// Where every app's one endpoint points.
+        #[arg(long)]
+        backend: SocketAddr,
+        /// Route changes per second while churning.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+    },
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -83,6 +117,21 @@ enum Mode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Serve {
+        listen,
+        apps,
+        backend,
+        rate,
+    } = cli.command
+    {
+        return match serve(listen, apps, backend, rate) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("route_churn: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -124,7 +173,136 @@ async fn run(command: Command) -> Result<(), String> {
             }
             churn(&common, mode, rate, Duration::from_secs_f64(seconds)).await
         }
+        Command::Serve { .. } => Err("serve runs its own runtime".into()),
     }
+}
+
+/// The spec of every app: version `v1` at `backend`, and `max_in_flight` (what the churn
+/// changes).
+fn app_spec(backend: SocketAddr, max_in_flight: u32) -> Result<AppSpec, String> {
+    let v1 = Version::new("v1").map_err(|e| e.to_string())?;
+    Ok(AppSpec {
+        default_version: Some(v1.clone()),
+        max_in_flight: Some(max_in_flight),
+        versions: BTreeMap::from([(
+            v1,
+            VersionSpec {
+                endpoints: vec![Endpoint::new(backend)],
+            },
+        )]),
+        ..AppSpec::default()
+    })
+}
+
+fn app_id(name: &str) -> Result<AppId, String> {
+    AppId::new(name).map_err(|e| format!("app id {name}: {e}"))
+}
+
+/// `route_churn serve`: the gateway on a one-thread runtime (as `examples/gateway` with
+/// `workers = 1`; the library applies updates off that thread), the control loop on this one.
+fn serve(listen: SocketAddr, apps: usize, backend: SocketAddr, rate: f64) -> Result<(), String> {
+    if !(rate > 0.0 && rate.is_finite()) || apps == 0 {
+        return Err("--rate and --apps take positive numbers".into());
+    }
+    let mut snapshot = Snapshot::default();
+    for name in std::iter::once("hello".to_owned()).chain((0..apps).map(|i| format!("app{i}"))) {
+        snapshot
+            .apps
+            .insert(app_id(&name)?, app_spec(backend, 1000)?);
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let config = GatewayConfig {
+        domains: vec![Domain::new("caas.local").map_err(|e| e.to_string())?],
+        ..GatewayConfig::default()
+    };
+    let gateway = Gateway::builder(config)
+        .discovery(rx)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let router = Arc::clone(gateway.router());
+    // The whole table before the listener opens: routable from the first request.
+    router.apply(Update::Reset(snapshot));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(listen))
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| format!("the listener's address: {e}"))?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = std::thread::Builder::new()
+        .name("gateway".into())
+        .spawn(move || {
+            rt.block_on(gateway.serve(listener, async {
+                // Either a send or a dropped sender: both mean stop.
+                let _ = stop_rx.await;
+            }))
+        })
+        .map_err(|e| format!("cannot start the gateway thread: {e}"))?;
+    eprintln!("route_churn: serving {} apps on {bound}", apps + 1);
+    let controlled = control(&tx, &router, apps, backend, rate);
+    drop(stop_tx);
+    let served = match server.join() {
+        Ok(r) => r.map_err(|e| format!("gateway: {e}")),
+        Err(_) => Err("the gateway thread panicked".into()),
+    };
+    controlled.and(served)
+}
+
+/// Reads `churn SECONDS` lines until end of input and churns for each.
+fn control(
+    tx: &mpsc::UnboundedSender<Update>,
+    router: &Router,
+    apps: usize,
+    backend: SocketAddr,
+    rate: f64,
+) -> Result<(), String> {
+    let mut sent = 0u64;
+    for line in std::io::stdin().lock().lines() {
+        let line = line.map_err(|e| format!("reading stdin: {e}"))?;
+        let seconds = match line.split_whitespace().collect::<Vec<_>>()[..] {
+            [] => continue,
+            ["churn", s] => s
+                .parse::<f64>()
+                .ok()
+                .filter(|s| *s > 0.0 && s.is_finite())
+                .ok_or_else(|| format!("churn takes positive seconds, got '{s}'"))?,
+            _ => return Err(format!("unknown command '{line}' (churn SECONDS)")),
+        };
+        let generation = router.load().generation();
+        let started = Instant::now();
+        let length = Duration::from_secs_f64(seconds);
+        let step = Duration::from_secs_f64(1.0 / rate);
+        let mut n = 0u64;
+        while started.elapsed() < length {
+            // Paced from the start: a late update goes at once, so the average holds.
+            let due = started + step.mul_f64(n as f64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let app = app_id(&format!("app{}", (sent as usize / 2) % apps))?;
+            let spec = app_spec(backend, 1000 + (sent % 2) as u32)?;
+            tx.send(Update::Upsert(app, spec))
+                .map_err(|_| "the gateway stopped taking updates")?;
+            n += 1;
+            sent += 1;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        // Every update changes the table: its generation tells they were all applied.
+        let applied = Instant::now();
+        while router.load().generation() < generation + n && applied.elapsed() < length {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let behind = (generation + n).saturating_sub(router.load().generation());
+        println!(
+            "churned {n} in {secs:.1} s = {:.1}/s, {behind} not applied yet",
+            n as f64 / secs
+        );
+    }
+    Ok(())
 }
 
 async fn seed(c: &Common) -> Result<(), String> {

@@ -1,4 +1,4 @@
-//! The example binaries (`caasd`, `caas`, `gateway`) as a user runs them. Test runners build examples
+//! The example binaries (`caasd`, `caas`, `gateway`, `route_churn`) as a user runs them. Test runners build examples
 //! only as test harnesses, so a test that runs the real binaries builds them first with the
 //! cargo that built the test (a no-op when they are fresh; `scripts/test.sh` builds them
 //! before the suite), and gets their paths.
@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
-/// `target/{profile}/examples`, with `caasd`, `caas` and `gateway` in it, built from this
-/// tree.
+/// `target/{profile}/examples`, with `caasd`, `caas`, `gateway` and `route_churn` in it,
+/// built from this tree.
 pub(crate) fn examples_dir() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
@@ -24,12 +24,14 @@ pub(crate) fn examples_dir() -> PathBuf {
                     "caas",
                     "--example",
                     "gateway",
+                    "--example",
+                    "route_churn",
                 ])
                 .output()
                 .expect("cannot run cargo");
             assert!(
                 out.status.success(),
-                "cargo build --example caasd --example caas --example gateway failed:\n{}",
+                "cargo build of the examples (caasd, caas, gateway, route_churn) failed:\n{}",
                 String::from_utf8_lossy(&out.stderr)
             );
             // target/{profile}/deps/TEST-HASH → target/{profile}/examples
@@ -39,7 +41,7 @@ pub(crate) fn examples_dir() -> PathBuf {
                 .and_then(|deps| deps.parent())
                 .expect("target/{profile}/deps")
                 .join("examples");
-            for bin in ["caasd", "caas", "gateway"] {
+            for bin in ["caasd", "caas", "gateway", "route_churn"] {
                 assert!(
                     dir.join(bin).exists(),
                     "{} was not built",

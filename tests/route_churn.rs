@@ -1,0 +1,177 @@
+//! `route_churn serve`, the in-process case of `benches/churn.sh`: the gateway library
+//! embedded with thousands of apps, taking one-app updates through its discovery channel
+//! while it serves. Run as the benchmark runs it (the real binary, real sockets): it
+//! routes every app, applies every update it is asked for, keeps routing while it churns,
+//! and stops cleanly when its input ends.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+mod support {
+    pub(crate) mod examples;
+}
+
+/// A backend answering every request on a connection with 200 "ok\n" (keep-alive).
+fn backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n";
+                        if stream.write_all(answer).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// One request with `Host: {host}`: the status code and the body.
+fn get(gateway: SocketAddr, host: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(gateway).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let status = answer
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {answer:?}"));
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+struct Served {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    answers: mpsc::Receiver<String>,
+    addr: SocketAddr,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(apps: usize, rate: u32, backend: SocketAddr) -> Served {
+    let mut child = Command::new(support::examples::examples_dir().join("route_churn"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--apps"])
+        .arg(apps.to_string())
+        .arg("--backend")
+        .arg(backend.to_string())
+        .arg("--rate")
+        .arg(rate.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take();
+    let stdout: ChildStdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    // "route_churn: serving N apps on ADDR"
+    let mut line = String::new();
+    BufReader::new(stderr).read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let (tx, answers) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    Served {
+        child,
+        stdin,
+        answers,
+        addr,
+    }
+}
+
+/// Parses "churned N in S s = R/s, K not applied yet" into (N, K).
+fn churned(answer: &str) -> (u64, u64) {
+    let words: Vec<&str> = answer.split_whitespace().collect();
+    assert_eq!(words.first(), Some(&"churned"), "{answer}");
+    let n = words[1].parse().unwrap();
+    let k = words[words.len() - 4].parse().unwrap();
+    (n, k)
+}
+
+#[test]
+fn serves_every_app_and_applies_every_update_while_it_routes() {
+    let backend = backend();
+    let mut served = serve(1000, 100, backend);
+    let gateway = served.addr;
+
+    // The whole table is there: the first app, the last, hello; nothing else.
+    // It is in place before the listener opens: no retry.
+    for host in ["app0.caas.local", "app999.caas.local", "hello.caas.local"] {
+        assert_eq!(get(gateway, host), (200, "ok\n".to_owned()), "{host}");
+    }
+    assert_eq!(get(gateway, "app1000.caas.local").0, 404);
+
+    // Churn for a second at 100 updates/s and keep routing meanwhile.
+    writeln!(served.stdin.as_mut().unwrap(), "churn 1").unwrap();
+    let mut routed = 0;
+    let answer = loop {
+        match served.answers.try_recv() {
+            Ok(answer) => break answer,
+            Err(mpsc::TryRecvError::Empty) => {
+                assert_eq!(get(gateway, "app1.caas.local"), (200, "ok\n".to_owned()));
+                routed += 1;
+            }
+            Err(mpsc::TryRecvError::Disconnected) => panic!("route_churn serve stopped"),
+        }
+    };
+    let (n, behind) = churned(&answer);
+    assert!((80..=130).contains(&n), "{answer}");
+    assert_eq!(behind, 0, "{answer}");
+    assert!(routed > 10, "only {routed} requests while churning");
+    // The churned apps still route (their specs changed, not their endpoints).
+    assert_eq!(get(gateway, "app0.caas.local").0, 200);
+
+    // A command it does not know ends it with an error; the end of its input, cleanly.
+    let mut bad = serve(10, 100, backend);
+    writeln!(bad.stdin.as_mut().unwrap(), "churn forever").unwrap();
+    let status = bad.child.wait().unwrap();
+    assert!(!status.success());
+
+    drop(served.stdin.take());
+    let status = served.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
