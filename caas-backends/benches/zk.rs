@@ -123,7 +123,6 @@ async fn initial_load(zk: &ZkServer) {
     let table = router.load();
     let endpoints: usize = table
         .apps()
-        .iter()
         .flat_map(|a| a.versions())
         .map(|v| v.pool().endpoints().len())
         .sum();

@@ -42,5 +42,5 @@ pub use spec::{
 };
 pub use stats::{Counters, CountersSnapshot};
 pub use table::{
-    AppInFlight, AppRoute, AppState, BuildWarning, Refused, Route, RouteTable, VersionRoute,
+    AppInFlight, AppRoute, AppState, Apps, BuildWarning, Refused, Route, RouteTable, VersionRoute,
 };

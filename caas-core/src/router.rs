@@ -250,7 +250,8 @@ mod tests {
     #[test]
     fn a_change_that_keeps_host_names_rebuilds_one_app_and_routes_as_a_full_build() {
         let r = Router::new(vec![Domain::new("caas.local").unwrap()]);
-        let apps: Vec<AppId> = (0..50)
+        // More apps than one chunk of the table's app list holds: the list is in three.
+        let apps: Vec<AppId> = (0..150)
             .map(|i| AppId::new(&format!("app{i}")).unwrap())
             .collect();
         let snapshot = Snapshot {
@@ -274,7 +275,7 @@ mod tests {
         assert!(!rep.whole, "one app rebuilt");
         assert_eq!(after.host_count(), hosts_before);
         // Every other app is the same route (state and all); app7's kept endpoint too.
-        for (a, b) in before.apps().iter().zip(after.apps()) {
+        for (a, b) in before.apps().zip(after.apps()) {
             assert_eq!(Arc::ptr_eq(a, b), a.id() != &apps[7], "{}", a.id());
         }
         let kept = |t: &RouteTable| {
@@ -303,6 +304,23 @@ mod tests {
                 .map(|(_, p)| p.clone()),
             Some(vec![1, 2, 9, 4])
         );
+        // The same in the last, partly filled chunk; the apps stay whole and in id order.
+        let rep = r.apply(Update::Upsert(apps[99].clone(), two_versions(&[8], &[3])));
+        assert!(!rep.whole);
+        let last = r.current();
+        for (a, b) in after.apps().zip(last.apps()) {
+            assert_eq!(Arc::ptr_eq(a, b), a.id() != &apps[99], "{}", a.id());
+        }
+        let ids: Vec<&AppId> = last.apps().map(|a| a.id()).collect();
+        assert_eq!(last.apps().len(), 150);
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "sorted by id");
+        let (full, _) = RouteTable::build(
+            &r.snapshot(),
+            &[Domain::new("caas.local").unwrap()],
+            None,
+            0,
+        );
+        assert_eq!(routes(&last), routes(&full));
 
         // A version appearing changes the names: a full build, which routes it.
         r.apply(Update::Upsert(apps[7].clone(), two_versions(&[1], &[])));

@@ -297,12 +297,97 @@ pub struct RouteTable {
     blacklist: Arc<BlacklistMatcher>,
     hosts: Arc<FxHashMap<Box<str>, Target>>,
     by_id: Arc<FxHashMap<AppId, u32>>,
-    apps: Box<[Arc<AppRoute>]>,
+    apps: AppList,
     domains: Arc<[Domain]>,
     generation: u64,
     /// Some app redirects plain HTTP to HTTPS (plain requests then look their app up for it).
     any_https_redirect: bool,
 }
+
+/// Apps per chunk of a table's app list.
+const APP_CHUNK: usize = 64;
+
+/// A table's apps, sorted by id, in shared chunks of [`APP_CHUNK`]. A one-app change copies
+/// the chunk list and one chunk (about 220 pointers at 10,000 apps) where a flat list would
+/// copy every app's pointer and count a reference to each: 10,000 atomic increments on as
+/// many cache lines, and as many decrements when the old table goes, which took over a
+/// millisecond per update in a gateway under load. A lookup pays one more load, from a
+/// chunk list small enough to stay in cache (2.5 KiB at 10,000 apps).
+#[derive(Debug, Default, Clone)]
+struct AppList {
+    chunks: Box<[Arc<[Arc<AppRoute>]>]>,
+    len: usize,
+}
+
+impl AppList {
+    fn new(apps: Vec<Arc<AppRoute>>) -> Self {
+        let len = apps.len();
+        let mut chunks = Vec::with_capacity(len.div_ceil(APP_CHUNK));
+        let mut apps = apps.into_iter();
+        while apps.len() > 0 {
+            chunks.push(apps.by_ref().take(APP_CHUNK).collect());
+        }
+        Self {
+            chunks: chunks.into_boxed_slice(),
+            len,
+        }
+    }
+
+    #[inline]
+    fn get(&self, index: u32) -> &Arc<AppRoute> {
+        let i = index as usize;
+        &self.chunks[i / APP_CHUNK][i % APP_CHUNK]
+    }
+
+    /// The list with app `index` replaced; every other chunk is shared.
+    fn with(&self, index: u32, app: Arc<AppRoute>) -> Self {
+        let i = index as usize;
+        let mut chunks = self.chunks.clone();
+        let mut chunk = chunks[i / APP_CHUNK].to_vec();
+        chunk[i % APP_CHUNK] = app;
+        chunks[i / APP_CHUNK] = chunk.into();
+        Self {
+            chunks,
+            len: self.len,
+        }
+    }
+
+    fn iter(&self) -> Apps<'_> {
+        Apps {
+            chunks: self.chunks.iter(),
+            chunk: [].iter(),
+            left: self.len,
+        }
+    }
+}
+
+/// The apps of a table, sorted by id ([`RouteTable::apps`]).
+#[derive(Debug, Clone)]
+pub struct Apps<'a> {
+    chunks: std::slice::Iter<'a, Arc<[Arc<AppRoute>]>>,
+    chunk: std::slice::Iter<'a, Arc<AppRoute>>,
+    left: usize,
+}
+
+impl<'a> Iterator for Apps<'a> {
+    type Item = &'a Arc<AppRoute>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(app) = self.chunk.next() {
+                self.left -= 1;
+                return Some(app);
+            }
+            self.chunk = self.chunks.next()?.iter();
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl ExactSizeIterator for Apps<'_> {}
 
 /// Longest host name (RFC 1035) plus a trailing dot.
 const MAX_HOST: usize = 254;
@@ -385,7 +470,7 @@ impl RouteTable {
             blacklist: Arc::new(BlacklistMatcher::new(&snapshot.blacklist)),
             hosts: Arc::new(hosts),
             by_id: Arc::new(by_id),
-            apps: apps.into_boxed_slice(),
+            apps: AppList::new(apps),
             domains: domains.into(),
             generation,
         };
@@ -404,7 +489,7 @@ impl RouteTable {
         generation: u64,
     ) -> Option<(RouteTable, Vec<BuildWarning>)> {
         let &index = self.by_id.get(id)?;
-        let prev = &self.apps[index as usize];
+        let prev = self.apps.get(index);
         let mut warnings = Vec::new();
         let route = build_app(id, spec, Some(prev), &mut warnings);
         let same_names = route.domains == prev.domains
@@ -418,8 +503,7 @@ impl RouteTable {
             return None;
         }
         let redirect_changed = route.https_redirect != prev.https_redirect;
-        let mut apps = self.apps.clone();
-        apps[index as usize] = Arc::new(route);
+        let apps = self.apps.with(index, Arc::new(route));
         let any_https_redirect = if redirect_changed {
             apps.iter().any(|a| a.https_redirect)
         } else {
@@ -456,11 +540,11 @@ impl RouteTable {
         };
         Some(match target {
             Target::App(a) => Route {
-                app: &self.apps[a as usize],
+                app: self.apps.get(a),
                 version: None,
             },
             Target::Version(a, v) => {
-                let app = &self.apps[a as usize];
+                let app = self.apps.get(a);
                 Route {
                     app,
                     version: Some(&app.versions[v as usize]),
@@ -482,12 +566,12 @@ impl RouteTable {
 
     /// An app by id.
     pub fn app(&self, id: &AppId) -> Option<&AppRoute> {
-        self.by_id.get(id).map(|&i| &*self.apps[i as usize])
+        self.by_id.get(id).map(|&i| &**self.apps.get(i))
     }
 
     /// All apps, sorted by id.
-    pub fn apps(&self) -> &[Arc<AppRoute>] {
-        &self.apps
+    pub fn apps(&self) -> Apps<'_> {
+        self.apps.iter()
     }
 
     /// The gateway domains the table was built with.

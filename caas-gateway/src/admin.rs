@@ -99,7 +99,6 @@ fn admin_route(gw: &Gateway, method: &Method, path: &str) -> Response<ProxyBody>
 pub fn routes_json(table: &RouteTable) -> String {
     let apps: Vec<serde_json::Value> = table
         .apps()
-        .iter()
         .map(|app| {
             let versions: serde_json::Map<String, serde_json::Value> = app
                 .versions()
