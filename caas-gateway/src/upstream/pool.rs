@@ -65,8 +65,9 @@ impl UpstreamPool {
     }
 
     /// Returns a connection after a complete exchange. When the pool is full, the connection
-    /// idle the longest is closed to make room.
-    pub(crate) fn put(&self, conn: UpstreamConn) {
+    /// idle the longest is closed to make room. The connection waits without a read buffer.
+    pub(crate) fn put(&self, mut conn: UpstreamConn) {
+        conn.release_buf();
         let idle = Idle {
             conn,
             since: Instant::now(),
@@ -174,6 +175,18 @@ mod tests {
             peer_index(&mut b, &mut theirs).await,
         );
         assert_ne!(i, j, "two distinct pooled connections");
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_holds_no_read_buffer() {
+        let (mut ours, _theirs) = conns(1).await;
+        let mut conn = ours.pop().unwrap();
+        conn.buf.reserve(16 * 1024);
+        assert!(conn.buf.capacity() >= 16 * 1024);
+        let pool = UpstreamPool::new(4);
+        pool.put(conn);
+        let conn = pool.take(Duration::from_secs(60)).unwrap();
+        assert_eq!(conn.buf.capacity(), 0);
     }
 
     #[tokio::test]
