@@ -28,10 +28,10 @@
 //!   (one worker, domain `caas.local`), fed through its channel discovery with the same
 //!   `hello` and `app{0..N}` a `seed` registers. Each line `churn SECONDS` on stdin sends
 //!   `--rate` one-app updates a second for that long (the `specs` change: `app{k}`'s
-//!   `max_in_flight` alternates) and answers `churned N in S s = R/s, K not applied yet` (K: the
-//!   updates the route table had not taken a moment later; 0 normally); end of stdin stops the
-//!   gateway. The route table then changes exactly as often as asked, and ZooKeeper's CPU is
-//!   not in the picture.
+//!   `max_in_flight` alternates) and answers `churned N in S s = R/s, K not applied yet`
+//!   (K: the updates the route table had not taken a moment later; 0 normally). The end of
+//!   stdin stops the gateway. The route table then changes exactly as often as asked, and
+//!   ZooKeeper's CPU is not in the picture.
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
