@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -94,7 +95,19 @@ pub fn allocated_by<'a>(assignments: impl IntoIterator<Item = &'a Assignment>) -
 }
 
 /// Read-modify-write rounds before [`HostStore::publish_agent_fields`] gives up.
-const PUBLISH_ATTEMPTS: usize = 20;
+const PUBLISH_ATTEMPTS: u32 = 20;
+
+/// A random wait after the `attempt`-th lost round: up to 1 ms × 2^attempt, at most 32 ms.
+/// Without it, a writer that keeps losing to a busier one (a scheduler placing instance
+/// after instance) retries in lock step with it and can lose every round.
+fn conflict_backoff(attempt: u32) -> Duration {
+    let cap_us = 1000u64 << attempt.min(5);
+    // The clock's sub-second nanoseconds: enough to take two writers out of step.
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()));
+    Duration::from_micros(nanos % cap_us)
+}
 
 fn encode<T: Serialize>(path: &str, value: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(value).map_err(|e| NodeError::bad(path, format!("cannot encode: {e}")))
@@ -115,7 +128,10 @@ impl<S: Store> HostStore<S> {
     ) -> Result<Published> {
         let path = host_path(host);
         let mut last = None;
-        for _ in 0..PUBLISH_ATTEMPTS {
+        for attempt in 0..PUBLISH_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(conflict_backoff(attempt)).await;
+            }
             let (op, outcome) = match self.store().get(&path).await? {
                 Some(node) if !node.data.is_empty() => {
                     let old: HostInfo = serde_json::from_slice(&node.data).map_err(|e| {
