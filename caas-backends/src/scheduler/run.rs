@@ -19,7 +19,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -31,7 +30,7 @@ use super::plan::{self, Plan};
 use super::snapshot::{self, Key, Liveness, Snapshot, StatusNode};
 use super::stats::{SchedulerStats, SchedulerStatsSnapshot};
 use super::status::{self, DeploymentStatus};
-use crate::store::{Op, Store, StoreError};
+use crate::store::{self, Op, Store, StoreError, conflict_backoff};
 use crate::zk::hosts::HOSTS;
 use crate::zk::layout::{DEPLOYMENTS, SERVICE, deployment_path};
 
@@ -98,7 +97,6 @@ pub struct Scheduler<S: Store> {
     status_written: HashMap<Key, Instant>,
     /// A status write held back by the spacing is due then: the loop wakes for it.
     status_due: Option<Instant>,
-    rng: u64,
     /// Bad nodes already logged and counted (each once, until it changes).
     reported: HashSet<String>,
 }
@@ -106,13 +104,6 @@ pub struct Scheduler<S: Store> {
 impl<S: Store> Scheduler<S> {
     /// A scheduler that reads and writes through `store`.
     pub fn new(store: S, config: SchedulerConfig) -> Self {
-        static SEEDS: AtomicU64 = AtomicU64::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        let seed = nanos
-            ^ (u64::from(std::process::id()) << 32)
-            ^ SEEDS.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
         Self {
             store,
             config,
@@ -120,7 +111,6 @@ impl<S: Store> Scheduler<S> {
             missing_since: HashMap::new(),
             status_written: HashMap::new(),
             status_due: None,
-            rng: seed | 1,
             reported: HashSet::new(),
         }
     }
@@ -128,20 +118,6 @@ impl<S: Store> Scheduler<S> {
     /// The counters.
     pub fn stats(&self) -> &Arc<SchedulerStats> {
         &self.stats
-    }
-
-    fn random(&mut self) -> u64 {
-        // xorshift64: good enough to de-synchronise schedulers.
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        self.rng
-    }
-
-    /// A random wait before attempt `attempt + 1`: up to 5 ms × 2^attempt, at most 200 ms.
-    fn jitter(&mut self, attempt: u32) -> Duration {
-        let cap = (5u64 << attempt.min(6)).min(200);
-        Duration::from_millis(1 + self.random() % cap)
     }
 
     /// Reads a snapshot and sets each host's liveness from the grace period.
@@ -210,7 +186,7 @@ impl<S: Store> Scheduler<S> {
         let mut keys: Vec<Key> = snap.deployments.keys().cloned().collect();
         keys.extend(plan::orphans(&snap).into_keys());
         if !keys.is_empty() {
-            let start = (self.random() % keys.len() as u64) as usize;
+            let start = (store::random() % keys.len() as u64) as usize;
             keys.rotate_left(start);
         }
         for key in keys {
@@ -278,7 +254,13 @@ impl<S: Store> Scheduler<S> {
                                 SchedulerStats::bump(&self.stats.gave_up);
                                 tracing::warn!(scheduler = %self.config.name, app = %app, version = %version, attempts = attempt, error = %e, "giving up on this deployment until the next pass");
                             } else {
-                                let wait = self.jitter(attempt);
+                                // A random wait, growing with each lost round: below 10 ms, 20,
+                                // 40 … at most 200 ms.
+                                let wait = conflict_backoff(
+                                    attempt,
+                                    Duration::from_millis(10),
+                                    Duration::from_millis(200),
+                                );
                                 tokio::time::sleep(wait).await;
                             }
                             // The local snapshot holds the failed plan: never reuse it.

@@ -59,6 +59,7 @@
 //!   explained by an earlier op of the same commit, the conflict names op 0.
 
 mod any;
+mod backoff;
 mod certs;
 mod discovery;
 mod etcd;
@@ -72,6 +73,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 pub use any::{AnyStore, StoreConfig};
+pub(crate) use backoff::{conflict_backoff, random};
 pub use certs::{CertSourceStats, StoreCertSource};
 pub use discovery::{StoreDiscovery, StoreDiscoveryCounters, StoreDiscoveryStats};
 pub use etcd::{EtcdConfig, EtcdStats, EtcdStore, EtcdTlsConfig};

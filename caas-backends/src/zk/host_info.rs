@@ -5,13 +5,13 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::Serialize;
 
 use super::hosts::{HostInfo, HostStore, Resources, host_path};
 use crate::assignment::Assignment;
-use crate::store::{NodeError, Op, Store, StoreError};
+use crate::store::{NodeError, Op, Store, StoreError, conflict_backoff};
 
 type Result<T> = std::result::Result<T, NodeError>;
 
@@ -97,17 +97,8 @@ pub fn allocated_by<'a>(assignments: impl IntoIterator<Item = &'a Assignment>) -
 /// Read-modify-write rounds before [`HostStore::publish_agent_fields`] gives up.
 const PUBLISH_ATTEMPTS: u32 = 20;
 
-/// A random wait after the `attempt`-th lost round: up to 1 ms × 2^attempt, at most 32 ms.
-/// Without it, a writer that keeps losing to a busier one (a scheduler placing instance
-/// after instance) retries in lock step with it and can lose every round.
-fn conflict_backoff(attempt: u32) -> Duration {
-    let cap_us = 1000u64 << attempt.min(5);
-    // The clock's sub-second nanoseconds: enough to take two writers out of step.
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::from(d.subsec_nanos()));
-    Duration::from_micros(nanos % cap_us)
-}
+/// The random wait after a lost round: below 1 ms, doubling with each, at most 32 ms.
+const PUBLISH_BACKOFF: (Duration, Duration) = (Duration::from_millis(1), Duration::from_millis(32));
 
 fn encode<T: Serialize>(path: &str, value: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(value).map_err(|e| NodeError::bad(path, format!("cannot encode: {e}")))
@@ -130,7 +121,11 @@ impl<S: Store> HostStore<S> {
         let mut last = None;
         for attempt in 0..PUBLISH_ATTEMPTS {
             if attempt > 0 {
-                tokio::time::sleep(conflict_backoff(attempt)).await;
+                // Without a wait, a writer that keeps losing to a busier one (a scheduler
+                // placing instance after instance) retries in lock step with it and can
+                // lose every round.
+                let wait = conflict_backoff(attempt, PUBLISH_BACKOFF.0, PUBLISH_BACKOFF.1);
+                tokio::time::sleep(wait).await;
             }
             let (op, outcome) = match self.store().get(&path).await? {
                 Some(node) if !node.data.is_empty() => {
