@@ -29,8 +29,19 @@
 # For each, the script prints the medians over rounds (requests/s, p50, p99) with each p99 as
 # a ratio to the no-churn p99 of the same run, the write rate the writer kept, the gateway's
 # CPU per request and the CPU ZooKeeper used (% of one CPU). Target: the p99 with churn within
-# 5 % of the p99 without. Compare ratios in one run only. benches/compare.sh runs this at its
-# end (CHURN_APPS=0 there skips it).
+# 5 % of the p99 without. Compare ratios in one run only.
+#
+# Rounds a few seconds apart see the machine change under them (another tenant of the host,
+# ZooKeeper's collector): their p99 moves by tens of percent with no churn at all. So the
+# script then interleaves: one run of PAIRED_SECONDS per mode in which the writer churns only
+# in every other wall-clock slice of PHASE_MS (`route_churn --phase-ms`) while open_loop
+# sorts each request by the slice it was released in (`open_loop --phase-ms`, leaving out
+# the first 100 ms of every slice). Both halves of a row share the machine's ups and downs;
+# the p99 of the churning slices over that of the resting ones is the churn's cost. The
+# `none` rows interleave nothing against nothing: how far apart two halves are by chance.
+# Closed loop (open_loop --closed: every connection busy) and at the fixed rate.
+#
+# benches/compare.sh runs this at its end (CHURN_APPS=0 there skips it).
 #
 # Usage: benches/churn.sh [--quick] [-h|--help]
 # Environment:
@@ -44,6 +55,8 @@
 #                         without churn swung from 2 to 9 ms between rounds
 #   GATEWAY_BIN=path      the gateway binary (skips cargo build); ROUTE_CHURN_BIN and
 #                         OPEN_LOOP_BIN likewise
+#   PAIRED_SECONDS=20     seconds per interleaved run (0 skips them; --quick: 6)
+#   PHASE_MS=1000         the interleaved runs' slice
 #   KEEP=1                keep the temp dir (logs, raw wrk output)
 # Needs nginx, wrk, curl, and ZooKeeper (scripts/install-deps.sh installs them).
 set -euo pipefail
@@ -56,10 +69,16 @@ parse_flags "$@"
 if $QUICK; then
   ROUNDS=${ROUNDS:-1}
   DURATION=${DURATION:-3}
+  PAIRED_SECONDS=${PAIRED_SECONDS:-6}
 else
   ROUNDS=${ROUNDS:-3}
   DURATION=${DURATION:-5}
+  PAIRED_SECONDS=${PAIRED_SECONDS:-20}
 fi
+PHASE_MS=${PHASE_MS:-1000}
+[[ $PAIRED_SECONDS =~ ^[0-9]+$ ]] || die "PAIRED_SECONDS takes seconds (0 skips the interleaved runs), got '$PAIRED_SECONDS'"
+[[ $PHASE_MS =~ ^[1-9][0-9]*$ ]] && ((PHASE_MS > 100)) ||
+  die "PHASE_MS takes milliseconds, more than the 100 left out of each slice, got '$PHASE_MS'"
 CHURN_APPS=${CHURN_APPS:-10000}
 CHURN_RATE=${CHURN_RATE:-100}
 CHURN_CONNS=${CHURN_CONNS:-32}
@@ -151,6 +170,20 @@ GW_PID=$(pid_of gateway)
 RESULTS="$WORK/results.txt" # load round mode rps p50 p99 status sock writes_per_s gw_cpu_us zk_cpu_pct p999
 : >"$RESULTS"
 
+# The in-process gateway's answer to the last `churn` (INPROC_CHURNS so far): "churned N
+# in S s = R/s, K not applied yet". Prints the rate R.
+inproc_answer() {
+  local answer
+  for _ in $(seq 1 100); do
+    (($(grep -c '^churned' "$WORK/inproc.log") >= INPROC_CHURNS)) && break
+    sleep 0.1
+  done
+  answer=$(grep '^churned' "$WORK/inproc.log" | sed -n "${INPROC_CHURNS}p")
+  [[ -n $answer ]] || die "route_churn serve did not answer churn $INPROC_CHURNS: $(tail -n 3 "$WORK/inproc.log")"
+  [[ $answer == *", 0 not applied yet" ]] || log "warning: inproc: $answer"
+  awk '{for (i = 1; i <= NF; i++) if ($i == "=") {sub(/\/s,?/, "", $(i + 1)); print $(i + 1)}}' <<<"$answer"
+}
+
 # One measured run: load $1 (flat or fixed), round $2, mode $3; for fixed, the rate is $4.
 measure() {
   local load=$1 round=$2 mode=$3 rate=${4:-0} out writer="" kept=0 gw0 zk0 t0 gw1 zk1 t1 stats
@@ -192,16 +225,7 @@ measure() {
     kept=$(awk '{for (i = 1; i <= NF; i++) if ($i == "=") {sub(/\/s,?/, "", $(i + 1)); print $(i + 1)}}' \
       "$WORK/churn.$load.r$round.$mode.txt")
   elif [[ $mode == inproc-specs ]]; then
-    # Its answer: "churned N in S s = R/s, K not applied yet".
-    for _ in $(seq 1 100); do
-      (($(grep -c '^churned' "$WORK/inproc.log") >= INPROC_CHURNS)) && break
-      sleep 0.1
-    done
-    local answer
-    answer=$(grep '^churned' "$WORK/inproc.log" | sed -n "${INPROC_CHURNS}p")
-    [[ -n $answer ]] || die "route_churn serve did not answer churn $INPROC_CHURNS: $(tail -n 3 "$WORK/inproc.log")"
-    [[ $answer == *", 0 not applied yet" ]] || log "warning: inproc: $answer"
-    kept=$(awk '{for (i = 1; i <= NF; i++) if ($i == "=") {sub(/\/s,?/, "", $(i + 1)); print $(i + 1)}}' <<<"$answer")
+    kept=$(inproc_answer)
   fi
   read -r rps p50 p99 status sock requests p999 <<<"$stats"
   awk -v l="$load" -v r="$round" -v m="$mode" -v rps="$rps" -v p50="$p50" -v p99="$p99" \
@@ -227,6 +251,57 @@ if ((CHURN_LOAD > 0)); then
   for ((round = 1; round <= ROUNDS; round++)); do
     for ((i = 0; i < ${#MODES[@]}; i++)); do
       measure fixed "$round" "${MODES[$(((i + round - 1) % ${#MODES[@]}))]}" "$FIXED_RATE"
+    done
+  done
+fi
+
+# One interleaved run: load $1 (closed or fixed), mode $2; for fixed, the rate is $3. The
+# writer churns in the odd PHASE_MS slices only; open_loop reports the two halves apart.
+PAIRED="$WORK/paired.txt" # load mode writes_per_s requests_on requests_off p50_on p50_off p99_on p99_off p999_on p999_off rps
+: >"$PAIRED"
+measure_paired() {
+  local load=$1 mode=$2 rate=${3:-0} out writer="" kept=0 port=$GW_PORT how
+  out="$WORK/paired.$load.$mode.txt"
+  log "interleaved, $load, $mode"
+  [[ $mode == inproc-* ]] && port=$INPROC_PORT
+  if [[ $mode == inproc-specs ]]; then
+    echo "churn $((PAIRED_SECONDS + 1)) $PHASE_MS" >&"$INPROC_CTL"
+    INPROC_CHURNS=$((INPROC_CHURNS + 1))
+  elif [[ $mode != none && $mode != inproc-none ]]; then
+    how=(--mode "$mode")
+    [[ $mode == unwatched ]] && how=(--mode specs --chroot /caas-unwatched)
+    "$ROUTE_CHURN_BIN" churn "${churn_args[@]}" "${how[@]}" --rate "$CHURN_RATE" \
+      --seconds "$((PAIRED_SECONDS + 1))" --phase-ms "$PHASE_MS" \
+      >"$WORK/churn.paired.$load.$mode.txt" 2>>"$WORK/route_churn.log" &
+    writer=$!
+  fi
+  sleep 0.5
+  how=(--closed)
+  [[ $load == fixed ]] && how=(--rate "$rate")
+  "$OPEN_LOOP_BIN" --addr "127.0.0.1:$port" --host "$HOST_HEADER" "${how[@]}" \
+    --conns "$CHURN_CONNS" --seconds "$PAIRED_SECONDS" --phase-ms "$PHASE_MS" >"$out" 2>&1 ||
+    die "open_loop failed: $(tail -n 5 "$out")"
+  if [[ -n $writer ]]; then
+    wait "$writer" || die "the writer failed ($mode): $(tail -n 3 "$WORK/route_churn.log")"
+    kept=$(awk '{for (i = 1; i <= NF; i++) if ($i == "=") {sub(/\/s,?/, "", $(i + 1)); print $(i + 1)}}' \
+      "$WORK/churn.paired.$load.$mode.txt")
+  elif [[ $mode == inproc-specs ]]; then
+    kept=$(inproc_answer)
+  fi
+  # "requests N rate R p50 …", then "on requests N p50 P p90 P p99 P p999 P max P", "off …".
+  awk -v l="$load" -v m="$mode" -v w="${kept:-0}" '
+    $1 == "requests" {rps = $4}
+    $1 == "on" || $1 == "off" {n[$1] = $3; p50[$1] = $5; p99[$1] = $9; p999[$1] = $11}
+    END {print l, m, w, n["on"], n["off"], p50["on"], p50["off"], p99["on"], p99["off"], p999["on"], p999["off"], rps}
+  ' "$out" >>"$PAIRED"
+}
+
+if ((PAIRED_SECONDS > 0)); then
+  PAIRED_MODES=(none specs registrations unwatched inproc-none inproc-specs)
+  for load in closed fixed; do
+    [[ $load == fixed ]] && ((CHURN_LOAD == 0)) && continue
+    for mode in "${PAIRED_MODES[@]}"; do
+      measure_paired "$load" "$mode" "$FIXED_RATE"
     done
   done
 fi
@@ -263,4 +338,16 @@ for load in flat fixed; do
   echo
   echo "Medians over rounds. Per round (p99 ms): $(awk -v l="$load" '$1 == l {printf "%s%s r%s %.3f", (n++ ? ", " : ""), $3, $2, $6}' "$RESULTS")"
 done
+if ((PAIRED_SECONDS > 0)); then
+  echo
+  echo "Interleaved: one $PAIRED_SECONDS s run per row, the writer churning in every other $PHASE_MS ms slice of the wall clock; requests sorted by the slice they were released in (the first 100 ms of each left out). The p99 of the churning slices over that of the resting ones; \`none\` rows: nothing against nothing (chance):"
+  echo
+  echo "| load | churn | writes/s kept (churning slices) | req/s | requests churning / resting | p50 ms churning / resting | p99 ms churning / resting | p99 churning ÷ resting | p99.9 ms churning / resting |"
+  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+  awk '{
+    printf "| %s | %s | %s | %.0f | %d / %d | %.3f / %.3f | %.3f / %.3f | %.2f× | %.3f / %.3f |\n",
+      ($1 == "closed" ? "closed loop" : "fixed rate"), $2, ($2 ~ /none$/ ? "—" : sprintf("%.0f", $3)),
+      $12, $4, $5, $6, $7, $8, $9, ($9 > 0 ? $8 / $9 : 0), $10, $11
+  }' "$PAIRED"
+fi
 STATUS=0

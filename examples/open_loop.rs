@@ -14,20 +14,34 @@
 //! connection is still waiting on the server, the time it waits for one counts against the
 //! server, as in wrk2 (no coordinated omission); the pacer's own lateness does not.
 //!
+//! With `--closed` instead of `--rate`, every connection sends its next request as soon as
+//! the last one is answered (a closed loop, as wrk), and a latency runs from the send.
+//!
 //! Prints one line, `requests N rate R p50 P p90 P p99 P p999 P max P` (latencies in ms).
+//! With `--phase-ms P` (see `route_churn churn --phase-ms`) two more follow, `on requests N
+//! p50 …` and `off requests N p50 …`: the requests released (or sent) in the odd and the
+//! even wall-clock slices of P ms, counted from the Unix epoch, leaving out those of each
+//! slice's first `--guard-ms`, where the other half's effects may linger.
+//!
 //! Any failure ends the run with an error and status 1: a connection that cannot be made or
 //! breaks, an answer that is not 200.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use clap::Parser;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, mpsc};
 use tokio::time::Instant;
+
+#[path = "bench_support/pace.rs"]
+// Shared with route_churn, which paces its writes; this one only sorts by slice.
+#[allow(dead_code)]
+mod pace;
+use pace::{Phases, Slice};
 
 #[derive(Parser, Debug)]
 #[command(about = "Sends HTTP/1.1 requests at a fixed rate and prints latency percentiles")]
@@ -42,22 +56,45 @@ struct Args {
     #[arg(long, default_value = "/")]
     path: String,
     /// Requests per second, in all.
+    #[arg(long, required_unless_present = "closed", conflicts_with = "closed")]
+    rate: Option<u32>,
+    /// Every connection busy instead: the next request as soon as the last is answered.
     #[arg(long)]
-    rate: u32,
+    closed: bool,
     /// Keep-alive connections the rate is spread over.
     #[arg(long, default_value_t = 32)]
     conns: u32,
     /// How long to send.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
+    /// Report the odd and the even wall-clock slices of this many milliseconds apart.
+    #[arg(long, default_value_t = 0)]
+    phase_ms: u64,
+    /// The start of each slice left out of both halves.
+    #[arg(long, default_value_t = 100)]
+    guard_ms: u64,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if args.rate == 0 || args.conns == 0 || args.seconds == 0 {
+    if args.rate == Some(0) || args.conns == 0 || args.seconds == 0 {
         eprintln!("open_loop: --rate, --conns and --seconds must be positive");
         return ExitCode::from(2);
     }
+    let phases = if args.phase_ms == 0 {
+        None
+    } else {
+        match Phases::new(
+            Duration::from_millis(args.phase_ms),
+            Duration::from_millis(args.guard_ms),
+        ) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("open_loop: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -68,7 +105,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(&args)) {
+    match rt.block_on(run(&args, phases)) {
         Ok(report) => {
             println!("{report}");
             ExitCode::SUCCESS
@@ -80,7 +117,26 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: &Args) -> Result<String, String> {
+/// One answered request: its latency and the slice it was released in (with phases).
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    latency: Duration,
+    slice: Option<Slice>,
+}
+
+/// A request released by the pacer: when it fell due, and its slice (with phases).
+type Released = (Instant, Option<Slice>);
+
+/// What starts a connection's next request.
+#[derive(Clone)]
+enum Release {
+    /// The pacer's queue: each entry the instant a request fell due, and its slice.
+    Paced(Arc<Mutex<mpsc::UnboundedReceiver<Released>>>),
+    /// The last answer, until this deadline.
+    Closed(Instant, Option<Phases>),
+}
+
+async fn run(args: &Args, phases: Option<Phases>) -> Result<String, String> {
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: open_loop\r\n\r\n",
         args.path, args.host
@@ -94,41 +150,73 @@ async fn run(args: &Args) -> Result<String, String> {
             .map_err(|e| format!("TCP_NODELAY on {}: {e}", args.addr))?;
         streams.push(s);
     }
-    let (tx, rx) = mpsc::unbounded_channel();
-    let rx = Arc::new(Mutex::new(rx));
+    let length = Duration::from_secs(args.seconds);
+    let start = std::time::Instant::now();
+    let (release, pacer) = match args.rate {
+        Some(rate) => {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let pacer = std::thread::Builder::new()
+                .name("pacer".into())
+                .spawn(move || pace(&tx, rate, length, phases))
+                .map_err(|e| format!("cannot start the pacer thread: {e}"))?;
+            (Release::Paced(Arc::new(Mutex::new(rx))), Some(pacer))
+        }
+        None => (Release::Closed(Instant::now() + length, phases), None),
+    };
     let mut tasks = tokio::task::JoinSet::new();
     for stream in streams {
         tasks.spawn(connection(
             stream,
             request.clone().into_bytes(),
-            Arc::clone(&rx),
+            release.clone(),
         ));
     }
-    let (rate, seconds) = (args.rate, args.seconds);
-    let start = std::time::Instant::now();
-    let pacer = std::thread::Builder::new()
-        .name("pacer".into())
-        .spawn(move || pace(&tx, rate, Duration::from_secs(seconds)))
-        .map_err(|e| format!("cannot start the pacer thread: {e}"))?;
-    let mut latencies = Vec::new();
+    let mut samples = Vec::new();
     let mut failed = None;
     while let Some(joined) = tasks.join_next().await {
         match joined.map_err(|e| format!("connection task: {e}")) {
-            Ok(Ok(mut conn)) => latencies.append(&mut conn),
+            Ok(Ok(mut conn)) => samples.append(&mut conn),
             Ok(Err(e)) | Err(e) => {
-                // The first failure ends the run: closing the queue stops the pacer.
-                rx.lock().await.close();
+                // The first failure ends the run: closing the queue stops the pacer, and
+                // in a closed loop, the other connections.
+                if let Release::Paced(rx) = &release {
+                    rx.lock().await.close();
+                } else {
+                    tasks.abort_all();
+                }
                 failed.get_or_insert(e);
             }
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
-    if pacer.join().is_err() {
+    if pacer.is_some_and(|p| p.join().is_err()) {
         return Err("the pacer thread panicked".into());
     }
     if let Some(e) = failed {
         return Err(e);
     }
+    let all: Vec<Duration> = samples.iter().map(|s| s.latency).collect();
+    let mut report = format!(
+        "requests {} rate {:.0} {}",
+        all.len(),
+        all.len() as f64 / elapsed,
+        percentiles(all)
+    );
+    if phases.is_some() {
+        for (name, slice) in [("on", Slice::On), ("off", Slice::Off)] {
+            let half: Vec<Duration> = samples
+                .iter()
+                .filter(|s| s.slice == Some(slice))
+                .map(|s| s.latency)
+                .collect();
+            report += &format!("\n{name} requests {} {}", half.len(), percentiles(half));
+        }
+    }
+    Ok(report)
+}
+
+/// `p50 P p90 P p99 P p999 P max P`, in ms.
+fn percentiles(mut latencies: Vec<Duration>) -> String {
     latencies.sort_unstable();
     let ms = |q: f64| -> f64 {
         if latencies.is_empty() {
@@ -137,29 +225,28 @@ async fn run(args: &Args) -> Result<String, String> {
         let i = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1;
         latencies[i].as_secs_f64() * 1e3
     };
-    Ok(format!(
-        "requests {} rate {:.0} p50 {:.3} p90 {:.3} p99 {:.3} p999 {:.3} max {:.3}",
-        latencies.len(),
-        latencies.len() as f64 / elapsed,
+    format!(
+        "p50 {:.3} p90 {:.3} p99 {:.3} p999 {:.3} max {:.3}",
         ms(0.50),
         ms(0.90),
         ms(0.99),
         ms(0.999),
         ms(1.0),
-    ))
+    )
 }
 
-/// Releases `rate` requests a second for `total` (each as the instant it was released),
-/// then closes the queue.
-fn pace(tx: &mpsc::UnboundedSender<Instant>, rate: u32, total: Duration) {
+/// Releases `rate` requests a second for `total` (each as the instant it was released, and
+/// its slice), then closes the queue.
+fn pace(tx: &mpsc::UnboundedSender<Released>, rate: u32, total: Duration, phases: Option<Phases>) {
     let start = std::time::Instant::now();
     let mut released: u64 = 0;
     loop {
         let elapsed = start.elapsed().min(total);
         let due = (elapsed.as_secs_f64() * f64::from(rate)) as u64;
         let now = Instant::now();
+        let slice = phases.map(|p| p.slice(SystemTime::now()));
         for _ in released..due {
-            if tx.send(now).is_err() {
+            if tx.send((now, slice)).is_err() {
                 return; // a connection failed: the run is over
             }
         }
@@ -171,25 +258,37 @@ fn pace(tx: &mpsc::UnboundedSender<Instant>, rate: u32, total: Duration) {
     }
 }
 
-/// Serves released requests on one connection until the queue closes; the latency of each.
+/// Sends requests on one connection as `release` lets it; the latency of each.
 async fn connection(
     mut stream: TcpStream,
     request: Vec<u8>,
-    queue: Arc<Mutex<mpsc::UnboundedReceiver<Instant>>>,
-) -> Result<Vec<Duration>, String> {
-    let mut latencies = Vec::new();
+    release: Release,
+) -> Result<Vec<Sample>, String> {
+    let mut samples = Vec::new();
     let mut buf = Vec::with_capacity(4096);
     loop {
-        let released = queue.lock().await.recv().await;
-        let Some(released) = released else {
-            return Ok(latencies);
+        let (released, slice) = match &release {
+            Release::Paced(queue) => match queue.lock().await.recv().await {
+                Some(next) => next,
+                None => return Ok(samples),
+            },
+            Release::Closed(deadline, phases) => {
+                let now = Instant::now();
+                if now >= *deadline {
+                    return Ok(samples);
+                }
+                (now, phases.map(|p| p.slice(SystemTime::now())))
+            }
         };
         stream
             .write_all(&request)
             .await
             .map_err(|e| format!("send: {e}"))?;
         read_response(&mut stream, &mut buf).await?;
-        latencies.push(released.elapsed());
+        samples.push(Sample {
+            latency: released.elapsed(),
+            slice,
+        });
     }
 }
 

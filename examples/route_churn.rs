@@ -18,7 +18,11 @@
 //!   still there at the end is deregistered.
 //!
 //! Writes go one after the other at `--rate` per second (a late write is sent at once, so
-//! the average holds); at the end it prints the rate it kept and the slowest write.
+//! the average holds); at the end it prints the rate it kept and the slowest write. With
+//! `--phase-ms P` it writes only in every other wall-clock slice of P ms (the odd ones
+//! counted from the Unix epoch) and the rate is that of those slices: `open_loop --phase-ms
+//! P` sorts its requests by the same slices, so one run measures the latency with and
+//! without churn side by side.
 //!
 //! ```sh
 //! route_churn serve --listen 127.0.0.1:8080 --apps 10000 --backend 127.0.0.1:9001 --rate 100
@@ -26,9 +30,10 @@
 //!
 //! - `serve` is the in-process case, with no store at all: the gateway library embedded
 //!   (one worker, domain `caas.local`), fed through its channel discovery with the same
-//!   `hello` and `app{0..N}` a `seed` registers. Each line `churn SECONDS` on stdin sends
-//!   `--rate` one-app updates a second for that long (the `specs` change: `app{k}`'s
-//!   `max_in_flight` alternates) and answers `churned N in S s = R/s, K not applied yet`
+//!   `hello` and `app{0..N}` a `seed` registers. Each line `churn SECONDS [PHASE_MS]` on
+//!   stdin sends `--rate` one-app updates a second for that long (the `specs` change:
+//!   `app{k}`'s `max_in_flight` alternates; only in the odd slices when given a phase) and
+//!   answers `churned N in S s = R/s, K not applied yet`
 //!   (K: the updates the route table had not taken a moment later; 0 normally). The end of
 //!   stdin stops the gateway. The route table then changes exactly as often as asked, and
 //!   ZooKeeper's CPU is not in the picture.
@@ -46,7 +51,12 @@ use caas_core::{AppId, AppSpec, Domain, Endpoint, Router, Snapshot, Update, Vers
 use caas_gateway::{Gateway, GatewayConfig};
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::sync::mpsc;
-use tokio::time::MissedTickBehavior;
+
+#[path = "bench_support/pace.rs"]
+// Shared with open_loop, which sorts requests by slice; this writer only paces.
+#[allow(dead_code)]
+mod pace;
+use pace::{Pacer, Phases};
 
 #[derive(Parser, Debug)]
 #[command(about = "Fills a ZooKeeper with apps and changes their routes at a fixed rate")]
@@ -76,19 +86,7 @@ enum Command {
     /// Registers one instance of every app (and of `hello`).
     Seed(Common),
     /// Changes routes at a fixed rate.
-    Churn {
-        #[command(flatten)]
-        common: Common,
-        /// What each write changes.
-        #[arg(long, value_enum)]
-        mode: Mode,
-        /// Writes per second.
-        #[arg(long, default_value_t = 100.0)]
-        rate: f64,
-        /// For how long.
-        #[arg(long, default_value_t = 10.0)]
-        seconds: f64,
-    },
+    Churn(ChurnArgs),
     /// Serves the apps from an embedded gateway and changes its routes in-process on
     /// request (`churn SECONDS` on stdin).
     Serve {
@@ -107,6 +105,26 @@ enum Command {
     },
 }
 
+#[derive(clap::Args, Debug)]
+struct ChurnArgs {
+    #[command(flatten)]
+    common: Common,
+    /// What each write changes.
+    #[arg(long, value_enum)]
+    mode: Mode,
+    /// Writes per second.
+    #[arg(long, default_value_t = 100.0)]
+    rate: f64,
+    /// For how long.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Write only in every other wall-clock slice of this many milliseconds (the odd
+    /// ones since the Unix epoch), for `open_loop --phase-ms` to compare with the even
+    /// ones. 0: write throughout.
+    #[arg(long, default_value_t = 0)]
+    phase_ms: u64,
+}
+
 #[derive(ValueEnum, Debug, Clone, Copy)]
 enum Mode {
     /// App specs rewritten.
@@ -116,33 +134,17 @@ enum Mode {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    if let Command::Serve {
-        listen,
-        apps,
-        backend,
-        rate,
-    } = cli.command
-    {
-        return match serve(listen, apps, backend, rate) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("route_churn: {e}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("route_churn: cannot start a runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let result = match Cli::parse().command {
+        Command::Seed(common) => on_runtime(seed(&common)),
+        Command::Churn(args) => on_runtime(churn(&args)),
+        Command::Serve {
+            listen,
+            apps,
+            backend,
+            rate,
+        } => serve(listen, apps, backend, rate),
     };
-    match rt.block_on(run(cli.command)) {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("route_churn: {e}");
@@ -151,30 +153,28 @@ fn main() -> ExitCode {
     }
 }
 
+/// Runs `task` on a one-thread runtime (`serve` starts its own, for the gateway).
+fn on_runtime(task: impl Future<Output = Result<(), String>>) -> Result<(), String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?
+        .block_on(task)
+}
+
+/// `--phase-ms` (or the `churn` command's): `None` for 0, churning throughout.
+fn phases(ms: u64) -> Result<Option<Phases>, String> {
+    (ms > 0)
+        .then(|| Phases::new(Duration::from_millis(ms), Duration::ZERO))
+        .transpose()
+}
+
 async fn connect(c: &Common) -> Result<ZkStore, String> {
     let config = ZkConfig::new(&c.zk).with_chroot(&c.chroot);
     let session = ZkSession::connect(config)
         .await
         .map_err(|e| format!("ZooKeeper {}: {e}", c.zk))?;
     Ok(ZkStore::new(session))
-}
-
-async fn run(command: Command) -> Result<(), String> {
-    match command {
-        Command::Seed(c) => seed(&c).await,
-        Command::Churn {
-            common,
-            mode,
-            rate,
-            seconds,
-        } => {
-            if !(rate > 0.0 && rate.is_finite() && seconds > 0.0 && seconds.is_finite()) {
-                return Err("--rate and --seconds take positive numbers".into());
-            }
-            churn(&common, mode, rate, Duration::from_secs_f64(seconds)).await
-        }
-        Command::Serve { .. } => Err("serve runs its own runtime".into()),
-    }
 }
 
 /// The spec of every app: version `v1` at `backend`, and `max_in_flight` (what the churn
@@ -263,25 +263,34 @@ fn control(
     let mut sent = 0u64;
     for line in std::io::stdin().lock().lines() {
         let line = line.map_err(|e| format!("reading stdin: {e}"))?;
-        let seconds = match line.split_whitespace().collect::<Vec<_>>()[..] {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let (seconds, phase_ms) = match words[..] {
             [] => continue,
-            ["churn", s] => s
-                .parse::<f64>()
-                .ok()
-                .filter(|s| *s > 0.0 && s.is_finite())
-                .ok_or_else(|| format!("churn takes positive seconds, got '{s}'"))?,
-            _ => return Err(format!("unknown command '{line}' (churn SECONDS)")),
+            ["churn", s] => (s, "0"),
+            ["churn", s, ms] => (s, ms),
+            _ => {
+                return Err(format!(
+                    "unknown command '{line}' (churn SECONDS [PHASE_MS])"
+                ));
+            }
         };
+        let seconds = seconds
+            .parse::<f64>()
+            .ok()
+            .filter(|s| *s > 0.0 && s.is_finite())
+            .ok_or_else(|| format!("churn takes positive seconds, got '{seconds}'"))?;
+        let phase_ms = phase_ms.parse::<u64>().map_err(|_| {
+            format!("churn takes its phase in whole milliseconds, got '{phase_ms}'")
+        })?;
+        let mut pacer = Pacer::new(rate, phases(phase_ms)?);
         let generation = router.load().generation();
         let started = Instant::now();
         let length = Duration::from_secs_f64(seconds);
-        let step = Duration::from_secs_f64(1.0 / rate);
         let mut n = 0u64;
-        while started.elapsed() < length {
-            // Paced from the start: a late update goes at once, so the average holds.
-            let due = started + step.mul_f64(n as f64);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
+        loop {
+            std::thread::sleep(pacer.wait());
+            if started.elapsed() >= length {
+                break;
             }
             let app = app_id(&format!("app{}", (sent as usize / 2) % apps))?;
             let spec = app_spec(backend, 1000 + (sent % 2) as u32)?;
@@ -290,7 +299,10 @@ fn control(
             n += 1;
             sent += 1;
         }
-        let secs = started.elapsed().as_secs_f64();
+        let secs = started
+            .elapsed()
+            .saturating_sub(pacer.resting())
+            .as_secs_f64();
         // Every update changes the table: its generation tells they were all applied.
         let applied = Instant::now();
         while router.load().generation() < generation + n && applied.elapsed() < length {
@@ -334,18 +346,26 @@ async fn seed(c: &Common) -> Result<(), String> {
     Ok(())
 }
 
-async fn churn(c: &Common, mode: Mode, rate: f64, length: Duration) -> Result<(), String> {
+async fn churn(args: &ChurnArgs) -> Result<(), String> {
+    let (c, mode) = (&args.common, args.mode);
+    if !(args.rate > 0.0 && args.rate.is_finite() && args.seconds > 0.0 && args.seconds.is_finite())
+    {
+        return Err("--rate and --seconds take positive numbers".into());
+    }
     if c.apps == 0 {
         return Err("--apps must be at least 1".into());
     }
+    let mut pacer = Pacer::new(args.rate, phases(args.phase_ms)?);
+    let length = Duration::from_secs_f64(args.seconds);
     let store = connect(c).await?;
     let addr = c.backend.to_string().into_bytes();
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-    tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
     let started = Instant::now();
     let (mut writes, mut slowest) = (0u64, Duration::ZERO);
-    while started.elapsed() < length {
-        tick.tick().await;
+    loop {
+        tokio::time::sleep(pacer.wait()).await;
+        if started.elapsed() >= length {
+            break;
+        }
         let app = format!("app{}", (writes as usize / 2) % c.apps);
         let t0 = Instant::now();
         let result = match mode {
@@ -380,7 +400,10 @@ async fn churn(c: &Common, mode: Mode, rate: f64, length: Duration) -> Result<()
         slowest = slowest.max(t0.elapsed());
         writes += 1;
     }
-    let secs = started.elapsed().as_secs_f64();
+    let secs = started
+        .elapsed()
+        .saturating_sub(pacer.resting())
+        .as_secs_f64();
     if matches!(mode, Mode::Registrations) && writes % 2 == 1 {
         let app = format!("app{}", (writes as usize / 2) % c.apps);
         let path = format!(
@@ -393,7 +416,12 @@ async fn churn(c: &Common, mode: Mode, rate: f64, length: Duration) -> Result<()
             .map_err(|e| format!("removing the last registration: {e}"))?;
     }
     println!(
-        "route_churn: {writes} writes in {secs:.1} s = {:.1}/s, slowest {:.1} ms",
+        "route_churn: {writes} writes in {secs:.1} s{} = {:.1}/s, slowest {:.1} ms",
+        if args.phase_ms > 0 {
+            " of on-phases"
+        } else {
+            ""
+        },
         writes as f64 / secs,
         slowest.as_secs_f64() * 1000.0
     );

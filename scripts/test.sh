@@ -163,7 +163,7 @@ step hello-app bash -c "cargo fmt --manifest-path $HELLO --check &&
   cargo test --manifest-path $HELLO"
 # The example binaries the end-to-end tests run as a user would (they build them too, but
 # one build here keeps that out of their time limits).
-step examples cargo build --example caasd --example caas --example gateway --example route_churn
+step examples cargo build --example caasd --example caas --example gateway --example route_churn --example open_loop
 if cargo nextest --version >/dev/null 2>&1; then
   step tests cargo nextest run --workspace --all-targets --no-fail-fast "$@"
 else

@@ -1,8 +1,13 @@
-//! `route_churn serve`, the in-process case of `benches/churn.sh`: the gateway library
-//! embedded with thousands of apps, taking one-app updates through its discovery channel
-//! while it serves. Run as the benchmark runs it (the real binary, real sockets): it
-//! routes every app, applies every update it is asked for, keeps routing while it churns,
-//! and stops cleanly when its input ends.
+//! The drivers of `benches/churn.sh`, run as the benchmark runs them (the real binaries,
+//! real sockets).
+//!
+//! - `route_churn serve`, the in-process case: the gateway library embedded with thousands
+//!   of apps, taking one-app updates through its discovery channel while it serves. It
+//!   routes every app, applies every update it is asked for, keeps routing while it churns,
+//!   churns only in the odd wall-clock slices when given a phase, and stops cleanly when its
+//!   input ends.
+//! - `open_loop --phase-ms`: requests sorted into the odd and the even wall-clock slices,
+//!   as the interleaved rows of the benchmark read them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -10,7 +15,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 mod support {
     pub(crate) mod examples;
@@ -18,6 +23,11 @@ mod support {
 
 /// A backend answering every request on a connection with 200 "ok\n" (keep-alive).
 fn backend() -> SocketAddr {
+    backend_with(|| Duration::ZERO)
+}
+
+/// The same, waiting `delay()` before each answer.
+fn backend_with(delay: fn() -> Duration) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -33,6 +43,7 @@ fn backend() -> SocketAddr {
                     }
                     while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                         buf.drain(..end + 4);
+                        std::thread::sleep(delay());
                         let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n";
                         if stream.write_all(answer).is_err() {
                             return;
@@ -165,6 +176,24 @@ fn serves_every_app_and_applies_every_update_while_it_routes() {
     // The churned apps still route (their specs changed, not their endpoints).
     assert_eq!(get(gateway, "app0.caas.local").0, 200);
 
+    // With a phase of 500 ms, it churns only in every other slice: over 2 s, about 1 s of
+    // churn at 100/s, and it says the rate of the churning slices.
+    writeln!(served.stdin.as_mut().unwrap(), "churn 2 500").unwrap();
+    let answer = served.answers.recv().unwrap();
+    let (n, behind) = churned(&answer);
+    assert!((70..=130).contains(&n), "{answer}");
+    assert_eq!(behind, 0, "{answer}");
+    let rate: f64 = answer
+        .split(" = ")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((80.0..=130.0).contains(&rate), "{answer}");
+
     // A command it does not know ends it with an error; the end of its input, cleanly.
     let mut bad = serve(10, 100, backend);
     writeln!(bad.stdin.as_mut().unwrap(), "churn forever").unwrap();
@@ -174,4 +203,82 @@ fn serves_every_app_and_applies_every_update_while_it_routes() {
     drop(served.stdin.take());
     let status = served.child.wait().unwrap();
     assert!(status.success(), "{status}");
+}
+
+/// Which 200 ms wall-clock slice counted from the Unix epoch now is odd (as
+/// `open_loop --phase-ms 200` and `route_churn --phase-ms 200` count them).
+fn odd_slice_now() -> bool {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    (ms / 200) % 2 == 1
+}
+
+/// `open_loop`'s answer: (p50 ms, requests) of the line starting with `half` ("on"/"off").
+fn half(report: &str, half: &str) -> (f64, u64) {
+    let line = report
+        .lines()
+        .find(|l| l.starts_with(&format!("{half} ")))
+        .unwrap_or_else(|| panic!("no {half} line in {report}"));
+    let w: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!((w[1], w[3]), ("requests", "p50"), "{line}");
+    (w[4].parse().unwrap(), w[2].parse().unwrap())
+}
+
+#[test]
+fn open_loop_sorts_requests_by_wall_clock_slice() {
+    // A backend 30 ms slow in the odd slices only: their requests, and only theirs, are slow.
+    let backend = backend_with(|| {
+        if odd_slice_now() {
+            Duration::from_millis(30)
+        } else {
+            Duration::ZERO
+        }
+    });
+    for load in [&["--closed"][..], &["--rate", "200"][..]] {
+        let out = Command::new(support::examples::examples_dir().join("open_loop"))
+            .args([
+                "--addr",
+                &backend.to_string(),
+                "--conns",
+                "4",
+                "--seconds",
+                "2",
+            ])
+            .args(["--phase-ms", "200", "--guard-ms", "40"])
+            .args(load)
+            .output()
+            .unwrap();
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{load:?}: {report}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ((on_p50, on_n), (off_p50, off_n)) = (half(&report, "on"), half(&report, "off"));
+        assert!(on_p50 >= 30.0, "{load:?}: {report}");
+        assert!(off_p50 < 10.0, "{load:?}: {report}");
+        assert!(on_n > 0 && off_n > 0, "{load:?}: {report}");
+    }
+
+    // A guard as long as the slice is refused.
+    let out = Command::new(support::examples::examples_dir().join("open_loop"))
+        .args([
+            "--addr",
+            &backend.to_string(),
+            "--closed",
+            "--phase-ms",
+            "100",
+            "--guard-ms",
+            "100",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -1,14 +1,14 @@
-//! The example binaries (`caasd`, `caas`, `gateway`, `route_churn`) as a user runs them. Test runners build examples
-//! only as test harnesses, so a test that runs the real binaries builds them first with the
-//! cargo that built the test (a no-op when they are fresh; `scripts/test.sh` builds them
+//! The example binaries (`caasd`, `caas`, `gateway`, `route_churn`, `open_loop`) as a user
+//! runs them. Test runners build examples only as test harnesses, so a test that runs the
+//! real binaries builds them first with the cargo that built the test (a no-op when they are fresh; `scripts/test.sh` builds them
 //! before the suite), and gets their paths.
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
-/// `target/{profile}/examples`, with `caasd`, `caas`, `gateway` and `route_churn` in it,
-/// built from this tree.
+/// `target/{profile}/examples`, with `caasd`, `caas`, `gateway`, `route_churn` and
+/// `open_loop` in it, built from this tree.
 pub(crate) fn examples_dir() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
@@ -26,12 +26,14 @@ pub(crate) fn examples_dir() -> PathBuf {
                     "gateway",
                     "--example",
                     "route_churn",
+                    "--example",
+                    "open_loop",
                 ])
                 .output()
                 .expect("cannot run cargo");
             assert!(
                 out.status.success(),
-                "cargo build of the examples (caasd, caas, gateway, route_churn) failed:\n{}",
+                "cargo build of the examples (caasd, caas, gateway, route_churn, open_loop) failed:\n{}",
                 String::from_utf8_lossy(&out.stderr)
             );
             // target/{profile}/deps/TEST-HASH → target/{profile}/examples
@@ -41,7 +43,7 @@ pub(crate) fn examples_dir() -> PathBuf {
                 .and_then(|deps| deps.parent())
                 .expect("target/{profile}/deps")
                 .join("examples");
-            for bin in ["caasd", "caas", "gateway", "route_churn"] {
+            for bin in ["caasd", "caas", "gateway", "route_churn", "open_loop"] {
                 assert!(
                     dir.join(bin).exists(),
                     "{} was not built",
