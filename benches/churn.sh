@@ -36,9 +36,12 @@
 # script then interleaves: one run of PAIRED_SECONDS per mode in which the writer churns only
 # in every other wall-clock slice of PHASE_MS (`route_churn --phase-ms`) while open_loop
 # sorts each request by the slice it was released in (`open_loop --phase-ms`, leaving out
-# the first 100 ms of every slice). Both halves of a row share the machine's ups and downs;
-# the p99 of the churning slices over that of the resting ones is the churn's cost. The
-# `none` rows interleave nothing against nothing: how far apart two halves are by chance.
+# the first tenth of every slice, where the other half's effects may linger). Both halves
+# of a row share the machine's ups and downs. Their ratio is taken twice: of the p99 over
+# all of a half's requests, and of the median over a half's slices of each slice's own p99,
+# which a stall hitting a slice or two (the host, not the gateway) barely moves while a cost
+# every churning slice pays moves it in full. The `none` rows interleave nothing against
+# nothing: how far apart two halves come out by chance.
 # Closed loop (open_loop --closed: every connection busy) and at the fixed rate.
 #
 # benches/compare.sh runs this at its end (CHURN_APPS=0 there skips it).
@@ -56,7 +59,7 @@
 #   GATEWAY_BIN=path      the gateway binary (skips cargo build); ROUTE_CHURN_BIN and
 #                         OPEN_LOOP_BIN likewise
 #   PAIRED_SECONDS=20     seconds per interleaved run (0 skips them; --quick: 6)
-#   PHASE_MS=1000         the interleaved runs' slice
+#   PHASE_MS=200          the interleaved runs' slice; the first tenth of each is left out
 #   KEEP=1                keep the temp dir (logs, raw wrk output)
 # Needs nginx, wrk, curl, and ZooKeeper (scripts/install-deps.sh installs them).
 set -euo pipefail
@@ -75,10 +78,10 @@ else
   DURATION=${DURATION:-5}
   PAIRED_SECONDS=${PAIRED_SECONDS:-20}
 fi
-PHASE_MS=${PHASE_MS:-1000}
+PHASE_MS=${PHASE_MS:-200}
 [[ $PAIRED_SECONDS =~ ^[0-9]+$ ]] || die "PAIRED_SECONDS takes seconds (0 skips the interleaved runs), got '$PAIRED_SECONDS'"
-[[ $PHASE_MS =~ ^[1-9][0-9]*$ ]] && ((PHASE_MS > 100)) ||
-  die "PHASE_MS takes milliseconds, more than the 100 left out of each slice, got '$PHASE_MS'"
+[[ $PHASE_MS =~ ^[1-9][0-9]*$ ]] && ((PHASE_MS >= 10)) ||
+  die "PHASE_MS takes milliseconds, at least 10, got '$PHASE_MS'"
 CHURN_APPS=${CHURN_APPS:-10000}
 CHURN_RATE=${CHURN_RATE:-100}
 CHURN_CONNS=${CHURN_CONNS:-32}
@@ -257,7 +260,7 @@ fi
 
 # One interleaved run: load $1 (closed or fixed), mode $2; for fixed, the rate is $3. The
 # writer churns in the odd PHASE_MS slices only; open_loop reports the two halves apart.
-PAIRED="$WORK/paired.txt" # load mode writes_per_s requests_on requests_off p50_on p50_off p99_on p99_off p999_on p999_off rps
+PAIRED="$WORK/paired.txt" # load mode writes_per_s requests_on requests_off p50_on p50_off p99_on p99_off p999_on p999_off rps slice_p99_on slice_p99_off
 : >"$PAIRED"
 measure_paired() {
   local load=$1 mode=$2 rate=${3:-0} out writer="" kept=0 port=$GW_PORT how
@@ -279,7 +282,7 @@ measure_paired() {
   how=(--closed)
   [[ $load == fixed ]] && how=(--rate "$rate")
   "$OPEN_LOOP_BIN" --addr "127.0.0.1:$port" --host "$HOST_HEADER" "${how[@]}" \
-    --conns "$CHURN_CONNS" --seconds "$PAIRED_SECONDS" --phase-ms "$PHASE_MS" >"$out" 2>&1 ||
+    --conns "$CHURN_CONNS" --seconds "$PAIRED_SECONDS" --phase-ms "$PHASE_MS" --guard-ms "$((PHASE_MS / 10))" >"$out" 2>&1 ||
     die "open_loop failed: $(tail -n 5 "$out")"
   if [[ -n $writer ]]; then
     wait "$writer" || die "the writer failed ($mode): $(tail -n 3 "$WORK/route_churn.log")"
@@ -288,11 +291,15 @@ measure_paired() {
   elif [[ $mode == inproc-specs ]]; then
     kept=$(inproc_answer)
   fi
-  # "requests N rate R p50 …", then "on requests N p50 P p90 P p99 P p999 P max P", "off …".
+  # "requests N rate R p50 …", then "on requests N p50 P p90 P p99 P p999 P max P slices K
+  # slice_p99_median P", "off …".
   awk -v l="$load" -v m="$mode" -v w="${kept:-0}" '
     $1 == "requests" {rps = $4}
-    $1 == "on" || $1 == "off" {n[$1] = $3; p50[$1] = $5; p99[$1] = $9; p999[$1] = $11}
-    END {print l, m, w, n["on"], n["off"], p50["on"], p50["off"], p99["on"], p99["off"], p999["on"], p999["off"], rps}
+    $1 == "on" || $1 == "off" {n[$1] = $3; p50[$1] = $5; p99[$1] = $9; p999[$1] = $11; sp99[$1] = $17}
+    END {
+      print l, m, w, n["on"], n["off"], p50["on"], p50["off"], p99["on"], p99["off"], p999["on"], p999["off"], rps,
+        sp99["on"], sp99["off"]
+    }
   ' "$out" >>"$PAIRED"
 }
 
@@ -340,14 +347,14 @@ for load in flat fixed; do
 done
 if ((PAIRED_SECONDS > 0)); then
   echo
-  echo "Interleaved: one $PAIRED_SECONDS s run per row, the writer churning in every other $PHASE_MS ms slice of the wall clock; requests sorted by the slice they were released in (the first 100 ms of each left out). The p99 of the churning slices over that of the resting ones; \`none\` rows: nothing against nothing (chance):"
+  echo "Interleaved: one $PAIRED_SECONDS s run per row, the writer churning in every other $PHASE_MS ms slice of the wall clock; requests sorted by the slice they were released in (the first tenth of each left out). Churning ÷ resting: of the p99 over all the half's requests, and of the median over its slices of each slice's own p99 (a stall that hits a slice or two moves it little; a cost every churning slice pays moves it all the same). \`none\` rows: nothing against nothing, the spread to expect by chance:"
   echo
-  echo "| load | churn | writes/s kept (churning slices) | req/s | requests churning / resting | p50 ms churning / resting | p99 ms churning / resting | p99 churning ÷ resting | p99.9 ms churning / resting |"
-  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+  echo "| load | churn | writes/s kept (churning slices) | req/s | p50 ms churning / resting | p99 ms churning / resting | p99 ÷ | median slice p99 ms churning / resting | median slice p99 ÷ | p99.9 ms churning / resting |"
+  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
   awk '{
-    printf "| %s | %s | %s | %.0f | %d / %d | %.3f / %.3f | %.3f / %.3f | %.2f× | %.3f / %.3f |\n",
+    printf "| %s | %s | %s | %.0f | %.3f / %.3f | %.3f / %.3f | %.2f× | %.3f / %.3f | %.2f× | %.3f / %.3f |\n",
       ($1 == "closed" ? "closed loop" : "fixed rate"), $2, ($2 ~ /none$/ ? "—" : sprintf("%.0f", $3)),
-      $12, $4, $5, $6, $7, $8, $9, ($9 > 0 ? $8 / $9 : 0), $10, $11
+      $12, $6, $7, $8, $9, ($9 > 0 ? $8 / $9 : 0), $13, $14, ($14 > 0 ? $13 / $14 : 0), $10, $11
   }' "$PAIRED"
 fi
 STATUS=0

@@ -43,6 +43,11 @@
 #   CHURN_APPS=10000  then run benches/churn.sh (a ZooKeeper-fed gateway's latency while its
 #                     routes change, at this many apps; 0 skips it)
 #   TASKSET=1         pin backend, proxies and wrk to separate CPUs (see "CPU pinning" below)
+#   PERF_STAT=1       also count, with perf stat on the serving process during each wrk run,
+#                     its CPU time, context switches, CPU migrations and every system call by
+#                     name (syscalls:sys_enter_* tracepoints), and print them per request: the
+#                     side-by-side strace -c without ptrace's slowdown. Counting costs each
+#                     system call a little: compare req/s from runs without it
 #   KEEP=1            keep the temp dir (configs, logs, raw wrk output) even on success
 # Needs nginx, haproxy, wrk, curl and python3; runs scripts/install-deps.sh when one of the
 # first four is missing. IDLE_CONNS needs at least IDLE_CONNS+1024 open files: the script
@@ -67,6 +72,7 @@ SIZE_CONNS=${SIZE_CONNS:-32}
 TLS_CONNS=${TLS_CONNS:-32}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 TASKSET=${TASKSET:-0}
+PERF_STAT=${PERF_STAT:-0}
 KEEP=${KEEP:-0}
 ACCESS_LOG=${ACCESS_LOG:-1}
 CHURN_APPS=${CHURN_APPS:-10000}
@@ -77,6 +83,11 @@ for c in $CONNS $SIZE_CONNS; do
   [[ $c =~ ^[1-9][0-9]*$ ]] || die "CONNS and SIZE_CONNS take positive integers, got '$c'"
 done
 [[ $IDLE_CONNS =~ ^[0-9]+$ ]] || die "IDLE_CONNS takes a number (0 skips), got '$IDLE_CONNS'"
+if [[ $PERF_STAT == 1 ]]; then
+  require_tools perf
+  perf stat -e 'syscalls:sys_enter_read' -- true >/dev/null 2>&1 ||
+    die "PERF_STAT=1: perf cannot count the syscalls:sys_enter_* tracepoints here (perf_event_paranoid, tracefs)"
+fi
 for size in $SIZES; do
   [[ $size =~ ^[0-9]+[kKmM]?$ ]] || die "SIZES takes 0, N, Nk or Nm (bytes), got '$size'"
 done
@@ -361,7 +372,7 @@ if ((TLS_CONNS > 0)); then
   RUNS+=("https $TLS_CONNS" "https-new $TLS_CONNS")
 fi
 
-RESULTS="$WORK/results.txt" # round size conns target rps p50 p99 status sock cpu_us_per_req vol_csw_per_req invol_csw_per_req
+RESULTS="$WORK/results.txt" # round size conns target rps p50 p99 status sock cpu_us_per_req vol_csw_per_req invol_csw_per_req migrations_per_req
 : >"$RESULTS"
 total=0
 for run in "${RUNS[@]}"; do
@@ -389,19 +400,36 @@ for ((round = 1; round <= ROUNDS; round++)); do
       # CPU of the process serving the run: the proxy, or the backend for "direct".
       cpu_pid=$(pid_of "$([[ $target == direct ]] && echo backend || echo "$target")")
       ticks0=$(cpu_ticks "$cpu_pid")
-      read -r vol0 invol0 < <(ctx_switches "$cpu_pid")
+      read -r vol0 invol0 mig0 < <(ctx_switches "$cpu_pid")
       # The access log starts each run empty (the gateway appends: writes go on at the new end).
       [[ $target == gateway-log ]] && : >"$ACCESS_LOG_FILE"
+      perf_pid=""
+      if [[ $PERF_STAT == 1 ]]; then
+        perf stat -x, -o "$WORK/perf.r$round.s$size.c$conns.$target.csv" \
+          -e task-clock,context-switches,cpu-migrations,raw_syscalls:sys_enter,'syscalls:sys_enter_*' \
+          -p "$(proc_tree "$cpu_pid" | paste -sd,)" >/dev/null 2>&1 &
+        perf_pid=$!
+      fi
       "${PIN_WRK[@]}" wrk -t1 -c"$conns" -d"${DURATION}s" --latency \
         -H "Host: $HOST_HEADER" "${wrk_extra[@]}" "$url" >"$out" 2>&1 ||
         die "wrk failed against $target: $(tail -n 5 "$out")"
       ticks1=$(cpu_ticks "$cpu_pid")
-      read -r vol1 invol1 < <(ctx_switches "$cpu_pid")
+      read -r vol1 invol1 mig1 < <(ctx_switches "$cpu_pid")
       requests=$(awk '/requests in/ {print $1}' "$out")
+      if [[ -n $perf_pid ]]; then
+        kill -INT "$perf_pid" 2>/dev/null || true
+        wait "$perf_pid" || true
+        # "round size conns target requests event count" per counted event.
+        awk -F, -v r="$round" -v s="$size" -v c="$conns" -v t="$target" -v n="${requests:-0}" \
+          'NF >= 3 && $1 ~ /^[0-9.]+$/ {print r, s, c, t, n, $3, $1}' \
+          "$WORK/perf.r$round.s$size.c$conns.$target.csv" >>"$WORK/perf.txt"
+      fi
       cpu_us=$(awk -v t=$((ticks1 - ticks0)) -v hz="$CLK_TCK" -v n="${requests:-0}" \
         'BEGIN {printf "%.2f", (n > 0 ? t / hz / n * 1e6 : 0)}')
-      csw=$(awk -v v=$((vol1 - vol0)) -v i=$((invol1 - invol0)) -v n="${requests:-0}" \
-        'BEGIN {printf "%.3f %.3f", (n > 0 ? v / n : 0), (n > 0 ? i / n : 0)}')
+      csw=$(awk -v v=$((vol1 - vol0)) -v i=$((invol1 - invol0)) -v m=$((mig1 - mig0)) \
+        -v n="${requests:-0}" 'BEGIN {
+          printf "%.3f %.3f %.4f", (n > 0 ? v / n : 0), (n > 0 ? i / n : 0), (n > 0 ? m / n : 0)
+        }')
       echo "$round $size $conns $target $(parse_wrk "$out") $cpu_us $csw" >>"$RESULTS"
     done
   done
@@ -511,8 +539,8 @@ fi
 echo "- CPU pinning: $([[ ${#PIN_PROXY[@]} -gt 0 ]] && echo "backend ${PIN_BACKEND[*]: -1}, proxy ${PIN_PROXY[*]: -1}, wrk ${PIN_WRK[*]: -1}" || echo none)"
 echo "- every request carries 'Host: $HOST_HEADER'; backend: nginx, 1 worker, return 200 \"ok\\n\" at /, static files (sendfile) at /8k, /256k, ..."
 echo
-echo "| body | conns | target | req/s | req/s min–max | p50 ms | p99 ms | non-2xx/3xx | socket errors | CPU µs/req | ctx switches/req (preempted) | × nginx-proxy | × direct |"
-echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| body | conns | target | req/s | req/s min–max | p50 ms | p99 ms | non-2xx/3xx | socket errors | CPU µs/req | ctx switches/req (preempted) | migrations/1k req | × nginx-proxy | × direct |"
+echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for run in "${RUNS[@]}"; do
   read -r size conns <<<"$run"
   label=$(size_label "$size")
@@ -531,11 +559,12 @@ for run in "${RUNS[@]}"; do
     cpu=$(col "$size" "$conns" "$target" 10 | median)
     vol=$(col "$size" "$conns" "$target" 11 | median)
     invol=$(col "$size" "$conns" "$target" 12 | median)
+    mig=$(col "$size" "$conns" "$target" 13 | median)
     awk -v b="$label" -v c="$conns" -v t="$target" -v r="$rps" -v lo="$lo" -v hi="$hi" \
       -v p50="$p50" -v p99="$p99" -v st="$status" -v so="$sock" -v cpu="$cpu" -v n="$nginx_rps" \
-      -v d="$direct_rps" -v vol="$vol" -v invol="$invol" 'BEGIN {
-        printf "| %s | %s | %s | %.0f | %.0f–%.0f | %.3f | %.3f | %d | %d | %.2f | %.3f (%.3f) | %.2f× | %s |\n",
-          b, c, t, r, lo, hi, p50, p99, st, so, cpu, vol + invol, invol, (n > 0 ? r / n : 0),
+      -v d="$direct_rps" -v vol="$vol" -v invol="$invol" -v mig="$mig" 'BEGIN {
+        printf "| %s | %s | %s | %.0f | %.0f–%.0f | %.3f | %.3f | %d | %d | %.2f | %.3f (%.3f) | %.2f | %.2f× | %s |\n",
+          b, c, t, r, lo, hi, p50, p99, st, so, cpu, vol + invol, invol, mig * 1000, (n > 0 ? r / n : 0),
           (d > 0 ? sprintf("%.2f×", r / d) : "—")
       }'
   done
@@ -546,7 +575,37 @@ echo "a median over rounds. CPU µs/req: user + system CPU time of the process s
 echo "(the proxy and its children; for direct, the backend) over the wrk run, per request"
 echo "(/proc/PID/stat, kernel time included). Context switches: of every thread of that process,"
 echo "per request, and in brackets those where the scheduler preempted it to run another task"
-echo "(wrk, the backend) on its CPU (/proc/PID/task/*/status). Raw wrk output: KEEP=1."
+echo "(wrk, the backend) on its CPU (/proc/PID/task/*/status). Migrations: times the scheduler"
+echo "moved one of its threads to the other CPU, per 1,000 requests (/proc/PID/task/*/sched)."
+echo "Raw wrk output: KEEP=1."
+
+if [[ $PERF_STAT == 1 && -s $WORK/perf.txt ]]; then
+  echo
+  echo "Per request, counted by perf stat on the serving process over its wrk runs (all rounds"
+  echo "summed): CPU time (task-clock), context switches, migrations, system calls, and the"
+  echo "system calls made at least 0.05 times a request:"
+  echo
+  echo "| body | conns | target | CPU µs | ctx switches | migrations | system calls | by name |"
+  echo "|---|---:|---|---:|---:|---:|---:|---|"
+  awk '
+    # Requests once per run (round size conns target), events summed over runs.
+    { run = $1 SUBSEP $2 SUBSEP $3 SUBSEP $4; key = $2 SUBSEP $3 SUBSEP $4
+      if (!(run in seen)) { seen[run] = 1; req[key] += $5; if (!(key in order)) { order[key] = ++k; keys[k] = key } }
+      ev[key, $6] += $7; names[$6] = 1 }
+    END {
+      for (i = 1; i <= k; i++) {
+        key = keys[i]; n = req[key]; if (n == 0) continue
+        split(key, f, SUBSEP)
+        calls = ""
+        for (e in names) if (e ~ /^syscalls:sys_enter_/ && ev[key, e] / n >= 0.05) {
+          calls = calls sprintf("%s%s %.2f", (calls == "" ? "" : ", "), substr(e, 20), ev[key, e] / n)
+        }
+        printf "| %s | %s | %s | %.2f | %.3f | %.4f | %.2f | %s |\n", f[1], f[2], f[3],
+          ev[key, "task-clock"] * 1000 / n, ev[key, "context-switches"] / n,
+          ev[key, "cpu-migrations"] / n, ev[key, "raw_syscalls:sys_enter"] / n, calls
+      }
+    }' "$WORK/perf.txt"
+fi
 
 if ((IDLE_CONNS > 0)); then
   echo

@@ -195,15 +195,16 @@ cpu_ticks() {
 # shellcheck disable=SC2034 # read by the sourcing scripts
 CLK_TCK=$(getconf CLK_TCK)
 
-# Context switches of a process and its descendants, every thread: "VOLUNTARY INVOLUNTARY".
-# Voluntary: the thread waited (for events, a lock); involuntary: the scheduler preempted
-# it to run another task on its CPU.
+# Context switches and CPU migrations of a process and its descendants, every thread:
+# "VOLUNTARY INVOLUNTARY MIGRATIONS". Voluntary: the thread waited (for events, a lock);
+# involuntary: the scheduler preempted it to run another task on its CPU; migrations: the
+# scheduler moved it to another CPU (0 where the kernel has no /proc/PID/task/*/sched).
 ctx_switches() {
   local pid
   for pid in $(proc_tree "$1"); do
-    cat "/proc/$pid/task/"*/status 2>/dev/null || true
+    cat "/proc/$pid/task/"*/status "/proc/$pid/task/"*/sched 2>/dev/null || true
   done | awk '/^voluntary_ctxt_switches/ {v += $2} /^nonvoluntary_ctxt_switches/ {i += $2}
-    END {print v + 0, i + 0}'
+    /^se.nr_migrations/ {m += $3} END {print v + 0, i + 0, m + 0}'
 }
 
 # --- ports and readiness ----------------------------------------------------------------------

@@ -19,13 +19,15 @@
 //!
 //! Prints one line, `requests N rate R p50 P p90 P p99 P p999 P max P` (latencies in ms).
 //! With `--phase-ms P` (see `route_churn churn --phase-ms`) two more follow, `on requests N
-//! p50 …` and `off requests N p50 …`: the requests released (or sent) in the odd and the
-//! even wall-clock slices of P ms, counted from the Unix epoch, leaving out those of each
-//! slice's first `--guard-ms`, where the other half's effects may linger.
+//! p50 … max P slices K slice_p99_median P` and `off …`: the requests released (or sent) in
+//! the odd and the even wall-clock slices of P ms, counted from the Unix epoch, leaving out
+//! those of each slice's first `--guard-ms`, where the other half's effects may linger;
+//! `slice_p99_median` is the median over the half's K slices of each slice's own p99.
 //!
 //! Any failure ends the run with an error and status 1: a connection that cannot be made or
 //! breaks, an answer that is not 200.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -41,7 +43,7 @@ use tokio::time::Instant;
 // Shared with route_churn, which paces its writes; this one only sorts by slice.
 #[allow(dead_code)]
 mod pace;
-use pace::{Phases, Slice};
+use pace::{Half, Phases};
 
 #[derive(Parser, Debug)]
 #[command(about = "Sends HTTP/1.1 requests at a fixed rate and prints latency percentiles")]
@@ -117,15 +119,16 @@ fn main() -> ExitCode {
     }
 }
 
-/// One answered request: its latency and the slice it was released in (with phases).
+/// One answered request: its latency and the slice it was released in (with phases; `None`
+/// in a slice's settling start).
 #[derive(Debug, Clone, Copy)]
 struct Sample {
     latency: Duration,
-    slice: Option<Slice>,
+    slice: Option<(u64, Half)>,
 }
 
 /// A request released by the pacer: when it fell due, and its slice (with phases).
-type Released = (Instant, Option<Slice>);
+type Released = (Instant, Option<(u64, Half)>);
 
 /// What starts a connection's next request.
 #[derive(Clone)]
@@ -203,28 +206,52 @@ async fn run(args: &Args, phases: Option<Phases>) -> Result<String, String> {
         percentiles(all)
     );
     if phases.is_some() {
-        for (name, slice) in [("on", Slice::On), ("off", Slice::Off)] {
-            let half: Vec<Duration> = samples
-                .iter()
-                .filter(|s| s.slice == Some(slice))
-                .map(|s| s.latency)
+        for (name, half) in [("on", Half::On), ("off", Half::Off)] {
+            let mut slices: BTreeMap<u64, Vec<Duration>> = BTreeMap::new();
+            for s in &samples {
+                if let Some((n, h)) = s.slice
+                    && h == half
+                {
+                    slices.entry(n).or_default().push(s.latency);
+                }
+            }
+            let pooled: Vec<Duration> = slices.values().flatten().copied().collect();
+            // Each slice's own p99, then the median of those: a stall that hits a slice or
+            // two (another tenant of the host) moves it little, a cost every churning slice
+            // pays moves it all the same.
+            let mut p99s: Vec<Duration> = slices
+                .into_values()
+                .map(|mut l| {
+                    l.sort_unstable();
+                    quantile(&l, 0.99)
+                })
                 .collect();
-            report += &format!("\n{name} requests {} {}", half.len(), percentiles(half));
+            p99s.sort_unstable();
+            report += &format!(
+                "\n{name} requests {} {} slices {} slice_p99_median {:.3}",
+                pooled.len(),
+                percentiles(pooled),
+                p99s.len(),
+                quantile(&p99s, 0.5).as_secs_f64() * 1e3
+            );
         }
     }
     Ok(report)
 }
 
+/// The `q` quantile of sorted `latencies` (zero for none).
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
 /// `p50 P p90 P p99 P p999 P max P`, in ms.
 fn percentiles(mut latencies: Vec<Duration>) -> String {
     latencies.sort_unstable();
-    let ms = |q: f64| -> f64 {
-        if latencies.is_empty() {
-            return 0.0;
-        }
-        let i = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1;
-        latencies[i].as_secs_f64() * 1e3
-    };
+    let ms = |q: f64| quantile(&latencies, q).as_secs_f64() * 1e3;
     format!(
         "p50 {:.3} p90 {:.3} p99 {:.3} p999 {:.3} max {:.3}",
         ms(0.50),
@@ -244,7 +271,7 @@ fn pace(tx: &mpsc::UnboundedSender<Released>, rate: u32, total: Duration, phases
         let elapsed = start.elapsed().min(total);
         let due = (elapsed.as_secs_f64() * f64::from(rate)) as u64;
         let now = Instant::now();
-        let slice = phases.map(|p| p.slice(SystemTime::now()));
+        let slice = phases.and_then(|p| p.slice(SystemTime::now()));
         for _ in released..due {
             if tx.send((now, slice)).is_err() {
                 return; // a connection failed: the run is over
@@ -277,7 +304,7 @@ async fn connection(
                 if now >= *deadline {
                     return Ok(samples);
                 }
-                (now, phases.map(|p| p.slice(SystemTime::now())))
+                (now, phases.and_then(|p| p.slice(SystemTime::now())))
             }
         };
         stream

@@ -215,15 +215,24 @@ fn odd_slice_now() -> bool {
     (ms / 200) % 2 == 1
 }
 
-/// `open_loop`'s answer: (p50 ms, requests) of the line starting with `half` ("on"/"off").
-fn half(report: &str, half: &str) -> (f64, u64) {
+/// `open_loop`'s answer: (p50 ms, requests, median slice p99 ms) of the line starting with
+/// `half` ("on"/"off").
+fn half(report: &str, half: &str) -> (f64, u64, f64) {
     let line = report
         .lines()
         .find(|l| l.starts_with(&format!("{half} ")))
         .unwrap_or_else(|| panic!("no {half} line in {report}"));
     let w: Vec<&str> = line.split_whitespace().collect();
-    assert_eq!((w[1], w[3]), ("requests", "p50"), "{line}");
-    (w[4].parse().unwrap(), w[2].parse().unwrap())
+    assert_eq!(
+        (w[1], w[3], w[13], w[15]),
+        ("requests", "p50", "slices", "slice_p99_median"),
+        "{line}"
+    );
+    (
+        w[4].parse().unwrap(),
+        w[2].parse().unwrap(),
+        w[16].parse().unwrap(),
+    )
 }
 
 #[test]
@@ -256,8 +265,9 @@ fn open_loop_sorts_requests_by_wall_clock_slice() {
             "{load:?}: {report}{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let ((on_p50, on_n), (off_p50, off_n)) = (half(&report, "on"), half(&report, "off"));
-        assert!(on_p50 >= 30.0, "{load:?}: {report}");
+        let ((on_p50, on_n, on_p99), (off_p50, off_n, _)) =
+            (half(&report, "on"), half(&report, "off"));
+        assert!(on_p50 >= 30.0 && on_p99 >= 30.0, "{load:?}: {report}");
         assert!(off_p50 < 10.0, "{load:?}: {report}");
         assert!(on_n > 0 && off_n > 0, "{load:?}: {report}");
     }

@@ -10,15 +10,13 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Where a moment falls among [`Phases`].
+/// Which half a slice of [`Phases`] belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Slice {
-    /// An odd slice: the writer churns.
+pub(crate) enum Half {
+    /// The odd slices: the writer churns.
     On,
-    /// An even slice: the writer rests.
+    /// The even slices: the writer rests.
     Off,
-    /// The first `guard` of either: the other half's effects may still be settling.
-    Settling,
 }
 
 /// Wall-clock slices of one length; odd ones are "on".
@@ -51,16 +49,15 @@ impl Phases {
         (since / len, Duration::from_nanos(into))
     }
 
-    /// Where `t` falls.
-    pub(crate) fn slice(&self, t: SystemTime) -> Slice {
+    /// The slice `t` falls in (its number since the epoch) and its half; `None` within the
+    /// first `guard` of a slice, where the other half's effects may still be settling.
+    pub(crate) fn slice(&self, t: SystemTime) -> Option<(u64, Half)> {
         let (n, into) = self.locate(t);
         if into < self.guard {
-            Slice::Settling
-        } else if n % 2 == 1 {
-            Slice::On
-        } else {
-            Slice::Off
+            return None;
         }
+        let half = if n % 2 == 1 { Half::On } else { Half::Off };
+        Some((u64::try_from(n).unwrap_or(u64::MAX), half))
     }
 
     /// How long from `t` until the next "on" slice begins; zero inside one.
@@ -129,11 +126,11 @@ mod tests {
     #[test]
     fn odd_slices_are_on_and_each_starts_settling() {
         let p = Phases::new(Duration::from_millis(1000), Duration::from_millis(100)).unwrap();
-        assert_eq!(p.slice(at(5_050)), Slice::Settling);
-        assert_eq!(p.slice(at(5_100)), Slice::On);
-        assert_eq!(p.slice(at(5_999)), Slice::On);
-        assert_eq!(p.slice(at(6_000)), Slice::Settling);
-        assert_eq!(p.slice(at(6_500)), Slice::Off);
+        assert_eq!(p.slice(at(5_050)), None);
+        assert_eq!(p.slice(at(5_100)), Some((5, Half::On)));
+        assert_eq!(p.slice(at(5_999)), Some((5, Half::On)));
+        assert_eq!(p.slice(at(6_000)), None);
+        assert_eq!(p.slice(at(6_500)), Some((6, Half::Off)));
         assert_eq!(p.until_on(at(5_500)), Duration::ZERO);
         assert_eq!(p.until_on(at(6_250)), Duration::from_millis(750));
     }
