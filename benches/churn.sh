@@ -34,7 +34,9 @@
 # Rounds a few seconds apart see the machine change under them (another tenant of the host,
 # ZooKeeper's collector): their p99 moves by tens of percent with no churn at all. So the
 # script then interleaves: one run of PAIRED_SECONDS per mode in which the writer churns only
-# in every other wall-clock slice of PHASE_MS (`route_churn --phase-ms`) while open_loop
+# in half of the wall-clock slices of PHASE_MS, dealt by a fixed pseudo-random function of
+# the slice's number so that nothing periodic lines up with them (`route_churn --phase-ms`),
+# while open_loop
 # sorts each request by the slice it was released in (`open_loop --phase-ms`, leaving out
 # the first tenth of every slice, where the other half's effects may linger). Both halves
 # of a row share the machine's ups and downs. Their ratio is taken twice: of the p99 over
@@ -259,7 +261,8 @@ if ((CHURN_LOAD > 0)); then
 fi
 
 # One interleaved run: load $1 (closed or fixed), mode $2; for fixed, the rate is $3. The
-# writer churns in the odd PHASE_MS slices only; open_loop reports the two halves apart.
+# writer churns in the churning half of the PHASE_MS slices only; open_loop reports the two
+# halves apart.
 PAIRED="$WORK/paired.txt" # load mode writes_per_s requests_on requests_off p50_on p50_off p99_on p99_off p999_on p999_off rps slice_p99_on slice_p99_off
 : >"$PAIRED"
 measure_paired() {
@@ -347,7 +350,7 @@ for load in flat fixed; do
 done
 if ((PAIRED_SECONDS > 0)); then
   echo
-  echo "Interleaved: one $PAIRED_SECONDS s run per row, the writer churning in every other $PHASE_MS ms slice of the wall clock; requests sorted by the slice they were released in (the first tenth of each left out). Churning ÷ resting: of the p99 over all the half's requests, and of the median over its slices of each slice's own p99 (a stall that hits a slice or two moves it little; a cost every churning slice pays moves it all the same). \`none\` rows: nothing against nothing, the spread to expect by chance:"
+  echo "Interleaved: one $PAIRED_SECONDS s run per row, the writer churning in half of the $PHASE_MS ms slices of the wall clock (dealt at random, the same deal in every process); requests sorted by the slice they were released in (the first tenth of each left out). Churning ÷ resting: of the p99 over all the half's requests, and of the median over its slices of each slice's own p99 (a stall that hits a slice or two moves it little; a cost every churning slice pays moves it all the same). \`none\` rows: nothing against nothing, the spread to expect by chance:"
   echo
   echo "| load | churn | writes/s kept (churning slices) | req/s | p50 ms churning / resting | p99 ms churning / resting | p99 ÷ | median slice p99 ms churning / resting | median slice p99 ÷ | p99.9 ms churning / resting |"
   echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"

@@ -20,7 +20,8 @@
 //! Prints one line, `requests N rate R p50 P p90 P p99 P p999 P max P` (latencies in ms).
 //! With `--phase-ms P` (see `route_churn churn --phase-ms`) two more follow, `on requests N
 //! p50 … max P slices K slice_p99_median P` and `off …`: the requests released (or sent) in
-//! the odd and the even wall-clock slices of P ms, counted from the Unix epoch, leaving out
+//! the "on" and the "off" wall-clock slices of P ms (counted from the Unix epoch and dealt
+//! to the two halves as `route_churn --phase-ms` deals them), leaving out
 //! those of each slice's first `--guard-ms`, where the other half's effects may linger;
 //! `slice_p99_median` is the median over the half's K slices of each slice's own p99.
 //!
@@ -69,7 +70,7 @@ struct Args {
     /// How long to send.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
-    /// Report the odd and the even wall-clock slices of this many milliseconds apart.
+    /// Report the "on" and the "off" wall-clock slices of this many milliseconds apart.
     #[arg(long, default_value_t = 0)]
     phase_ms: u64,
     /// The start of each slice left out of both halves.

@@ -19,10 +19,11 @@
 //!
 //! Writes go one after the other at `--rate` per second (a late write is sent at once, so
 //! the average holds); at the end it prints the rate it kept and the slowest write. With
-//! `--phase-ms P` it writes only in every other wall-clock slice of P ms (the odd ones
-//! counted from the Unix epoch) and the rate is that of those slices: `open_loop --phase-ms
-//! P` sorts its requests by the same slices, so one run measures the latency with and
-//! without churn side by side.
+//! `--phase-ms P` it writes only in the "on" half of the wall-clock slices of P ms (counted
+//! from the Unix epoch, each dealt to "on" or "off" by a fixed pseudo-random function of its
+//! number) and the rate is that of those slices: `open_loop --phase-ms P` sorts its
+//! requests by the same slices, so one run measures the latency with and without churn side
+//! by side.
 //!
 //! ```sh
 //! route_churn serve --listen 127.0.0.1:8080 --apps 10000 --backend 127.0.0.1:9001 --rate 100
@@ -32,7 +33,7 @@
 //!   (one worker, domain `caas.local`), fed through its channel discovery with the same
 //!   `hello` and `app{0..N}` a `seed` registers. Each line `churn SECONDS [PHASE_MS]` on
 //!   stdin sends `--rate` one-app updates a second for that long (the `specs` change:
-//!   `app{k}`'s `max_in_flight` alternates; only in the odd slices when given a phase) and
+//!   `app{k}`'s `max_in_flight` alternates; only in the "on" slices when given a phase) and
 //!   answers `churned N in S s = R/s, K not applied yet`
 //!   (K: the updates the route table had not taken a moment later; 0 normally). The end of
 //!   stdin stops the gateway. The route table then changes exactly as often as asked, and
@@ -88,7 +89,7 @@ enum Command {
     /// Changes routes at a fixed rate.
     Churn(ChurnArgs),
     /// Serves the apps from an embedded gateway and changes its routes in-process on
-    /// request (`churn SECONDS` on stdin).
+    /// request (`churn SECONDS [PHASE_MS]` on stdin).
     Serve {
         /// Where the gateway listens.
         #[arg(long)]
@@ -118,9 +119,8 @@ struct ChurnArgs {
     /// For how long.
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
-    /// Write only in every other wall-clock slice of this many milliseconds (the odd
-    /// ones since the Unix epoch), for `open_loop --phase-ms` to compare with the even
-    /// ones. 0: write throughout.
+    /// Write only in the "on" half of the wall-clock slices of this many milliseconds, for
+    /// `open_loop --phase-ms` to compare with the "off" half. 0: write throughout.
     #[arg(long, default_value_t = 0)]
     phase_ms: u64,
 }

@@ -4,9 +4,9 @@
 //! - `route_churn serve`, the in-process case: the gateway library embedded with thousands
 //!   of apps, taking one-app updates through its discovery channel while it serves. It
 //!   routes every app, applies every update it is asked for, keeps routing while it churns,
-//!   churns only in the odd wall-clock slices when given a phase, and stops cleanly when its
-//!   input ends.
-//! - `open_loop --phase-ms`: requests sorted into the odd and the even wall-clock slices,
+//!   churns only in the "on" wall-clock slices when given a phase, and stops cleanly when
+//!   its input ends.
+//! - `open_loop --phase-ms`: requests sorted into the "on" and the "off" wall-clock slices,
 //!   as the interleaved rows of the benchmark read them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -15,11 +15,15 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 mod support {
     pub(crate) mod examples;
 }
+
+#[path = "../examples/bench_support/pace.rs"]
+#[allow(dead_code)] // The test uses the phases, not the pacer.
+mod pace;
 
 /// A backend answering every request on a connection with 200 "ok\n" (keep-alive).
 fn backend() -> SocketAddr {
@@ -176,12 +180,13 @@ fn serves_every_app_and_applies_every_update_while_it_routes() {
     // The churned apps still route (their specs changed, not their endpoints).
     assert_eq!(get(gateway, "app0.caas.local").0, 200);
 
-    // With a phase of 500 ms, it churns only in every other slice: over 2 s, about 1 s of
-    // churn at 100/s, and it says the rate of the churning slices.
-    writeln!(served.stdin.as_mut().unwrap(), "churn 2 500").unwrap();
+    // With a phase of 50 ms, it churns only in the "on" slices, about half of them (40
+    // slices in 2 s, dealt at random): about 1 s of churn at 100/s, and it says the rate of
+    // the churning slices.
+    writeln!(served.stdin.as_mut().unwrap(), "churn 2 50").unwrap();
     let answer = served.answers.recv().unwrap();
     let (n, behind) = churned(&answer);
-    assert!((70..=130).contains(&n), "{answer}");
+    assert!((50..=150).contains(&n), "{answer}");
     assert_eq!(behind, 0, "{answer}");
     let rate: f64 = answer
         .split(" = ")
@@ -205,14 +210,11 @@ fn serves_every_app_and_applies_every_update_while_it_routes() {
     assert!(status.success(), "{status}");
 }
 
-/// Which 200 ms wall-clock slice counted from the Unix epoch now is odd (as
-/// `open_loop --phase-ms 200` and `route_churn --phase-ms 200` count them).
-fn odd_slice_now() -> bool {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis();
-    (ms / 200) % 2 == 1
+/// Whether now is in an "on" 200 ms slice, as `open_loop --phase-ms 200` and
+/// `route_churn --phase-ms 200` deal them (the same code).
+fn on_slice_now() -> bool {
+    let phases = pace::Phases::new(Duration::from_millis(200), Duration::ZERO).unwrap();
+    phases.until_on(SystemTime::now()).is_zero()
 }
 
 /// `open_loop`'s answer: (p50 ms, requests, median slice p99 ms) of the line starting with
@@ -237,9 +239,9 @@ fn half(report: &str, half: &str) -> (f64, u64, f64) {
 
 #[test]
 fn open_loop_sorts_requests_by_wall_clock_slice() {
-    // A backend 30 ms slow in the odd slices only: their requests, and only theirs, are slow.
+    // A backend 30 ms slow in the "on" slices only: their requests, and only theirs, are slow.
     let backend = backend_with(|| {
-        if odd_slice_now() {
+        if on_slice_now() {
             Duration::from_millis(30)
         } else {
             Duration::ZERO

@@ -1,25 +1,43 @@
 //! Pacing shared by the benchmark drivers `route_churn` and `open_loop`.
 //!
-//! [`Phases`] cuts wall-clock time into equal slices counted from the Unix epoch: odd slices
-//! are "on", even ones "off". Two processes given the same slice length agree on which slice
-//! is which without talking to each other, so a writer that churns only in "on" slices and
-//! a load generator that sorts its requests by slice measure, in one run, the latency with
-//! and without churn side by side: whatever else the machine does in that run lands on both
-//! halves alike. [`Pacer`] spaces writes at a fixed rate, within "on" slices when given
-//! phases.
+//! [`Phases`] cuts wall-clock time into equal slices counted from the Unix epoch and deals
+//! each to one of two halves, "on" or "off", by a fixed pseudo-random function of its
+//! number. Two processes given the same slice length agree on which slice is which without
+//! talking to each other, so a writer that churns only in "on" slices and a load generator
+//! that sorts its requests by slice measure, in one run, the latency with and without churn
+//! side by side: whatever else the machine does in that run lands on both halves alike.
+//! Not simply odd against even: work that recurs every two slices or a multiple of that (a
+//! 2 s session ping against 200 ms slices) would land in the same half every time; no
+//! period lines up with a random deal. [`Pacer`] spaces writes at a fixed rate, within "on"
+//! slices when given phases.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Which half a slice of [`Phases`] belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Half {
-    /// The odd slices: the writer churns.
+    /// The writer churns.
     On,
-    /// The even slices: the writer rests.
+    /// The writer rests.
     Off,
 }
 
-/// Wall-clock slices of one length; odd ones are "on".
+impl Half {
+    /// The half of slice `n`: the low bit of splitmix64(n), the same in every process.
+    fn of(n: u128) -> Self {
+        // Slice numbers fit in 64 bits for the next half-million years at 1 ms slices.
+        let mut z = (n as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        if (z ^ (z >> 31)) & 1 == 1 {
+            Self::On
+        } else {
+            Self::Off
+        }
+    }
+}
+
+/// Wall-clock slices of one length, each dealt to a [`Half`].
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Phases {
     len: Duration,
@@ -56,18 +74,23 @@ impl Phases {
         if into < self.guard {
             return None;
         }
-        let half = if n % 2 == 1 { Half::On } else { Half::Off };
-        Some((u64::try_from(n).unwrap_or(u64::MAX), half))
+        Some((u64::try_from(n).unwrap_or(u64::MAX), Half::of(n)))
     }
 
     /// How long from `t` until the next "on" slice begins; zero inside one.
     pub(crate) fn until_on(&self, t: SystemTime) -> Duration {
-        let (n, into) = self.locate(t);
-        if n % 2 == 1 {
-            Duration::ZERO
-        } else {
-            self.len - into
+        let (mut n, into) = self.locate(t);
+        if Half::of(n) == Half::On {
+            return Duration::ZERO;
         }
+        let mut wait = self.len - into;
+        n += 1;
+        // A run of "off" slices is short (64 in a row: one chance in 2^64).
+        while Half::of(n) == Half::Off {
+            wait += self.len;
+            n += 1;
+        }
+        wait
     }
 }
 
@@ -124,15 +147,44 @@ mod tests {
     }
 
     #[test]
-    fn odd_slices_are_on_and_each_starts_settling() {
-        let p = Phases::new(Duration::from_millis(1000), Duration::from_millis(100)).unwrap();
-        assert_eq!(p.slice(at(5_050)), None);
-        assert_eq!(p.slice(at(5_100)), Some((5, Half::On)));
-        assert_eq!(p.slice(at(5_999)), Some((5, Half::On)));
-        assert_eq!(p.slice(at(6_000)), None);
-        assert_eq!(p.slice(at(6_500)), Some((6, Half::Off)));
-        assert_eq!(p.until_on(at(5_500)), Duration::ZERO);
-        assert_eq!(p.until_on(at(6_250)), Duration::from_millis(750));
+    fn slices_are_dealt_to_halves_evenly_and_without_a_period() {
+        let p = Phases::new(Duration::from_millis(200), Duration::from_millis(20)).unwrap();
+        // The first tenth of each slice is settling, the rest is the slice's.
+        assert_eq!(p.slice(at(1_000_010)), None);
+        let (n, half) = p.slice(at(1_000_020)).unwrap();
+        assert_eq!(n, 5_000);
+        assert_eq!(p.slice(at(1_000_199)), Some((n, half)));
+        let (mut on, mut longest, mut run, mut last) = (0, 0, 0, None);
+        let mut every_other = [0u32; 2];
+        for k in 0..10_000u64 {
+            let t = at(1_000_000 + k * 200 + 100);
+            let (_, half) = p.slice(t).unwrap();
+            // until_on agrees with the deal: zero inside an "on" slice, and lands on the
+            // start of the next one otherwise.
+            let wait = p.until_on(t);
+            if half == Half::On {
+                on += 1;
+                every_other[(k % 2) as usize] += 1;
+                assert_eq!(wait, Duration::ZERO);
+            } else {
+                assert!(wait >= Duration::from_millis(100), "{wait:?}");
+                assert_eq!(p.until_on(t + wait), Duration::ZERO);
+                assert_ne!(
+                    p.until_on(t + wait - Duration::from_millis(1)),
+                    Duration::ZERO
+                );
+            }
+            run = if last == Some(half) { run + 1 } else { 1 };
+            longest = longest.max(run);
+            last = Some(half);
+        }
+        assert!((4_800..=5_200).contains(&on), "{on} of 10,000 slices on");
+        // Odd and even slices are "on" alike: nothing that recurs every two slices lines up.
+        assert!(
+            every_other.iter().all(|&c| (2_350..=2_650).contains(&c)),
+            "{every_other:?}"
+        );
+        assert!(longest < 25, "a run of {longest} slices in one half");
     }
 
     #[test]
