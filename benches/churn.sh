@@ -175,39 +175,61 @@ GW_PID=$(pid_of gateway)
 RESULTS="$WORK/results.txt" # load round mode rps p50 p99 status sock writes_per_s gw_cpu_us zk_cpu_pct p999
 : >"$RESULTS"
 
-# The in-process gateway's answer to the last `churn` (INPROC_CHURNS so far): "churned N
-# in S s = R/s, K not applied yet". Prints the rate R.
-inproc_answer() {
-  local answer
-  for _ in $(seq 1 100); do
-    (($(grep -c '^churned' "$WORK/inproc.log") >= INPROC_CHURNS)) && break
-    sleep 0.1
-  done
-  answer=$(grep '^churned' "$WORK/inproc.log" | sed -n "${INPROC_CHURNS}p")
-  [[ -n $answer ]] || die "route_churn serve did not answer churn $INPROC_CHURNS: $(tail -n 3 "$WORK/inproc.log")"
-  [[ $answer == *", 0 not applied yet" ]] || log "warning: inproc: $answer"
-  awk '{for (i = 1; i <= NF; i++) if ($i == "=") {sub(/\/s,?/, "", $(i + 1)); print $(i + 1)}}' <<<"$answer"
+# The rate in a churn report: the number after " = " ("… = 99.8/s, …").
+rate_kept() {
+  awk '{for (i = 1; i <= NF; i++) if ($i == "=") {sub(/\/s,?/, "", $(i + 1)); print $(i + 1)}}'
+}
+
+# Starts the churn of mode $1 (none and inproc-none: nothing) for $2 seconds, in the
+# churning slices of $3 ms only (0: throughout); a writer process reports into $4. The
+# in-process gateway is told on its control FIFO; a writer's pid goes in WRITER.
+start_churn() {
+  local mode=$1 seconds=$2 phase=$3 out=$4 how
+  WRITER=""
+  if [[ $mode == inproc-specs ]]; then
+    echo "churn $seconds $phase" >&"$INPROC_CTL"
+    INPROC_CHURNS=$((INPROC_CHURNS + 1))
+  elif [[ $mode != none && $mode != inproc-none ]]; then
+    how=(--mode "$mode")
+    [[ $mode == unwatched ]] && how=(--mode specs --chroot /caas-unwatched)
+    "$ROUTE_CHURN_BIN" churn "${churn_args[@]}" "${how[@]}" --rate "$CHURN_RATE" \
+      --seconds "$seconds" --phase-ms "$phase" >"$out" 2>>"$WORK/route_churn.log" &
+    WRITER=$!
+  fi
+}
+
+# Waits for the churn start_churn started (mode $1, writer report $2) and sets KEPT to the
+# write rate it kept (0 for none). Not in a $(subshell): only this shell can wait for the
+# writer. The in-process gateway answers on its log: "churned N in S s = R/s, K not applied
+# yet", the INPROC_CHURNS-th such line.
+finish_churn() {
+  local mode=$1 out=$2 answer
+  KEPT=0
+  if [[ -n $WRITER ]]; then
+    wait "$WRITER" || die "the writer failed ($mode): $(tail -n 3 "$WORK/route_churn.log")"
+    KEPT=$(rate_kept <"$out")
+  elif [[ $mode == inproc-specs ]]; then
+    for _ in $(seq 1 100); do
+      (($(grep -c '^churned' "$WORK/inproc.log") >= INPROC_CHURNS)) && break
+      sleep 0.1
+    done
+    answer=$(grep '^churned' "$WORK/inproc.log" | sed -n "${INPROC_CHURNS}p")
+    [[ -n $answer ]] || die "route_churn serve did not answer churn $INPROC_CHURNS: $(tail -n 3 "$WORK/inproc.log")"
+    [[ $answer == *", 0 not applied yet" ]] || log "warning: inproc: $answer"
+    KEPT=$(rate_kept <<<"$answer")
+  fi
 }
 
 # One measured run: load $1 (flat or fixed), round $2, mode $3; for fixed, the rate is $4.
 measure() {
-  local load=$1 round=$2 mode=$3 rate=${4:-0} out writer="" kept=0 gw0 zk0 t0 gw1 zk1 t1 stats
+  local load=$1 round=$2 mode=$3 rate=${4:-0} out gw0 zk0 t0 gw1 zk1 t1 stats
   local rps p50 p99 status sock requests p999 port=$GW_PORT pid=$GW_PID
   out="$WORK/$load.r$round.$mode.txt"
   log "$load, round $round, $mode"
   [[ $mode == inproc-* ]] && port=$INPROC_PORT pid=$INPROC_PID
-  if [[ $mode == inproc-specs ]]; then
-    echo "churn $((DURATION + 1))" >&"$INPROC_CTL"
-    INPROC_CHURNS=$((INPROC_CHURNS + 1))
-    sleep 0.5 # as for a writer process: churning before the load starts
-  elif [[ $mode != none && $mode != inproc-none ]]; then
-    local how=(--mode "$mode")
-    [[ $mode == unwatched ]] && how=(--mode specs --chroot /caas-unwatched)
-    "$ROUTE_CHURN_BIN" churn "${churn_args[@]}" "${how[@]}" --rate "$CHURN_RATE" \
-      --seconds "$((DURATION + 1))" >"$WORK/churn.$load.r$round.$mode.txt" 2>>"$WORK/route_churn.log" &
-    writer=$!
-    sleep 0.5 # the writer connected and writing before the load starts
-  fi
+  start_churn "$mode" "$((DURATION + 1))" 0 "$WORK/churn.$load.r$round.$mode.txt"
+  # The writer connected and writing (the in-process gateway churning) before the load starts.
+  [[ $mode == *none ]] || sleep 0.5
   gw0=$(cpu_ticks "$pid")
   zk0=$([[ -n $ZK_PID ]] && cpu_ticks "$ZK_PID" || echo 0)
   t0=$(date +%s.%N)
@@ -225,16 +247,10 @@ measure() {
   t1=$(date +%s.%N)
   gw1=$(cpu_ticks "$pid")
   zk1=$([[ -n $ZK_PID ]] && cpu_ticks "$ZK_PID" || echo 0)
-  if [[ -n $writer ]]; then
-    wait "$writer" || die "the writer failed ($mode): $(tail -n 3 "$WORK/route_churn.log")"
-    kept=$(awk '{for (i = 1; i <= NF; i++) if ($i == "=") {sub(/\/s,?/, "", $(i + 1)); print $(i + 1)}}' \
-      "$WORK/churn.$load.r$round.$mode.txt")
-  elif [[ $mode == inproc-specs ]]; then
-    kept=$(inproc_answer)
-  fi
+  finish_churn "$mode" "$WORK/churn.$load.r$round.$mode.txt"
   read -r rps p50 p99 status sock requests p999 <<<"$stats"
   awk -v l="$load" -v r="$round" -v m="$mode" -v rps="$rps" -v p50="$p50" -v p99="$p99" \
-    -v st="$status" -v so="$sock" -v w="${kept:-0}" -v n="$requests" -v g=$((gw1 - gw0)) \
+    -v st="$status" -v so="$sock" -v w="$KEPT" -v n="$requests" -v g=$((gw1 - gw0)) \
     -v z=$((zk1 - zk0)) -v hz="$CLK_TCK" -v t0="$t0" -v t1="$t1" -v p999="$p999" 'BEGIN {
       printf "%s %s %s %s %s %s %s %s %s %.2f %.1f %s\n", l, r, m, rps, p50, p99, st, so, w,
         (n > 0 ? g / hz / n * 1e6 : 0), z / hz / (t1 - t0) * 100, p999
@@ -266,37 +282,22 @@ fi
 PAIRED="$WORK/paired.txt" # load mode writes_per_s requests_on requests_off p50_on p50_off p99_on p99_off p999_on p999_off rps slice_p99_on slice_p99_off
 : >"$PAIRED"
 measure_paired() {
-  local load=$1 mode=$2 rate=${3:-0} out writer="" kept=0 port=$GW_PORT how
+  local load=$1 mode=$2 rate=${3:-0} out port=$GW_PORT how
   out="$WORK/paired.$load.$mode.txt"
   log "interleaved, $load, $mode"
   [[ $mode == inproc-* ]] && port=$INPROC_PORT
-  if [[ $mode == inproc-specs ]]; then
-    echo "churn $((PAIRED_SECONDS + 1)) $PHASE_MS" >&"$INPROC_CTL"
-    INPROC_CHURNS=$((INPROC_CHURNS + 1))
-  elif [[ $mode != none && $mode != inproc-none ]]; then
-    how=(--mode "$mode")
-    [[ $mode == unwatched ]] && how=(--mode specs --chroot /caas-unwatched)
-    "$ROUTE_CHURN_BIN" churn "${churn_args[@]}" "${how[@]}" --rate "$CHURN_RATE" \
-      --seconds "$((PAIRED_SECONDS + 1))" --phase-ms "$PHASE_MS" \
-      >"$WORK/churn.paired.$load.$mode.txt" 2>>"$WORK/route_churn.log" &
-    writer=$!
-  fi
+  start_churn "$mode" "$((PAIRED_SECONDS + 1))" "$PHASE_MS" "$WORK/churn.paired.$load.$mode.txt"
   sleep 0.5
   how=(--closed)
   [[ $load == fixed ]] && how=(--rate "$rate")
   "$OPEN_LOOP_BIN" --addr "127.0.0.1:$port" --host "$HOST_HEADER" "${how[@]}" \
-    --conns "$CHURN_CONNS" --seconds "$PAIRED_SECONDS" --phase-ms "$PHASE_MS" --guard-ms "$((PHASE_MS / 10))" >"$out" 2>&1 ||
+    --conns "$CHURN_CONNS" --seconds "$PAIRED_SECONDS" --phase-ms "$PHASE_MS" \
+    --guard-ms "$((PHASE_MS / 10))" >"$out" 2>&1 ||
     die "open_loop failed: $(tail -n 5 "$out")"
-  if [[ -n $writer ]]; then
-    wait "$writer" || die "the writer failed ($mode): $(tail -n 3 "$WORK/route_churn.log")"
-    kept=$(awk '{for (i = 1; i <= NF; i++) if ($i == "=") {sub(/\/s,?/, "", $(i + 1)); print $(i + 1)}}' \
-      "$WORK/churn.paired.$load.$mode.txt")
-  elif [[ $mode == inproc-specs ]]; then
-    kept=$(inproc_answer)
-  fi
+  finish_churn "$mode" "$WORK/churn.paired.$load.$mode.txt"
   # "requests N rate R p50 …", then "on requests N p50 P p90 P p99 P p999 P max P slices K
   # slice_p99_median P", "off …".
-  awk -v l="$load" -v m="$mode" -v w="${kept:-0}" '
+  awk -v l="$load" -v m="$mode" -v w="$KEPT" '
     $1 == "requests" {rps = $4}
     $1 == "on" || $1 == "off" {n[$1] = $3; p50[$1] = $5; p99[$1] = $9; p999[$1] = $11; sp99[$1] = $17}
     END {
