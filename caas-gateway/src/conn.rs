@@ -213,10 +213,29 @@ impl<B: Body<Data = Bytes, Error = io::Error> + Unpin> Body for Tracked<B> {
 /// A send on loopback, or to any peer sharing the gateway's CPU, wakes the peer on that CPU
 /// in the expectation that the sender sleeps soon. Sent in the middle of a batch, the woken
 /// peer preempts the gateway with the rest of the batch still to run. With one connection
-/// there is no batch to finish, and the yield (a second poll of the task, and one more
-/// `epoll_wait`) would only cost.
+/// there is no batch to finish, and the yield (a second poll of the task) would only cost.
 pub(crate) async fn send_after_batch(stats: &GatewayStats) {
     if stats.connections_active.load(Relaxed) > 1 {
-        tokio::task::yield_now().await;
+        BackOfQueue(false).await;
+    }
+}
+
+/// Pending once, with its task woken: the runtime queues the task behind every task already
+/// ready, and runs it in the same pass, before it next asks the kernel for events.
+///
+/// `tokio::task::yield_now` would defer the wake instead, until the runtime has polled for
+/// new events: one more `epoll_wait` (that returns nothing, on a busy gateway) per batch.
+struct BackOfQueue(bool);
+
+impl Future for BackOfQueue {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
