@@ -201,7 +201,7 @@ start_churn() {
 # Waits for the churn start_churn started (mode $1, writer report $2) and sets KEPT to the
 # write rate it kept (0 for none). Not in a $(subshell): only this shell can wait for the
 # writer. The in-process gateway answers on its log: "churned N in S s = R/s, K not applied
-# yet", the INPROC_CHURNS-th such line.
+# yet; built T tables, W whole, in U µs each", the INPROC_CHURNS-th such line.
 finish_churn() {
   local mode=$1 out=$2 answer
   KEPT=0
@@ -215,7 +215,8 @@ finish_churn() {
     done
     answer=$(grep '^churned' "$WORK/inproc.log" | sed -n "${INPROC_CHURNS}p")
     [[ -n $answer ]] || die "route_churn serve did not answer churn $INPROC_CHURNS: $(tail -n 3 "$WORK/inproc.log")"
-    [[ $answer == *", 0 not applied yet" ]] || log "warning: inproc: $answer"
+    [[ $answer == *", 0 not applied yet;"* ]] || log "warning: inproc: $answer"
+    log "inproc: $answer"
     KEPT=$(rate_kept <<<"$answer")
   fi
 }

@@ -34,8 +34,10 @@
 //!   `hello` and `app{0..N}` a `seed` registers. Each line `churn SECONDS [PHASE_MS]` on
 //!   stdin sends `--rate` one-app updates a second for that long (the `specs` change:
 //!   `app{k}`'s `max_in_flight` alternates; only in the "on" slices when given a phase) and
-//!   answers `churned N in S s = R/s, K not applied yet`
-//!   (K: the updates the route table had not taken a moment later; 0 normally). The end of
+//!   answers `churned N in S s = R/s, K not applied yet; built T tables, W whole, in U µs
+//!   each` (K: the updates the route table had not taken a moment later, 0 normally; T, W
+//!   and U from `Router::build_stats`: the tables built meanwhile, how many of them whole,
+//!   and the mean time building one, off the serving thread). The end of
 //!   stdin stops the gateway. The route table then changes exactly as often as asked, and
 //!   ZooKeeper's CPU is not in the picture.
 
@@ -284,6 +286,7 @@ fn control(
         })?;
         let mut pacer = Pacer::new(rate, phases(phase_ms)?);
         let generation = router.load().generation();
+        let built = router.build_stats();
         let started = Instant::now();
         let length = Duration::from_secs_f64(seconds);
         let mut n = 0u64;
@@ -309,9 +312,16 @@ fn control(
             std::thread::sleep(Duration::from_millis(1));
         }
         let behind = (generation + n).saturating_sub(router.load().generation());
+        // What the updates cost the library to build (off the serving thread).
+        let now = router.build_stats();
+        let tables = now.updates - built.updates;
+        let build_us = (now.build_time - built.build_time).as_secs_f64() * 1e6;
         println!(
-            "churned {n} in {secs:.1} s = {:.1}/s, {behind} not applied yet",
-            n as f64 / secs
+            "churned {n} in {secs:.1} s = {:.1}/s, {behind} not applied yet; \
+             built {tables} tables, {} whole, in {:.1} µs each",
+            n as f64 / secs,
+            now.whole_builds - built.whole_builds,
+            build_us / tables.max(1) as f64
         );
     }
     Ok(())

@@ -138,13 +138,40 @@ fn serve(apps: usize, rate: u32, backend: SocketAddr) -> Served {
     }
 }
 
-/// Parses "churned N in S s = R/s, K not applied yet" into (N, K).
-fn churned(answer: &str) -> (u64, u64) {
+/// What `route_churn serve` answers to a churn: "churned N in S s = R/s, K not applied yet;
+/// built T tables, W whole, in U µs each".
+struct Churned {
+    sent: u64,
+    behind: u64,
+    tables: u64,
+    whole: u64,
+    build_us: f64,
+}
+
+fn churned(answer: &str) -> Churned {
     let words: Vec<&str> = answer.split_whitespace().collect();
     assert_eq!(words.first(), Some(&"churned"), "{answer}");
-    let n = words[1].parse().unwrap();
-    let k = words[words.len() - 4].parse().unwrap();
-    (n, k)
+    let after = |w: &str| {
+        let i = words
+            .iter()
+            .position(|x| *x == w)
+            .unwrap_or_else(|| panic!("{answer}"));
+        words[i + 1]
+    };
+    let before = |w: &str| {
+        let i = words
+            .iter()
+            .position(|x| *x == w)
+            .unwrap_or_else(|| panic!("{answer}"));
+        words[i - 1]
+    };
+    Churned {
+        sent: words[1].parse().unwrap(),
+        behind: before("not").parse().unwrap(),
+        tables: after("built").parse().unwrap(),
+        whole: before("whole,").parse().unwrap(),
+        build_us: before("µs").parse().unwrap(),
+    }
 }
 
 #[test]
@@ -173,9 +200,12 @@ fn serves_every_app_and_applies_every_update_while_it_routes() {
             Err(mpsc::TryRecvError::Disconnected) => panic!("route_churn serve stopped"),
         }
     };
-    let (n, behind) = churned(&answer);
-    assert!((80..=130).contains(&n), "{answer}");
-    assert_eq!(behind, 0, "{answer}");
+    let c = churned(&answer);
+    assert!((80..=130).contains(&c.sent), "{answer}");
+    assert_eq!(c.behind, 0, "{answer}");
+    // Each update rebuilt one app's routes, never the whole table, and says what it cost.
+    assert_eq!((c.tables, c.whole), (c.sent, 0), "{answer}");
+    assert!(c.build_us > 0.0, "{answer}");
     assert!(routed > 10, "only {routed} requests while churning");
     // The churned apps still route (their specs changed, not their endpoints).
     assert_eq!(get(gateway, "app0.caas.local").0, 200);
@@ -185,9 +215,10 @@ fn serves_every_app_and_applies_every_update_while_it_routes() {
     // the churning slices.
     writeln!(served.stdin.as_mut().unwrap(), "churn 2 50").unwrap();
     let answer = served.answers.recv().unwrap();
-    let (n, behind) = churned(&answer);
-    assert!((50..=150).contains(&n), "{answer}");
-    assert_eq!(behind, 0, "{answer}");
+    let c = churned(&answer);
+    assert!((50..=150).contains(&c.sent), "{answer}");
+    assert_eq!(c.behind, 0, "{answer}");
+    assert_eq!(c.tables, c.sent, "{answer}");
     let rate: f64 = answer
         .split(" = ")
         .nth(1)

@@ -36,7 +36,7 @@ pub use certs::{CertSource, CertUpdate, DomainCert};
 pub use discovery::{Discovery, Static, StaticUpdates, Update};
 pub use id::{AppId, Domain, IdError, InstanceId, Version};
 pub use policy::{Blacklist, BlacklistMatcher, Blocked};
-pub use router::{ApplyReport, Router};
+pub use router::{ApplyReport, BuildStats, Router};
 pub use spec::{
     AppSpec, BalancerKind, Endpoint, IpNet, RateLimit, Snapshot, SpecError, VersionSpec,
 };

@@ -5,6 +5,7 @@
 //! in with one store, so routes, endpoints, health and balancer state never disagree. A request
 //! keeps the table (or the endpoint `Arc`) it started with; a swap never cuts it.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
@@ -44,6 +45,21 @@ pub struct ApplyReport {
 pub struct Router {
     table: ArcSwap<RouteTable>,
     writer: Mutex<Writer>,
+    /// Tables built whole (a new or removed app, a blacklist or domain change, a reset).
+    whole_builds: AtomicU64,
+    /// Time spent building tables, whole or one app's routes, in nanoseconds.
+    build_nanos: AtomicU64,
+}
+
+/// What building route tables has cost since the router was made ([`Router::build_stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuildStats {
+    /// Updates applied: the generation of the table in place.
+    pub updates: u64,
+    /// Of those, the ones that built the whole table; the rest rebuilt one app's routes.
+    pub whole_builds: u64,
+    /// Time spent building, summed over every update (the swap itself is one atomic store).
+    pub build_time: Duration,
 }
 
 /// Frees retired tables off the writer's and the readers' threads: freeing a 10,000-app
@@ -94,6 +110,18 @@ impl Router {
                 generation: 0,
                 previous: None,
             }),
+            whole_builds: AtomicU64::new(0),
+            build_nanos: AtomicU64::new(0),
+        }
+    }
+
+    /// What building route tables has cost so far: updates applied, whole builds among
+    /// them, and the time spent building (off the serving threads, in a gateway).
+    pub fn build_stats(&self) -> BuildStats {
+        BuildStats {
+            updates: self.table.load().generation(),
+            whole_builds: self.whole_builds.load(Relaxed),
+            build_time: Duration::from_nanos(self.build_nanos.load(Relaxed)),
         }
     }
 
@@ -169,10 +197,16 @@ impl Router {
         for warning in &warnings {
             tracing::warn!(generation = w.generation, "route table: {warning}");
         }
+        let build_time = started.elapsed();
+        let nanos = u64::try_from(build_time.as_nanos()).unwrap_or(u64::MAX);
+        self.build_nanos.fetch_add(nanos, Relaxed);
+        if whole {
+            self.whole_builds.fetch_add(1, Relaxed);
+        }
         ApplyReport {
             generation: w.generation,
             apps,
-            build_time: started.elapsed(),
+            build_time,
             whole,
             warnings,
         }
@@ -261,7 +295,7 @@ mod tests {
                 .collect(),
             ..Snapshot::default()
         };
-        r.apply(Update::Reset(snapshot));
+        let reset = r.apply(Update::Reset(snapshot));
         let before = r.current();
         let hosts_before = before.host_count();
 
@@ -273,6 +307,10 @@ mod tests {
         let after = r.current();
         assert_eq!(rep.generation, before.generation() + 1);
         assert!(!rep.whole, "one app rebuilt");
+        // The cost so far: two updates, one of them a whole build, their build times summed.
+        let cost = r.build_stats();
+        assert_eq!((cost.updates, cost.whole_builds), (2, 1));
+        assert_eq!(cost.build_time, reset.build_time + rep.build_time);
         assert_eq!(after.host_count(), hosts_before);
         // Every other app is the same route (state and all); app7's kept endpoint too.
         for (a, b) in before.apps().zip(after.apps()) {

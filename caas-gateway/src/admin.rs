@@ -376,6 +376,19 @@ pub fn metrics_text(gw: &Gateway) -> String {
     let table = gw.router().current();
     let _ = writeln!(out, "# TYPE caas_route_table_generation gauge");
     let _ = writeln!(out, "caas_route_table_generation {}", table.generation());
+    let built = gw.router().build_stats();
+    let _ = writeln!(out, "# TYPE caas_route_table_whole_builds_total counter");
+    let _ = writeln!(
+        out,
+        "caas_route_table_whole_builds_total {}",
+        built.whole_builds
+    );
+    let _ = writeln!(out, "# TYPE caas_route_table_build_seconds_total counter");
+    let _ = writeln!(
+        out,
+        "caas_route_table_build_seconds_total {}",
+        built.build_time.as_secs_f64()
+    );
     for prefix in ["caas_app", "caas_endpoint"] {
         let _ = writeln!(out, "# TYPE {prefix}_requests_total counter");
         let _ = writeln!(out, "# TYPE {prefix}_responses_total counter");

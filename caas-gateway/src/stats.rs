@@ -22,8 +22,6 @@ pub struct GatewayStats {
     pub idle_closed: AtomicU64,
     /// Connections closed because a request head took longer than `header_read_timeout_ms`.
     pub header_timeouts: AtomicU64,
-    /// Route-table updates applied from discovery.
-    pub route_updates: AtomicU64,
     /// TLS handshakes completed.
     pub tls_handshakes: AtomicU64,
     /// TLS handshakes that failed or timed out (no certificate for the name, a client that

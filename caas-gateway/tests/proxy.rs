@@ -345,6 +345,17 @@ async fn admin_endpoints_report_routes_and_metrics() {
         metrics.contains("caas_app_responses_total{app=\"a\",class=\"2xx\"} 1"),
         "{metrics}"
     );
+    // The one table the gateway was started with: a whole build, and the time it took.
+    assert!(
+        metrics.contains("\ncaas_route_table_whole_builds_total 1\n"),
+        "{metrics}"
+    );
+    let build_seconds: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("caas_route_table_build_seconds_total "))
+        .and_then(|v| v.parse().ok())
+        .expect("caas_route_table_build_seconds_total");
+    assert!(build_seconds > 0.0 && build_seconds < 1.0, "{metrics}");
     let (s, _, routes) = send(&c, get(&format!("http://{admin_addr}/routes"), "x")).await;
     assert_eq!(s, 200);
     let v: serde_json::Value = serde_json::from_str(&routes).unwrap();
