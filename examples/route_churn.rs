@@ -285,8 +285,8 @@ fn control(
             format!("churn takes its phase in whole milliseconds, got '{phase_ms}'")
         })?;
         let mut pacer = Pacer::new(rate, phases(phase_ms)?);
-        let generation = router.load().generation();
         let built = router.build_stats();
+        let generation = built.updates;
         let started = Instant::now();
         let length = Duration::from_secs_f64(seconds);
         let mut n = 0u64;

@@ -47,7 +47,7 @@ pub struct Router {
     writer: Mutex<Writer>,
     /// Tables built whole (a new or removed app, a blacklist or domain change, a reset).
     whole_builds: AtomicU64,
-    /// Time spent building tables, whole or one app's routes, in nanoseconds.
+    /// Wall-clock time spent building tables, whole or one app's routes, in nanoseconds.
     build_nanos: AtomicU64,
 }
 
@@ -58,7 +58,8 @@ pub struct BuildStats {
     pub updates: u64,
     /// Of those, the ones that built the whole table; the rest rebuilt one app's routes.
     pub whole_builds: u64,
-    /// Time spent building, summed over every update (the swap itself is one atomic store).
+    /// Time spent building, summed over every update: wall-clock time on the thread that
+    /// applied each, so time it waited for a CPU counts (the swap itself is one atomic store).
     pub build_time: Duration,
 }
 
