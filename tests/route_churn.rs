@@ -151,26 +151,18 @@ struct Churned {
 fn churned(answer: &str) -> Churned {
     let words: Vec<&str> = answer.split_whitespace().collect();
     assert_eq!(words.first(), Some(&"churned"), "{answer}");
-    let after = |w: &str| {
-        let i = words
+    let at = |w: &str| {
+        words
             .iter()
             .position(|x| *x == w)
-            .unwrap_or_else(|| panic!("{answer}"));
-        words[i + 1]
-    };
-    let before = |w: &str| {
-        let i = words
-            .iter()
-            .position(|x| *x == w)
-            .unwrap_or_else(|| panic!("{answer}"));
-        words[i - 1]
+            .unwrap_or_else(|| panic!("no '{w}' in {answer}"))
     };
     Churned {
         sent: words[1].parse().unwrap(),
-        behind: before("not").parse().unwrap(),
-        tables: after("built").parse().unwrap(),
-        whole: before("whole,").parse().unwrap(),
-        build_us: before("µs").parse().unwrap(),
+        behind: words[at("not") - 1].parse().unwrap(),
+        tables: words[at("built") + 1].parse().unwrap(),
+        whole: words[at("whole,") - 1].parse().unwrap(),
+        build_us: words[at("µs") - 1].parse().unwrap(),
     }
 }
 
