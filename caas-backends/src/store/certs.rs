@@ -9,18 +9,21 @@
 //! `Remove` when what may be served changed; events already queued are taken together. While
 //! the store is unreachable nothing is sent: the gateway keeps the certificates it has, and
 //! a failed full read is retried with backoff (up to 2 s).
+//!
+//! [`WatchEvent::Resync`]: super::WatchEvent::Resync
+//! [`WatchEvent::Changed`]: super::WatchEvent::Changed
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
 
 use caas_core::{CertSource, CertUpdate, Domain, DomainCert};
 use futures_util::future::join_all;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{Store, StoreError, Watch, WatchEvent};
+use super::follow::{Follower, follow};
+use super::{Store, StoreError};
 use crate::zk::ValueCipher;
 use crate::zk::certs::{Decision, decide};
 use crate::zk::layout::{CERTS, DOMAINS, cert_path, domain_path};
@@ -70,13 +73,13 @@ impl StoreCertSource {
         let (tx, rx) = mpsc::channel(64);
         let stats = Arc::new(CertSourceStats::default());
         let worker = Worker {
-            store,
+            store: store.clone(),
             cipher,
             stats: Arc::clone(&stats),
             tx,
             sent: BTreeMap::new(),
         };
-        let task = tokio::spawn(worker.run());
+        let task = tokio::spawn(follow(store, worker));
         Self { rx, stats, task }
     }
 
@@ -107,84 +110,32 @@ struct Worker<S> {
     sent: BTreeMap<Domain, DomainCert>,
 }
 
-const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+impl<S: Store> Follower for Worker<S> {
+    type Update = CertUpdate;
 
-/// What one pass of the loop has to do.
-#[derive(Default)]
-struct Pass {
-    resync: bool,
-    dirty: BTreeSet<Domain>,
-    /// A watch ended: the store is closed for good.
-    closed: bool,
-}
-
-impl Pass {
-    fn add(&mut self, event: Option<WatchEvent>) {
-        match event {
-            None => self.closed = true,
-            Some(WatchEvent::Resync) => self.resync = true,
-            Some(WatchEvent::Changed(path)) => self.dirty.extend(domain_of(&path)),
-        }
+    fn consumer(&self) -> &mpsc::Sender<CertUpdate> {
+        &self.tx
     }
 
-    /// Takes the events already queued on `watch`.
-    fn drain(&mut self, watch: &mut Watch) {
-        while let Some(event) = watch.try_next() {
-            self.add(Some(event));
-        }
+    async fn full_read(&mut self) -> Result<(), StoreError> {
+        self.read_all().await
     }
-}
 
-impl<S: Store> Worker<S> {
-    async fn run(mut self) {
-        // One watch on the root rather than one per prefix: with two watches set at the same
-        // moment on one EtcdStore, one of them now and then never gave its first Resync (seen
-        // in about 1 start in 3 of the example gateway), which a single watch avoids.
-        let mut watch = self.store.watch("/");
-        let mut need_full_read = false;
-        let mut backoff = FIRST_BACKOFF;
-        loop {
-            if need_full_read {
-                match self.full_read().await {
-                    Ok(()) => {
-                        need_full_read = false;
-                        backoff = FIRST_BACKOFF;
-                    }
-                    Err(e) => self.error(&e, "full read failed; retrying"),
-                }
-            }
-            let mut pass = Pass::default();
-            tokio::select! {
-                _ = self.tx.closed() => return,
-                // Retry a failed full read without waiting for an event.
-                _ = tokio::time::sleep(backoff), if need_full_read => {
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                    continue;
-                }
-                e = watch.next() => pass.add(e),
-            }
-            if pass.closed {
-                return;
-            }
-            pass.drain(&mut watch);
-            if pass.resync {
-                need_full_read = true;
-            }
-            if need_full_read || pass.dirty.is_empty() {
-                continue; // the full read covers the changes, or none is about certificates
-            }
-            if let Err(e) = self.refresh(pass.dirty).await {
-                self.error(&e, "re-read after a watch event failed; doing a full read");
-                need_full_read = true;
-            }
+    async fn refresh(&mut self, paths: BTreeSet<String>) -> Result<(), StoreError> {
+        let dirty: BTreeSet<Domain> = paths.iter().filter_map(|p| domain_of(p)).collect();
+        if dirty.is_empty() {
+            return Ok(()); // none is about certificates
         }
+        self.refresh_domains(dirty).await
     }
 
     fn error(&self, e: &StoreError, what: &str) {
         self.stats.errors.fetch_add(1, Relaxed);
         tracing::warn!(error = %e, "store certificates: {what}");
     }
+}
 
+impl<S: Store> Worker<S> {
     /// Decides for each domain, given its certificate node (`None`: read it now) and its
     /// claim (read now); all reads in flight at once.
     async fn decide_all(
@@ -240,7 +191,8 @@ impl<S: Store> Worker<S> {
         }
     }
 
-    async fn full_read(&mut self) -> Result<(), StoreError> {
+    /// The certificate nodes, the claims of their domains; sent as `Reset`.
+    async fn read_all(&mut self) -> Result<(), StoreError> {
         let mut domains = Vec::new();
         for (name, node) in self.store.list(CERTS).await? {
             match Domain::new(&name) {
@@ -275,7 +227,8 @@ impl<S: Store> Worker<S> {
         Ok(())
     }
 
-    async fn refresh(&mut self, dirty: BTreeSet<Domain>) -> Result<(), StoreError> {
+    /// Re-decides `dirty` and sends what changed.
+    async fn refresh_domains(&mut self, dirty: BTreeSet<Domain>) -> Result<(), StoreError> {
         let domains = dirty.into_iter().map(|d| (d, None)).collect();
         for (domain, decision) in self.decide_all(domains).await? {
             let remove = self.note(&domain, &decision);

@@ -13,17 +13,20 @@
 //! Validation, merging and which nodes are skipped and counted are the same code as
 //! ZkDiscovery's. While the store is unreachable nothing is sent: the gateway keeps serving
 //! its last table, and a failed full read is retried with backoff (up to 2 s).
+//!
+//! [`WatchEvent::Resync`]: super::WatchEvent::Resync
+//! [`WatchEvent::Changed`]: super::WatchEvent::Changed
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use caas_core::{Discovery, Update};
 use futures_util::future::join_all;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{Store, StoreError, WatchEvent};
+use super::follow::{Follower, follow};
+use super::{Store, StoreError};
 use crate::zk::ValueCipher;
 use crate::zk::layout::{APPS, BLACKLIST, DOMAINS, Node, SERVICE, classify};
 use crate::zk::stats::ZkStats;
@@ -75,7 +78,7 @@ impl<S: Store> StoreDiscovery<S> {
             view: View::new("store discovery", cipher, stats.clone()),
             tx,
         };
-        let task = tokio::spawn(worker.run());
+        let task = tokio::spawn(follow(store.clone(), worker));
         Self {
             rx,
             store,
@@ -135,57 +138,27 @@ struct Worker<S> {
     tx: mpsc::Sender<Update>,
 }
 
-const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+impl<S: Store> Follower for Worker<S> {
+    type Update = Update;
 
-impl<S: Store> Worker<S> {
-    async fn run(mut self) {
-        let mut watch = self.store.watch("/");
-        let mut need_full_read = false;
-        let mut backoff = FIRST_BACKOFF;
-        loop {
-            if need_full_read {
-                match self.full_read().await {
-                    Ok(()) => {
-                        need_full_read = false;
-                        backoff = FIRST_BACKOFF;
-                    }
-                    Err(e) => self.view.count_error(&e, "full read failed; retrying"),
-                }
-            }
-            let first = tokio::select! {
-                _ = self.tx.closed() => return,
-                // Retry a failed full read without waiting for an event.
-                _ = tokio::time::sleep(backoff), if need_full_read => {
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                    continue;
-                }
-                event = watch.next() => match event {
-                    Some(e) => e,
-                    None => return, // the store is closed for good
-                },
-            };
-            let mut paths = BTreeSet::new();
-            let mut next = Some(first);
-            while let Some(event) = next {
-                match event {
-                    WatchEvent::Resync => need_full_read = true,
-                    WatchEvent::Changed(path) => {
-                        paths.insert(path);
-                    }
-                }
-                next = watch.try_next();
-            }
-            if need_full_read {
-                continue; // the full read covers the changes
-            }
-            if let Err(e) = self.refresh(paths).await {
-                self.view
-                    .count_error(&e, "re-read after a watch event failed; doing a full read");
-                need_full_read = true;
-            }
-        }
+    fn consumer(&self) -> &mpsc::Sender<Update> {
+        &self.tx
     }
 
+    async fn full_read(&mut self) -> Result<(), StoreError> {
+        self.read_all().await
+    }
+
+    async fn refresh(&mut self, paths: BTreeSet<String>) -> Result<(), StoreError> {
+        self.reread(paths).await
+    }
+
+    fn error(&self, e: &StoreError, what: &str) {
+        self.view.count_error(e, what);
+    }
+}
+
+impl<S: Store> Worker<S> {
     /// Sorts out a read that this identity may not make: skipped and counted (one tenant's
     /// odd permissions cannot stop discovery), as `Ok(None)`.
     fn triage<T>(&self, path: &str, read: Result<T, StoreError>) -> Result<Option<T>, StoreError> {
@@ -223,7 +196,7 @@ impl<S: Store> Worker<S> {
     }
 
     /// Reads the whole registry and config, replaces the cache and sends `Reset`.
-    async fn full_read(&mut self) -> Result<(), StoreError> {
+    async fn read_all(&mut self) -> Result<(), StoreError> {
         let mut read = self.view.full_read();
         // Instances: the app and version directories by name, each version's instances with
         // their data; each level's requests in flight at once.
@@ -282,7 +255,7 @@ impl<S: Store> Worker<S> {
     }
 
     /// Re-reads the nodes named by watch events and sends what changed.
-    async fn refresh(&mut self, paths: BTreeSet<String>) -> Result<(), StoreError> {
+    async fn reread(&mut self, paths: BTreeSet<String>) -> Result<(), StoreError> {
         let paths: Vec<String> = paths
             .into_iter()
             .filter(|p| !matches!(classify(p), Node::Other | Node::ServiceDir))

@@ -64,6 +64,7 @@ mod certs;
 mod discovery;
 mod etcd;
 pub mod etcd_auth;
+mod follow;
 mod memory;
 mod zk;
 
