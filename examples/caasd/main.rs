@@ -20,6 +20,8 @@
 //! ```
 
 mod api;
+#[path = "../cli_support/etcd_tls.rs"]
+mod etcd_tls;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -32,11 +34,12 @@ use caas_backends::docker::RegistryAuth;
 use caas_backends::ports::PortRange;
 use caas_backends::scheduler::control;
 use caas_backends::scheduler::deployment::{AppRule, Constraint, Deployment, Strategy};
-use caas_backends::store::{EtcdConfig, EtcdTlsConfig, Store, StoreConfig};
+use caas_backends::store::{EtcdConfig, Store, StoreConfig};
 use caas_backends::zk::ZkConfig;
 use caas_backends::{Agent, AgentConfig, AnyStore, Scheduler, SchedulerConfig};
 use caas_core::{AppId, Version};
 use clap::{ArgGroup, Args, Parser, Subcommand};
+use etcd_tls::EtcdTlsArgs;
 
 mod etcd_provision;
 mod rollout;
@@ -102,32 +105,19 @@ pub(crate) struct StoreArgs {
     /// etcd credentials user:password (once etcd's auth is enabled; see etcd-provision).
     #[arg(long, value_name = "USER:PASSWORD", requires = "etcd")]
     etcd_user: Option<String>,
-    /// CA certificate (PEM) that signed etcd's certificate, for https:// endpoints.
-    #[arg(long, value_name = "FILE", requires = "etcd")]
-    etcd_ca: Option<PathBuf>,
-    /// Client certificate (PEM), for an etcd with --client-cert-auth.
-    #[arg(long, value_name = "FILE", requires_all = ["etcd_ca", "etcd_key"])]
-    etcd_cert: Option<PathBuf>,
-    /// Client private key (PEM), with --etcd-cert.
-    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
-    etcd_key: Option<PathBuf>,
+    #[command(flatten)]
+    etcd_tls: EtcdTlsArgs,
 }
 
 impl StoreArgs {
     /// The etcd settings, when --etcd is given.
     fn etcd_config(&self) -> Option<EtcdConfig> {
         let etcd = self.etcd.as_ref()?;
-        let mut config = EtcdConfig::new("").with_root(&self.chroot);
-        config.endpoints = etcd.split(',').map(|e| e.trim().to_owned()).collect();
+        let mut config = self
+            .etcd_tls
+            .apply(EtcdConfig::from_endpoint_list(etcd).with_root(&self.chroot));
         if let Some(user) = &self.etcd_user {
             config = config.with_user(user);
-        }
-        if let Some(ca) = &self.etcd_ca {
-            config = config.with_tls(EtcdTlsConfig {
-                ca: ca.clone(),
-                cert: self.etcd_cert.clone(),
-                key: self.etcd_key.clone(),
-            });
         }
         Some(config)
     }

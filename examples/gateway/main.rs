@@ -14,8 +14,7 @@ use std::time::Duration;
 
 use caas_backends::PersistedDiscovery;
 use caas_backends::store::{
-    AnyStore, EtcdConfig, EtcdStore, EtcdTlsConfig, Store as _, StoreCertSource, StoreDiscovery,
-    ZkStore,
+    AnyStore, EtcdConfig, EtcdStore, Store as _, StoreCertSource, StoreDiscovery, ZkStore,
 };
 use caas_backends::zk::gateways::{sanitize_gateway_id, validate_gateway_id};
 use caas_backends::zk::{
@@ -25,9 +24,12 @@ use caas_backends::zk::{
 use caas_core::{Discovery, Static, Update};
 use caas_gateway::{CertResolver, FileConfig, FileDiscovery, Gateway, TlsAcceptor};
 use clap::{ArgGroup, Parser};
+use etcd_tls::EtcdTlsArgs;
 use tokio::net::TcpListener;
 
 mod demo;
+#[path = "../cli_support/etcd_tls.rs"]
+mod etcd_tls;
 
 /// mimalloc: per-thread free lists make the many small, short-lived allocations of a proxy
 /// (header maps, request state) cheaper than glibc's malloc, and frees from other threads
@@ -132,15 +134,8 @@ struct Args {
     /// `caasd etcd-provision`).
     #[arg(long, value_name = "FILE", requires = "etcd")]
     etcd_user_file: Option<PathBuf>,
-    /// CA certificate (PEM) that signed etcd's certificate, for https:// endpoints.
-    #[arg(long, value_name = "FILE", requires = "etcd")]
-    etcd_ca: Option<PathBuf>,
-    /// Client certificate (PEM), for an etcd with --client-cert-auth.
-    #[arg(long, value_name = "FILE", requires_all = ["etcd_ca", "etcd_key"])]
-    etcd_cert: Option<PathBuf>,
-    /// Client private key (PEM), with --etcd-cert.
-    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
-    etcd_key: Option<PathBuf>,
+    #[command(flatten)]
+    etcd_tls: EtcdTlsArgs,
 }
 
 impl Args {
@@ -180,19 +175,13 @@ impl Args {
             }
             None => None,
         };
-        let mut config = EtcdConfig::new("").with_root(&self.etcd_root);
-        config.endpoints = endpoints.split(',').map(|e| e.trim().to_owned()).collect();
+        let mut config = self
+            .etcd_tls
+            .apply(EtcdConfig::from_endpoint_list(endpoints).with_root(&self.etcd_root));
         if let Some(f) = &self.etcd_user_file {
             let user = std::fs::read_to_string(f)
                 .map_err(|e| format!("--etcd-user-file {}: {e}", f.display()))?;
             config = config.with_user(user.trim().to_owned());
-        }
-        if let Some(ca) = &self.etcd_ca {
-            config = config.with_tls(EtcdTlsConfig {
-                ca: ca.clone(),
-                cert: self.etcd_cert.clone(),
-                key: self.etcd_key.clone(),
-            });
         }
         config.validate().map_err(|e| format!("--etcd: {e}"))?;
         Ok(Some((config, cipher)))

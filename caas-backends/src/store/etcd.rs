@@ -87,6 +87,20 @@ impl EtcdConfig {
         }
     }
 
+    /// [`EtcdConfig::new`] with a comma-separated list of endpoints, as a command line takes
+    /// them: `http://10.0.0.1:2379, http://10.0.0.2:2379` (spaces around each and empty
+    /// entries are dropped; [`EtcdConfig::validate`] refuses an empty list).
+    pub fn from_endpoint_list(list: &str) -> Self {
+        let mut config = Self::new("");
+        config.endpoints = list
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(str::to_owned)
+            .collect();
+        config
+    }
+
     /// Another root prefix.
     pub fn with_root(mut self, root: impl Into<String>) -> Self {
         self.root = root.into();
@@ -1035,4 +1049,59 @@ async fn watch_once(
         }
     }
     Ok(Stop::Ended)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(config: &EtcdConfig) -> String {
+        match config.validate() {
+            Err(StoreError::Invalid { reason, .. }) => reason,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_endpoint_list_is_split_trimmed_and_checked() {
+        let c = EtcdConfig::from_endpoint_list(" http://10.0.0.1:2379,http://10.0.0.2:2379 ,,");
+        assert_eq!(
+            c.endpoints,
+            ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]
+        );
+        assert!(c.validate().is_ok());
+        assert_eq!(
+            refusal(&EtcdConfig::from_endpoint_list(" , ")),
+            "no etcd endpoint"
+        );
+    }
+
+    #[test]
+    fn validation_names_what_is_wrong() {
+        let tls = EtcdTlsConfig {
+            ca: "ca.pem".into(),
+            cert: None,
+            key: None,
+        };
+        let https = EtcdConfig::from_endpoint_list("https://e:2379");
+        assert!(
+            refusal(&https).contains("needs the CA"),
+            "{}",
+            refusal(&https)
+        );
+        assert!(https.clone().with_tls(tls.clone()).validate().is_ok());
+        let plain = EtcdConfig::from_endpoint_list("http://e:2379").with_tls(tls.clone());
+        assert!(
+            refusal(&plain).contains("https:// URLs"),
+            "{}",
+            refusal(&plain)
+        );
+        let no_password = EtcdConfig::from_endpoint_list("http://e:2379").with_user("gw");
+        assert!(refusal(&no_password).contains("user:password"));
+        let half_identity = https.with_tls(EtcdTlsConfig {
+            cert: Some("c.pem".into()),
+            ..tls
+        });
+        assert!(half_identity.validate().is_err());
+    }
 }
