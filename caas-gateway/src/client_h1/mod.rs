@@ -48,11 +48,15 @@ enum Outcome {
 }
 
 /// Serves HTTP/1.1 on a client connection until it closes, fails, is upgraded or drains.
-pub(crate) async fn serve(
+///
+/// A plain function around an `async move` block rather than an `async fn`: the future of
+/// an `async fn` keeps room for its arguments twice (as captured, and as moved into its
+/// body), and this one lives in every idle connection's task.
+pub(crate) fn serve(
     shared: Arc<Shared>,
     io: Box<dyn Io>,
     info: Arc<ConnInfo>,
-) -> io::Result<()> {
+) -> impl Future<Output = io::Result<()>> + Send {
     let limits = &shared.config.limits;
     let limits = HeadLimits {
         // As hyper's server was configured: twice the proxy's limits (which answer with
@@ -61,30 +65,32 @@ pub(crate) async fn serve(
         max_fields: limits.max_headers.saturating_mul(2),
     };
     let wire = Arc::new(Mutex::new(Wire::new(io, limits.max_bytes)));
-    let mut requests = 0u64;
-    loop {
-        // Idle: nothing is held but the socket.
-        let arrived = poll_fn(|cx| {
-            if info.draining.load(Relaxed) {
-                return Poll::Ready(Ok(false));
+    async move {
+        let mut requests = 0u64;
+        loop {
+            // Idle: nothing is held but the socket.
+            let arrived = poll_fn(|cx| {
+                if info.draining.load(Relaxed) {
+                    return Poll::Ready(Ok(false));
+                }
+                let mut w = lock(&wire);
+                if w.has_buffered() {
+                    return Poll::Ready(Ok(true));
+                }
+                w.poll_read_stack(cx).map_ok(|n| n > 0)
+            })
+            .await?;
+            if !arrived {
+                return shutdown(&wire).await;
             }
-            let mut w = lock(&wire);
-            if w.has_buffered() {
-                return Poll::Ready(Ok(true));
+            requests += 1;
+            // Boxed: the state of a request lives as long as the request, not in the
+            // connection's task.
+            match Box::pin(request(&shared, &info, &wire, limits, requests)).await? {
+                Outcome::KeepAlive => lock(&wire).release(),
+                Outcome::Close => return shutdown(&wire).await,
+                Outcome::Gone | Outcome::Upgraded => return Ok(()),
             }
-            w.poll_read_stack(cx).map_ok(|n| n > 0)
-        })
-        .await?;
-        if !arrived {
-            return shutdown(&wire).await;
-        }
-        requests += 1;
-        // Boxed: the state of a request lives as long as the request, not in the
-        // connection's task.
-        match Box::pin(request(&shared, &info, &wire, limits, requests)).await? {
-            Outcome::KeepAlive => lock(&wire).release(),
-            Outcome::Close => return shutdown(&wire).await,
-            Outcome::Gone | Outcome::Upgraded => return Ok(()),
         }
     }
 }
