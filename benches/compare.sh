@@ -615,7 +615,7 @@ if ((IDLE_CONNS > 0)); then
   echo
   echo "## Proxy memory with $IDLE_CONNS idle keep-alive client connections"
   echo
-  echo "- each connection sent one 'GET /' with 'Host: $HOST_HEADER', got its 200 and stayed open, idle (benches/idle_conns.py)"
+  echo "- each connection sent one 'GET /' with 'Host: $HOST_HEADER', got its 200 and stayed open, idle (benches/idle_conns.py, 8 opened at a time)"
   echo "- RSS: VmRSS summed over the process and its children (nginx-proxy: master + worker, so pages they share count twice; the difference does not)"
   echo "- after the wrk runs: the process that served them; then each proxy is restarted, and the rest is measured on the fresh process"
   echo "- at start: after startup and one check request per path; KiB per connection = (with conns − at start) / conns held"
