@@ -117,16 +117,62 @@ impl<S: Store> Follower for Worker<S> {
         &self.tx
     }
 
+    /// The certificate nodes, the claims of their domains; sent as `Reset`.
     async fn full_read(&mut self) -> Result<(), StoreError> {
-        self.read_all().await
+        let mut domains = Vec::new();
+        for (name, node) in self.store.list(CERTS).await? {
+            match Domain::new(&name) {
+                Ok(d) => domains.push((d, Some(Some(node.data)))),
+                Err(e) => {
+                    self.stats.bad_nodes.fetch_add(1, Relaxed);
+                    tracing::warn!(path = %format!("{CERTS}/{name}"), "store certificates: skipping node: {e}");
+                }
+            }
+        }
+        let mut serve = BTreeMap::new();
+        for (domain, decision) in self.decide_all(domains).await? {
+            let remove = self.note(&domain, &decision);
+            match decision {
+                Decision::Serve(c) => {
+                    serve.insert(domain, c);
+                }
+                // An unreadable node keeps what was served for it.
+                _ if !remove => {
+                    if let Some(c) = self.sent.get(&domain) {
+                        serve.insert(domain, c.clone());
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.stats.full_reads.fetch_add(1, Relaxed);
+        tracing::info!(certificates = serve.len(), "store certificates: full read");
+        self.sent = serve;
+        self.send(CertUpdate::Reset(self.sent.values().cloned().collect()))
+            .await;
+        Ok(())
     }
 
+    /// Re-decides the domains the paths name and sends what changed.
     async fn refresh(&mut self, paths: BTreeSet<String>) -> Result<(), StoreError> {
         let dirty: BTreeSet<Domain> = paths.iter().filter_map(|p| domain_of(p)).collect();
         if dirty.is_empty() {
             return Ok(()); // none is about certificates
         }
-        self.refresh_domains(dirty).await
+        let domains = dirty.into_iter().map(|d| (d, None)).collect();
+        for (domain, decision) in self.decide_all(domains).await? {
+            let remove = self.note(&domain, &decision);
+            let update = match decision {
+                Decision::Serve(c) if self.sent.get(&domain) != Some(&c) => {
+                    self.sent.insert(domain, c.clone());
+                    CertUpdate::Upsert(c)
+                }
+                _ if remove && self.sent.remove(&domain).is_some() => CertUpdate::Remove(domain),
+                _ => continue,
+            };
+            self.send(update).await;
+        }
+        Ok(())
     }
 
     fn error(&self, e: &StoreError, what: &str) {
@@ -189,60 +235,6 @@ impl<S: Store> Worker<S> {
             Decision::Absent => true,
             Decision::Serve(_) => false,
         }
-    }
-
-    /// The certificate nodes, the claims of their domains; sent as `Reset`.
-    async fn read_all(&mut self) -> Result<(), StoreError> {
-        let mut domains = Vec::new();
-        for (name, node) in self.store.list(CERTS).await? {
-            match Domain::new(&name) {
-                Ok(d) => domains.push((d, Some(Some(node.data)))),
-                Err(e) => {
-                    self.stats.bad_nodes.fetch_add(1, Relaxed);
-                    tracing::warn!(path = %format!("{CERTS}/{name}"), "store certificates: skipping node: {e}");
-                }
-            }
-        }
-        let mut serve = BTreeMap::new();
-        for (domain, decision) in self.decide_all(domains).await? {
-            let remove = self.note(&domain, &decision);
-            match decision {
-                Decision::Serve(c) => {
-                    serve.insert(domain, c);
-                }
-                // An unreadable node keeps what was served for it.
-                _ if !remove => {
-                    if let Some(c) = self.sent.get(&domain) {
-                        serve.insert(domain, c.clone());
-                    }
-                }
-                _ => {}
-            }
-        }
-        self.stats.full_reads.fetch_add(1, Relaxed);
-        tracing::info!(certificates = serve.len(), "store certificates: full read");
-        self.sent = serve;
-        self.send(CertUpdate::Reset(self.sent.values().cloned().collect()))
-            .await;
-        Ok(())
-    }
-
-    /// Re-decides `dirty` and sends what changed.
-    async fn refresh_domains(&mut self, dirty: BTreeSet<Domain>) -> Result<(), StoreError> {
-        let domains = dirty.into_iter().map(|d| (d, None)).collect();
-        for (domain, decision) in self.decide_all(domains).await? {
-            let remove = self.note(&domain, &decision);
-            let update = match decision {
-                Decision::Serve(c) if self.sent.get(&domain) != Some(&c) => {
-                    self.sent.insert(domain, c.clone());
-                    CertUpdate::Upsert(c)
-                }
-                _ if remove && self.sent.remove(&domain).is_some() => CertUpdate::Remove(domain),
-                _ => continue,
-            };
-            self.send(update).await;
-        }
-        Ok(())
     }
 
     async fn send(&mut self, update: CertUpdate) {

@@ -145,58 +145,8 @@ impl<S: Store> Follower for Worker<S> {
         &self.tx
     }
 
-    async fn full_read(&mut self) -> Result<(), StoreError> {
-        self.read_all().await
-    }
-
-    async fn refresh(&mut self, paths: BTreeSet<String>) -> Result<(), StoreError> {
-        self.reread(paths).await
-    }
-
-    fn error(&self, e: &StoreError, what: &str) {
-        self.view.count_error(e, what);
-    }
-}
-
-impl<S: Store> Worker<S> {
-    /// Sorts out a read that this identity may not make: skipped and counted (one tenant's
-    /// odd permissions cannot stop discovery), as `Ok(None)`.
-    fn triage<T>(&self, path: &str, read: Result<T, StoreError>) -> Result<Option<T>, StoreError> {
-        match read {
-            Ok(v) => Ok(Some(v)),
-            Err(StoreError::Denied { .. }) => {
-                self.view
-                    .skip(path, "not readable by this identity (permission)");
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The children of `path` with their data: one [`Store::list`]; when that is refused,
-    /// each child on its own, so only the unreadable ones are skipped.
-    async fn list(&self, path: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        match self.store.list(path).await {
-            Ok(nodes) => return Ok(nodes.into_iter().map(|(n, v)| (n, v.data)).collect()),
-            Err(StoreError::Denied { .. }) => {}
-            Err(e) => return Err(e),
-        }
-        let Some(names) = self.triage(path, self.store.children(path).await)? else {
-            return Ok(Vec::new());
-        };
-        let paths: Vec<String> = names.iter().map(|n| format!("{path}/{n}")).collect();
-        let reads = join_all(paths.iter().map(|p| self.store.get(p))).await;
-        let mut out = Vec::new();
-        for ((name, p), read) in names.into_iter().zip(&paths).zip(reads) {
-            if let Some(Some(v)) = self.triage(p, read)? {
-                out.push((name, v.data));
-            }
-        }
-        Ok(out)
-    }
-
     /// Reads the whole registry and config, replaces the cache and sends `Reset`.
-    async fn read_all(&mut self) -> Result<(), StoreError> {
+    async fn full_read(&mut self) -> Result<(), StoreError> {
         let mut read = self.view.full_read();
         // Instances: the app and version directories by name, each version's instances with
         // their data; each level's requests in flight at once.
@@ -255,7 +205,7 @@ impl<S: Store> Worker<S> {
     }
 
     /// Re-reads the nodes named by watch events and sends what changed.
-    async fn reread(&mut self, paths: BTreeSet<String>) -> Result<(), StoreError> {
+    async fn refresh(&mut self, paths: BTreeSet<String>) -> Result<(), StoreError> {
         let paths: Vec<String> = paths
             .into_iter()
             .filter(|p| !matches!(classify(p), Node::Other | Node::ServiceDir))
@@ -271,6 +221,48 @@ impl<S: Store> Worker<S> {
             self.send(update).await;
         }
         Ok(())
+    }
+
+    fn error(&self, e: &StoreError, what: &str) {
+        self.view.count_error(e, what);
+    }
+}
+
+impl<S: Store> Worker<S> {
+    /// Sorts out a read that this identity may not make: skipped and counted (one tenant's
+    /// odd permissions cannot stop discovery), as `Ok(None)`.
+    fn triage<T>(&self, path: &str, read: Result<T, StoreError>) -> Result<Option<T>, StoreError> {
+        match read {
+            Ok(v) => Ok(Some(v)),
+            Err(StoreError::Denied { .. }) => {
+                self.view
+                    .skip(path, "not readable by this identity (permission)");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The children of `path` with their data: one [`Store::list`]; when that is refused,
+    /// each child on its own, so only the unreadable ones are skipped.
+    async fn list(&self, path: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        match self.store.list(path).await {
+            Ok(nodes) => return Ok(nodes.into_iter().map(|(n, v)| (n, v.data)).collect()),
+            Err(StoreError::Denied { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let Some(names) = self.triage(path, self.store.children(path).await)? else {
+            return Ok(Vec::new());
+        };
+        let paths: Vec<String> = names.iter().map(|n| format!("{path}/{n}")).collect();
+        let reads = join_all(paths.iter().map(|p| self.store.get(p))).await;
+        let mut out = Vec::new();
+        for ((name, p), read) in names.into_iter().zip(&paths).zip(reads) {
+            if let Some(Some(v)) = self.triage(p, read)? {
+                out.push((name, v.data));
+            }
+        }
+        Ok(out)
     }
 
     async fn send(&mut self, update: Update) {
