@@ -292,6 +292,9 @@ check_target backend "http://127.0.0.1:$BACKEND_PORT/"
 check_target gateway "http://127.0.0.1:$GATEWAY_PORT/"
 check_target nginx-proxy "http://127.0.0.1:$NGINX_PORT/"
 check_target haproxy "http://127.0.0.1:$HAPROXY_PORT/"
+check_forwarded gateway "http://127.0.0.1:$GATEWAY_PORT/"
+check_forwarded nginx-proxy "http://127.0.0.1:$NGINX_PORT/"
+check_forwarded haproxy "http://127.0.0.1:$HAPROXY_PORT/"
 
 TARGETS=(direct gateway nginx-proxy haproxy)
 IDLE_TARGETS=(gateway nginx-proxy haproxy)

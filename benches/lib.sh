@@ -280,6 +280,16 @@ check_ok() {
   fi
 }
 
+# Dies unless process $1 at $2 (a proxy's base URL) sends the backend the forwarded fields
+# each proxy is configured to add (X-Forwarded-For 127.0.0.1, -Proto http, -Host the Host):
+# the proxies compared do the same job.
+check_forwarded() {
+  local name=$1 url=$2 got want="127.0.0.1 http $HOST_HEADER"
+  got=$(curl -s --max-time 5 -H "Host: $HOST_HEADER" "${url%/}/_forwarded") || true
+  [[ $got == "$want" ]] ||
+    die "$name: the backend saw forwarded fields '${got:-nothing}', want '$want'; check its config ($WORK)"
+}
+
 # --- configs ----------------------------------------------------------------------------------
 
 # The start of the nginx config of process $1 (backend, nginx-proxy), on stdout: one worker,
@@ -307,7 +317,8 @@ http {
 EOF
 }
 
-# Writes $WORK/backend.conf: the backend nginx on BACKEND_PORT, `return 200 "ok\n"` at /.
+# Writes $WORK/backend.conf: the backend nginx on BACKEND_PORT, `return 200 "ok\n"` at /, and
+# at /_forwarded the X-Forwarded-For, -Proto and -Host fields it received (check_forwarded).
 # $1: more main-context lines, $2: more http-context lines, $3: more `location` lines.
 write_backend_conf() {
   {
@@ -316,6 +327,9 @@ write_backend_conf() {
 $2  server {
     listen 127.0.0.1:$BACKEND_PORT;
     location / { return 200 "ok\n"; }
+    location = /_forwarded {
+      return 200 "\$http_x_forwarded_for \$http_x_forwarded_proto \$http_x_forwarded_host\n";
+    }
 $3  }
 }
 EOF
@@ -323,7 +337,9 @@ EOF
 }
 
 # Writes $WORK/nginx-proxy.conf: nginx as a reverse proxy on port $1 to the backend over
-# keep-alive upstream connections (up to 64 idle ones kept). $2: more main-context lines.
+# keep-alive upstream connections (up to 64 idle ones kept), adding the X-Forwarded-For,
+# -Proto and -Host fields the gateway adds, so all three proxies do the same job. $2: more
+# main-context lines.
 # $3 (optional): a TLS port too, with the certificate of make_tls_cert (TLS 1.2 and 1.3:
 # nginx 1.22's default list stops at 1.2).
 write_nginx_proxy_conf() {
@@ -350,6 +366,9 @@ $tls
       proxy_pass http://backend;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+      proxy_set_header X-Forwarded-Host \$host;
     }
   }
 }
@@ -358,7 +377,8 @@ EOF
 }
 
 # Writes $WORK/haproxy.cfg: HAProxy, one thread, HTTP mode with keep-alive on both sides and
-# upstream connections shared between clients, on port $1 to the backend. HAPROXY_MAXCONN
+# upstream connections shared between clients, on port $1 to the backend, adding the
+# X-Forwarded-For, -Proto and -Host fields the gateway adds. HAPROXY_MAXCONN
 # client connections: HAProxy asks for 2×maxconn files and by default stops when it can't
 # have them; with `no strict-limits` it warns and runs on what ulimit -n allows (enough: an
 # idle client connection has no server side). Idle keep-alive client connections stay open
@@ -385,6 +405,10 @@ defaults
 frontend fe
   bind 127.0.0.1:$1
 $tls
+  option forwardfor
+  http-request set-header X-Forwarded-Proto https if { ssl_fc }
+  http-request set-header X-Forwarded-Proto http if !{ ssl_fc }
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]
   default_backend be
 backend be
   server s1 127.0.0.1:$BACKEND_PORT
