@@ -1,13 +1,15 @@
 //! Connection state: what every connection of one gateway shares ([`Shared`]), what the
-//! gateway knows about one client connection ([`ConnInfo`]), and the guards that keep the
-//! connection's idle and head timers truthful while requests are open.
+//! gateway knows about one client connection ([`ConnInfo`]), every open connection of a
+//! listener ([`Conns`], which the sweeper walks to close idle and slow ones, and the
+//! shutdown to drain them), and the guards that keep the idle and head timers truthful
+//! while requests are open.
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -68,17 +70,22 @@ pub(crate) struct ConnInfo {
     /// on keep-alive with nothing received.
     head_since: AtomicU64,
     /// The client speaks HTTP/2 (no request-head timeout: the connection carries frames
-    /// between requests).
-    pub(crate) h2: bool,
+    /// between requests). Known once the first bytes (or the TLS handshake's ALPN) are in.
+    h2: AtomicBool,
     /// The connection came in over TLS.
     pub(crate) tls: bool,
     /// The gateway is shutting down: the gateway's HTTP/1.1 connection closes at the end
     /// of the request in progress, or at once between requests.
     pub(crate) draining: AtomicBool,
+    /// What the gateway wants of the connection ([`Verdict`] as a number; 0: nothing), set
+    /// by the sweeper or the shutdown, which then wake `task`.
+    verdict: AtomicU8,
+    /// The waker of the connection's task.
+    task: Mutex<Option<Waker>>,
 }
 
 impl ConnInfo {
-    pub(crate) fn new(peer: SocketAddr, h2: bool, tls: bool) -> Self {
+    pub(crate) fn new(peer: SocketAddr, tls: bool) -> Self {
         let ip = peer.ip().to_canonical().to_string();
         Self {
             peer,
@@ -87,10 +94,57 @@ impl ConnInfo {
             activity: AtomicU64::new(0),
             open: AtomicUsize::new(0),
             head_since: AtomicU64::new(now_ms()),
-            h2,
+            h2: AtomicBool::new(false),
             tls,
             draining: AtomicBool::new(false),
+            verdict: AtomicU8::new(0),
+            task: Mutex::new(None),
         }
+    }
+
+    /// Whether the client speaks HTTP/2.
+    pub(crate) fn h2(&self) -> bool {
+        self.h2.load(Relaxed)
+    }
+
+    /// Once the protocol is known (sniffed, or the TLS handshake's ALPN): HTTP/2 or not, and
+    /// the request-head clock starts again (the handshake had its own head timeout).
+    pub(crate) fn protocol_known(&self, h2: bool) {
+        self.h2.store(h2, Relaxed);
+        self.head_since.store(now_ms(), Relaxed);
+    }
+
+    /// Asks the connection's task to act on `v`, and wakes it.
+    fn order(&self, v: Verdict) {
+        self.verdict.store(v as u8, Relaxed);
+        let task = self.task.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(w) = task.as_ref() {
+            w.wake_by_ref();
+        }
+    }
+
+    /// What the gateway has asked of the connection, if anything. `known`: the waker this
+    /// task registered last (kept by the caller, so the steady state takes no lock).
+    pub(crate) fn verdict(&self, cx: &Context<'_>, known: &mut Option<Waker>) -> Option<Verdict> {
+        if !known.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            let w = cx.waker().clone();
+            *self.task.lock().unwrap_or_else(PoisonError::into_inner) = Some(w.clone());
+            *known = Some(w);
+        }
+        match self.verdict.load(Relaxed) {
+            1 => Some(Verdict::Idle),
+            2 => Some(Verdict::HeadTimeout),
+            3 => Some(Verdict::Stop),
+            _ => None,
+        }
+    }
+
+    /// Takes back a [`Verdict::Stop`] once acted on (the connection drains), so that only a
+    /// later verdict wakes it again.
+    pub(crate) fn stop_taken(&self) {
+        let _ = self
+            .verdict
+            .compare_exchange(Verdict::Stop as u8, 0, Relaxed, Relaxed);
     }
 
     /// `http` or `https`, for `X-Forwarded-Proto`.
@@ -109,15 +163,15 @@ impl ConnInfo {
     }
 
     /// Whether an HTTP/1 request head has been pending for `timeout_ms` or more.
-    pub(crate) fn head_overdue(&self, timeout_ms: u64) -> bool {
+    fn head_overdue(&self, now_ms: u64, timeout_ms: u64) -> bool {
         let since = self.head_since.load(Relaxed);
-        since != 0 && !self.h2 && now_ms().saturating_sub(since) >= timeout_ms
+        since != 0 && !self.h2() && now_ms.saturating_sub(since) >= timeout_ms
     }
 
     /// No request of this HTTP/1 connection is open: whatever hyper writes now is its own
     /// answer to a head it could not parse.
     pub(crate) fn between_http1_requests(&self) -> bool {
-        !self.h2 && self.open.load(Relaxed) == 0
+        !self.h2() && self.open.load(Relaxed) == 0
     }
 
     /// A request head is complete: its response is open until [`ResponseDone`] drops.
@@ -237,5 +291,273 @@ impl Future for BackOfQueue {
         self.0 = true;
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+}
+
+/// What the gateway asks of a client connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Close it: nothing moved for the idle timeout.
+    Idle = 1,
+    /// Close it: its request head (or TLS handshake) took longer than the head timeout.
+    HeadTimeout = 2,
+    /// The gateway is shutting down: finish what is in progress and close.
+    Stop = 3,
+}
+
+/// Every open client connection of one listener: the sweeper walks them once a tick to
+/// close idle and slow ones, and the shutdown to drain them. One timer for all of them
+/// instead of one in each connection's task: an idle connection holds no timer, and a busy
+/// one polls none on each wake-up.
+#[derive(Default)]
+pub(crate) struct Conns {
+    slots: Mutex<Slots>,
+}
+
+#[derive(Default)]
+struct Slots {
+    entries: Vec<Option<Watched>>,
+    free: Vec<usize>,
+    stopping: bool,
+}
+
+/// A connection as the sweeper sees it: its activity count at the last tick, and for how
+/// many ticks in a row it had not moved.
+struct Watched {
+    info: Arc<ConnInfo>,
+    last: u64,
+    quiet: u32,
+}
+
+impl Conns {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Watches a connection until the returned guard drops. A connection registered once
+    /// the shutdown began is told to stop at once.
+    pub(crate) fn register(self: &Arc<Self>, info: &Arc<ConnInfo>) -> Registered {
+        let mut slots = self.lock();
+        let watched = Watched {
+            info: Arc::clone(info),
+            last: 0,
+            quiet: 0,
+        };
+        let slot = match slots.free.pop() {
+            Some(i) => {
+                slots.entries[i] = Some(watched);
+                i
+            }
+            None => {
+                slots.entries.push(Some(watched));
+                slots.entries.len() - 1
+            }
+        };
+        if slots.stopping {
+            info.order(Verdict::Stop);
+        }
+        Registered {
+            conns: Arc::clone(self),
+            slot,
+        }
+    }
+
+    /// The shutdown: every connection, and every one registered from now on, is told to stop.
+    pub(crate) fn stop_all(&self) {
+        let mut slots = self.lock();
+        slots.stopping = true;
+        for w in slots.entries.iter().flatten() {
+            w.info.order(Verdict::Stop);
+        }
+    }
+
+    /// One tick of the sweeper: connections whose request head is overdue (`head_ms`), or
+    /// that have not moved for `idle_ticks` ticks with no request waiting on an upstream, are
+    /// told to close.
+    pub(crate) fn sweep(&self, head_ms: u64, idle_ticks: u32) {
+        let now = now_ms();
+        let mut slots = self.lock();
+        for w in slots.entries.iter_mut().flatten() {
+            if w.info.head_overdue(now, head_ms) {
+                w.info.order(Verdict::HeadTimeout);
+                continue;
+            }
+            let activity = w.info.activity.load(Relaxed);
+            if activity != w.last || w.info.waiting.load(Relaxed) > 0 {
+                (w.last, w.quiet) = (activity, 0);
+            } else {
+                w.quiet = w.quiet.saturating_add(1);
+                if w.quiet >= idle_ticks {
+                    w.info.order(Verdict::Idle);
+                }
+            }
+        }
+    }
+
+    /// Connections watched now.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.lock().entries.iter().flatten().count()
+    }
+}
+
+/// A connection's place in [`Conns`], given back when it drops.
+pub(crate) struct Registered {
+    conns: Arc<Conns>,
+    slot: usize,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        let mut slots = self.conns.lock();
+        if let Some(e) = slots.entries.get_mut(self.slot) {
+            *e = None;
+            slots.free.push(self.slot);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::task::Wake;
+
+    use super::*;
+
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct Counter(AtomicUsize);
+
+    impl Wake for Counter {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn conn() -> Arc<ConnInfo> {
+        Arc::new(ConnInfo::new("127.0.0.1:1".parse().unwrap(), false))
+    }
+
+    /// Registers `info`'s task waker (as the connection's first poll does) and returns
+    /// what the gateway asked of it.
+    fn poll_verdict(info: &ConnInfo, waker: &Waker, known: &mut Option<Waker>) -> Option<Verdict> {
+        info.verdict(&Context::from_waker(waker), known)
+    }
+
+    #[test]
+    fn a_closed_connection_gives_its_slot_back() {
+        let conns = Arc::new(Conns::default());
+        let (a, b) = (conn(), conn());
+        let ra = conns.register(&a);
+        let rb = conns.register(&b);
+        assert_eq!(conns.len(), 2);
+        drop(ra);
+        assert_eq!(conns.len(), 1);
+        let rc = conns.register(&conn());
+        assert_eq!(conns.len(), 2);
+        assert_eq!(conns.lock().entries.len(), 2, "the freed slot is reused");
+        drop((rb, rc));
+        assert_eq!(conns.len(), 0);
+    }
+
+    #[test]
+    fn the_sweeper_closes_a_connection_idle_for_its_ticks_and_wakes_it() {
+        let conns = Arc::new(Conns::default());
+        let info = conn();
+        info.request_started(); // no head pending: only the idle timer applies
+        let _r = conns.register(&info);
+        let counter = Arc::new(Counter::default());
+        let waker = Waker::from(Arc::clone(&counter));
+        let mut known = None;
+        assert_eq!(poll_verdict(&info, &waker, &mut known), None);
+        conns.sweep(u64::MAX, 3);
+        conns.sweep(u64::MAX, 3);
+        info.activity.fetch_add(1, Relaxed); // a byte moved: the count starts again
+        conns.sweep(u64::MAX, 3);
+        conns.sweep(u64::MAX, 3);
+        conns.sweep(u64::MAX, 3);
+        assert_eq!(poll_verdict(&info, &waker, &mut known), None);
+        assert_eq!(counter.0.load(Relaxed), 0);
+        conns.sweep(u64::MAX, 3);
+        assert_eq!(poll_verdict(&info, &waker, &mut known), Some(Verdict::Idle));
+        assert_eq!(
+            counter.0.load(Relaxed),
+            1,
+            "the connection's task was woken"
+        );
+    }
+
+    #[test]
+    fn a_request_waiting_on_an_upstream_keeps_its_connection_from_idling() {
+        let conns = Arc::new(Conns::default());
+        let info = conn();
+        let _done = info.request_started();
+        let _r = conns.register(&info);
+        let _waiting = Waiting::new(&info.waiting);
+        for _ in 0..10 {
+            conns.sweep(u64::MAX, 2);
+        }
+        assert_eq!(info.verdict.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn the_sweeper_closes_a_connection_whose_head_is_overdue() {
+        let conns = Arc::new(Conns::default());
+        let info = conn();
+        let _r = conns.register(&info);
+        conns.sweep(60_000, u32::MAX);
+        assert_eq!(info.verdict.load(Relaxed), 0, "within the head timeout");
+        // A head timeout of 0: any pending head is overdue.
+        conns.sweep(0, u32::MAX);
+        assert_eq!(info.verdict.load(Relaxed), Verdict::HeadTimeout as u8);
+        // HTTP/2 carries frames between requests: no head timeout.
+        let h2 = conn();
+        h2.protocol_known(true);
+        let _r2 = conns.register(&h2);
+        conns.sweep(0, u32::MAX);
+        assert_eq!(h2.verdict.load(Relaxed), 0);
+        // Nor while a request is open.
+        let busy = conn();
+        let _done = busy.request_started();
+        let _r3 = conns.register(&busy);
+        conns.sweep(0, u32::MAX);
+        assert_eq!(busy.verdict.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn the_shutdown_stops_every_connection_and_those_that_come_after() {
+        let conns = Arc::new(Conns::default());
+        let info = conn();
+        let _r = conns.register(&info);
+        let counter = Arc::new(Counter::default());
+        let waker = Waker::from(Arc::clone(&counter));
+        let mut known = None;
+        assert_eq!(poll_verdict(&info, &waker, &mut known), None);
+        conns.stop_all();
+        assert_eq!(counter.0.load(Relaxed), 1);
+        assert_eq!(poll_verdict(&info, &waker, &mut known), Some(Verdict::Stop));
+        info.stop_taken();
+        assert_eq!(
+            poll_verdict(&info, &waker, &mut known),
+            None,
+            "acted on once"
+        );
+        let late = conn();
+        let _r2 = conns.register(&late);
+        assert_eq!(late.verdict.load(Relaxed), Verdict::Stop as u8);
+    }
+
+    #[test]
+    fn a_new_task_waker_is_the_one_woken() {
+        let conns = Arc::new(Conns::default());
+        let info = conn();
+        let _r = conns.register(&info);
+        let (first, second) = (Arc::new(Counter::default()), Arc::new(Counter::default()));
+        let mut known = None;
+        poll_verdict(&info, &Waker::from(Arc::clone(&first)), &mut known);
+        poll_verdict(&info, &Waker::from(Arc::clone(&second)), &mut known);
+        conns.stop_all();
+        assert_eq!(first.0.load(Relaxed), 0);
+        assert_eq!(second.0.load(Relaxed), 1);
     }
 }

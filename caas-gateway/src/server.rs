@@ -2,12 +2,13 @@
 //! gateway's own connection (`client_h1`) and HTTP/2 (h2c with prior knowledge) with hyper,
 //! applies discovery updates to its router, and drains in-flight requests on shutdown.
 
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Poll, ready};
 use std::time::Duration;
 
 use caas_core::{Discovery, Router};
@@ -18,7 +19,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::access_log::{AccessLog, AccessLogConfig, AccessLogStats};
@@ -27,7 +27,7 @@ use crate::client_h1;
 use crate::client_h1::wire::Io;
 use crate::client_io::ClientIo;
 use crate::config::{GatewayConfig, Limits};
-use crate::conn::{ConnInfo, Shared, Timeouts};
+use crate::conn::{ConnInfo, Conns, Shared, Timeouts, Verdict};
 use crate::error::GatewayError;
 use crate::proxy::serve_request;
 use crate::stats::GatewayStats;
@@ -250,7 +250,7 @@ impl Gateway {
         conn: F,
     ) -> Result<(), GatewayError>
     where
-        F: Fn(Arc<Shared>, TcpStream, SocketAddr, watch::Receiver<bool>) -> Fut,
+        F: Fn(Arc<Shared>, TcpStream, SocketAddr, Arc<Conns>) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let local = listener.local_addr().ok();
@@ -262,7 +262,8 @@ impl Gateway {
             .map(tokio::spawn);
         let reaper = (!self.reaping.swap(true, Relaxed))
             .then(|| tokio::spawn(reap_idle_upstreams(Arc::clone(&self.shared))));
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let open = Arc::new(Conns::default());
+        let sweeper = tokio::spawn(sweep(Arc::clone(&self.shared), Arc::clone(&open)));
         let mut conns = JoinSet::new();
         tracing::info!(addr = ?local, "{kind} listening");
         tokio::pin!(shutdown);
@@ -273,7 +274,7 @@ impl Gateway {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let shared = Arc::clone(&self.shared);
-                        conns.spawn(conn(shared, stream, peer, stop_rx.clone()));
+                        conns.spawn(conn(shared, stream, peer, Arc::clone(&open)));
                     }
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning, keep serving.
@@ -289,7 +290,7 @@ impl Gateway {
             open = conns.len(),
             "{kind} shutting down: draining connections"
         );
-        stop_tx.send_replace(true);
+        open.stop_all();
         let drained = tokio::time::timeout(self.shared.timeouts.grace, async {
             while conns.join_next().await.is_some() {}
         })
@@ -301,6 +302,7 @@ impl Gateway {
             );
             conns.shutdown().await;
         }
+        sweeper.abort();
         if let Some(r) = reaper {
             r.abort();
             self.reaping.store(false, Relaxed);
@@ -342,33 +344,29 @@ fn serve_connection(
     shared: Arc<Shared>,
     stream: TcpStream,
     peer: SocketAddr,
-    mut stop: watch::Receiver<bool>,
+    conns: Arc<Conns>,
 ) -> impl Future<Output = ()> + Send {
     async move {
         let _active = ActiveConn::open(&shared.stats);
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, "set_nodelay failed: {e}");
         }
+        let info = Arc::new(ConnInfo::new(peer, false));
+        let _watched = conns.register(&info);
         // HTTP/2 with prior knowledge or HTTP/1, told apart by peeking at the first bytes:
         // hyper then reads straight from the socket into its own buffer (no rewind layer, no
         // copy).
-        let h2 = tokio::select! {
-            sniffed = tokio::time::timeout(shared.timeouts.head, sniff_h2(&stream)) => match sniffed {
-                Ok(Ok(h2)) => h2,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, "client connection ended before a request: {e}");
-                    return;
-                }
-                Err(_) => {
-                    shared.stats.header_timeouts.fetch_add(1, Relaxed);
-                    tracing::debug!(%peer, "no request within the head timeout; closing");
-                    return;
-                }
-            },
-            _ = stop.changed() => return,
+        let sniffed = drive(&shared, &info, pin!(sniff_h2(&stream)), |_| true).await;
+        let h2 = match sniffed {
+            Ok(Ok(h2)) => h2,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, "client connection ended before a request: {e}");
+                return;
+            }
+            Err(_) => return,
         };
-        let info = Arc::new(ConnInfo::new(peer, h2, false));
-        serve_http(&shared, stream, info, stop).await;
+        info.protocol_known(h2);
+        serve_http(&shared, stream, info).await;
     }
 }
 
@@ -380,12 +378,11 @@ pub(crate) fn serve_http<S>(
     shared: &Arc<Shared>,
     stream: S,
     info: Arc<ConnInfo>,
-    stop: watch::Receiver<bool>,
 ) -> impl Future<Output = ()> + Send + '_
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let io: Result<Box<dyn Io>, Box<S>> = if !info.h2 && !shared.hyper_http1 {
+    let io: Result<Box<dyn Io>, Box<S>> = if !info.h2() && !shared.hyper_http1 {
         Ok(Box::new(ClientIo::own(
             stream,
             Arc::clone(&info),
@@ -398,25 +395,22 @@ where
         match io {
             Ok(io) => {
                 let conn = pin!(client_h1::serve(Arc::clone(shared), io, Arc::clone(&info)));
-                drive(shared, &info, stop, conn, |_| {
-                    info.draining.store(true, Relaxed)
-                })
-                .await;
+                let ended = drive(shared, &info, conn, |_| {
+                    info.draining.store(true, Relaxed);
+                    false
+                });
+                log_end(&info, ended.await);
             }
             // Boxed: hyper's connection state is large, and an idle HTTP/1.1 connection of
             // the gateway's own should not carry room for it in its task.
-            Err(stream) => Box::pin(serve_hyper(shared, stream, info, stop)).await,
+            Err(stream) => Box::pin(serve_hyper(shared, stream, info)).await,
         }
     }
 }
 
 /// Serves a client connection with hyper: HTTP/2, or HTTP/1.1 when the builder asks for it.
-async fn serve_hyper<S>(
-    shared: &Arc<Shared>,
-    stream: S,
-    info: Arc<ConnInfo>,
-    stop: watch::Receiver<bool>,
-) where
+async fn serve_hyper<S>(shared: &Arc<Shared>, stream: S, info: Arc<ConnInfo>)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let io = TokioIo::new(ClientIo::new(stream, Arc::clone(&info), Arc::clone(shared)));
@@ -434,78 +428,95 @@ async fn serve_hyper<S>(
             ))
         })
     };
-    if info.h2 {
+    let ended = if info.h2() {
         let conn = pin!(shared.h2.serve_connection(io, svc));
-        drive(shared, &info, stop, conn, |c| c.graceful_shutdown()).await;
+        drive(shared, &info, conn, |c| {
+            c.graceful_shutdown();
+            false
+        })
+        .await
     } else {
         let conn = pin!(shared.h1.serve_connection(io, svc).with_upgrades());
-        drive(shared, &info, stop, conn, |c| c.graceful_shutdown()).await;
+        drive(shared, &info, conn, |c| {
+            c.graceful_shutdown();
+            false
+        })
+        .await
+    };
+    log_end(&info, ended);
+}
+
+fn log_end<E: std::fmt::Display>(info: &ConnInfo, ended: Result<Result<(), E>, Verdict>) {
+    if let Ok(Err(e)) = ended {
+        tracing::debug!(peer = %info.peer, "client connection ended: {e}");
     }
 }
 
-/// Runs a client connection to its end, closing it when idle or slow to send a request head,
-/// and starting a graceful shutdown when the gateway stops.
-fn drive<'a, C, E>(
+/// Runs a phase of a client connection (`conn`: the protocol sniff, the TLS handshake, the
+/// HTTP connection) to its end, unless the gateway ends it first: the sweeper closes it when
+/// idle or slow to send a request head (`Err`, counted here), and when the gateway stops,
+/// `on_stop` starts a graceful shutdown (`false`: the phase goes on, to end on its own) or
+/// asks to close at once (`true`).
+///
+/// The connection is polled on every wake-up; what the gateway asked is one atomic load,
+/// and no timer is polled.
+pub(crate) fn drive<'a, C>(
     shared: &'a Shared,
     info: &'a ConnInfo,
-    mut stop: watch::Receiver<bool>,
     // Pinned by the caller: taken by value and pinned here, it would take its room twice in
     // the connection's task.
     mut conn: Pin<&'a mut C>,
-    graceful_shutdown: impl Fn(Pin<&mut C>) + Send + 'a,
-) -> impl Future<Output = ()> + Send + 'a
+    mut on_stop: impl FnMut(Pin<&mut C>) -> bool + Send + 'a,
+) -> impl Future<Output = Result<C::Output, Verdict>> + Send + 'a
 where
-    C: Future<Output = Result<(), E>> + Send,
-    E: std::fmt::Display,
+    C: Future + Send,
 {
-    // The timer ticks four times per (shorter) timeout. A connection is idle when no byte
-    // moved and no request waited on an upstream for the idle timeout; an HTTP/1 connection
-    // whose request head (or first request) is not complete within the head timeout is cut.
-    let head_timeout = u64::try_from(shared.timeouts.head.as_millis()).unwrap_or(u64::MAX);
-    let tick = (shared.timeouts.idle.min(shared.timeouts.head) / 4).max(Duration::from_millis(1));
-    let idle_ticks = u32::try_from(shared.timeouts.idle.as_nanos().div_ceil(tick.as_nanos()))
-        .unwrap_or(u32::MAX);
-    async move {
-        // A timer in the task (an `Interval` would box its own, per connection).
-        let ticker = tokio::time::sleep(tick);
-        tokio::pin!(ticker);
-        let (mut last, mut quiet) = (0u64, 0u32);
-        let mut draining = false;
+    let mut known = None;
+    let mut draining = false;
+    poll_fn(move |cx| {
         loop {
-            tokio::select! {
-                res = conn.as_mut() => {
-                    if let Err(e) = res {
-                        tracing::debug!(peer = %info.peer, "client connection ended: {e}");
-                    }
-                    return;
-                }
-                changed = stop.changed(), if !draining => {
+            if let Poll::Ready(out) = conn.as_mut().poll(cx) {
+                return Poll::Ready(Ok(out));
+            }
+            match info.verdict(cx, &mut known) {
+                None => return Poll::Pending,
+                Some(Verdict::Stop) if draining => return Poll::Pending,
+                Some(Verdict::Stop) => {
                     draining = true;
-                    if changed.is_ok() {
-                        graceful_shutdown(conn.as_mut());
+                    info.stop_taken();
+                    if on_stop(conn.as_mut()) {
+                        return Poll::Ready(Err(Verdict::Stop));
                     }
+                    // Polled again, to act on the shutdown.
                 }
-                () = &mut ticker => {
-                    ticker.as_mut().reset(tokio::time::Instant::now() + tick);
-                    if info.head_overdue(head_timeout) {
-                        shared.stats.header_timeouts.fetch_add(1, Relaxed);
-                        tracing::debug!(peer = %info.peer, "request head not complete in time; closing");
-                        return;
-                    }
-                    let now = info.activity.load(Relaxed);
-                    if now != last || info.waiting.load(Relaxed) > 0 {
-                        (last, quiet) = (now, 0);
-                    } else {
-                        quiet += 1;
-                        if quiet >= idle_ticks {
-                            shared.stats.idle_closed.fetch_add(1, Relaxed);
-                            tracing::debug!(peer = %info.peer, "closing idle client connection");
-                            return;
-                        }
-                    }
+                Some(v @ Verdict::HeadTimeout) => {
+                    shared.stats.header_timeouts.fetch_add(1, Relaxed);
+                    tracing::debug!(peer = %info.peer, "request head not complete in time; closing");
+                    return Poll::Ready(Err(v));
+                }
+                Some(v @ Verdict::Idle) => {
+                    shared.stats.idle_closed.fetch_add(1, Relaxed);
+                    tracing::debug!(peer = %info.peer, "closing idle client connection");
+                    return Poll::Ready(Err(v));
                 }
             }
         }
+    })
+}
+
+/// Tells the connections of one listener to close when idle or slow to send a request head:
+/// one timer for all of them, ticking four times per (shorter) timeout. A connection is
+/// idle when no byte moved and no request waited on an upstream for the idle timeout.
+async fn sweep(shared: Arc<Shared>, conns: Arc<Conns>) {
+    let t = &shared.timeouts;
+    let head_ms = u64::try_from(t.head.as_millis()).unwrap_or(u64::MAX);
+    let tick = (t.idle.min(t.head) / 4).max(Duration::from_millis(1));
+    let idle_ticks = u32::try_from(t.idle.as_nanos().div_ceil(tick.as_nanos())).unwrap_or(u32::MAX);
+    let mut ticker = tokio::time::interval(tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        conns.sweep(head_ms, idle_ticks);
     }
 }
 
@@ -518,7 +529,14 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 async fn sniff_h2(stream: &TcpStream) -> io::Result<bool> {
     let mut buf = [0u8; H2_PREFACE.len()];
     loop {
-        let n = stream.peek(&mut buf).await?;
+        // Peeked with `poll_peek`: `peek`'s future is four times the size, and this one lives
+        // in the connection's task.
+        let n = poll_fn(|cx| {
+            let mut rb = tokio::io::ReadBuf::new(&mut buf);
+            ready!(stream.poll_peek(cx, &mut rb))?;
+            Poll::Ready(Ok::<_, io::Error>(rb.filled().len()))
+        })
+        .await?;
         if n == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
@@ -529,8 +547,9 @@ async fn sniff_h2(stream: &TcpStream) -> io::Result<bool> {
             return Ok(true);
         }
         // A partial preface (rare: it is one small write): peek again once more arrived.
-        // Readiness stays set after a peek, so wait a little instead of spinning.
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        // Readiness stays set after a peek, so wait a little instead of spinning. Boxed:
+        // the timer would otherwise keep its room in every connection's task.
+        Box::pin(tokio::time::sleep(Duration::from_millis(1))).await;
     }
 }
 
@@ -570,13 +589,14 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let _client = TcpStream::connect(addr).await.unwrap();
         let (stream, peer) = listener.accept().await.unwrap();
-        let (_tx, rx) = watch::channel(false);
-        let task = serve_connection(Arc::clone(&gateway.shared), stream, peer, rx);
-        // 640 bytes (648 in a debug build); with hyper's connection inline it was 3.7 KiB, with the gateway's
-        // connection twice in it (moved, then pinned) 1.5 KiB, with `async fn`s keeping
-        // their arguments twice 848 bytes. tokio rounds a task up to 128 bytes: 640 bytes of
-        // future make a 768-byte task, 848 a 1 KiB one.
+        let task = serve_connection(Arc::clone(&gateway.shared), stream, peer, Arc::default());
+        // 336 bytes (344 in a debug build). With hyper's connection inline it was 3.7 KiB,
+        // with the gateway's connection twice in it (moved, then pinned) 1.5 KiB, with
+        // `async fn`s keeping their arguments twice 848 bytes, with a timer and a stop
+        // signal of its own (now the listener's sweeper's) and `peek`'s future 640 bytes.
+        // tokio rounds a task up to 128 bytes: 336 bytes of future make a 512-byte task,
+        // 640 a 768-byte one.
         let size = std::mem::size_of_val(&task);
-        assert!(size <= 656, "{size} bytes");
+        assert!(size <= 352, "{size} bytes");
     }
 }
