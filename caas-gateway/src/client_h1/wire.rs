@@ -29,8 +29,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// Largest read into the stack while no buffer is held.
 const STACK_READ: usize = 8 * 1024;
-/// Smallest heap buffer taken for arriving bytes.
-const MIN_BUF: usize = 4 * 1024;
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -123,7 +121,10 @@ impl Wire {
         let got = rb.filled();
         if !got.is_empty() {
             if self.buf.capacity() - self.buf.len() < got.len() {
-                self.buf.reserve(got.len().max(MIN_BUF));
+                // Taken at the size of what arrived: usually a whole request head, in a
+                // block from the allocator's fast path (a 4 KiB one took its slow path on
+                // every request). Whatever follows grows the buffer.
+                self.buf.reserve(got.len());
             }
             self.buf.extend_from_slice(got);
         }
