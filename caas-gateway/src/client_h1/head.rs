@@ -333,8 +333,19 @@ pub(crate) fn encode_response_head(
     }
     let mut encoder = Encoder::Length(0);
     let mut wrote_date = false;
-    for name in parts.headers.keys() {
-        let values = parts.headers.get_all(name);
+    // By field, with the values of a name together; a name with one value (nearly every
+    // one) is not looked up again.
+    let mut fields = parts.headers.iter().peekable();
+    while let Some((name, first)) = fields.next() {
+        let mut many = false;
+        while fields.next_if(|(n, _)| *n == name).is_some() {
+            many = true;
+        }
+        let values = if many {
+            Values::Many(parts.headers.get_all(name))
+        } else {
+            Values::One(first)
+        };
         match *name {
             header::CONTENT_LENGTH => {
                 if wrote_len {
@@ -460,6 +471,22 @@ pub(crate) fn encode_response_head(
     }
     out.extend_from_slice(b"\r\n");
     Ok((encoder, is_last))
+}
+
+/// The values of one field name in a header map.
+enum Values<'a> {
+    One(&'a HeaderValue),
+    Many(header::GetAll<'a, HeaderValue>),
+}
+
+impl<'a> Values<'a> {
+    fn iter(&self) -> impl Iterator<Item = &'a HeaderValue> + use<'a> {
+        let (one, many) = match self {
+            Self::One(v) => (Some(*v), None),
+            Self::Many(all) => (None, Some(all.iter())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
 }
 
 fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
