@@ -40,62 +40,68 @@ const EJECT_AFTER_FAILURES: u32 = 3;
 
 /// The service of both connections (hyper's and the gateway's own HTTP/1.1): never fails,
 /// every error becomes a response.
-pub(crate) async fn serve_request(
+///
+/// This future and those it awaits ([`proxy`], [`forward`]) are plain functions around
+/// `async move` blocks: an `async fn`'s future keeps room for its arguments twice, and each
+/// of these futures is copied once into the one that awaits it, on every request.
+pub(crate) fn serve_request(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
     req: Request<RequestBody>,
-) -> Result<Response<Tracked<ProxyBody>>, Infallible> {
+) -> impl Future<Output = Result<Response<Tracked<ProxyBody>>, Infallible>> + Send {
     let started = Instant::now();
     let done = conn.request_started();
-    let _waiting = Waiting::new(&conn.waiting);
     shared.stats.requests.fetch_add(1, Relaxed);
-    let mut unanswered = Unanswered(Some(&shared.stats));
     // The access log line, sent when it drops: with the response body, or here when the
     // client leaves before an answer (then as a 499).
     let mut log = shared
         .access_log
         .as_ref()
         .map(|l| Box::new(Pending::new(l, req.method(), req.uri(), conn.peer.ip())));
-    let mut app_state = None;
-    let resp = match proxy(
-        &shared,
-        &conn,
-        req,
-        started,
-        &mut app_state,
-        log.as_deref_mut(),
-    )
-    .await
-    {
-        Ok(resp) => {
-            if let Some(l) = log.as_mut() {
-                l.status = resp.status().as_u16();
-                l.error = None;
-            }
-            resp
-        }
-        Err(err) => {
-            shared.stats.count_error(&err);
-            if let Some(app) = app_state {
-                if err.blame() == Blame::Upstream {
-                    app.stats.record_error();
+    async move {
+        let _waiting = Waiting::new(&conn.waiting);
+        let mut unanswered = Unanswered(Some(&shared.stats));
+        let mut app_state = None;
+        let resp = match proxy(
+            &shared,
+            &conn,
+            req,
+            started,
+            &mut app_state,
+            log.as_deref_mut(),
+        )
+        .await
+        {
+            Ok(resp) => {
+                if let Some(l) = log.as_mut() {
+                    l.status = resp.status().as_u16();
+                    l.error = None;
                 }
-                app.stats
-                    .record_response(err.status().as_u16(), started.elapsed());
+                resp
             }
-            if let Some(l) = log.as_mut() {
-                l.status = err.status().as_u16();
-                l.error = Some(err.code());
-                if let Some(addr) = err.upstream_addr() {
-                    l.endpoint = Some(addr);
+            Err(err) => {
+                shared.stats.count_error(&err);
+                if let Some(app) = app_state {
+                    if err.blame() == Blame::Upstream {
+                        app.stats.record_error();
+                    }
+                    app.stats
+                        .record_response(err.status().as_u16(), started.elapsed());
                 }
+                if let Some(l) = log.as_mut() {
+                    l.status = err.status().as_u16();
+                    l.error = Some(err.code());
+                    if let Some(addr) = err.upstream_addr() {
+                        l.endpoint = Some(addr);
+                    }
+                }
+                tracing::debug!(peer = %conn.peer, "answered {}: {err}", err.status());
+                err.into_response()
             }
-            tracing::debug!(peer = %conn.peer, "answered {}: {err}", err.status());
-            err.into_response()
-        }
-    };
-    unanswered.0 = None;
-    Ok(resp.map(|body| Tracked::new(body, done, log)))
+        };
+        unanswered.0 = None;
+        Ok(resp.map(|body| Tracked::new(body, done, log)))
+    }
 }
 
 /// Puts the app a request's authority routes to in its log line, and the endpoint picked
@@ -230,134 +236,139 @@ fn reroute(
         .ok_or(ProxyError::NoEndpoint)
 }
 
-async fn proxy(
-    shared: &Shared,
-    conn: &ConnInfo,
+fn proxy<'a>(
+    shared: &'a Shared,
+    conn: &'a ConnInfo,
     mut req: Request<RequestBody>,
     started: Instant,
-    app_out: &mut Option<Arc<AppState>>,
-    mut log: Option<&mut Pending>,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    check_head_limits(shared, &req)?;
-    let upgrade = is_upgrade_request(&req);
+    app_out: &'a mut Option<Arc<AppState>>,
+    mut log: Option<&'a mut Pending>,
+) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send + 'a {
+    // The request is taken apart before the future is made: it holds the parts, not the
+    // request as well.
+    let within_limits = check_head_limits(shared, &req);
+    let upgrade = within_limits.is_ok() && is_upgrade_request(&req);
     let client_upgrade = upgrade.then(|| ClientUpgrade::of(&mut req));
     let (parts, mut body) = req.into_parts();
-    if let Some(l) = &log {
-        body.log_bytes_to(Arc::clone(&l.bytes_in));
-    }
-    let authority = Authority::of(&parts)?;
-    let target = Target {
-        authority: &authority,
-        client: client_ip(
-            conn.peer.ip(),
-            &parts.headers,
-            &shared.config.trusted_proxies,
-        ),
-        path: parts.uri.path(),
-        user_agent: parts.headers.get(USER_AGENT).map(HeaderValue::as_bytes),
-    };
-    if let Some(l) = &mut log {
-        l.client = target.client;
-    }
-    // Over TLS here, or at a trusted proxy in front (which then said so).
-    let https = conn.tls
-        || forwarded_https(
-            conn.peer.ip(),
-            &parts.headers,
-            &shared.config.trusted_proxies,
-        );
-    let routed = {
-        let table = shared.router.load();
-        // A plain request for an app that wants HTTPS, past its blacklists: sent there.
-        if let Some(app) = redirect::wanted(https, &table, &authority)
-            && filter(&table, app, &target).is_ok()
-            && let Some(to) = redirect::to_https(shared, app, &authority, &parts, started)
-        {
-            if let Some(l) = &mut log {
-                log_route(l, &table, &authority, None);
-            }
-            return Ok(to);
+    async move {
+        within_limits?;
+        if let Some(l) = &log {
+            body.log_bytes_to(Arc::clone(&l.bytes_in));
         }
-        let routed = route(&table, &target);
+        let authority = Authority::of(&parts)?;
+        let target = Target {
+            authority: &authority,
+            client: client_ip(
+                conn.peer.ip(),
+                &parts.headers,
+                &shared.config.trusted_proxies,
+            ),
+            path: parts.uri.path(),
+            user_agent: parts.headers.get(USER_AGENT).map(HeaderValue::as_bytes),
+        };
         if let Some(l) = &mut log {
-            log_route(
-                l,
-                &table,
-                &authority,
-                routed.as_ref().ok().map(|(_, ep)| ep),
-            );
+            l.client = target.client;
         }
-        routed
-    };
-    let (admitted, ep) = routed.map_err(|(e, app)| {
-        *app_out = app;
-        e
-    })?;
-    let app = admitted.state();
-    *app_out = Some(Arc::clone(app));
-
-    // The head is encoded once: sending it again (on a fresh connection, or on another
-    // endpoint) costs no copy of the request.
-    let has_body = !body.is_empty();
-    let mut head = Vec::new();
-    let framing = h1::encode_request_head(&parts, has_body, &mut head, |out| {
-        let proto = if https {
-            &redirect::HTTPS
-        } else {
-            conn.proto()
+        // Over TLS here, or at a trusted proxy in front (which then said so).
+        let https = conn.tls
+            || forwarded_https(
+                conn.peer.ip(),
+                &parts.headers,
+                &shared.config.trusted_proxies,
+            );
+        let routed = {
+            let table = shared.router.load();
+            // A plain request for an app that wants HTTPS, past its blacklists: sent there.
+            if let Some(app) = redirect::wanted(https, &table, &authority)
+                && filter(&table, app, &target).is_ok()
+                && let Some(to) = redirect::to_https(shared, app, &authority, &parts, started)
+            {
+                if let Some(l) = &mut log {
+                    log_route(l, &table, &authority, None);
+                }
+                return Ok(to);
+            }
+            let routed = route(&table, &target);
+            if let Some(l) = &mut log {
+                log_route(
+                    l,
+                    &table,
+                    &authority,
+                    routed.as_ref().ok().map(|(_, ep)| ep),
+                );
+            }
+            routed
         };
-        write_upstream_fields(&parts, &authority, &conn.peer_ip, proto, upgrade, out);
-    });
-    let request = Outgoing {
-        head: &head,
-        method: &parts.method,
-        body: has_body.then(|| BodySender::new(body, framing)),
-        // A bodyless idempotent request can be sent again, once, on another endpoint when
-        // the first fails before answering: a container that died moments before its
-        // deregistration reached the gateway (Docker's proxy accepts, then resets) costs
-        // the client nothing.
-        may_resend: !upgrade && !has_body && is_idempotent(&parts.method),
-    };
-    let fwd = forward(shared, &target, app, ep, request).await?;
-    fwd.ep.record_success();
-    if let Some(l) = &mut log
-        && l.endpoint != Some(fwd.ep.endpoint().addr)
-    {
-        // Retried on another endpoint, maybe of another version.
-        log_route(l, &shared.router.load(), &authority, Some(&fwd.ep));
-    }
-    let h1::ResponseHead {
-        parts: resp,
-        framing,
-        keep_alive,
-    } = fwd.head;
-    let status = resp.status;
-    let latency = started.elapsed();
-    app.stats.record_response(status.as_u16(), latency);
-    fwd.ep.stats.record_response(status.as_u16(), latency);
+        let (admitted, ep) = routed.map_err(|(e, app)| {
+            *app_out = app;
+            e
+        })?;
+        let app = admitted.state();
+        *app_out = Some(Arc::clone(app));
 
-    if status == StatusCode::SWITCHING_PROTOCOLS {
-        let addr = fwd.conn.addr();
-        let Some(client_upgrade) = client_upgrade else {
-            return Err(ProxyError::Upstream {
-                addr,
-                reason: "101 Switching Protocols to a request that asked for no upgrade".into(),
-            });
+        // The head is encoded once: sending it again (on a fresh connection, or on another
+        // endpoint) costs no copy of the request.
+        let has_body = !body.is_empty();
+        let mut head = Vec::new();
+        let framing = h1::encode_request_head(&parts, has_body, &mut head, |out| {
+            let proto = if https {
+                &redirect::HTTPS
+            } else {
+                conn.proto()
+            };
+            write_upstream_fields(&parts, &authority, &conn.peer_ip, proto, upgrade, out);
+        });
+        let request = Outgoing {
+            head: &head,
+            method: &parts.method,
+            body: has_body.then(|| BodySender::new(body, framing)),
+            // A bodyless idempotent request can be sent again, once, on another endpoint when
+            // the first fails before answering: a container that died moments before its
+            // deregistration reached the gateway (Docker's proxy accepts, then resets) costs
+            // the client nothing.
+            may_resend: !upgrade && !has_body && is_idempotent(&parts.method),
         };
-        shared.stats.upgrades.fetch_add(1, Relaxed);
-        tokio::spawn(tunnel(client_upgrade, fwd.conn, addr));
-        return Ok(Response::from_parts(resp, ProxyBody::empty()));
+        let fwd = forward(shared, &target, app, ep, request).await?;
+        fwd.ep.record_success();
+        if let Some(l) = &mut log
+            && l.endpoint != Some(fwd.ep.endpoint().addr)
+        {
+            // Retried on another endpoint, maybe of another version.
+            log_route(l, &shared.router.load(), &authority, Some(&fwd.ep));
+        }
+        let h1::ResponseHead {
+            parts: resp,
+            framing,
+            keep_alive,
+        } = fwd.head;
+        let status = resp.status;
+        let latency = started.elapsed();
+        app.stats.record_response(status.as_u16(), latency);
+        fwd.ep.stats.record_response(status.as_u16(), latency);
+
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            let addr = fwd.conn.addr();
+            let Some(client_upgrade) = client_upgrade else {
+                return Err(ProxyError::Upstream {
+                    addr,
+                    reason: "101 Switching Protocols to a request that asked for no upgrade".into(),
+                });
+            };
+            shared.stats.upgrades.fetch_add(1, Relaxed);
+            tokio::spawn(tunnel(client_upgrade, fwd.conn, addr));
+            return Ok(Response::from_parts(resp, ProxyBody::empty()));
+        }
+        let reusable = keep_alive && (fwd.complete || fwd.sending.is_some());
+        let body = UpstreamBody::new(
+            fwd.conn,
+            framing,
+            reusable,
+            fwd.sending,
+            fwd.in_flight,
+            admitted,
+        );
+        Ok(Response::from_parts(resp, ProxyBody::upstream(body)))
     }
-    let reusable = keep_alive && (fwd.complete || fwd.sending.is_some());
-    let body = UpstreamBody::new(
-        fwd.conn,
-        framing,
-        reusable,
-        fwd.sending,
-        fwd.in_flight,
-        admitted,
-    );
-    Ok(Response::from_parts(resp, ProxyBody::upstream(body)))
 }
 
 /// A request as it goes upstream: its encoded head and the sender of its body.
@@ -384,80 +395,87 @@ struct Forwarded {
 /// retried on another endpoint, a pooled connection found closed is replaced, and a
 /// bodyless idempotent request reset before any answer is resent once on another endpoint.
 /// Each retry goes through the same authority and filters as the first try.
-async fn forward(
-    shared: &Shared,
-    target: &Target<'_>,
-    app: &Arc<AppState>,
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn's future holds its arguments twice, copied on every request"
+)]
+fn forward<'a>(
+    shared: &'a Shared,
+    target: &'a Target<'a>,
+    app: &'a Arc<AppState>,
     mut ep: Arc<EndpointState>,
-    mut req: Outgoing<'_>,
-) -> Result<Forwarded, ProxyError> {
-    loop {
-        let (mut upstream, mut reused) = connect_any(shared, target, app, &mut ep).await?;
-        let in_flight = ep.start_request();
-        if let Some(b) = req.body.as_mut() {
-            b.body_mut().count_to(app, &ep);
-        }
-        let addr = ep.endpoint().addr;
-        let failed = loop {
-            let mut exchange = Exchange::new(&mut upstream, req.head, req.body.take(), req.method);
-            send_after_batch(&shared.stats).await;
-            let res = exchange.response_head(shared.timeouts.response).await;
-            let complete = exchange.request_complete();
-            req.body = exchange.take_body();
-            match res {
-                Ok(head) => {
-                    return Ok(Forwarded {
-                        head,
-                        conn: upstream,
-                        ep,
-                        // The rest of a body the upstream answered early goes on with the
-                        // response.
-                        sending: req.body.filter(|_| !complete),
-                        complete,
-                        in_flight,
-                    });
-                }
-                Err(ExchangeError::Closed(_)) if reused => {
-                    // A pooled connection the upstream had closed: nothing of the request
-                    // was consumed, so it goes again as it is on a fresh connection.
-                    upstream = Box::pin(UpstreamConn::connect(addr, shared.timeouts.connect))
-                        .await
-                        .map_err(|e| connect_failed(shared, &ep, e))?;
-                    shared.stats.upstream_connects.fetch_add(1, Relaxed);
-                    reused = false;
-                }
-                // The client's faults end the exchange (the connection is dropped with it)
-                // and touch no endpoint's health.
-                Err(ExchangeError::ClientBody(e)) => return Err(e.into()),
-                Err(ExchangeError::ClientStalled) => {
-                    return Err(ProxyError::ClientTimeout {
-                        timeout_ms: millis(shared.timeouts.response),
-                    });
-                }
-                Err(ExchangeError::Closed(reason) | ExchangeError::Upstream(reason)) => {
-                    break ProxyError::Upstream { addr, reason };
-                }
-                Err(ExchangeError::TimedOut) => {
-                    break ProxyError::Timeout {
-                        addr,
-                        timeout_ms: millis(shared.timeouts.response),
-                    };
-                }
+    mut req: Outgoing<'a>,
+) -> impl Future<Output = Result<Forwarded, ProxyError>> + Send + 'a {
+    async move {
+        loop {
+            let (mut upstream, mut reused) = connect_any(shared, target, app, &mut ep).await?;
+            let in_flight = ep.start_request();
+            if let Some(b) = req.body.as_mut() {
+                b.body_mut().count_to(app, &ep);
             }
-        };
-        drop(in_flight);
-        if ep.record_failure() >= EJECT_AFTER_FAILURES {
-            eject(shared, &ep);
+            let addr = ep.endpoint().addr;
+            let failed = loop {
+                let mut exchange =
+                    Exchange::new(&mut upstream, req.head, req.body.take(), req.method);
+                send_after_batch(&shared.stats).await;
+                let res = exchange.response_head(shared.timeouts.response).await;
+                let complete = exchange.request_complete();
+                req.body = exchange.take_body();
+                match res {
+                    Ok(head) => {
+                        return Ok(Forwarded {
+                            head,
+                            conn: upstream,
+                            ep,
+                            // The rest of a body the upstream answered early goes on with the
+                            // response.
+                            sending: req.body.filter(|_| !complete),
+                            complete,
+                            in_flight,
+                        });
+                    }
+                    Err(ExchangeError::Closed(_)) if reused => {
+                        // A pooled connection the upstream had closed: nothing of the request
+                        // was consumed, so it goes again as it is on a fresh connection.
+                        upstream = Box::pin(UpstreamConn::connect(addr, shared.timeouts.connect))
+                            .await
+                            .map_err(|e| connect_failed(shared, &ep, e))?;
+                        shared.stats.upstream_connects.fetch_add(1, Relaxed);
+                        reused = false;
+                    }
+                    // The client's faults end the exchange (the connection is dropped with it)
+                    // and touch no endpoint's health.
+                    Err(ExchangeError::ClientBody(e)) => return Err(e.into()),
+                    Err(ExchangeError::ClientStalled) => {
+                        return Err(ProxyError::ClientTimeout {
+                            timeout_ms: millis(shared.timeouts.response),
+                        });
+                    }
+                    Err(ExchangeError::Closed(reason) | ExchangeError::Upstream(reason)) => {
+                        break ProxyError::Upstream { addr, reason };
+                    }
+                    Err(ExchangeError::TimedOut) => {
+                        break ProxyError::Timeout {
+                            addr,
+                            timeout_ms: millis(shared.timeouts.response),
+                        };
+                    }
+                }
+            };
+            drop(in_flight);
+            if ep.record_failure() >= EJECT_AFTER_FAILURES {
+                eject(shared, &ep);
+            }
+            if !(req.may_resend && matches!(failed, ProxyError::Upstream { .. })) {
+                return Err(failed);
+            }
+            req.may_resend = false;
+            let Ok(other) = reroute(&shared.router.load(), target, app, &ep) else {
+                return Err(failed);
+            };
+            tracing::debug!(failed = %addr, next = %other.endpoint().addr, "resending after: {failed}");
+            ep = other;
         }
-        if !(req.may_resend && matches!(failed, ProxyError::Upstream { .. })) {
-            return Err(failed);
-        }
-        req.may_resend = false;
-        let Ok(other) = reroute(&shared.router.load(), target, app, &ep) else {
-            return Err(failed);
-        };
-        tracing::debug!(failed = %addr, next = %other.endpoint().addr, "resending after: {failed}");
-        ep = other;
     }
 }
 

@@ -26,15 +26,15 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use http::{Request, StatusCode};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
 
 use self::head::{BodyLength, Encoder, HeadError, HeadLimits, RequestHead, ResponseContext};
 pub(crate) use self::wire::OnUpgrade;
 use self::wire::{ClientBody, Io, Wire, lock};
-use crate::body::RequestBody;
-use crate::conn::{ConnInfo, Shared, send_after_batch};
+use crate::body::{ProxyBody, RequestBody};
+use crate::conn::{ConnInfo, Shared, Tracked, send_after_batch};
 use crate::proxy::serve_request;
 
 /// What became of a connection after a request.
@@ -96,6 +96,11 @@ pub(crate) fn serve(
 }
 
 /// Reads a request head and serves the request, or refuses the head.
+///
+/// The request's state is split so that each part lives only while it is needed: the head
+/// is taken apart without awaiting ([`start`]), the proxy's future is dropped once the
+/// response head is in, and the response is written by [`respond`]. This future is boxed
+/// (copied) once per request, and each of its parts is copied into it.
 async fn request(
     shared: &Arc<Shared>,
     info: &Arc<ConnInfo>,
@@ -103,18 +108,39 @@ async fn request(
     limits: HeadLimits,
     request: u64,
 ) -> io::Result<Outcome> {
-    match read_head(wire, limits).await {
-        Ok(Some(head)) => exchange(shared, info, wire, head, request).await,
-        Ok(None) => Ok(Outcome::Gone),
+    let head = match read_head(wire, limits).await {
+        Ok(Some(head)) => head,
+        Ok(None) => return Ok(Outcome::Gone),
         Err(Refused::Head(e)) => {
             shared.stats.count(e.code);
             tracing::debug!(peer = %info.peer, "unparsable request head: {}", e.code.as_str());
             let answer = e.code.http1_response(e.message);
             write_all(wire, &mut [&answer]).await?;
-            Ok(Outcome::Close)
+            return Ok(Outcome::Close);
         }
-        Err(Refused::Io(e)) => Err(e),
-    }
+        Err(Refused::Io(e)) => return Err(e),
+    };
+    let (req, asked) = start(wire, head, request);
+    // The proxy runs; once the request body is all read, the socket is watched for the
+    // client leaving (the request is then dropped, and counted as abandoned).
+    let resp = {
+        let mut service = pin!(serve_request(Arc::clone(shared), Arc::clone(info), req));
+        poll_fn(|cx| {
+            if let Poll::Ready(Ok(resp)) = service.as_mut().poll(cx) {
+                return Poll::Ready(Some(resp));
+            }
+            match lock(wire).poll_client_gone(cx) {
+                Poll::Ready(()) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    };
+    let Some(resp) = resp else {
+        tracing::debug!(peer = %info.peer, "client left before its response");
+        return Ok(Outcome::Close);
+    };
+    respond(shared, info, wire, resp, asked).await
 }
 
 enum Refused {
@@ -143,14 +169,22 @@ async fn read_head(wire: &Mutex<Wire>, limits: HeadLimits) -> Result<Option<Requ
     .await
 }
 
-/// One request: through the proxy, then its response written.
-async fn exchange(
-    shared: &Arc<Shared>,
-    info: &Arc<ConnInfo>,
+/// What a request asked that shapes its response.
+struct Asked {
+    method: Method,
+    version: Version,
+    keep_alive: bool,
+    /// Where the connection goes if the upstream switches protocols.
+    upgrade_to: Option<tokio::sync::oneshot::Sender<wire::Upgraded>>,
+}
+
+/// Starts request number `request`: its body is read from the socket as its head says,
+/// and the request goes to the proxy.
+fn start(
     wire: &Arc<Mutex<Wire>>,
     head: RequestHead,
     request: u64,
-) -> io::Result<Outcome> {
+) -> (Request<RequestBody>, Asked) {
     let RequestHead {
         mut parts,
         framing,
@@ -159,32 +193,34 @@ async fn exchange(
         upgrade,
     } = head;
     lock(wire).start_request(request, framing, expect_continue);
-    let method = parts.method.clone();
-    let version = parts.version;
-    let upgrade_to = upgrade.then(|| {
-        let (tx, on) = OnUpgrade::pair();
-        parts.extensions.insert(on);
-        tx
-    });
-    let body = RequestBody::client(ClientBody::new(Arc::clone(wire), request, framing));
-    let req = Request::from_parts(parts, body);
-    let mut service = pin!(serve_request(Arc::clone(shared), Arc::clone(info), req));
-    // The proxy runs; once the request body is all read, the socket is watched for the
-    // client leaving (the request is then dropped, and counted as abandoned).
-    let resp = poll_fn(|cx| {
-        if let Poll::Ready(Ok(resp)) = service.as_mut().poll(cx) {
-            return Poll::Ready(Some(resp));
-        }
-        match lock(wire).poll_client_gone(cx) {
-            Poll::Ready(()) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    })
-    .await;
-    let Some(resp) = resp else {
-        tracing::debug!(peer = %info.peer, "client left before its response");
-        return Ok(Outcome::Close);
+    let asked = Asked {
+        method: parts.method.clone(),
+        version: parts.version,
+        keep_alive,
+        upgrade_to: upgrade.then(|| {
+            let (tx, on) = OnUpgrade::pair();
+            parts.extensions.insert(on);
+            tx
+        }),
     };
+    let body = RequestBody::client(ClientBody::new(Arc::clone(wire), request, framing));
+    (Request::from_parts(parts, body), asked)
+}
+
+/// Writes the response to a request.
+async fn respond(
+    shared: &Arc<Shared>,
+    info: &Arc<ConnInfo>,
+    wire: &Arc<Mutex<Wire>>,
+    resp: Response<Tracked<ProxyBody>>,
+    asked: Asked,
+) -> io::Result<Outcome> {
+    let Asked {
+        method,
+        version,
+        keep_alive,
+        upgrade_to,
+    } = asked;
     send_after_batch(&shared.stats).await;
     let (mut parts, mut body) = resp.into_parts();
     let keep_alive = keep_alive && !info.draining.load(Relaxed) && {
