@@ -472,7 +472,6 @@ where
     C: Future + Send,
 {
     let mut known = None;
-    let mut draining = false;
     poll_fn(move |cx| {
         loop {
             if let Poll::Ready(out) = conn.as_mut().poll(cx) {
@@ -480,9 +479,8 @@ where
             }
             match info.verdict(cx, &mut known) {
                 None => return Poll::Pending,
-                Some(Verdict::Stop) if draining => return Poll::Pending,
                 Some(Verdict::Stop) => {
-                    draining = true;
+                    // Taken back, so the next wake-up does not start the shutdown again.
                     info.stop_taken();
                     if on_stop(conn.as_mut()) {
                         return Poll::Ready(Err(Verdict::Stop));
