@@ -1,7 +1,9 @@
-//! The client connection's socket as hyper sees it ([`ClientIo`]): counts reads and writes
-//! for the idle timer, notes when a request head starts for the head timer, sends small
-//! responses in one `send`, and puts the gateway's JSON answer in place of the bare one
-//! hyper writes for a request head it cannot parse.
+//! The client connection's socket as hyper and the gateway's own HTTP/1.1 server see it
+//! ([`ClientIo`]): counts reads and writes for the idle timer, notes when a request head
+//! starts for the head timer, sends small responses in one `send`, lets a response head wait
+//! in the kernel for the body right behind it ([`ClientStream::poll_write_more`]), and puts
+//! the gateway's JSON answer in place of the bare one hyper writes for a request head it
+//! cannot parse.
 //!
 //! hyper answers an unparsable head itself (400, 431 for one too large, 414 for a target too
 //! long) with an empty body and closes the connection; no service runs, so the proxy never
@@ -16,7 +18,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
+use crate::client_h1::wire::Io;
 use crate::conn::{ConnInfo, Shared};
 use crate::error::ErrorCode;
 
@@ -94,6 +98,52 @@ fn parser_answer(buf: &[u8]) -> Option<(ErrorCode, &'static str)> {
             .windows(b"content-length: 0\r\n".len())
             .any(|w| w.eq_ignore_ascii_case(b"content-length: 0\r\n"));
     head_only.then_some(answer)
+}
+
+/// A client connection's stream: plain TCP or TLS over it.
+pub(crate) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Writes the start of a message whose next bytes are on their way (a response head
+    /// whose body has not arrived from the upstream yet). On a TCP socket the kernel may
+    /// hold what this writes (`MSG_MORE`) to go out in one segment with the next write, for
+    /// at most about 200 ms; HAProxy writes incomplete messages the same way. Other
+    /// streams write it at once.
+    fn poll_write_more(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write(cx, buf)
+    }
+}
+
+impl ClientStream for TcpStream {
+    #[cfg(target_os = "linux")]
+    fn poll_write_more(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let flags = libc::MSG_MORE | libc::MSG_NOSIGNAL;
+        loop {
+            ready!(self.poll_write_ready(cx))?;
+            let sent = self.try_io(tokio::io::Interest::WRITABLE, || {
+                socket2::SockRef::from(&*self).send_with_flags(buf, flags)
+            });
+            match sent {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                sent => return Poll::Ready(sent),
+            }
+        }
+    }
+}
+
+impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {}
+
+impl<S: ClientStream> Io for ClientIo<S> {
+    fn poll_write_more(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write_more(cx, buf);
+        self.counted(res)
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {

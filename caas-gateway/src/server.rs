@@ -25,7 +25,7 @@ use crate::access_log::{AccessLog, AccessLogConfig, AccessLogStats};
 use crate::body::RequestBody;
 use crate::client_h1;
 use crate::client_h1::wire::Io;
-use crate::client_io::ClientIo;
+use crate::client_io::{ClientIo, ClientStream};
 use crate::config::{GatewayConfig, Limits};
 use crate::conn::{ConnInfo, Conns, Shared, Timeouts, Verdict};
 use crate::error::GatewayError;
@@ -380,7 +380,7 @@ pub(crate) fn serve_http<S>(
     info: Arc<ConnInfo>,
 ) -> impl Future<Output = ()> + Send + '_
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: ClientStream,
 {
     let io: Result<Box<dyn Io>, Box<S>> = if !info.h2() && !shared.hyper_http1 {
         Ok(Box::new(ClientIo::own(

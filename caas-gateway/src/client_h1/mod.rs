@@ -304,9 +304,15 @@ where
         let frame = match polled {
             Poll::Ready(frame) => frame,
             Poll::Pending => {
-                // Nothing more now: what is written goes out before waiting.
-                if let Some(h) = head.take() {
-                    write_all(wire, &mut [&h]).await?;
+                // Nothing more now: what is written goes out before waiting, except a head
+                // whose body has a length: that may wait in the kernel for the body's first
+                // bytes, so the client gets both in one segment as from the upstream.
+                match head.take() {
+                    Some(h) if matches!(encoder, Encoder::Length(_)) => {
+                        write_more(wire, &h).await?
+                    }
+                    Some(h) => write_all(wire, &mut [&h]).await?,
+                    None => {}
                 }
                 flush(wire).await?;
                 body.frame().await
@@ -394,6 +400,21 @@ fn poll_write_all(w: &mut Wire, cx: &mut Context<'_>, parts: &mut [&[u8]]) -> Po
             n -= k;
         }
     }
+}
+
+/// Writes every byte of `bytes` as the start of a message whose next bytes are on their way.
+async fn write_more(wire: &Mutex<Wire>, mut bytes: &[u8]) -> io::Result<()> {
+    poll_fn(|cx| {
+        let mut w = lock(wire);
+        while !bytes.is_empty() {
+            match ready!(w.poll_write_more(cx, bytes))? {
+                0 => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                n => bytes = &bytes[n..],
+            }
+        }
+        Poll::Ready(Ok(()))
+    })
+    .await
 }
 
 async fn flush(wire: &Mutex<Wire>) -> io::Result<()> {

@@ -23,9 +23,17 @@ use crate::h1::{ChunkStep, Chunked};
 use crate::upstream::body_reserve;
 
 /// A client connection's stream, plain or TLS.
-pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Writes the start of a message whose next bytes are on their way: the kernel may
+    /// hold it to go out with them (see `ClientStream::poll_write_more`). By default, a
+    /// plain write.
+    fn poll_write_more(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(self).poll_write(cx, buf)
+    }
+}
 
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+/// A client connection hyper served, upgraded.
+impl Io for hyper_util::rt::TokioIo<hyper::upgrade::Upgraded> {}
 
 /// Largest read into the stack while no buffer is held.
 const STACK_READ: usize = 8 * 1024;
@@ -321,6 +329,16 @@ impl Wire {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         Pin::new(self.io()?).poll_write_vectored(cx, bufs)
+    }
+
+    /// Writes as much of `buf` as the socket takes now, as the start of a message whose
+    /// next bytes are on their way.
+    pub(crate) fn poll_write_more(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.io()?.poll_write_more(cx, buf)
     }
 
     pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
