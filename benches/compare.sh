@@ -20,9 +20,12 @@
 #
 # HTTPS rows: the three proxies also terminate TLS (one ECDSA P-256 certificate made at start,
 # TLS 1.3 negotiated by all three) in front of the same plain backend; wrk runs -cTLS_CONNS on
-# "ok\n" over keep-alive connections (requests/s) and with `Connection: close` (every request
-# on a new connection: a full handshake each, so requests/s is handshakes/s; wrk resumes no
-# sessions).
+# "ok\n" over keep-alive connections (requests/s) and with `Connection: close`, every request
+# on a new connection, so requests/s is handshakes/s: once where the proxies resume sessions
+# (tickets on; wrk keeps each connection's session and offers it on the next), once on a
+# second TLS port of each where resumption is off (full handshakes: the certificate and a
+# signature every time; for the gateway a second process, `gateway-full`, with
+# `session_resumption = false`). The script checks both kinds with a Python client first.
 #
 # Usage: benches/compare.sh [--quick] [-h|--help]
 #   --quick           1 round of 2 s (a smoke test, not a measurement)
@@ -99,7 +102,7 @@ size_bytes() {
     *) echo $((10#$1)) ;;
   esac
 }
-# The path of a body size on every target ("https" and "https-new" are "ok\n" at / over TLS).
+# The path of a body size on every target (the "https*" rows are "ok\n" at / over TLS).
 size_path() { if [[ $1 == 0 || $1 == https* ]]; then echo /; else echo "/$1"; fi; }
 
 # --- tools ------------------------------------------------------------------------------
@@ -192,11 +195,17 @@ free_port GATEWAY_PORT
 free_port GATEWAY_B_PORT
 free_port GATEWAY_LOG_PORT
 NGINX_TLS_PORT="" HAPROXY_TLS_PORT="" GATEWAY_TLS_PORT="" GATEWAY_B_TLS_PORT=""
+NGINX_FULL_PORT="" HAPROXY_FULL_PORT="" GATEWAY_FULL_TLS_PORT=""
 if ((TLS_CONNS > 0)); then
   free_port NGINX_TLS_PORT
   free_port HAPROXY_TLS_PORT
   free_port GATEWAY_TLS_PORT
   free_port GATEWAY_B_TLS_PORT
+  # Full handshakes: TLS ports with session resumption off.
+  free_port NGINX_FULL_PORT
+  free_port HAPROXY_FULL_PORT
+  free_port GATEWAY_FULL_PORT
+  free_port GATEWAY_FULL_TLS_PORT
   make_tls_cert
 fi
 
@@ -212,12 +221,15 @@ done
 # Every nginx may open NOFILE files; the backend serves the bodies with sendfile.
 write_backend_conf "worker_rlimit_nofile $NOFILE;" \
   "  default_type application/octet-stream;"$'\n'"  sendfile on;"$'\n' "$body_locations"
-write_nginx_proxy_conf "$NGINX_PORT" "worker_rlimit_nofile $NOFILE;" "$NGINX_TLS_PORT"
+write_nginx_proxy_conf "$NGINX_PORT" "worker_rlimit_nofile $NOFILE;" "$NGINX_TLS_PORT" \
+  "$NGINX_FULL_PORT"
 # Idle keep-alive client connections stay open 60 s or more on every proxy (nginx: its
 # default keepalive_timeout, 75 s), long enough to hold IDLE_CONNS of them and read the RSS.
-write_haproxy_cfg "$HAPROXY_PORT" "$HAPROXY_TLS_PORT"
+write_haproxy_cfg "$HAPROXY_PORT" "$HAPROXY_TLS_PORT" "$HAPROXY_FULL_PORT"
 write_gateway_toml gateway "$GATEWAY_PORT" "$GATEWAY_TLS_PORT"
 write_gateway_toml gateway-b "$GATEWAY_B_PORT" "$GATEWAY_B_TLS_PORT"
+((TLS_CONNS == 0)) || write_gateway_toml gateway-full "$GATEWAY_FULL_PORT" \
+  "$GATEWAY_FULL_TLS_PORT" "" "session_resumption = false"
 # The access log on tmpfs: the row measures producing and writing lines, not a disk.
 if [[ -d /dev/shm && -w /dev/shm ]]; then
   ACCESS_LOG_FILE=$(mktemp /dev/shm/caas-compare-access.XXXXXX)
@@ -247,9 +259,9 @@ start_proxy() {
       RUST_LOG=${RUST_LOG:-warn} start gateway-b "${PIN_PROXY[@]}" "$GATEWAY_BIN_B" \
         --config "$WORK/gateway-b.toml"
       ;;
-    gateway-log)
-      RUST_LOG=${RUST_LOG:-warn} start gateway-log "${PIN_PROXY[@]}" "$GATEWAY_BIN" \
-        --config "$WORK/gateway-log.toml"
+    gateway-log | gateway-full)
+      RUST_LOG=${RUST_LOG:-warn} start "$1" "${PIN_PROXY[@]}" "$GATEWAY_BIN" \
+        --config "$WORK/$1.toml"
       ;;
   esac
 }
@@ -266,6 +278,10 @@ fi
 if [[ $ACCESS_LOG == 1 ]]; then
   start_proxy gateway-log
   wait_http gateway-log "$GATEWAY_LOG_PORT"
+fi
+if ((TLS_CONNS > 0)); then
+  start_proxy gateway-full
+  wait_http gateway-full "$GATEWAY_FULL_PORT"
 fi
 
 
@@ -329,9 +345,19 @@ declare -A TLS_URL=(
   [nginx-proxy]="https://127.0.0.1:$NGINX_TLS_PORT/"
   [haproxy]="https://127.0.0.1:$HAPROXY_TLS_PORT/"
 )
+# Each proxy's TLS port with session resumption off, and the process serving it.
+declare -A FULL_URL=(
+  [gateway]="https://127.0.0.1:$GATEWAY_FULL_TLS_PORT/"
+  [nginx-proxy]="https://127.0.0.1:$NGINX_FULL_PORT/"
+  [haproxy]="https://127.0.0.1:$HAPROXY_FULL_PORT/"
+)
+declare -A FULL_SERVER=([gateway]=gateway-full [nginx-proxy]=nginx-proxy [haproxy]=haproxy)
 # Whether target $1 has an HTTPS row: not direct (the backend serves no TLS), not gateway-log
-# (the access log's cost is measured over plain HTTP).
-tls_target() { [[ -v "TLS_URL[$1]" ]]; }
+# (the access log's cost is measured over plain HTTP); the full-handshake row ($2 =
+# https-full) not gateway-b either.
+tls_target() {
+  if [[ ${2:-} == https-full ]]; then [[ -v "FULL_URL[$1]" ]]; else [[ -v "TLS_URL[$1]" ]]; fi
+}
 # Each proxy must answer 200 "ok" over TLS 1.3 before anything is measured.
 check_tls() {
   local name=$1 url=$2 got
@@ -340,9 +366,44 @@ check_tls() {
   [[ ${got%% *} == 200 ]] ||
     die "$name: GET $url over TLS 1.3 answered '${got:-nothing}', want 200; check its config and logs ($WORK)"
 }
+# Whether a second connection to $2 resumes the first one's session: prints "resumed" or
+# "full" (Python's ssl, which offers the TLS 1.3 ticket it got, as wrk does).
+resumption() {
+  python3 - "$2" "$HOST_HEADER" <<'PY' || die "$1: cannot handshake twice with $2"
+import socket, ssl, sys
+from urllib.parse import urlsplit
+u = urlsplit(sys.argv[1])
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+session, reused = None, False
+for _ in range(2):
+    with socket.create_connection((u.hostname, u.port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname=sys.argv[2], session=session) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: " + sys.argv[2].encode() + b"\r\nConnection: close\r\n\r\n")
+            while s.recv(4096):
+                pass
+            session, reused = s.session, s.session_reused
+print("resumed" if reused else "full")
+PY
+}
+# Each proxy resumes on its TLS port and does full handshakes on its second one, or the rows
+# would not measure what they say.
+check_resumption() {
+  local name=$1 url=$2 want=$3 got
+  got=$(resumption "$name" "$url")
+  [[ $got == "$want" ]] ||
+    die "$name: a returning client's handshake at $url was $got, want $want; check its TLS config ($WORK)"
+}
 if ((TLS_CONNS > 0)); then
   for target in "${TARGETS[@]}"; do
-    ! tls_target "$target" || check_tls "$target" "${TLS_URL[$target]}"
+    tls_target "$target" || continue
+    check_tls "$target" "${TLS_URL[$target]}"
+    check_resumption "$target" "${TLS_URL[$target]}" resumed
+    if tls_target "$target" https-full; then
+      check_tls "$target" "${FULL_URL[$target]}"
+      check_resumption "$target" "${FULL_URL[$target]}" full
+    fi
   done
 fi
 declare -A PORT=([gateway]=$GATEWAY_PORT [gateway-b]=$GATEWAY_B_PORT
@@ -372,7 +433,7 @@ for size in $SIZES; do
   fi
 done
 if ((TLS_CONNS > 0)); then
-  RUNS+=("https $TLS_CONNS" "https-new $TLS_CONNS")
+  RUNS+=("https $TLS_CONNS" "https-new $TLS_CONNS" "https-full $TLS_CONNS")
 fi
 
 RESULTS="$WORK/results.txt" # round size conns target rps p50 p99 status sock cpu_us_per_req vol_csw_per_req invol_csw_per_req migrations_per_req
@@ -380,7 +441,7 @@ RESULTS="$WORK/results.txt" # round size conns target rps p50 p99 status sock cp
 total=0
 for run in "${RUNS[@]}"; do
   for target in "${TARGETS[@]}"; do
-    [[ $run == https* ]] && ! tls_target "$target" || total=$((total + ROUNDS))
+    [[ $run == https* ]] && ! tls_target "$target" "${run% *}" || total=$((total + ROUNDS))
   done
 done
 n=0
@@ -390,18 +451,24 @@ for ((round = 1; round <= ROUNDS; round++)); do
     # Rotate the order each round so no target always runs first (or right after another).
     for ((i = 0; i < ${#TARGETS[@]}; i++)); do
       target=${TARGETS[$(((i + round - 1) % ${#TARGETS[@]}))]}
-      [[ $size == https* ]] && ! tls_target "$target" && continue
+      [[ $size == https* ]] && ! tls_target "$target" "$size" && continue
       n=$((n + 1))
       url="${URL[$target]%/}$(size_path "$size")"
       wrk_extra=()
-      if [[ $size == https* ]]; then
+      server=$target
+      [[ $target == direct ]] && server=backend
+      if [[ $size == https-full ]]; then
+        url=${FULL_URL[$target]}
+        server=${FULL_SERVER[$target]}
+        wrk_extra=(-H "Connection: close")
+      elif [[ $size == https* ]]; then
         url=${TLS_URL[$target]}
         [[ $size == https-new ]] && wrk_extra=(-H "Connection: close")
       fi
       out="$WORK/wrk.r$round.s$size.c$conns.$target.txt"
       log "[$n/$total] round $round, $size $(size_path "$size") c$conns, $target"
       # CPU of the process serving the run: the proxy, or the backend for "direct".
-      cpu_pid=$(pid_of "$([[ $target == direct ]] && echo backend || echo "$target")")
+      cpu_pid=$(pid_of "$server")
       ticks0=$(cpu_ticks "$cpu_pid")
       read -r vol0 invol0 mig0 < <(ctx_switches "$cpu_pid")
       # The access log starts each run empty (the gateway appends: writes go on at the new end).
@@ -527,7 +594,8 @@ size_label() {
   case "$1" in
     0) echo "3 B (ok)" ;;
     https) echo "HTTPS keep-alive" ;;
-    https-new) echo "HTTPS, new TLS conn per request" ;;
+    https-new) echo "HTTPS, new TLS conn per request, resumed" ;;
+    https-full) echo "HTTPS, new TLS conn per request, full handshake" ;;
     *[kK]) echo "${1%?} KiB" ;;
     *[mM]) echo "${1%?} MiB" ;;
     *) echo "$1 B" ;;
@@ -555,7 +623,7 @@ for run in "${RUNS[@]}"; do
   direct_rps=$(col "$size" "$conns" direct 5 | median)
   [[ $size == https* ]] && direct_rps=0
   for target in "${TARGETS[@]}"; do
-    [[ $size == https* ]] && ! tls_target "$target" && continue
+    [[ $size == https* ]] && ! tls_target "$target" "$size" && continue
     rps=$(col "$size" "$conns" "$target" 5 | median)
     lo=$(col "$size" "$conns" "$target" 5 | awk 'NR == 1 || $1 < m {m = $1} END {print m + 0}')
     hi=$(col "$size" "$conns" "$target" 5 | awk 'NR == 1 || $1 > m {m = $1} END {print m + 0}')

@@ -341,15 +341,35 @@ EOF
 # -Proto and -Host fields the gateway adds, so all three proxies do the same job. $2: more
 # main-context lines.
 # $3 (optional): a TLS port too, with the certificate of make_tls_cert (TLS 1.2 and 1.3:
-# nginx 1.22's default list stops at 1.2).
+# nginx 1.22's default list stops at 1.2), session cache and tickets on. $4 (optional): a
+# second TLS port with session resumption off (no tickets, no cache): full handshakes only.
 write_nginx_proxy_conf() {
-  local tls=""
+  local tls="" full="" location
+  location='    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $host;
+    }'
   if [[ -n ${3:-} ]]; then
     tls="    listen 127.0.0.1:$3 ssl;
     ssl_certificate $WORK/tls/cert.pem;
     ssl_certificate_key $WORK/tls/key.pem;
     ssl_protocols TLSv1.2 TLSv1.3;
     ssl_session_cache shared:SSL:10m;"
+  fi
+  if [[ -n ${4:-} ]]; then
+    full="  server {
+    listen 127.0.0.1:$4 ssl;
+    ssl_certificate $WORK/tls/cert.pem;
+    ssl_certificate_key $WORK/tls/key.pem;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache off;
+    ssl_session_tickets off;
+$location
+  }"
   fi
   {
     nginx_common nginx-proxy "$2"
@@ -362,15 +382,9 @@ write_nginx_proxy_conf() {
   server {
     listen 127.0.0.1:$1;
 $tls
-    location / {
-      proxy_pass http://backend;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto \$scheme;
-      proxy_set_header X-Forwarded-Host \$host;
-    }
+$location
   }
+$full
 }
 EOF
   } >"$WORK/nginx-proxy.conf"
@@ -383,16 +397,23 @@ EOF
 # have them; with `no strict-limits` it warns and runs on what ulimit -n allows (enough: an
 # idle client connection has no server side). Idle keep-alive client connections stay open
 # 60 s, long enough for compare.sh to hold many and read the RSS. $2 (optional): a TLS port
-# too, with the certificate of make_tls_cert.
+# too, with the certificate of make_tls_cert (resumption by tickets). $3 (optional): a second
+# TLS port with session resumption off: no tickets there, and no session cache at all (it is
+# global; the first port's clients resume by tickets, which need none).
 write_haproxy_cfg() {
-  local tls=""
+  local tls="" full="" cache=""
   [[ -z ${2:-} ]] || tls="  bind 127.0.0.1:$2 ssl crt $WORK/tls/haproxy.pem alpn http/1.1"
+  if [[ -n ${3:-} ]]; then
+    full="  bind 127.0.0.1:$3 ssl crt $WORK/tls/haproxy.pem alpn http/1.1 no-tls-tickets"
+    cache="  tune.ssl.cachesize 0"
+  fi
   cat >"$WORK/haproxy.cfg" <<EOF
 global
   nbthread 1
   maxconn $HAPROXY_MAXCONN
   no strict-limits
   pidfile $WORK/haproxy.pid
+$cache
 defaults
   mode http
   maxconn $HAPROXY_MAXCONN
@@ -405,6 +426,7 @@ defaults
 frontend fe
   bind 127.0.0.1:$1
 $tls
+$full
   option forwardfor
   http-request set-header X-Forwarded-Proto https if { ssl_fc }
   http-request set-header X-Forwarded-Proto http if !{ ssl_fc }
@@ -415,15 +437,17 @@ backend be
 EOF
 }
 
-# Writes $WORK/$1.toml (gateway, gateway-b, gateway-log): the gateway, one worker, on port
-# $2, routing HOST_HEADER (app hello, version v1) to the backend. $3 (may be empty): a TLS
-# port too, with the certificate of make_tls_cert; $4: more top-level keys.
+# Writes $WORK/$1.toml (gateway, gateway-b, gateway-log, gateway-full): the gateway, one
+# worker, on port $2, routing HOST_HEADER (app hello, version v1) to the backend. $3 (may be
+# empty): a TLS port too, with the certificate of make_tls_cert; $4: more top-level keys;
+# $5: more keys of its [tls] table.
 write_gateway_toml() {
   local tls_listen="" tls=""
   if [[ -n ${3:-} ]]; then
     tls_listen="listen_tls = \"127.0.0.1:$3\""
     tls="[tls]
-certificates = [{ cert = \"$WORK/tls/cert.pem\", key = \"$WORK/tls/key.pem\" }]"
+certificates = [{ cert = \"$WORK/tls/cert.pem\", key = \"$WORK/tls/key.pem\" }]
+${5:-}"
   fi
   cat >"$WORK/$1.toml" <<EOF
 listen = "127.0.0.1:$2"

@@ -349,6 +349,10 @@ pub fn metrics_text(gw: &Gateway) -> String {
         ("header_timeouts_total", s.header_timeouts.load(Relaxed)),
         ("tls_handshakes_total", s.tls_handshakes.load(Relaxed)),
         (
+            "tls_resumed_handshakes_total",
+            s.tls_resumed_handshakes.load(Relaxed),
+        ),
+        (
             "tls_handshake_failures_total",
             s.tls_handshake_failures.load(Relaxed),
         ),

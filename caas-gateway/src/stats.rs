@@ -24,6 +24,9 @@ pub struct GatewayStats {
     pub header_timeouts: AtomicU64,
     /// TLS handshakes completed.
     pub tls_handshakes: AtomicU64,
+    /// Of those, handshakes that resumed an earlier session (a TLS 1.3 ticket or a TLS 1.2
+    /// session ID): no certificate sent and nothing signed.
+    pub tls_resumed_handshakes: AtomicU64,
     /// TLS handshakes that failed or timed out (no certificate for the name, a client that
     /// does not speak TLS or refused the certificate, ...).
     pub tls_handshake_failures: AtomicU64,

@@ -13,12 +13,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use caas_core::{Domain, Snapshot};
-use caas_gateway::tls::UnknownSni;
+use caas_gateway::tls::{TlsAcceptor, UnknownSni};
 use http_body_util::{BodyExt, Empty};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::tls::{
     Pki, any_cert_client, connect, h1, h1_get, presented, resolver, start, start_trusting,
+    start_with,
 };
 use support::{Upstream, app, snapshot};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -149,19 +150,16 @@ async fn alpn_h2_and_http11_are_proxied_with_forwarded_proto_https() {
     assert_eq!(gw.gateway.stats().tls_handshakes.load(Relaxed), 3);
 }
 
-#[tokio::test]
-async fn a_second_connection_resumes_the_session() {
-    let pki = Pki::new();
-    let leaf = pki.leaf(&["www.hello.test"]);
-    let gw = start(Snapshot::default(), resolver(&[&leaf], UnknownSni::Reject)).await;
-    // One client config = one client session cache, as in a browser.
+/// Three connections from one client (one client config = one session cache, as in a
+/// browser), each reading its answer (TLS 1.3 tickets arrive after the handshake): how each
+/// handshake went.
+async fn three_handshakes(gw: &support::tls::TlsGw, pki: &Pki) -> Vec<rustls::HandshakeKind> {
     let client = pki.client(&[b"http/1.1"]);
     let mut kinds = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..3 {
         let mut s = connect(gw.tls, "www.hello.test", client.clone())
             .await
             .unwrap();
-        // TLS 1.3 tickets arrive after the handshake: read until the server answers.
         s.write_all(b"GET / HTTP/1.1\r\nHost: www.hello.test\r\nConnection: close\r\n\r\n")
             .await
             .unwrap();
@@ -172,10 +170,29 @@ async fn a_second_connection_resumes_the_session() {
             "{}",
             String::from_utf8_lossy(&out)
         );
-        kinds.push(s.get_ref().1.handshake_kind());
+        kinds.push(s.get_ref().1.handshake_kind().unwrap());
     }
+    kinds
+}
+
+#[tokio::test]
+async fn a_returning_client_resumes_its_session_unless_resumption_is_off() {
     use rustls::HandshakeKind::{Full, Resumed};
-    assert_eq!(kinds, [Some(Full), Some(Resumed)]);
+    let pki = Pki::new();
+    let leaf = pki.leaf(&["www.hello.test"]);
+    let gw = start(Snapshot::default(), resolver(&[&leaf], UnknownSni::Reject)).await;
+    assert_eq!(three_handshakes(&gw, &pki).await, [Full, Resumed, Resumed]);
+    let stats = gw.gateway.stats();
+    assert_eq!(stats.tls_handshakes.load(Relaxed), 3);
+    assert_eq!(stats.tls_resumed_handshakes.load(Relaxed), 2);
+
+    let certs = resolver(&[&leaf], UnknownSni::Reject);
+    let acceptor = TlsAcceptor::with_session_resumption(certs, false).unwrap();
+    let gw = start_with(Snapshot::default(), acceptor, Vec::new()).await;
+    assert_eq!(three_handshakes(&gw, &pki).await, [Full, Full, Full]);
+    let stats = gw.gateway.stats();
+    assert_eq!(stats.tls_handshakes.load(Relaxed), 3);
+    assert_eq!(stats.tls_resumed_handshakes.load(Relaxed), 0);
 }
 
 #[tokio::test]

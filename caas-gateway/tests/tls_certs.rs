@@ -40,6 +40,7 @@ async fn certificate_files_reload_without_dropping_open_connections() {
             key: "www.key".into(),
         }],
         unknown_sni: UnknownSni::Reject,
+        session_resumption: true,
     };
     let certs = CertResolver::from_config(&config, dir.path()).unwrap();
     tokio::spawn(Arc::clone(&certs).watch_files(Duration::from_millis(20)));

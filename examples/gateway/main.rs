@@ -374,7 +374,9 @@ async fn run(args: Args, config: FileConfig, path: Option<PathBuf>) -> Result<()
     let tls = match (tls_listener, certs) {
         (Some(l), Some(certs)) => {
             tokio::spawn(Arc::clone(&certs).watch_files(reload_every));
-            let acceptor = TlsAcceptor::new(certs).map_err(|e| e.to_string())?;
+            let resumption = config.tls.as_ref().is_none_or(|t| t.session_resumption);
+            let acceptor = TlsAcceptor::with_session_resumption(certs, resumption)
+                .map_err(|e| e.to_string())?;
             let gw = gateway.clone();
             let stop = stopped(stop_rx.clone());
             Some(tokio::spawn(async move {

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 /// [tls]
 /// certificates = [{ cert = "caas.local.pem", key = "caas.local.key" }]
 /// unknown_sni = "default"
+/// session_resumption = true
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,6 +26,16 @@ pub struct TlsConfig {
     /// What a client gets when its SNI matches no certificate or it sends none.
     #[serde(default)]
     pub unknown_sni: UnknownSni,
+    /// Whether a returning client may resume its session (TLS 1.3 tickets, TLS 1.2 session
+    /// IDs) and skip the certificate and the signature. On by default; off, every handshake
+    /// is a full one and no ticket key exists to be stolen (as HAProxy's `no-tls-tickets`
+    /// with no session cache, or nginx's `ssl_session_tickets off`).
+    #[serde(default = "yes")]
+    pub session_resumption: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// One certificate and its key.

@@ -79,7 +79,18 @@ impl std::fmt::Debug for TlsAcceptor {
 impl TlsAcceptor {
     /// Serves the certificates of a [`CertResolver`] with the gateway's TLS settings.
     pub fn new(certs: Arc<CertResolver>) -> Result<Self, TlsError> {
-        let mut acceptor = Self::with_resolver(Arc::clone(&certs) as Arc<dyn ResolvesServerCert>)?;
+        Self::with_session_resumption(certs, true)
+    }
+
+    /// [`new`](Self::new), with session resumption on or off (`[tls] session_resumption`):
+    /// off, no session is remembered and no ticket is issued, so every handshake is a full
+    /// one.
+    pub fn with_session_resumption(
+        certs: Arc<CertResolver>,
+        resumption: bool,
+    ) -> Result<Self, TlsError> {
+        let resolver = Arc::clone(&certs) as Arc<dyn ResolvesServerCert>;
+        let mut acceptor = Self::from_config(Arc::new(server_config(resolver, resumption)?));
         acceptor.certs = Some(certs);
         Ok(acceptor)
     }
@@ -88,14 +99,7 @@ impl TlsAcceptor {
     /// TLS 1.2 and 1.3 (aws-lc-rs), ALPN `h2` then `http/1.1`, an in-memory session cache
     /// and session tickets (keys rotated by rustls every 6 hours) for resumption.
     pub fn with_resolver(resolver: Arc<dyn ResolvesServerCert>) -> Result<Self, TlsError> {
-        let mut config = ServerConfig::builder_with_provider(Arc::clone(load::provider()))
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_cert_resolver(resolver);
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
-        config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
-        Ok(Self::from_config(Arc::new(config)))
+        Ok(Self::from_config(Arc::new(server_config(resolver, true)?)))
     }
 
     /// Uses an embedding program's own rustls configuration as it is. HTTP/2 is served
@@ -112,6 +116,28 @@ impl TlsAcceptor {
     pub fn config(&self) -> &Arc<ServerConfig> {
         self.acceptor.config()
     }
+}
+
+/// The gateway's TLS settings around `resolver`; with `resumption` off no session is
+/// remembered (rustls' default keeps 256) and no ticket issued (its default ticketer makes
+/// none, but it would send two TLS 1.3 tickets it remembers itself).
+fn server_config(
+    resolver: Arc<dyn ResolvesServerCert>,
+    resumption: bool,
+) -> Result<ServerConfig, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(Arc::clone(load::provider()))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if resumption {
+        config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
+        config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+    } else {
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    }
+    Ok(config)
 }
 
 impl Gateway {
@@ -169,7 +195,11 @@ fn tls_connection(
         // borrowed: a borrowed local keeps its room in the task for the connection's life.
         let (tls, h2) = match drive(&shared, &info, handshake.as_mut(), |_| true).await {
             Ok(Ok(tls)) => {
-                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                let session = tls.get_ref().1;
+                if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                    shared.stats.tls_resumed_handshakes.fetch_add(1, Relaxed);
+                }
+                let h2 = session.alpn_protocol() == Some(b"h2");
                 (tls, h2)
             }
             Ok(Err(e)) => {

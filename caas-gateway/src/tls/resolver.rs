@@ -139,6 +139,7 @@ impl CertResolver {
         let config = TlsConfig {
             certificates: Vec::new(),
             unknown_sni,
+            session_resumption: true,
         };
         if pairs.is_empty() {
             config.validate().map_err(TlsError::Config)?;

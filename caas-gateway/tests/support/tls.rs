@@ -196,6 +196,15 @@ pub async fn start_trusting(
     certs: Arc<CertResolver>,
     trusted_proxies: Vec<IpNet>,
 ) -> TlsGw {
+    start_with(snapshot, TlsAcceptor::new(certs).unwrap(), trusted_proxies).await
+}
+
+/// A gateway whose TLS listener serves with `acceptor`.
+pub async fn start_with(
+    snapshot: Snapshot,
+    acceptor: TlsAcceptor,
+    trusted_proxies: Vec<IpNet>,
+) -> TlsGw {
     let tls_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let tls = tls_listener.local_addr().unwrap();
     let routes = Static::new(snapshot);
@@ -213,7 +222,6 @@ pub async fn start_trusting(
     let plain = listener.local_addr().unwrap();
     let (g1, g2) = (gateway.clone(), gateway.clone());
     tokio::spawn(async move { g1.serve(listener, std::future::pending()).await });
-    let acceptor = TlsAcceptor::new(certs).unwrap();
     tokio::spawn(async move {
         g2.serve_tls(tls_listener, acceptor, std::future::pending())
             .await
