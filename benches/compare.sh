@@ -366,10 +366,10 @@ check_tls() {
   [[ ${got%% *} == 200 ]] ||
     die "$name: GET $url over TLS 1.3 answered '${got:-nothing}', want 200; check its config and logs ($WORK)"
 }
-# Whether a second connection to $2 resumes the first one's session: prints "resumed" or
-# "full" (Python's ssl, which offers the TLS 1.3 ticket it got, as wrk does).
+# Whether a second connection to $1 resumes the first one's session: prints "resumed",
+# "full" or "failed" (Python's ssl, which offers the TLS 1.3 ticket it got, as wrk does).
 resumption() {
-  python3 - "$2" "$HOST_HEADER" <<'PY' || die "$1: cannot handshake twice with $2"
+  python3 - "$1" "$HOST_HEADER" <<'PY' 2>/dev/null || echo failed
 import socket, ssl, sys
 from urllib.parse import urlsplit
 u = urlsplit(sys.argv[1])
@@ -391,7 +391,7 @@ PY
 # would not measure what they say.
 check_resumption() {
   local name=$1 url=$2 want=$3 got
-  got=$(resumption "$name" "$url")
+  got=$(resumption "$url")
   [[ $got == "$want" ]] ||
     die "$name: a returning client's handshake at $url was $got, want $want; check its TLS config ($WORK)"
 }
