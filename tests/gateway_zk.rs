@@ -3,7 +3,8 @@
 //! back; a gateway restarted while ZooKeeper is down serves its saved route snapshot. The
 //! same outage case runs on etcd, the gateway fed by `StoreDiscovery` over `EtcdStore`, and
 //! the example gateway binary runs on etcd as a user runs it: announced, serving a stored
-//! custom-domain certificate, and serving its route snapshot while etcd is down.
+//! custom-domain certificate, and serving its route snapshot while etcd is down; a client
+//! that names the gateway by IP address in its TLS handshake does not fill its log.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -459,7 +460,18 @@ struct GatewayProcess {
 
 impl GatewayProcess {
     fn start(args: &[&str], log: std::path::PathBuf) -> Self {
-        let child = std::process::Command::new(support::examples::examples_dir().join("gateway"))
+        Self::start_logging(args, None, log)
+    }
+
+    /// Started with `RUST_LOG=rust_log`, or with none set.
+    fn start_logging(args: &[&str], rust_log: Option<&str>, log: std::path::PathBuf) -> Self {
+        let mut command =
+            std::process::Command::new(support::examples::examples_dir().join("gateway"));
+        command.env_remove("RUST_LOG");
+        if let Some(filter) = rust_log {
+            command.env("RUST_LOG", filter);
+        }
+        let child = command
             .args(args)
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -667,4 +679,92 @@ async fn the_etcd_fed_gateway_binary_announces_itself_serves_stored_certificates
     let status = gw.stop().await;
     assert!(status.success(), "{status}:\n{}", gw.log());
     store.close().await;
+}
+
+/// A TLS ClientHello naming the server by the IP address `127.0.0.1`, as wrk and other
+/// OpenSSL-based clients send one (RFC 6066 allows only host names there).
+fn client_hello_naming_an_ip() -> Vec<u8> {
+    fn extension(out: &mut Vec<u8>, kind: u16, data: &[u8]) {
+        out.extend(kind.to_be_bytes());
+        out.extend(u16::try_from(data.len()).unwrap().to_be_bytes());
+        out.extend(data);
+    }
+    let name = b"127.0.0.1";
+    let mut server_name = (u16::try_from(name.len() + 3).unwrap())
+        .to_be_bytes()
+        .to_vec();
+    server_name.push(0); // host_name
+    server_name.extend(u16::try_from(name.len()).unwrap().to_be_bytes());
+    server_name.extend(name);
+    let mut extensions = Vec::new();
+    extension(&mut extensions, 0x0000, &server_name);
+    extension(&mut extensions, 0x000a, &[0, 2, 0, 0x1d]); // groups: x25519
+    extension(&mut extensions, 0x000b, &[1, 0]); // point formats: uncompressed
+    extension(&mut extensions, 0x000d, &[0, 2, 4, 3]); // ecdsa_secp256r1_sha256
+    let mut hello = vec![3, 3];
+    hello.extend([0x5a; 32]); // random
+    hello.push(0); // no session id
+    hello.extend([0, 2, 0xc0, 0x2b]); // ECDHE-ECDSA-AES128-GCM-SHA256
+    hello.extend([1, 0]); // null compression
+    hello.extend(u16::try_from(extensions.len()).unwrap().to_be_bytes());
+    hello.extend(extensions);
+    let mut handshake = vec![1]; // client_hello
+    handshake.extend(&u32::try_from(hello.len()).unwrap().to_be_bytes()[1..]);
+    handshake.extend(hello);
+    let mut record = vec![0x16, 3, 1];
+    record.extend(u16::try_from(handshake.len()).unwrap().to_be_bytes());
+    record.extend(handshake);
+    record
+}
+
+/// rustls warns about such a ClientHello; from a client that opens connections at will that
+/// is a line per connection in the operator's log. The gateway binary keeps rustls to errors
+/// unless `RUST_LOG` names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_naming_the_gateway_by_ip_address_does_not_fill_its_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let own = Ca::new().leaf(&["*.caas.local"]);
+    std::fs::write(path("gw.pem"), &own.0).unwrap();
+    std::fs::write(path("gw.key"), &own.1).unwrap();
+    for (rust_log, warned) in [(None, false), (Some("info,rustls=warn"), true)] {
+        let (listen, listen_tls) = (free_port(), free_port());
+        let config = path("gateway.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:{listen}\"\nlisten_tls = \"127.0.0.1:{listen_tls}\"\n\
+                 domains = [\"caas.local\"]\nworkers = 1\n\
+                 [tls]\ncertificates = [{{ cert = \"gw.pem\", key = \"gw.key\" }}]\n"
+            ),
+        )
+        .unwrap();
+        let gw = GatewayProcess::start_logging(
+            &["--config", &config],
+            rust_log,
+            dir.path().join(format!("gateway-{listen}.log")),
+        );
+        wait_for("the TLS listener", Duration::from_secs(30), async || {
+            TcpStream::connect(("127.0.0.1", listen_tls)).await.is_ok()
+        })
+        .await;
+
+        // Five handshakes: the gateway answers each (a ServerHello or an alert).
+        for _ in 0..5 {
+            let mut tls = TcpStream::connect(("127.0.0.1", listen_tls)).await.unwrap();
+            tls.write_all(&client_hello_naming_an_ip()).await.unwrap();
+            let mut answer = [0u8; 5];
+            tokio::time::timeout(Duration::from_secs(10), tls.read_exact(&mut answer))
+                .await
+                .expect("the gateway answers a ClientHello")
+                .unwrap();
+            assert!(matches!(answer[0], 0x15 | 0x16), "{answer:?}");
+        }
+        let lines = gw.log().matches("Illegal SNI").count();
+        if warned {
+            assert_eq!(lines, 5, "with RUST_LOG={rust_log:?}:\n{}", gw.log());
+        } else {
+            assert_eq!(lines, 0, "with RUST_LOG unset:\n{}", gw.log());
+        }
+    }
 }

@@ -198,13 +198,29 @@ impl Args {
     }
 }
 
+/// `RUST_LOG` (`info` when unset or unreadable), with rustls held to errors unless it names
+/// rustls: its warnings are about what a client sent (an IP address as its server name, a
+/// warning alert), a line per connection that any client can repeat at will.
+fn log_filter(spec: Option<String>) -> tracing_subscriber::EnvFilter {
+    let spec = spec
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| "info".into());
+    let full = if spec.contains("rustls") {
+        spec.clone()
+    } else {
+        format!("{spec},rustls=error")
+    };
+    tracing_subscriber::EnvFilter::try_new(full).unwrap_or_else(|e| {
+        eprintln!("warning: RUST_LOG={spec:?} is not a log filter ({e}); logging at info");
+        "info,rustls=error".into()
+    })
+}
+
 fn main() -> ExitCode {
     // Diagnostics on stderr: stdout is left to `access_log = "stdout"` (JSON lines only).
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(log_filter(std::env::var("RUST_LOG").ok()))
         .init();
     let args = Args::parse();
     let (config, path) = match load(&args) {
