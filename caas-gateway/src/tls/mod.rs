@@ -97,7 +97,8 @@ impl TlsAcceptor {
 
     /// Serves the certificates any rustls resolver picks, with the gateway's TLS settings:
     /// TLS 1.2 and 1.3 (aws-lc-rs), ALPN `h2` then `http/1.1`, an in-memory session cache
-    /// and session tickets (keys rotated by rustls every 6 hours) for resumption.
+    /// and session tickets (keys rotated by rustls every 6 hours, one ticket per handshake)
+    /// for resumption.
     pub fn with_resolver(resolver: Arc<dyn ResolvesServerCert>) -> Result<Self, TlsError> {
         Ok(Self::from_config(Arc::new(server_config(resolver, true)?)))
     }
@@ -133,6 +134,10 @@ fn server_config(
     if resumption {
         config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
         config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+        // One ticket per handshake, for the client's next connection, as Go's crypto/tls
+        // issues them: rustls' two cost each client a second session object it seldom uses
+        // (OpenSSL issues two after a full handshake, one after a resumed one).
+        config.send_tls13_tickets = 1;
     } else {
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         config.send_tls13_tickets = 0;
