@@ -8,8 +8,8 @@
 # wrk -t1 runs -c1, -c32 and -c256 on / and -c32 on /8k and /256k against each target in turn,
 # recording the CPU time (user + system, from /proc) the serving process spent per request,
 # for several rounds (targets rotate their order each round), and the script prints a markdown
-# table of the medians over rounds: requests/s, p50, p99, errors, and the ratio to nginx-proxy
-# and to direct. Then, for each proxy, it opens 10,000 keep-alive connections that each made
+# table of the medians over rounds: requests/s, p50, p99, errors, wrk's own CPU (near 100 %
+# the client, not the proxy, bounds the row), and the ratio to nginx-proxy and to direct. Then, for each proxy, it opens 10,000 keep-alive connections that each made
 # one request, holds them idle (benches/idle_conns.py) and prints a second table: the proxy's
 # RSS after the wrk runs, and on a fresh process its RSS at start and with the connections
 # held, and KiB per connection ((with − at start) / connections). Compare ratios
@@ -436,7 +436,7 @@ if ((TLS_CONNS > 0)); then
   RUNS+=("https $TLS_CONNS" "https-new $TLS_CONNS" "https-full $TLS_CONNS")
 fi
 
-RESULTS="$WORK/results.txt" # round size conns target rps p50 p99 status sock cpu_us_per_req vol_csw_per_req invol_csw_per_req migrations_per_req
+RESULTS="$WORK/results.txt" # round size conns target rps p50 p99 status sock cpu_us_per_req vol_csw_per_req invol_csw_per_req migrations_per_req wrk_cpu_percent
 : >"$RESULTS"
 total=0
 for run in "${RUNS[@]}"; do
@@ -480,9 +480,13 @@ for ((round = 1; round <= ROUNDS; round++)); do
           -p "$(proc_tree "$cpu_pid" | paste -sd,)" >/dev/null 2>&1 &
         perf_pid=$!
       fi
-      "${PIN_WRK[@]}" wrk -t1 -c"$conns" -d"${DURATION}s" --latency \
-        -H "Host: $HOST_HEADER" "${wrk_extra[@]}" "$url" >"$out" 2>&1 ||
+      # wrk's own CPU (bash's time: wall, user, system seconds): near 100 % the client is
+      # what bounds the row.
+      TIMEFORMAT='%R %U %S'
+      { time "${PIN_WRK[@]}" wrk -t1 -c"$conns" -d"${DURATION}s" --latency \
+        -H "Host: $HOST_HEADER" "${wrk_extra[@]}" "$url" >"$out" 2>&1; } 2>"$out.time" ||
         die "wrk failed against $target: $(tail -n 5 "$out")"
+      wrk_cpu=$(awk '{printf "%.0f", ($1 > 0 ? ($2 + $3) / $1 * 100 : 0)}' "$out.time")
       ticks1=$(cpu_ticks "$cpu_pid")
       read -r vol1 invol1 mig1 < <(ctx_switches "$cpu_pid")
       requests=$(awk '/requests in/ {print $1}' "$out")
@@ -500,7 +504,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
         -v n="${requests:-0}" 'BEGIN {
           printf "%.3f %.3f %.4f", (n > 0 ? v / n : 0), (n > 0 ? i / n : 0), (n > 0 ? m / n : 0)
         }')
-      echo "$round $size $conns $target $(parse_wrk "$out") $cpu_us $csw" >>"$RESULTS"
+      echo "$round $size $conns $target $(parse_wrk "$out") $cpu_us $csw $wrk_cpu" >>"$RESULTS"
     done
   done
 done
@@ -614,8 +618,8 @@ fi
 echo "- CPU pinning: $([[ ${#PIN_PROXY[@]} -gt 0 ]] && echo "backend ${PIN_BACKEND[*]: -1}, proxy ${PIN_PROXY[*]: -1}, wrk ${PIN_WRK[*]: -1}" || echo none)"
 echo "- every request carries 'Host: $HOST_HEADER'; backend: nginx, 1 worker, return 200 \"ok\\n\" at /, static files (sendfile) at /8k, /256k, ..."
 echo
-echo "| body | conns | target | req/s | req/s min–max | p50 ms | p99 ms | non-2xx/3xx | socket errors | CPU µs/req | ctx switches/req (preempted) | migrations/1k req | × nginx-proxy | × direct |"
-echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| body | conns | target | req/s | req/s min–max | p50 ms | p99 ms | non-2xx/3xx | socket errors | CPU µs/req | ctx switches/req (preempted) | migrations/1k req | wrk CPU % | × nginx-proxy | × direct |"
+echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for run in "${RUNS[@]}"; do
   read -r size conns <<<"$run"
   label=$(size_label "$size")
@@ -635,11 +639,12 @@ for run in "${RUNS[@]}"; do
     vol=$(col "$size" "$conns" "$target" 11 | median)
     invol=$(col "$size" "$conns" "$target" 12 | median)
     mig=$(col "$size" "$conns" "$target" 13 | median)
+    wcpu=$(col "$size" "$conns" "$target" 14 | median)
     awk -v b="$label" -v c="$conns" -v t="$target" -v r="$rps" -v lo="$lo" -v hi="$hi" \
       -v p50="$p50" -v p99="$p99" -v st="$status" -v so="$sock" -v cpu="$cpu" -v n="$nginx_rps" \
-      -v d="$direct_rps" -v vol="$vol" -v invol="$invol" -v mig="$mig" 'BEGIN {
-        printf "| %s | %s | %s | %.0f | %.0f–%.0f | %.3f | %.3f | %d | %d | %.2f | %.3f (%.3f) | %.2f | %.2f× | %s |\n",
-          b, c, t, r, lo, hi, p50, p99, st, so, cpu, vol + invol, invol, mig * 1000, (n > 0 ? r / n : 0),
+      -v d="$direct_rps" -v vol="$vol" -v invol="$invol" -v mig="$mig" -v w="$wcpu" 'BEGIN {
+        printf "| %s | %s | %s | %.0f | %.0f–%.0f | %.3f | %.3f | %d | %d | %.2f | %.3f (%.3f) | %.2f | %.0f | %.2f× | %s |\n",
+          b, c, t, r, lo, hi, p50, p99, st, so, cpu, vol + invol, invol, mig * 1000, w, (n > 0 ? r / n : 0),
           (d > 0 ? sprintf("%.2f×", r / d) : "—")
       }'
   done
@@ -652,6 +657,8 @@ echo "(/proc/PID/stat, kernel time included). Context switches: of every thread 
 echo "per request, and in brackets those where the scheduler preempted it to run another task"
 echo "(wrk, the backend) on its CPU (/proc/PID/task/*/status). Migrations: times the scheduler"
 echo "moved one of its threads to the other CPU, per 1,000 requests (/proc/PID/task/*/sched)."
+echo "wrk CPU %: wrk's user + system time over its run's wall time (one thread: near 100 % the"
+echo "client bounds the row, and its latency includes waiting for wrk's own event loop)."
 echo "Raw wrk output: KEEP=1."
 
 if [[ $PERF_STAT == 1 && -s $WORK/perf.txt ]]; then
