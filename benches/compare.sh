@@ -9,8 +9,9 @@
 # recording the CPU time (user + system, from /proc) the serving process spent per request,
 # for several rounds (targets rotate their order each round), and the script prints a markdown
 # table of the medians over rounds: requests/s, p50, p99, errors, wrk's own CPU (near 100 %
-# the client, not the proxy, bounds the row), and the ratio to nginx-proxy and to direct. Then, for each proxy, it opens 10,000 keep-alive connections that each made
-# one request, holds them idle (benches/idle_conns.py) and prints a second table: the proxy's
+# the client, not the proxy, bounds the row), and the ratio to nginx-proxy and to direct.
+# Then, for each proxy, it opens 10,000 keep-alive connections that each made one request,
+# holds them idle (benches/idle_conns.py) and prints a second table: the proxy's
 # RSS after the wrk runs, and on a fresh process its RSS at start and with the connections
 # held, and KiB per connection ((with − at start) / connections). Compare ratios
 # measured in one run, never absolute numbers across runs or machines: on a small machine

@@ -344,7 +344,10 @@ EOF
 # nginx 1.22's default list stops at 1.2), session cache and tickets on. $4 (optional): a
 # second TLS port with session resumption off (no tickets, no cache): full handshakes only.
 write_nginx_proxy_conf() {
-  local tls="" full="" location
+  local tls="" full="" location cert
+  cert="    ssl_certificate $WORK/tls/cert.pem;
+    ssl_certificate_key $WORK/tls/key.pem;
+    ssl_protocols TLSv1.2 TLSv1.3;"
   location='    location / {
       proxy_pass http://backend;
       proxy_http_version 1.1;
@@ -355,17 +358,13 @@ write_nginx_proxy_conf() {
     }'
   if [[ -n ${3:-} ]]; then
     tls="    listen 127.0.0.1:$3 ssl;
-    ssl_certificate $WORK/tls/cert.pem;
-    ssl_certificate_key $WORK/tls/key.pem;
-    ssl_protocols TLSv1.2 TLSv1.3;
+$cert
     ssl_session_cache shared:SSL:10m;"
   fi
   if [[ -n ${4:-} ]]; then
     full="  server {
     listen 127.0.0.1:$4 ssl;
-    ssl_certificate $WORK/tls/cert.pem;
-    ssl_certificate_key $WORK/tls/key.pem;
-    ssl_protocols TLSv1.2 TLSv1.3;
+$cert
     ssl_session_cache off;
     ssl_session_tickets off;
 $location
