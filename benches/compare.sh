@@ -92,17 +92,7 @@ if [[ $PERF_STAT == 1 ]]; then
   perf stat -e 'syscalls:sys_enter_read' -- true >/dev/null 2>&1 ||
     die "PERF_STAT=1: perf cannot count the syscalls:sys_enter_* tracepoints here (perf_event_paranoid, tracefs)"
 fi
-for size in $SIZES; do
-  [[ $size =~ ^[0-9]+[kKmM]?$ ]] || die "SIZES takes 0, N, Nk or Nm (bytes), got '$size'"
-done
-# A body size → bytes ("8k" → 8192); 0 is the "ok\n" at /.
-size_bytes() {
-  case "$1" in
-    *[kK]) echo $((${1%?} * 1024)) ;;
-    *[mM]) echo $((${1%?} * 1024 * 1024)) ;;
-    *) echo $((10#$1)) ;;
-  esac
-}
+for size in $SIZES; do check_size SIZES "$size"; done
 # The path of a body size on every target (the "https*" rows are "ok\n" at / over TLS).
 size_path() { if [[ $1 == 0 || $1 == https* ]]; then echo /; else echo "/$1"; fi; }
 
@@ -210,18 +200,9 @@ if ((TLS_CONNS > 0)); then
   make_tls_cert
 fi
 
-# The bodies: files of exactly their size, served by the backend at their path.
-mkdir -p "$WORK/body"
-body_locations=""
-for size in $SIZES; do
-  [[ $size == 0 ]] && continue
-  head -c "$(size_bytes "$size")" /dev/zero | tr '\0' x >"$WORK/body/$size"
-  body_locations+="    location = /$size { alias $WORK/body/$size; }"$'\n'
-done
-
 # Every nginx may open NOFILE files; the backend serves the bodies with sendfile.
-write_backend_conf "worker_rlimit_nofile $NOFILE;" \
-  "  default_type application/octet-stream;"$'\n'"  sendfile on;"$'\n' "$body_locations"
+write_body_files $SIZES
+write_backend_conf "worker_rlimit_nofile $NOFILE;" "$BODY_HTTP" "$BODY_LOCATIONS"
 write_nginx_proxy_conf "$NGINX_PORT" "worker_rlimit_nofile $NOFILE;" "$NGINX_TLS_PORT" \
   "$NGINX_FULL_PORT"
 # Idle keep-alive client connections stay open 60 s or more on every proxy (nginx: its

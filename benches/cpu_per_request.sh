@@ -5,10 +5,11 @@
 #
 # Each proxy (the caas gateway, nginx as a reverse proxy, HAProxy; one worker / thread each,
 # the configs of compare.sh, from benches/lib.sh) runs under `valgrind --tool=callgrind`
-# twice: once serving BASE_REQUESTS and once REQUESTS requests (`GET /` with
+# twice: once serving BASE_REQUESTS and once REQUESTS requests (`GET /`, or `GET /SIZE`, with
 # `Host: hello.caas.local` over CONNS keep-alive connections, sent by benches/fixed_load.py),
 # then stops cleanly (gateway SIGTERM, nginx SIGQUIT, HAProxy SIGUSR1) so callgrind writes its
-# totals. The backend (nginx, one worker, `return 200 "ok\n"`) runs natively. The script
+# totals. The backend (nginx, one worker, `return 200 "ok\n"` at /, a file of SIZE bytes by
+# sendfile at /SIZE, as in compare.sh) runs natively. The script
 # prints a markdown table of
 #   instructions per request = (Ir(REQUESTS) − Ir(BASE_REQUESTS)) / (REQUESTS − BASE_REQUESTS)
 # so startup, shutdown and opening the connections cancel out. User space only: callgrind does
@@ -21,6 +22,7 @@
 #   REQUESTS=20000       requests in the measured run
 #   BASE_REQUESTS=2000   requests in the baseline run (0: startup + shutdown only)
 #   CONNS=32             keep-alive client connections
+#   SIZE=0               response body: 0 is "ok\n" at /; N, Nk or Nm bytes a file at /SIZE
 #   TARGETS="gateway nginx-proxy haproxy"
 #   GATEWAY_BIN=path     gateway binary to run as `$GATEWAY_BIN --config FILE` (skips cargo build)
 #   KEEP=1               keep the temp dir (configs, logs, callgrind.out files) even on success
@@ -41,6 +43,7 @@ else
   BASE_REQUESTS=${BASE_REQUESTS:-2000}
 fi
 CONNS=${CONNS:-32}
+SIZE=${SIZE:-0}
 TARGETS=${TARGETS:-"gateway nginx-proxy haproxy"}
 KEEP=${KEEP:-0}
 
@@ -49,6 +52,8 @@ KEEP=${KEEP:-0}
 ((REQUESTS > BASE_REQUESTS)) ||
   die "REQUESTS ($REQUESTS) must be larger than BASE_REQUESTS ($BASE_REQUESTS)"
 [[ $CONNS =~ ^[1-9][0-9]*$ ]] || die "CONNS takes a positive integer, got '$CONNS'"
+check_size SIZE "$SIZE"
+if [[ $SIZE == 0 ]]; then URL_PATH=/; else URL_PATH=/$SIZE; fi
 for target in $TARGETS; do
   case "$target" in
     gateway | nginx-proxy | haproxy) ;;
@@ -85,7 +90,8 @@ on_exit cleanup
 free_port BACKEND_PORT
 free_port PROXY_PORT
 
-write_backend_conf "" "" ""
+write_body_files "$SIZE"
+write_backend_conf "" "$BODY_HTTP" "$BODY_LOCATIONS"
 # One process under valgrind: no master, the worker's loop in the process itself.
 write_nginx_proxy_conf "$PROXY_PORT" "master_process off;"
 write_haproxy_cfg "$PROXY_PORT"
@@ -127,7 +133,7 @@ count_ir() {
   PROXY_PID=$!
   wait_listen "$target" "$PROXY_PORT" "$PROXY_PID"
   python3 "$ROOT/benches/fixed_load.py" --port "$PROXY_PORT" --requests "$n" --conns "$CONNS" \
-    --host-header "$HOST_HEADER" >"$WORK/load.$target.$n.txt" 2>&1 ||
+    --host-header "$HOST_HEADER" --path "$URL_PATH" >"$WORK/load.$target.$n.txt" 2>&1 ||
     die "$target: $(tail -n 3 "$WORK/load.$target.$n.txt") (logs in $WORK)"
   kill -"$(stop_signal "$target")" "$PROXY_PID"
   wait_exit "$PROXY_PID" 600 ||
@@ -158,7 +164,8 @@ echo
 report_machine
 echo "- $(proxy_versions), $(valgrind --version)"
 echo "- gateway: $GATEWAY_LABEL"
-echo "- 'GET /' with 'Host: $HOST_HEADER' over $CONNS keep-alive connections; backend: nginx, return 200 \"ok\\n\" (not counted)"
+if [[ $SIZE == 0 ]]; then served='return 200 "ok\n"'; else served="a $SIZE file by sendfile"; fi
+echo "- 'GET $URL_PATH' with 'Host: $HOST_HEADER' over $CONNS keep-alive connections; backend: nginx, $served (not counted)"
 echo "- per request = (Ir at $REQUESTS requests − Ir at $BASE_REQUESTS) / $((REQUESTS - BASE_REQUESTS)): startup, shutdown and connects cancel out"
 echo "- user space only: callgrind does not see the kernel (syscalls, TCP) behind each request"
 echo

@@ -317,6 +317,35 @@ http {
 EOF
 }
 
+# Dies unless $2 is a body size (0, N, Nk or Nm bytes), naming the setting $1.
+check_size() {
+  [[ $2 =~ ^[0-9]+[kKmM]?$ ]] || die "$1 takes 0, N, Nk or Nm (bytes), got '$2'"
+}
+
+# A body size → bytes ("8k" → 8192); 0 is the "ok\n" at /.
+size_bytes() {
+  case "$1" in
+    *[kK]) echo $((${1%?} * 1024)) ;;
+    *[mM]) echo $((${1%?} * 1024 * 1024)) ;;
+    *) echo $((10#$1)) ;;
+  esac
+}
+
+# Writes a file of exactly each size in $@ (0 skipped) under $WORK/body, for the backend to
+# serve at /SIZE with sendfile: sets BODY_HTTP and BODY_LOCATIONS, write_backend_conf's $2
+# and $3.
+write_body_files() {
+  local size
+  mkdir -p "$WORK/body"
+  BODY_HTTP="  default_type application/octet-stream;"$'\n'"  sendfile on;"$'\n'
+  BODY_LOCATIONS=""
+  for size in "$@"; do
+    [[ $size == 0 ]] && continue
+    head -c "$(size_bytes "$size")" /dev/zero | tr '\0' x >"$WORK/body/$size"
+    BODY_LOCATIONS+="    location = /$size { alias $WORK/body/$size; }"$'\n'
+  done
+}
+
 # Writes $WORK/backend.conf: the backend nginx on BACKEND_PORT, `return 200 "ok\n"` at /, and
 # at /_forwarded the X-Forwarded-For, -Proto and -Host fields it received (check_forwarded).
 # $1: more main-context lines, $2: more http-context lines, $3: more `location` lines.
