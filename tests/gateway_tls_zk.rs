@@ -23,8 +23,7 @@ use caas::backends::zk::{
 };
 use caas::core::{AppId, AppSpec, Discovery, Domain, Endpoint, Version, VersionSpec};
 use caas::gateway::{CertResolver, Gateway, GatewayConfig, TlsAcceptor, UnknownSni};
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::service::service_fn;
+use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
@@ -32,30 +31,10 @@ use tokio_rustls::TlsConnector;
 
 mod support {
     pub(crate) mod tls;
+    pub(crate) mod upstream;
 }
 use support::tls::{Ca, der, presented};
-
-/// An upstream answering every request with its name.
-async fn upstream(name: &'static str) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (s, _) = l.accept().await.unwrap();
-            tokio::spawn(async move {
-                let svc = service_fn(move |_req| async move {
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                        Bytes::from_static(name.as_bytes()),
-                    )))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
-    addr
-}
+use support::upstream::upstream;
 
 async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -11,7 +11,6 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use caas::backends::store::{EtcdConfig, EtcdStore, Store as _, StoreDiscovery, ZkStore, put};
 use caas::backends::testing::{EtcdServer, ZkServer};
 use std::sync::atomic::Ordering::Relaxed;
@@ -21,39 +20,16 @@ use caas::backends::zk::{GatewayInfo, Registry, ValueCipher, ZkConfig, ZkDiscove
 use caas::backends::{PersistStats, PersistedDiscovery};
 use caas::core::{AppId, Domain, InstanceId, Version};
 use caas::gateway::{Gateway, GatewayConfig};
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 mod support {
     pub(crate) mod examples;
     pub(crate) mod tls;
+    pub(crate) mod upstream;
 }
 use support::tls::{Ca, der, presented};
-
-/// An upstream answering every request with its name.
-async fn upstream(name: &'static str) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (s, _) = l.accept().await.unwrap();
-            tokio::spawn(async move {
-                let svc = service_fn(move |_req| async move {
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                        Bytes::from_static(name.as_bytes()),
-                    )))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
-    addr
-}
+use support::upstream::upstream;
 
 /// One request with a fresh connection; returns (status, body).
 async fn get(gw: SocketAddr, host: &str) -> (u16, String) {

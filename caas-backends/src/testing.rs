@@ -17,17 +17,19 @@
 pub mod docker;
 mod ensemble;
 mod etcd;
+mod process;
 pub mod routes;
 pub mod secure;
 pub mod stores;
 
 pub use ensemble::ZkEnsemble;
 pub use etcd::{EtcdServer, EtcdServerBuilder, SECURE_ROOT_USER, shared_etcd, shared_etcd_secure};
+use process::ServerProcess;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
@@ -103,7 +105,7 @@ impl ZkServerBuilder {
             port,
             secure_port,
             tls,
-            child: None,
+            process: ServerProcess::default(),
         };
         server.spawn()?;
         Ok(server)
@@ -113,11 +115,12 @@ impl ZkServerBuilder {
 /// A standalone ZooKeeper server process owned by a test.
 #[derive(Debug)]
 pub struct ZkServer {
+    /// Before `dir`: fields drop in order, and the server goes before its directory.
+    process: ServerProcess,
     dir: TempDir,
     port: u16,
     secure_port: Option<u16>,
     tls: Option<TlsFiles>,
-    child: Option<Child>,
 }
 
 impl ZkServer {
@@ -184,36 +187,17 @@ impl ZkServer {
 
     /// Whether the process is running.
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+        self.process.is_running()
     }
 
-    /// Stops the server gracefully (SIGTERM) and waits for it to exit.
+    /// Stops the server gracefully (SIGTERM) and waits for it to exit (SIGKILL after 20 s).
     pub fn stop(&mut self) -> io::Result<()> {
-        if let Some(mut child) = self.child.take() {
-            let status = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status()?;
-            if !status.success() {
-                child.kill()?;
-            }
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while child.try_wait()?.is_none() {
-                if Instant::now() > deadline {
-                    child.kill()?;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        Ok(())
+        self.process.stop()
     }
 
     /// Kills the server (SIGKILL), as a crash would.
     pub fn kill(&mut self) -> io::Result<()> {
-        if let Some(mut child) = self.child.take() {
-            child.kill()?;
-            child.wait()?;
-        }
-        Ok(())
+        self.process.kill()
     }
 
     /// Starts the server again on the same ports with the same data (sessions and persistent
@@ -230,9 +214,7 @@ impl ZkServer {
 
     /// The tail of the server log, for failure messages.
     pub fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.path().join("zk.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        process::log_tail(&self.dir.path().join("zk.log"))
     }
 
     fn spawn(&mut self) -> io::Result<()> {
@@ -251,7 +233,7 @@ impl ZkServer {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
-        self.child = Some(child);
+        self.process.set(child);
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if self.srvr().is_some_and(|s| s.contains("Mode: standalone")) {
@@ -272,16 +254,6 @@ impl ZkServer {
                 )));
             }
             std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for ZkServer {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // Best effort: the process may already be gone.
-            let _ = child.kill();
-            let _ = child.wait();
         }
     }
 }

@@ -6,11 +6,12 @@
 //! elected among the other two within about 5 s of killing the old one.
 
 use std::io::{self, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use super::process::{self, ServerProcess};
 use super::{check_available, classpath, four_letter, free_port, is_ci};
 
 const QUORUM_TIMEOUT: Duration = Duration::from_secs(60);
@@ -18,14 +19,15 @@ const QUORUM_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 struct Member {
     client_port: u16,
-    child: Option<Child>,
+    process: ServerProcess,
 }
 
 /// Three ZooKeeper servers forming one ensemble, killed on drop.
 #[derive(Debug)]
 pub struct ZkEnsemble {
-    dir: TempDir,
+    /// Before `dir`: fields drop in order, and the servers go before their directories.
     members: Vec<Member>,
+    dir: TempDir,
 }
 
 impl ZkEnsemble {
@@ -63,7 +65,7 @@ impl ZkEnsemble {
             )?;
             members.push(Member {
                 client_port,
-                child: None,
+                process: ServerProcess::default(),
             });
         }
         let mut ensemble = Self { dir, members };
@@ -121,11 +123,10 @@ impl ZkEnsemble {
 
     /// Kills server `i` (SIGKILL), as a crash would.
     pub fn kill(&mut self, i: usize) -> io::Result<()> {
-        if let Some(mut child) = self.members.get_mut(i).and_then(|m| m.child.take()) {
-            child.kill()?;
-            child.wait()?;
+        match self.members.get_mut(i) {
+            Some(m) => m.process.kill(),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Starts server `i` again with its data.
@@ -139,7 +140,7 @@ impl ZkEnsemble {
         let deadline = Instant::now() + timeout;
         loop {
             let running: Vec<usize> = (0..self.members.len())
-                .filter(|&i| self.members[i].child.is_some())
+                .filter(|&i| self.members[i].process.is_started())
                 .collect();
             let modes: Vec<Option<String>> = running.iter().map(|&i| self.mode(i)).collect();
             let leaders = modes
@@ -165,10 +166,7 @@ impl ZkEnsemble {
 
     /// The tail of server `i`'s log.
     pub fn log_tail(&self, i: usize) -> String {
-        let log = std::fs::read_to_string(self.dir.path().join((i + 1).to_string()).join("zk.log"))
-            .unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        process::log_tail(&self.dir.path().join((i + 1).to_string()).join("zk.log"))
     }
 
     fn spawn(&mut self, i: usize) -> io::Result<()> {
@@ -187,19 +185,7 @@ impl ZkEnsemble {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
-        self.members[i].child = Some(child);
+        self.members[i].process.set(child);
         Ok(())
-    }
-}
-
-impl Drop for ZkEnsemble {
-    fn drop(&mut self) {
-        for m in &mut self.members {
-            if let Some(mut child) = m.child.take() {
-                // Best effort: the process may already be gone.
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
     }
 }

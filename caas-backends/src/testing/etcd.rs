@@ -15,12 +15,13 @@
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use super::process::{self, ServerProcess};
 use super::{TlsFiles, free_port, is_ci, write_certs};
 use crate::store::{EtcdAdmin, EtcdConfig, EtcdTlsConfig};
 
@@ -60,7 +61,7 @@ impl EtcdServerBuilder {
             peer_port: free_port()?,
             metrics_port,
             tls,
-            child: None,
+            process: ServerProcess::default(),
         };
         server.spawn()?;
         Ok(server)
@@ -94,13 +95,14 @@ impl EtcdServerBuilder {
 /// A single-member etcd cluster process owned by a test.
 #[derive(Debug)]
 pub struct EtcdServer {
+    /// Before `dir`: fields drop in order, and the server goes before its directory.
+    process: ServerProcess,
     dir: TempDir,
     port: u16,
     peer_port: u16,
     /// Plain `/health` (and `/metrics`) of a TLS server.
     metrics_port: Option<u16>,
     tls: Option<TlsFiles>,
-    child: Option<Child>,
 }
 
 impl EtcdServer {
@@ -157,36 +159,17 @@ impl EtcdServer {
 
     /// Whether the process is running.
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+        self.process.is_running()
     }
 
-    /// Stops the server gracefully (SIGTERM) and waits for it to exit.
+    /// Stops the server gracefully (SIGTERM) and waits for it to exit (SIGKILL after 20 s).
     pub fn stop(&mut self) -> io::Result<()> {
-        if let Some(mut child) = self.child.take() {
-            let status = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status()?;
-            if !status.success() {
-                child.kill()?;
-            }
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while child.try_wait()?.is_none() {
-                if Instant::now() > deadline {
-                    child.kill()?;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        Ok(())
+        self.process.stop()
     }
 
     /// Kills the server (SIGKILL), as a crash would.
     pub fn kill(&mut self) -> io::Result<()> {
-        if let Some(mut child) = self.child.take() {
-            child.kill()?;
-            child.wait()?;
-        }
-        Ok(())
+        self.process.kill()
     }
 
     /// Starts the server again on the same ports with the same data (keys, revisions and
@@ -204,9 +187,7 @@ impl EtcdServer {
 
     /// The tail of the server log, for failure messages.
     pub fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        process::log_tail(&self.dir.path().join("etcd.log"))
     }
 
     fn spawn(&mut self) -> io::Result<()> {
@@ -247,7 +228,7 @@ impl EtcdServer {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
-        self.child = Some(child);
+        self.process.set(child);
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if self.healthy() {
@@ -268,16 +249,6 @@ impl EtcdServer {
                 )));
             }
             std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for EtcdServer {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // Best effort: the process may already be gone.
-            let _ = child.kill();
-            let _ = child.wait();
         }
     }
 }
