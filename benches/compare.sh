@@ -120,9 +120,9 @@ if ((IDLE_CONNS > 0)); then
 fi
 NOFILE=$(ulimit -Sn)
 [[ $NOFILE == unlimited ]] && NOFILE=1048576
-# Client connections each proxy accepts: 4096, or IDLE_CONNS and a sixteenth more, plus 1024:
-# nginx starts closing idle keep-alive connections when fewer than a sixteenth of its
-# worker_connections are free (seen at 18,900 idle connections with 1024 spare: it closed
+# Client connections each proxy accepts: 4096, or IDLE_CONNS and a fifteenth more (so they
+# fill at most 15/16 of the slots), plus 1024: nginx starts closing idle keep-alive
+# connections when fewer than a sixteenth of its worker_connections are free (seen at 18,900 idle connections with 1024 spare: it closed
 # some at 18,668). nginx preallocates its worker_connections slots, so its RSS at start grows
 # with them. HAProxy runs on what ulimit -n allows (`no strict-limits`: see write_haproxy_cfg
 # in lib.sh).
@@ -431,6 +431,8 @@ for run in "${RUNS[@]}"; do
   done
 done
 n=0
+# `time` around each wrk prints wall, user and system seconds.
+TIMEFORMAT='%R %U %S'
 for ((round = 1; round <= ROUNDS; round++)); do
   for run in "${RUNS[@]}"; do
     read -r size conns <<<"$run"
@@ -466,9 +468,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
           -p "$(proc_tree "$cpu_pid" | paste -sd,)" >/dev/null 2>&1 &
         perf_pid=$!
       fi
-      # wrk's own CPU (bash's time: wall, user, system seconds): near 100 % the client is
-      # what bounds the row.
-      TIMEFORMAT='%R %U %S'
+      # wrk's own CPU (bash's time, TIMEFORMAT above): near 100 % the client bounds the row.
       { time "${PIN_WRK[@]}" wrk -t1 -c"$conns" -d"${DURATION}s" --latency \
         -H "Host: $HOST_HEADER" "${wrk_extra[@]}" "$url" >"$out" 2>&1; } 2>"$out.time" ||
         die "wrk failed against $target: $(tail -n 5 "$out")"
