@@ -172,7 +172,7 @@ done
 MODES=(none specs registrations unwatched inproc-none inproc-specs)
 ZK_PID=$(cat "$WORK/zk/zk.pid" 2>/dev/null || true)
 GW_PID=$(pid_of gateway)
-RESULTS="$WORK/results.txt" # load round mode rps p50 p99 status sock writes_per_s gw_cpu_us zk_cpu_pct p999
+RESULTS="$WORK/results.txt" # load round mode rps p50 p99 status sock writes_per_s gw_cpu_us zk_cpu_pct p999 steal_pct
 : >"$RESULTS"
 
 # The rate in a churn report: the number after " = " ("… = 99.8/s, …").
@@ -224,7 +224,7 @@ finish_churn() {
 # One measured run: load $1 (flat or fixed), round $2, mode $3; for fixed, the rate is $4.
 measure() {
   local load=$1 round=$2 mode=$3 rate=${4:-0} out gw0 zk0 t0 gw1 zk1 t1 stats
-  local rps p50 p99 status sock requests p999 port=$GW_PORT pid=$GW_PID
+  local rps p50 p99 status sock requests p999 port=$GW_PORT pid=$GW_PID machine0 machine1
   out="$WORK/$load.r$round.$mode.txt"
   log "$load, round $round, $mode"
   [[ $mode == inproc-* ]] && port=$INPROC_PORT pid=$INPROC_PID
@@ -234,6 +234,7 @@ measure() {
   gw0=$(cpu_ticks "$pid")
   zk0=$([[ -n $ZK_PID ]] && cpu_ticks "$ZK_PID" || echo 0)
   t0=$(date +%s.%N)
+  machine0=$(machine_ticks)
   if [[ $load == flat ]]; then
     wrk -t1 -c"$CHURN_CONNS" -d"${DURATION}s" --latency -H "Host: $HOST_HEADER" \
       "http://127.0.0.1:$port/" >"$out" 2>&1 || die "wrk failed: $(tail -n 5 "$out")"
@@ -245,6 +246,7 @@ measure() {
       die "open_loop failed: $(tail -n 5 "$out")"
     stats=$(awk '/^requests/ {print $4, $6, $10, 0, 0, $2, $12}' "$out")
   fi
+  machine1=$(machine_ticks)
   t1=$(date +%s.%N)
   gw1=$(cpu_ticks "$pid")
   zk1=$([[ -n $ZK_PID ]] && cpu_ticks "$ZK_PID" || echo 0)
@@ -252,9 +254,10 @@ measure() {
   read -r rps p50 p99 status sock requests p999 <<<"$stats"
   awk -v l="$load" -v r="$round" -v m="$mode" -v rps="$rps" -v p50="$p50" -v p99="$p99" \
     -v st="$status" -v so="$sock" -v w="$KEPT" -v n="$requests" -v g=$((gw1 - gw0)) \
-    -v z=$((zk1 - zk0)) -v hz="$CLK_TCK" -v t0="$t0" -v t1="$t1" -v p999="$p999" 'BEGIN {
-      printf "%s %s %s %s %s %s %s %s %s %.2f %.1f %s\n", l, r, m, rps, p50, p99, st, so, w,
-        (n > 0 ? g / hz / n * 1e6 : 0), z / hz / (t1 - t0) * 100, p999
+    -v z=$((zk1 - zk0)) -v hz="$CLK_TCK" -v t0="$t0" -v t1="$t1" -v p999="$p999" \
+    -v steal="$(steal_percent "$machine0" "$machine1")" 'BEGIN {
+      printf "%s %s %s %s %s %s %s %s %s %.2f %.1f %s %s\n", l, r, m, rps, p50, p99, st, so, w,
+        (n > 0 ? g / hz / n * 1e6 : 0), z / hz / (t1 - t0) * 100, p999, steal
     }' >>"$RESULTS"
 }
 
@@ -280,10 +283,10 @@ fi
 # One interleaved run: load $1 (closed or fixed), mode $2; for fixed, the rate is $3. The
 # writer churns in the churning half of the PHASE_MS slices only; open_loop reports the two
 # halves apart.
-PAIRED="$WORK/paired.txt" # load mode writes_per_s requests_on requests_off p50_on p50_off p99_on p99_off p999_on p999_off rps slice_p99_on slice_p99_off
+PAIRED="$WORK/paired.txt" # load mode writes_per_s requests_on requests_off p50_on p50_off p99_on p99_off p999_on p999_off rps slice_p99_on slice_p99_off steal_pct
 : >"$PAIRED"
 measure_paired() {
-  local load=$1 mode=$2 rate=${3:-0} out port=$GW_PORT how
+  local load=$1 mode=$2 rate=${3:-0} out port=$GW_PORT how machine0 machine1
   out="$WORK/paired.$load.$mode.txt"
   log "interleaved, $load, $mode"
   [[ $mode == inproc-* ]] && port=$INPROC_PORT
@@ -291,19 +294,21 @@ measure_paired() {
   sleep 0.5
   how=(--closed)
   [[ $load == fixed ]] && how=(--rate "$rate")
+  machine0=$(machine_ticks)
   "$OPEN_LOOP_BIN" --addr "127.0.0.1:$port" --host "$HOST_HEADER" "${how[@]}" \
     --conns "$CHURN_CONNS" --seconds "$PAIRED_SECONDS" --phase-ms "$PHASE_MS" \
     --guard-ms "$((PHASE_MS / 10))" >"$out" 2>&1 ||
     die "open_loop failed: $(tail -n 5 "$out")"
+  machine1=$(machine_ticks)
   finish_churn "$mode" "$WORK/churn.paired.$load.$mode.txt"
   # "requests N rate R p50 …", then "on requests N p50 P p90 P p99 P p999 P max P slices K
   # slice_p99_median P", "off …".
-  awk -v l="$load" -v m="$mode" -v w="$KEPT" '
+  awk -v l="$load" -v m="$mode" -v w="$KEPT" -v steal="$(steal_percent "$machine0" "$machine1")" '
     $1 == "requests" {rps = $4}
     $1 == "on" || $1 == "off" {n[$1] = $3; p50[$1] = $5; p99[$1] = $9; p999[$1] = $11; sp99[$1] = $17}
     END {
       print l, m, w, n["on"], n["off"], p50["on"], p50["off"], p99["on"], p99["off"], p999["on"], p999["off"], rps,
-        sp99["on"], sp99["off"]
+        sp99["on"], sp99["off"], steal
     }
   ' "$out" >>"$PAIRED"
 }
@@ -330,8 +335,8 @@ for load in flat fixed; do
   echo
   if [[ $load == flat ]]; then echo "Flat out:"; else echo "At a fixed $FIXED_RATE req/s:"; fi
   echo
-  echo "| churn | writes/s kept | req/s | p50 ms | p99 ms | p99.9 ms | p99 × none | non-2xx/3xx | socket errors | gateway CPU µs/req | ZooKeeper CPU % |"
-  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  echo "| churn | writes/s kept | req/s | p50 ms | p99 ms | p99.9 ms | p99 × none | non-2xx/3xx | socket errors | gateway CPU µs/req | ZooKeeper CPU % | steal % |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   for mode in "${MODES[@]}"; do
     base=none
     [[ $mode == inproc-* ]] && base=inproc-none
@@ -341,25 +346,28 @@ for load in flat fixed; do
       -v p99="$(col "$load" "$mode" 6 | median)" -v p999="$(col "$load" "$mode" 12 | median)" \
       -v b="$base_p99" -v st="$(col "$load" "$mode" 7 | sum)" \
       -v so="$(col "$load" "$mode" 8 | sum)" \
-      -v cpu="$(col "$load" "$mode" 10 | median)" -v zk="$(col "$load" "$mode" 11 | median)" 'BEGIN {
-        printf "| %s | %s | %.0f | %.3f | %.3f | %s | %.2f× | %d | %d | %.2f | %.1f |\n",
+      -v cpu="$(col "$load" "$mode" 10 | median)" -v zk="$(col "$load" "$mode" 11 | median)" \
+      -v steal="$(col "$load" "$mode" 13 | median)" 'BEGIN {
+        printf "| %s | %s | %.0f | %.3f | %.3f | %s | %.2f× | %d | %d | %.2f | %.1f | %.1f |\n",
           m, (m ~ /none$/ ? "—" : sprintf("%.0f", w)), r, p50, p99,
-          (l == "flat" ? "—" : sprintf("%.3f", p999)), (b > 0 ? p99 / b : 0), st, so, cpu, zk
+          (l == "flat" ? "—" : sprintf("%.3f", p999)), (b > 0 ? p99 / b : 0), st, so, cpu, zk, steal
       }'
   done
   echo
-  echo "Medians over rounds. Per round (p99 ms): $(awk -v l="$load" '$1 == l {printf "%s%s r%s %.3f", (n++ ? ", " : ""), $3, $2, $6}' "$RESULTS")"
+  echo "Medians over rounds. Per round (p99 ms, steal %): $(awk -v l="$load" '$1 == l {printf "%s%s r%s %.3f (%.1f)", (n++ ? ", " : ""), $3, $2, $6, $13}' "$RESULTS")"
 done
 if ((PAIRED_SECONDS > 0)); then
   echo
   echo "Interleaved: one $PAIRED_SECONDS s run per row, the writer churning in half of the $PHASE_MS ms slices of the wall clock (dealt at random, the same deal in every process); requests sorted by the slice they were released in (the first tenth of each left out). Churning ÷ resting: of the p99 over all the half's requests, and of the median over its slices of each slice's own p99 (a stall that hits a slice or two moves it little; a cost every churning slice pays moves it all the same). \`none\` rows: nothing against nothing, the spread to expect by chance:"
   echo
-  echo "| load | churn | writes/s kept (churning slices) | req/s | p50 ms churning / resting | p99 ms churning / resting | p99 ÷ | median slice p99 ms churning / resting | median slice p99 ÷ | p99.9 ms churning / resting |"
-  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+  echo "| load | churn | writes/s kept (churning slices) | req/s | p50 ms churning / resting | p99 ms churning / resting | p99 ÷ | median slice p99 ms churning / resting | median slice p99 ÷ | p99.9 ms churning / resting | steal % |"
+  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   awk '{
-    printf "| %s | %s | %s | %.0f | %.3f / %.3f | %.3f / %.3f | %.2f× | %.3f / %.3f | %.2f× | %.3f / %.3f |\n",
+    printf "| %s | %s | %s | %.0f | %.3f / %.3f | %.3f / %.3f | %.2f× | %.3f / %.3f | %.2f× | %.3f / %.3f | %.1f |\n",
       ($1 == "closed" ? "closed loop" : "fixed rate"), $2, ($2 ~ /none$/ ? "—" : sprintf("%.0f", $3)),
-      $12, $6, $7, $8, $9, ($9 > 0 ? $8 / $9 : 0), $13, $14, ($14 > 0 ? $13 / $14 : 0), $10, $11
+      $12, $6, $7, $8, $9, ($9 > 0 ? $8 / $9 : 0), $13, $14, ($14 > 0 ? $13 / $14 : 0), $10, $11, $15
   }' "$PAIRED"
 fi
+echo
+echo "steal %: of the whole machine's CPU time over the run, the share the hypervisor gave to other guests while this machine's CPUs wanted to run (/proc/stat); a p99 from a run that lost much of the machine measures the host as much as the gateway."
 STATUS=0
