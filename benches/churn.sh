@@ -10,6 +10,12 @@
 #   unwatched      the specs writes under a root the gateway does not watch
 #                  (/caas-unwatched): ZooKeeper and the writer as busy, the gateway idle.
 #                  The control: what the churn costs the machine, apart from the gateway
+#   specs-vs-unwatched, registrations-vs-unwatched
+#                  interleaved rows only: the writer writes all the time, in the churning
+#                  slices under /caas (the gateway's routes change) and in the resting ones
+#                  the same writes under /caas-unwatched (`route_churn --off-chroot`), so
+#                  ZooKeeper and the writer are as busy in both halves and the ratio is what
+#                  the gateway's own work costs, without their share of the two CPUs
 #   inproc-none    the same apps served by the gateway library embedded in
 #                  `route_churn serve`, fed in-process (no store): its baseline
 #   inproc-specs   that gateway taking CHURN_RATE one-app updates a second through its
@@ -190,8 +196,9 @@ start_churn() {
     echo "churn $seconds $phase" >&"$INPROC_CTL"
     INPROC_CHURNS=$((INPROC_CHURNS + 1))
   elif [[ $mode != none && $mode != inproc-none ]]; then
-    how=(--mode "$mode")
+    how=(--mode "${mode%-vs-unwatched}")
     [[ $mode == unwatched ]] && how=(--mode specs --chroot /caas-unwatched)
+    [[ $mode == *-vs-unwatched ]] && how+=(--off-chroot /caas-unwatched)
     "$ROUTE_CHURN_BIN" churn "${churn_args[@]}" "${how[@]}" --rate "$CHURN_RATE" \
       --seconds "$seconds" --phase-ms "$phase" >"$out" 2>>"$WORK/route_churn.log" &
     WRITER=$!
@@ -314,7 +321,8 @@ measure_paired() {
 }
 
 if ((PAIRED_SECONDS > 0)); then
-  PAIRED_MODES=(none specs registrations unwatched inproc-none inproc-specs)
+  PAIRED_MODES=(none specs registrations unwatched specs-vs-unwatched registrations-vs-unwatched
+    inproc-none inproc-specs)
   for load in closed fixed; do
     [[ $load == fixed ]] && ((CHURN_LOAD == 0)) && continue
     for mode in "${PAIRED_MODES[@]}"; do
@@ -358,7 +366,7 @@ for load in flat fixed; do
 done
 if ((PAIRED_SECONDS > 0)); then
   echo
-  echo "Interleaved: one $PAIRED_SECONDS s run per row, the writer churning in half of the $PHASE_MS ms slices of the wall clock (dealt at random, the same deal in every process); requests sorted by the slice they were released in (the first tenth of each left out). Churning ÷ resting: of the p99 over all the half's requests, and of the median over its slices of each slice's own p99 (a stall that hits a slice or two moves it little; a cost every churning slice pays moves it all the same). \`none\` rows: nothing against nothing, the spread to expect by chance:"
+  echo "Interleaved: one $PAIRED_SECONDS s run per row, the writer churning in half of the $PHASE_MS ms slices of the wall clock (dealt at random, the same deal in every process); requests sorted by the slice they were released in (the first tenth of each left out). Churning ÷ resting: of the p99 over all the half's requests, and of the median over its slices of each slice's own p99 (a stall that hits a slice or two moves it little; a cost every churning slice pays moves it all the same). \`none\` rows: nothing against nothing, the spread to expect by chance. \`*-vs-unwatched\` rows: the writer busy in both halves, under the watched root in the churning one and the same writes under /caas-unwatched in the resting one, so that only the gateway's work differs:"
   echo
   echo "| load | churn | writes/s kept (churning slices) | req/s | p50 ms churning / resting | p99 ms churning / resting | p99 ÷ | median slice p99 ms churning / resting | median slice p99 ÷ | p99.9 ms churning / resting | steal % |"
   echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"

@@ -23,7 +23,10 @@
 //! from the Unix epoch, each dealt to "on" or "off" by a fixed pseudo-random function of its
 //! number) and the rate is that of those slices: `open_loop --phase-ms P` sorts its
 //! requests by the same slices, so one run measures the latency with and without churn side
-//! by side.
+//! by side. With `--off-chroot ROOT` as well it writes throughout, in the "off" slices under
+//! ROOT (a second tree `seed` filled, which no gateway watches): ZooKeeper and the writer
+//! then work alike in both halves, and the halves differ only in what the watching gateway
+//! does with the changes.
 //!
 //! ```sh
 //! route_churn serve --listen 127.0.0.1:8080 --apps 10000 --backend 127.0.0.1:9001 --rate 100
@@ -46,7 +49,7 @@ use std::io::BufRead;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use caas_backends::store::{self, Op, Store, ZkStore};
 use caas_backends::zk::{ZkConfig, ZkSession};
@@ -56,10 +59,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio::sync::mpsc;
 
 #[path = "bench_support/pace.rs"]
-// Shared with open_loop, which sorts requests by slice; this writer only paces.
-#[allow(dead_code)]
+// Shared with open_loop, which sorts requests by slice.
 mod pace;
-use pace::{Pacer, Phases};
+use pace::{Half, Pacer, Phases};
 
 #[derive(Parser, Debug)]
 #[command(about = "Fills a ZooKeeper with apps and changes their routes at a fixed rate")]
@@ -125,6 +127,12 @@ struct ChurnArgs {
     /// `open_loop --phase-ms` to compare with the "off" half. 0: write throughout.
     #[arg(long, default_value_t = 0)]
     phase_ms: u64,
+    /// With `--phase-ms`: write in the "off" slices too, at the same rate and in the same
+    /// way, under this root instead (seeded like `--chroot`, watched by no gateway), so that
+    /// ZooKeeper and the writer are as busy in both halves and only what the watching
+    /// gateway does differs between them.
+    #[arg(long, value_name = "ROOT")]
+    off_chroot: Option<String>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -365,37 +373,112 @@ async fn churn(args: &ChurnArgs) -> Result<(), String> {
     if c.apps == 0 {
         return Err("--apps must be at least 1".into());
     }
-    let mut pacer = Pacer::new(args.rate, phases(args.phase_ms)?);
+    let slices = phases(args.phase_ms)?;
+    if args.off_chroot.is_some() && slices.is_none() {
+        return Err("--off-chroot needs --phase-ms: it says where the \"off\" slices write".into());
+    }
+    // With an off root the writer paces throughout, and each write's slice picks its root.
+    let mut pacer = Pacer::new(args.rate, slices.filter(|_| args.off_chroot.is_none()));
     let length = Duration::from_secs_f64(args.seconds);
-    let store = connect(c).await?;
+    let mut on = Writer::new(connect(c).await?, c.chroot.clone());
+    let mut off = match &args.off_chroot {
+        Some(root) => {
+            let common = Common {
+                chroot: root.clone(),
+                ..c.clone()
+            };
+            Some(Writer::new(connect(&common).await?, root.clone()))
+        }
+        None => None,
+    };
     let addr = c.backend.to_string().into_bytes();
     let started = Instant::now();
-    let (mut writes, mut slowest) = (0u64, Duration::ZERO);
+    let mut slowest = Duration::ZERO;
     loop {
         tokio::time::sleep(pacer.wait()).await;
         if started.elapsed() >= length {
             break;
         }
-        let app = format!("app{}", (writes as usize / 2) % c.apps);
+        let resting = slices
+            .and_then(|p| p.slice(SystemTime::now()))
+            .is_some_and(|(_, half)| half == Half::Off);
+        let writer = match off.as_mut() {
+            Some(off) if resting => off,
+            _ => &mut on,
+        };
         let t0 = Instant::now();
+        writer.write(mode, c.apps, &addr).await?;
+        slowest = slowest.max(t0.elapsed());
+    }
+    let secs = started
+        .elapsed()
+        .saturating_sub(pacer.resting())
+        .as_secs_f64();
+    let writes = on.writes + off.as_ref().map_or(0, |w| w.writes);
+    let during = if off.is_none() && args.phase_ms > 0 {
+        " of on-phases"
+    } else {
+        ""
+    };
+    let spread = off.as_ref().map_or_else(String::new, |w| {
+        format!(
+            " ({} of them under {} in the \"off\" slices)",
+            w.writes, w.root
+        )
+    });
+    println!(
+        "route_churn: {writes} writes in {secs:.1} s{during} = {:.1}/s, slowest {:.1} ms{spread}",
+        writes as f64 / secs,
+        slowest.as_secs_f64() * 1000.0
+    );
+    for w in std::iter::once(on).chain(off) {
+        w.finish(mode, c.apps).await?;
+    }
+    Ok(())
+}
+
+/// Writes under one root: its store and how many writes it took.
+struct Writer {
+    store: ZkStore,
+    root: String,
+    writes: u64,
+}
+
+impl Writer {
+    fn new(store: ZkStore, root: String) -> Self {
+        Self {
+            store,
+            root,
+            writes: 0,
+        }
+    }
+
+    /// Registration `n`'s node: named by this run and step, so a run cut short after a
+    /// registration leaves a node no later run trips over.
+    fn registration(app: &str, n: u64) -> String {
+        format!("/service/address/{app}/v1/churn-{}-{n}", std::process::id())
+    }
+
+    /// The next write: writes 2k and 2k+1 go to `app{k}` (cycling over the apps), a spec
+    /// and its change back, or a registration and its deregistration.
+    async fn write(&mut self, mode: Mode, apps: usize, addr: &[u8]) -> Result<(), String> {
+        let n = self.writes;
+        let app = format!("app{}", (n as usize / 2) % apps);
         let result = match mode {
             Mode::Specs => {
                 let spec = AppSpec {
-                    max_in_flight: Some(1000 + (writes % 2) as u32),
+                    max_in_flight: Some(1000 + (n % 2) as u32),
                     ..AppSpec::default()
                 };
                 let json = serde_json::to_vec(&spec).map_err(|e| e.to_string())?;
-                store::put(&store, &format!("/apps/{app}"), &json).await
+                store::put(&self.store, &format!("/apps/{app}"), &json).await
             }
             Mode::Registrations => {
-                // Named by this run and step: a run cut short after a registration leaves a
-                // node no later run trips over.
-                let id = std::process::id();
-                let path = format!("/service/address/{app}/v1/churn-{id}-{}", writes / 2);
-                let op = if writes % 2 == 0 {
+                let path = Self::registration(&app, n / 2);
+                let op = if n % 2 == 0 {
                     Op::Create {
                         path,
-                        data: addr.clone(),
+                        data: addr.to_vec(),
                     }
                 } else {
                     Op::Delete {
@@ -403,38 +486,24 @@ async fn churn(args: &ChurnArgs) -> Result<(), String> {
                         version: None,
                     }
                 };
-                store.commit(vec![op]).await.map(drop)
+                self.store.commit(vec![op]).await.map(drop)
             }
         };
-        result.map_err(|e| format!("write {writes}: {e}"))?;
-        slowest = slowest.max(t0.elapsed());
-        writes += 1;
+        result.map_err(|e| format!("write {n} under {}: {e}", self.root))?;
+        self.writes += 1;
+        Ok(())
     }
-    let secs = started
-        .elapsed()
-        .saturating_sub(pacer.resting())
-        .as_secs_f64();
-    if matches!(mode, Mode::Registrations) && writes % 2 == 1 {
-        let app = format!("app{}", (writes as usize / 2) % c.apps);
-        let path = format!(
-            "/service/address/{app}/v1/churn-{}-{}",
-            std::process::id(),
-            writes / 2
-        );
-        store::delete_if_present(&store, &path)
-            .await
-            .map_err(|e| format!("removing the last registration: {e}"))?;
+
+    /// Deregisters a registration still there at the end, and closes the session.
+    async fn finish(self, mode: Mode, apps: usize) -> Result<(), String> {
+        let n = self.writes;
+        if matches!(mode, Mode::Registrations) && n % 2 == 1 {
+            let app = format!("app{}", (n as usize / 2) % apps);
+            store::delete_if_present(&self.store, &Self::registration(&app, n / 2))
+                .await
+                .map_err(|e| format!("removing the last registration under {}: {e}", self.root))?;
+        }
+        self.store.close().await;
+        Ok(())
     }
-    println!(
-        "route_churn: {writes} writes in {secs:.1} s{} = {:.1}/s, slowest {:.1} ms",
-        if args.phase_ms > 0 {
-            " of on-phases"
-        } else {
-            ""
-        },
-        writes as f64 / secs,
-        slowest.as_secs_f64() * 1000.0
-    );
-    store.close().await;
-    Ok(())
 }

@@ -8,6 +8,8 @@
 //!   its input ends.
 //! - `open_loop --phase-ms`: requests sorted into the "on" and the "off" wall-clock slices,
 //!   as the interleaved rows of the benchmark read them.
+//! - `route_churn churn --off-chroot` against a real ZooKeeper: writing all the time, the
+//!   "off" slices' writes under the other root, every registration taken back.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -315,5 +317,108 @@ fn open_loop_sorts_requests_by_wall_clock_slice() {
         Some(2),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `route_churn` with `args` to its end: (success, stdout, stderr).
+fn route_churn(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(support::examples::examples_dir().join("route_churn"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+    (out.status.success(), text(out.stdout), text(out.stderr))
+}
+
+/// The names under `path` in the tree rooted at `root`.
+fn children(zk: &str, root: &str, path: &str) -> Vec<String> {
+    use caas::backends::store::{Store as _, ZkStore};
+    use caas::backends::zk::{ZkConfig, ZkSession};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let session = ZkSession::connect(ZkConfig::new(zk).with_chroot(root))
+            .await
+            .unwrap();
+        let store = ZkStore::new(session);
+        let names = store.children(path).await.unwrap();
+        store.close().await;
+        names
+    })
+}
+
+/// `churn --phase-ms P --off-chroot ROOT`, as the `*-vs-unwatched` rows of the benchmark
+/// run it: the writer writes all the time, in the "on" slices under its root and in the
+/// "off" ones the same writes under the other root, and says how many went where.
+#[test]
+fn churn_writes_its_off_slices_under_the_other_root() {
+    let Some(zk) = caas::backends::testing::shared_zk("route_churn off-chroot") else {
+        return;
+    };
+    let zk = zk.connect_string();
+    let backend = backend().to_string();
+    let common = ["--zk", &zk, "--apps", "4", "--backend", &backend];
+    for root in ["/on", "/off"] {
+        let mut args = vec!["seed", "--chroot", root];
+        args.extend(common);
+        let (ok, _, err) = route_churn(&args);
+        assert!(ok, "seeding {root}: {err}");
+    }
+    let churn = |mode: &str| {
+        let mut args = vec!["churn", "--chroot", "/on", "--mode", mode, "--rate", "200"];
+        args.extend([
+            "--seconds",
+            "1.2",
+            "--phase-ms",
+            "40",
+            "--off-chroot",
+            "/off",
+        ]);
+        args.extend(common);
+        let (ok, out, err) = route_churn(&args);
+        assert!(ok, "{mode}: {err}");
+        // "route_churn: N writes in S s = R/s, slowest T ms (M of them under /off in the
+        // "off" slices)"
+        let words: Vec<&str> = out.split_whitespace().collect();
+        let all: u64 = words[1].parse().unwrap();
+        let off: u64 = out
+            .split_once(" (")
+            .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no count of the off slices' writes in {out:?}"));
+        assert!(out.contains("under /off in the \"off\" slices"), "{out}");
+        // 1.2 s at 200/s, throughout: the "off" slices rest no more.
+        assert!((180..=250).contains(&all), "{all} writes: {out}");
+        // 30 slices dealt at random: each half gets some of them.
+        assert!(
+            off > all / 10 && off < all * 9 / 10,
+            "{off} of {all} off: {out}"
+        );
+    };
+    churn("specs");
+    // Both trees were written: each has the specs of the apps the writer cycled over.
+    for root in ["/on", "/off"] {
+        assert_eq!(
+            children(&zk, root, "/apps"),
+            ["app0", "app1", "app2", "app3"],
+            "{root}"
+        );
+    }
+    churn("registrations");
+    // Every registration was taken back in the tree it was made in.
+    for root in ["/on", "/off"] {
+        for app in ["app0", "app1", "app2", "app3"] {
+            let path = format!("/service/address/{app}/v1");
+            assert_eq!(children(&zk, root, &path), ["seed"], "{root}{path}");
+        }
+    }
+    // Without slices there is no "off" half to write in.
+    let mut args = vec!["churn", "--mode", "specs", "--off-chroot", "/off"];
+    args.extend(common);
+    let (ok, _, err) = route_churn(&args);
+    assert!(
+        !ok && err.contains("--off-chroot needs --phase-ms"),
+        "{err}"
     );
 }
