@@ -46,6 +46,10 @@
 #                     emptied before each of its runs (0 skips it)
 #   CHURN_APPS=10000  then run benches/churn.sh (a ZooKeeper-fed gateway's latency while its
 #                     routes change, at this many apps; 0 skips it)
+#   PAIRS=16          then, for every row, this many pairs of short runs back to back: the
+#   PAIR_SECS=1       gateway and each of PAIR_WITH, alternating which goes first; the report
+#   PAIR_WITH=haproxy gives the median of the pairs' ratios (req/s, p99) with a 95 % confidence
+#                     interval, which the shared machine's drift cannot tip (0 skips them)
 #   STEAL_MAX=10      a wrk run during which the hypervisor took more than this % of the
 #                     machine's CPU time (steal, /proc/stat) is run again, up to
 #   STEAL_RETRIES=2   more times, and the attempt with the least steal kept; the table
@@ -70,10 +74,14 @@ parse_flags "$@"
 if $QUICK; then
   ROUNDS=${ROUNDS:-1}
   DURATION=${DURATION:-2}
+  PAIRS=${PAIRS:-2}
 else
   ROUNDS=${ROUNDS:-3}
   DURATION=${DURATION:-5}
+  PAIRS=${PAIRS:-16}
 fi
+PAIR_SECS=${PAIR_SECS:-1}
+PAIR_WITH=${PAIR_WITH:-haproxy}
 CONNS=${CONNS:-"1 32 256"}
 SIZES=${SIZES:-"0 8k 256k"}
 SIZE_CONNS=${SIZE_CONNS:-32}
@@ -87,6 +95,12 @@ KEEP=${KEEP:-0}
 ACCESS_LOG=${ACCESS_LOG:-1}
 CHURN_APPS=${CHURN_APPS:-10000}
 [[ $CHURN_APPS =~ ^[0-9]+$ ]] || die "CHURN_APPS takes a number (0 skips), got '$CHURN_APPS'"
+[[ $PAIRS =~ ^[0-9]+$ ]] || die "PAIRS takes a number (0 skips the paired runs), got '$PAIRS'"
+[[ $PAIR_SECS =~ ^[1-9][0-9]*$ ]] || die "PAIR_SECS takes whole seconds (1 or more), got '$PAIR_SECS'"
+for other in $PAIR_WITH; do
+  [[ $other == haproxy || $other == nginx-proxy ]] ||
+    die "PAIR_WITH takes haproxy and/or nginx-proxy, got '$other'"
+done
 
 [[ $STEAL_MAX =~ ^[0-9]+([.][0-9]+)?$ ]] || die "STEAL_MAX takes a percentage, got '$STEAL_MAX'"
 [[ $STEAL_RETRIES =~ ^[0-9]+$ ]] || die "STEAL_RETRIES takes a number (0: never again), got '$STEAL_RETRIES'"
@@ -439,6 +453,25 @@ for run in "${RUNS[@]}"; do
   done
 done
 n=0
+# Where a run of body size $1 against target $2 goes: sets url, wrk_extra (more wrk
+# arguments) and server (the process whose CPU time counts: the proxy, or the backend for
+# "direct").
+aim() {
+  local size=$1 target=$2
+  url="${URL[$target]%/}$(size_path "$size")"
+  wrk_extra=()
+  server=$target
+  [[ $target == direct ]] && server=backend
+  if [[ $size == https-full ]]; then
+    url=${FULL_URL[$target]}
+    server=${FULL_SERVER[$target]}
+    wrk_extra=(-H "Connection: close")
+  elif [[ $size == https* ]]; then
+    url=${TLS_URL[$target]}
+    [[ $size == https-new ]] && wrk_extra=(-H "Connection: close")
+  fi
+  return 0
+}
 # One wrk run of $conns connections against $url, measuring process $server (the proxy, or the
 # backend for "direct") over it: sets RUN_LINE to the results line after "round size conns
 # target" and RUN_STEAL to the share of the machine's CPU time the hypervisor took over the run
@@ -499,18 +532,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
       target=${TARGETS[$(((i + round - 1) % ${#TARGETS[@]}))]}
       [[ $size == https* ]] && ! tls_target "$target" "$size" && continue
       n=$((n + 1))
-      url="${URL[$target]%/}$(size_path "$size")"
-      wrk_extra=()
-      server=$target
-      [[ $target == direct ]] && server=backend
-      if [[ $size == https-full ]]; then
-        url=${FULL_URL[$target]}
-        server=${FULL_SERVER[$target]}
-        wrk_extra=(-H "Connection: close")
-      elif [[ $size == https* ]]; then
-        url=${TLS_URL[$target]}
-        [[ $size == https-new ]] && wrk_extra=(-H "Connection: close")
-      fi
+      aim "$size" "$target"
       out="$WORK/wrk.r$round.s$size.c$conns.$target.txt"
       log "[$n/$total] round $round, $size $(size_path "$size") c$conns, $target"
       # A run that lost more than STEAL_MAX % of the machine to the hypervisor is run again,
@@ -536,6 +558,46 @@ for ((round = 1; round <= ROUNDS; round++)); do
     done
   done
 done
+
+# --- paired runs: the gateway against each of PAIR_WITH ------------------------------------
+
+# A round's runs of one row are up to four targets × DURATION apart, and on a shared VM the
+# machine's speed moves by 10-30 % on that scale (with or without steal), so the medians of a
+# few rounds cross each other by chance when two proxies are within 10 % of each other. Here
+# each row runs PAIRS pairs of short runs back to back, the gateway and the other proxy
+# alternating which goes first (ABBA: a drift in time favours neither), and the report gives
+# the median of the pairs' ratios with a confidence interval.
+PAIRED="$WORK/pairs.txt" # size conns other pair gw_rps gw_p99 other_rps other_p99 errors steal%
+: >"$PAIRED"
+if ((PAIRS > 0)); then
+  for run in "${RUNS[@]}"; do
+    read -r size conns <<<"$run"
+    for other in $PAIR_WITH; do
+      [[ $size == https* ]] && ! tls_target "$other" "$size" && continue
+      log "pairs: $size $(size_path "$size") c$conns, gateway and $other: $PAIRS pairs of ${PAIR_SECS}s runs"
+      for ((pair = 1; pair <= PAIRS; pair++)); do
+        order=(gateway "$other")
+        ((pair % 2 == 1)) || order=("$other" gateway)
+        machine0=$(machine_ticks)
+        declare -A got=()
+        for target in "${order[@]}"; do
+          aim "$size" "$target"
+          out="$WORK/pair.$target.txt"
+          "${PIN_WRK[@]}" wrk -t1 -c"$conns" -d"${PAIR_SECS}s" --latency -H "Host: $HOST_HEADER" \
+            "${wrk_extra[@]}" "$url" >"$out" 2>&1 || die "wrk failed against $target: $(tail -n 5 "$out")"
+          got[$target]=$(parse_wrk "$out")
+        done
+        machine1=$(machine_ticks)
+        # From "rps p50 p99 status sock" of each.
+        awk -v g="${got[gateway]}" -v o="${got[$other]}" -v row="$size $conns $other $pair" \
+          -v st="$(steal_percent "$machine0" "$machine1")" 'BEGIN {
+            split(g, a, " "); split(o, b, " ")
+            print row, a[1], a[3], b[1], b[3], a[4] + a[5] + b[4] + b[5], st
+          }' >>"$PAIRED"
+      done
+    done
+  done
+fi
 
 # --- idle keep-alive connections: memory ---------------------------------------------------
 
@@ -700,6 +762,52 @@ if [[ -s $RERUNS ]]; then
     s = ""; for (i = 6; i <= NF; i++) s = s (i > 6 ? ", " : "") $i
     printf "- round %s, body %s, c%s, %s: %s %%, kept %s %%\n", $1, $2, $3, $4, s, $5
   }' "$RERUNS"
+fi
+
+if [[ -s $PAIRED ]]; then
+  echo
+  echo "## The gateway against ${PAIR_WITH// / and }, in pairs of runs back to back"
+  echo
+  echo "$PAIRS pairs per row of wrk -t1 ${PAIR_SECS}s runs, one against the gateway and one against the"
+  echo "other, the first of each pair alternating. Ratios are the gateway's over the other's, pair by"
+  echo "pair: req/s above 1 and p99 below 1 are the gateway ahead. Median over the pairs, and a"
+  echo "distribution-free 95 % confidence interval of that median (order statistics): where it"
+  echo "excludes 1 the difference is not the machine's drift."
+  echo
+  echo "| body | conns | against | pairs | gateway ahead (req/s) | req/s ratio: median (95 % CI) | gateway p99 lower | p99 ratio: median (95 % CI) | errors | steal % |"
+  echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+  while read -r size conns other; do
+    awk -v s="$size" -v c="$conns" -v o="$other" -v label="$(size_label "$size")" '
+      function sort(a, n,   i, j, t) {
+        for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
+      }
+      function med(a, n) { return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
+      # The k-th order statistics from each end bound the median with ≥ 95 % confidence:
+      # the largest k with 2 P(Binomial(n, 1/2) ≤ k − 1) ≤ 0.05 (0: too few pairs).
+      function ci_k(n,   j, c, cum, k) {
+        c = 1; cum = 0; k = 0
+        for (j = 0; j < n; j++) {
+          cum += c / 2 ^ n
+          if (2 * cum > 0.05) break
+          k = j + 1; c = c * (n - j) / (j + 1)
+        }
+        return k
+      }
+      function show(a, n,   k) {
+        k = ci_k(n)
+        return sprintf("%.2f× (%s)", med(a, n), k ? sprintf("%.2f–%.2f", a[k], a[n - k + 1]) : "too few pairs")
+      }
+      $1 == s && $2 == c && $3 == o {
+        n++; r[n] = ($7 > 0 ? $5 / $7 : 0); q[n] = ($8 > 0 ? $6 / $8 : 0); st[n] = $10
+        ahead += ($5 > $7); lower += ($6 < $8); errors += $9
+      }
+      END {
+        if (!n) exit
+        sort(r, n); sort(q, n); sort(st, n)
+        printf "| %s | %s | %s | %d | %d of %d | %s | %d of %d | %s | %d | %.1f |\n",
+          label, c, o, n, ahead, n, show(r, n), lower, n, show(q, n), errors, med(st, n)
+      }' "$PAIRED"
+  done < <(awk '!seen[$1, $2, $3]++ {print $1, $2, $3}' "$PAIRED")
 fi
 
 if [[ $PERF_STAT == 1 && -s $WORK/perf.txt ]]; then
