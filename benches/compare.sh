@@ -569,6 +569,7 @@ done
 # the median of the pairs' ratios with a confidence interval.
 PAIRED="$WORK/pairs.txt" # size conns other pair gw_rps gw_p99 other_rps other_p99 errors steal%
 : >"$PAIRED"
+declare -A got=() # target → "rps p50 p99 status sock" of its run in the pair
 if ((PAIRS > 0)); then
   for run in "${RUNS[@]}"; do
     read -r size conns <<<"$run"
@@ -579,7 +580,7 @@ if ((PAIRS > 0)); then
         order=(gateway "$other")
         ((pair % 2 == 1)) || order=("$other" gateway)
         machine0=$(machine_ticks)
-        declare -A got=()
+        got=()
         for target in "${order[@]}"; do
           aim "$size" "$target"
           out="$WORK/pair.$target.txt"
@@ -588,7 +589,6 @@ if ((PAIRS > 0)); then
           got[$target]=$(parse_wrk "$out")
         done
         machine1=$(machine_ticks)
-        # From "rps p50 p99 status sock" of each.
         awk -v g="${got[gateway]}" -v o="${got[$other]}" -v row="$size $conns $other $pair" \
           -v st="$(steal_percent "$machine0" "$machine1")" 'BEGIN {
             split(g, a, " "); split(o, b, " ")
