@@ -5,7 +5,7 @@
 # All four serve the same nginx backend (one worker): `return 200 "ok\n"` at /, and static
 # files of exactly 8 KiB at /8k and 256 KiB at /256k.
 #
-# wrk -t1 runs -c1, -c32 and -c256 on / and -c32 on /8k and /256k against each target in turn,
+# wrk (-t1) runs -c1, -c32 and -c256 on / and -c32 on /8k and /256k against each target in turn,
 # recording the CPU time (user + system, from /proc) the serving process spent per request,
 # for several rounds (targets rotate their order each round), and the script prints a markdown
 # table of the medians over rounds: requests/s, p50, p99, errors, wrk's own CPU (near 100 %
@@ -27,6 +27,10 @@
 # second TLS port of each where resumption is off (full handshakes: the certificate and a
 # signature every time; for the gateway a second process, `gateway-full`, with
 # `session_resumption = false`). The script checks both kinds with a Python client first.
+# wrk runs those two rows with TLS_NEW_THREADS (2) threads: one wrk thread spends about a
+# millisecond of CPU on each new TLS connection, so with -t1 it is wrk that bounds them (at
+# 100 % of its CPU, the same handshakes/s behind any proxy); with a thread per CPU the client
+# takes whatever CPU the proxy leaves, and handshakes/s follows what each costs the proxy.
 #
 # Usage: benches/compare.sh [--quick] [-h|--help]
 #   --quick           1 round of 2 s (a smoke test, not a measurement)
@@ -37,6 +41,8 @@
 #   SIZES="0 8k 256k" response bodies: 0 is "ok\n" at /; N, Nk or Nm bytes is a file at /N, /Nk..
 #   SIZE_CONNS=32     connection count for the sizes other than 0
 #   TLS_CONNS=32      connection count of the HTTPS rows (0: no HTTPS rows)
+#   TLS_NEW_THREADS=2 wrk threads for the rows with a new TLS connection per request (all
+#                     others run wrk -t1)
 #   IDLE_CONNS=10000  idle keep-alive connections held per proxy for the memory table (0: skip)
 #   GATEWAY_BIN=path  gateway binary to run as `$GATEWAY_BIN --config FILE` (skips cargo build)
 #   GATEWAY_BIN_B=path a second gateway build, measured as target `gateway-b` in the same
@@ -86,6 +92,7 @@ CONNS=${CONNS:-"1 32 256"}
 SIZES=${SIZES:-"0 8k 256k"}
 SIZE_CONNS=${SIZE_CONNS:-32}
 TLS_CONNS=${TLS_CONNS:-32}
+TLS_NEW_THREADS=${TLS_NEW_THREADS:-2}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 TASKSET=${TASKSET:-0}
 STEAL_MAX=${STEAL_MAX:-10}
@@ -105,6 +112,8 @@ done
 [[ $STEAL_MAX =~ ^[0-9]+([.][0-9]+)?$ ]] || die "STEAL_MAX takes a percentage, got '$STEAL_MAX'"
 [[ $STEAL_RETRIES =~ ^[0-9]+$ ]] || die "STEAL_RETRIES takes a number (0: never again), got '$STEAL_RETRIES'"
 [[ $TLS_CONNS =~ ^[0-9]+$ ]] || die "TLS_CONNS takes a number (0: no HTTPS rows), got '$TLS_CONNS'"
+[[ $TLS_NEW_THREADS =~ ^[1-9][0-9]*$ ]] ||
+  die "TLS_NEW_THREADS takes a number of wrk threads (1 or more), got '$TLS_NEW_THREADS'"
 for c in $CONNS $SIZE_CONNS; do
   [[ $c =~ ^[1-9][0-9]*$ ]] || die "CONNS and SIZE_CONNS take positive integers, got '$c'"
 done
@@ -454,22 +463,22 @@ for run in "${RUNS[@]}"; do
 done
 n=0
 # Where a run of body size $1 against target $2 goes: sets url, wrk_extra (more wrk
-# arguments) and server (the process whose CPU time counts: the proxy, or the backend for
-# "direct").
+# arguments: its threads, headers) and server (the process whose CPU time counts: the proxy,
+# or the backend for "direct").
 aim() {
   local size=$1 target=$2
   url="${URL[$target]%/}$(size_path "$size")"
-  wrk_extra=()
+  wrk_extra=(-t1)
   server=$target
   [[ $target == direct ]] && server=backend
   if [[ $size == https-full ]]; then
     url=${FULL_URL[$target]}
     server=${FULL_SERVER[$target]}
-    wrk_extra=(-H "Connection: close")
   elif [[ $size == https* ]]; then
     url=${TLS_URL[$target]}
-    [[ $size == https-new ]] && wrk_extra=(-H "Connection: close")
   fi
+  [[ $size == https-new || $size == https-full ]] &&
+    wrk_extra=(-t"$TLS_NEW_THREADS" -H "Connection: close")
   return 0
 }
 # One wrk run of $conns connections against $url, measuring process $server (the proxy, or the
@@ -494,7 +503,7 @@ measure_run() {
   fi
   machine0=$(machine_ticks)
   # wrk's own CPU (bash's time, TIMEFORMAT above): near 100 % the client bounds the row.
-  { time "${PIN_WRK[@]}" wrk -t1 -c"$conns" -d"${DURATION}s" --latency \
+  { time "${PIN_WRK[@]}" wrk -c"$conns" -d"${DURATION}s" --latency \
     -H "Host: $HOST_HEADER" "${wrk_extra[@]}" "$url" >"$out" 2>&1; } 2>"$out.time" ||
     die "wrk failed against $target: $(tail -n 5 "$out")"
   machine1=$(machine_ticks)
@@ -584,7 +593,7 @@ if ((PAIRS > 0)); then
         for target in "${order[@]}"; do
           aim "$size" "$target"
           out="$WORK/pair.$target.txt"
-          "${PIN_WRK[@]}" wrk -t1 -c"$conns" -d"${PAIR_SECS}s" --latency -H "Host: $HOST_HEADER" \
+          "${PIN_WRK[@]}" wrk -c"$conns" -d"${PAIR_SECS}s" --latency -H "Host: $HOST_HEADER" \
             "${wrk_extra[@]}" "$url" >"$out" 2>&1 || die "wrk failed against $target: $(tail -n 5 "$out")"
           got[$target]=$(parse_wrk "$out")
         done
@@ -697,7 +706,7 @@ size_label() {
 }
 
 echo
-echo "## caas gateway vs nginx vs HAProxy (loopback, wrk -t1, medians of $ROUNDS round(s) × ${DURATION}s)"
+echo "## caas gateway vs nginx vs HAProxy (loopback, wrk -t1 (-t$TLS_NEW_THREADS on new TLS conns), medians of $ROUNDS round(s) × ${DURATION}s)"
 echo
 report_machine
 echo "- $(proxy_versions), $(wrk -v 2>&1 | head -n 1 | awk '{print "wrk " $2}')"
@@ -748,8 +757,10 @@ echo "(/proc/PID/stat, kernel time included). Context switches: of every thread 
 echo "per request, and in brackets those where the scheduler preempted it to run another task"
 echo "(wrk, the backend) on its CPU (/proc/PID/task/*/status). Migrations: times the scheduler"
 echo "moved one of its threads to the other CPU, per 1,000 requests (/proc/PID/task/*/sched)."
-echo "wrk CPU %: wrk's user + system time over its run's wall time (one thread: near 100 % the"
-echo "client bounds the row, and its latency includes waiting for wrk's own event loop)."
+echo "wrk CPU %: wrk's user + system time over its run's wall time, in % of one CPU (one thread:"
+echo "near 100 % the client bounds the row, and its latency includes waiting for wrk's own event"
+echo "loop). The rows with a new TLS connection per request run $TLS_NEW_THREADS wrk threads, so that"
+echo "the client can take whatever CPU the proxy leaves: their handshakes/s follow the proxy's cost."
 echo "steal %: of the whole machine's CPU time over the wrk run, the share the hypervisor gave"
 echo "to other guests while this machine's CPUs wanted to run (/proc/stat); a run above"
 echo "STEAL_MAX=$STEAL_MAX % was run again up to $STEAL_RETRIES times and the attempt with the"
@@ -768,7 +779,7 @@ if [[ -s $PAIRED ]]; then
   echo
   echo "## The gateway against ${PAIR_WITH// / and }, in pairs of runs back to back"
   echo
-  echo "$PAIRS pairs per row of wrk -t1 ${PAIR_SECS}s runs, one against the gateway and one against the"
+  echo "$PAIRS pairs per row of ${PAIR_SECS}s wrk runs (threads as above), one against the gateway and one against the"
   echo "other, the first of each pair alternating. Ratios are the gateway's over the other's, pair by"
   echo "pair: req/s above 1 and p99 below 1 are the gateway ahead. Median over the pairs, and a"
   echo "distribution-free 95 % confidence interval of that median (order statistics): where it"
