@@ -208,6 +208,12 @@ fn app_id(name: &str) -> Result<AppId, String> {
     AppId::new(name).map_err(|e| format!("app id {name}: {e}"))
 }
 
+/// The app that write `n` of a churn changes: writes 2k and 2k+1 go to `app{k}`, cycling
+/// over the first `apps` apps (a change and its change back).
+fn churned_app(n: u64, apps: usize) -> String {
+    format!("app{}", (n as usize / 2) % apps)
+}
+
 /// `route_churn serve`: the gateway on a one-thread runtime (as `examples/gateway` with
 /// `workers = 1`; the library applies updates off that thread), the control loop on this one.
 fn serve(listen: SocketAddr, apps: usize, backend: SocketAddr, rate: f64) -> Result<(), String> {
@@ -303,7 +309,7 @@ fn control(
             if started.elapsed() >= length {
                 break;
             }
-            let app = app_id(&format!("app{}", (sent as usize / 2) % apps))?;
+            let app = app_id(&churned_app(sent, apps))?;
             let spec = app_spec(backend, 1000 + (sent % 2) as u32)?;
             tx.send(Update::Upsert(app, spec))
                 .map_err(|_| "the gateway stopped taking updates")?;
@@ -463,7 +469,7 @@ impl Writer {
     /// and its change back, or a registration and its deregistration.
     async fn write(&mut self, mode: Mode, apps: usize, addr: &[u8]) -> Result<(), String> {
         let n = self.writes;
-        let app = format!("app{}", (n as usize / 2) % apps);
+        let app = churned_app(n, apps);
         let result = match mode {
             Mode::Specs => {
                 let spec = AppSpec {
@@ -498,7 +504,7 @@ impl Writer {
     async fn finish(self, mode: Mode, apps: usize) -> Result<(), String> {
         let n = self.writes;
         if matches!(mode, Mode::Registrations) && n % 2 == 1 {
-            let app = format!("app{}", (n as usize / 2) % apps);
+            let app = churned_app(n, apps);
             store::delete_if_present(&self.store, &Self::registration(&app, n / 2))
                 .await
                 .map_err(|e| format!("removing the last registration under {}: {e}", self.root))?;
