@@ -67,6 +67,10 @@
 #   GATEWAY_BIN=path      the gateway binary (skips cargo build); ROUTE_CHURN_BIN and
 #                         OPEN_LOOP_BIN likewise
 #   PAIRED_SECONDS=20     seconds per interleaved run (0 skips them; --quick: 6)
+#   PAIRED_MODES="…"      the interleaved rows to run, of: none specs registrations unwatched
+#                         specs-vs-unwatched registrations-vs-unwatched inproc-none
+#                         inproc-specs (default all; for instance the three closed-loop
+#                         rows that tell two builds apart, with CHURN_LOAD=0)
 #   PHASE_MS=200          the interleaved runs' slice; the first tenth of each is left out
 #   KEEP=1                keep the temp dir (logs, raw wrk output)
 # Needs nginx, wrk, curl, and ZooKeeper (scripts/install-deps.sh installs them).
@@ -97,6 +101,13 @@ CHURN_LOAD=${CHURN_LOAD:-25}
 [[ $CHURN_LOAD =~ ^[0-9]+$ ]] && ((CHURN_LOAD <= 100)) ||
   die "CHURN_LOAD takes a percentage, 0 to 100 (0 skips the fixed-rate rows), got '$CHURN_LOAD'"
 KEEP=${KEEP:-0}
+ALL_PAIRED_MODES="none specs registrations unwatched specs-vs-unwatched registrations-vs-unwatched inproc-none inproc-specs"
+read -r -a PAIRED_MODES <<<"${PAIRED_MODES:-$ALL_PAIRED_MODES}"
+((${#PAIRED_MODES[@]} > 0)) || die "PAIRED_MODES is empty (PAIRED_SECONDS=0 skips the interleaved rows)"
+for mode in "${PAIRED_MODES[@]}"; do
+  [[ " $ALL_PAIRED_MODES " == *" $mode "* ]] ||
+    die "PAIRED_MODES: unknown row '$mode' (rows: $ALL_PAIRED_MODES)"
+done
 NGINX_WORKER_CONNS=4096
 for v in ROUNDS DURATION CHURN_APPS CHURN_RATE CHURN_CONNS; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v takes a positive integer, got '${!v}'"
@@ -321,8 +332,6 @@ measure_paired() {
 }
 
 if ((PAIRED_SECONDS > 0)); then
-  PAIRED_MODES=(none specs registrations unwatched specs-vs-unwatched registrations-vs-unwatched
-    inproc-none inproc-specs)
   for load in closed fixed; do
     [[ $load == fixed ]] && ((CHURN_LOAD == 0)) && continue
     for mode in "${PAIRED_MODES[@]}"; do

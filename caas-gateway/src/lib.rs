@@ -107,6 +107,6 @@ pub use body::ProxyBody;
 pub use config::{ConfigError, FileConfig, GatewayConfig, Limits};
 pub use error::{Blame, ErrorCode, GatewayError, ProxyError};
 pub use file::{FileDiscovery, ReloadStats};
-pub use server::{Gateway, GatewayBuilder};
+pub use server::{Gateway, GatewayBuilder, apply_update};
 pub use stats::GatewayStats;
 pub use tls::{CertResolver, TlsAcceptor, TlsConfig, TlsError, UnknownSni};

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Poll, ready};
 use std::time::Duration;
 
-use caas_core::{Discovery, Router};
+use caas_core::{ApplyReport, Discovery, Router, Update};
 use http::Request;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
@@ -77,28 +77,9 @@ impl GatewayBuilder {
                 // A rebuild of a large table takes milliseconds: off the worker threads, so a
                 // one-worker gateway keeps serving while it runs.
                 let r = Arc::clone(&router);
-                let report = match tokio::task::spawn_blocking(move || r.apply(update)).await {
-                    Ok(report) => report,
-                    Err(e) => {
-                        tracing::error!("route table rebuild failed: {e}; keeping the last table");
-                        continue;
-                    }
-                };
-                // One app's routes change with every registration: at debug, so a busy
-                // cluster does not fill the log; whole rebuilds stay at info.
-                if report.whole {
-                    tracing::info!(
-                        generation = report.generation,
-                        apps = report.apps,
-                        build_us = report.build_time.as_micros() as u64,
-                        "route table rebuilt"
-                    );
-                } else {
-                    tracing::debug!(
-                        generation = report.generation,
-                        build_us = report.build_time.as_micros() as u64,
-                        "one app's routes updated"
-                    );
+                if let Err(e) = tokio::task::spawn_blocking(move || apply_update(&r, update)).await
+                {
+                    tracing::error!("route table rebuild failed: {e}; keeping the last table");
                 }
             }
             tracing::warn!("discovery ended; serving the last route table");
@@ -121,7 +102,8 @@ impl GatewayBuilder {
         self
     }
 
-    /// Uses an existing router (for instance one shared with an admin API).
+    /// Uses an existing router (for instance one shared with an admin API, or one a store
+    /// client on a thread of its own feeds with [`apply_update`]).
     pub fn router(mut self, router: Arc<Router>) -> Self {
         self.router = Some(router);
         self
@@ -189,6 +171,32 @@ impl GatewayBuilder {
     ) -> Result<(), GatewayError> {
         self.build()?.serve(listener, shutdown).await
     }
+}
+
+/// Applies one discovery update to `router` and logs what it rebuilt: what the gateway does
+/// with each update of its [`GatewayBuilder::discovery`], for routers fed another way (a
+/// store client on a thread of its own, sharing the router through
+/// [`GatewayBuilder::router`]). Blocks for as long as the rebuild takes: a whole table of
+/// many apps takes milliseconds.
+pub fn apply_update(router: &Router, update: Update) -> ApplyReport {
+    let report = router.apply(update);
+    // One app's routes change with every registration: at debug, so a busy cluster does not
+    // fill the log; whole rebuilds stay at info.
+    if report.whole {
+        tracing::info!(
+            generation = report.generation,
+            apps = report.apps,
+            build_us = report.build_time.as_micros() as u64,
+            "route table rebuilt"
+        );
+    } else {
+        tracing::debug!(
+            generation = report.generation,
+            build_us = report.build_time.as_micros() as u64,
+            "one app's routes updated"
+        );
+    }
+    report
 }
 
 impl Gateway {

@@ -12,24 +12,20 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use caas_backends::PersistedDiscovery;
-use caas_backends::store::{
-    AnyStore, EtcdConfig, EtcdStore, Store as _, StoreCertSource, StoreDiscovery, ZkStore,
-};
-use caas_backends::zk::gateways::{sanitize_gateway_id, validate_gateway_id};
-use caas_backends::zk::{
-    GatewayInfo, ValueCipher, ZkConfig, ZkDiscovery, ZkTlsConfig, announce_gateway,
-    withdraw_gateway,
-};
-use caas_core::{Discovery, Static, Update};
-use caas_gateway::{CertResolver, FileConfig, FileDiscovery, Gateway, TlsAcceptor};
+use caas_backends::store::EtcdConfig;
+use caas_backends::zk::gateways::validate_gateway_id;
+use caas_backends::zk::{GatewayInfo, ValueCipher, ZkConfig, ZkTlsConfig};
+use caas_core::{Router, Static};
+use caas_gateway::{FileConfig, FileDiscovery, Gateway, TlsAcceptor};
 use clap::{ArgGroup, Parser};
 use etcd_tls::EtcdTlsArgs;
+use store::{Announced, Source, StoreStart, StoreThread, default_gateway_id};
 use tokio::net::TcpListener;
 
 mod demo;
 #[path = "../cli_support/etcd_tls.rs"]
 mod etcd_tls;
+mod store;
 
 /// mimalloc: per-thread free lists make the many small, short-lived allocations of a proxy
 /// (header maps, request state) cheaper than glibc's malloc, and frees from other threads
@@ -244,7 +240,9 @@ fn main() -> ExitCode {
     // one-worker gateway is then a single-threaded process almost all the time, and Linux
     // takes and drops a reference on the socket's file in every system call of a process
     // that shares its file table between threads (measured: fdget/fput ~0.6 % of its CPU at
-    // 32 connections). A thread started once a second costs far less.
+    // 32 connections). A thread started once a second costs far less. (With --zk or
+    // --etcd the store's client has a thread of its own, see `store`: that costs the same
+    // reference counting, and far less than its work on the serving thread did.)
     rt.thread_keep_alive(Duration::from_millis(100));
     let rt = match rt.enable_all().build() {
         Ok(rt) => rt,
@@ -309,7 +307,7 @@ async fn run(args: Args, config: FileConfig, path: Option<PathBuf>) -> Result<()
     let routes = Static::new(config.snapshot());
     let source = args.source()?;
     let reload_every = Duration::from_millis(args.reload_interval_ms);
-    let mut store_announced = None;
+    let mut store_thread = None;
     let builder = match (source, &path) {
         (Some(source), _) => {
             if !config.apps.is_empty() {
@@ -318,41 +316,33 @@ async fn run(args: Args, config: FileConfig, path: Option<PathBuf>) -> Result<()
                     source.flag()
                 );
             }
-            let announced = Arc::new(Announced {
-                store: std::sync::OnceLock::new(),
-                id: match &args.gateway_id {
-                    Some(id) => {
-                        validate_gateway_id(id).map_err(|e| format!("--gateway-id: {e}"))?;
-                        id.clone()
-                    }
-                    None => default_gateway_id(config.admin_listen.unwrap_or(config.listen)),
-                },
-                info: GatewayInfo {
-                    admin: config.admin_listen,
-                    listen: listener.local_addr().unwrap_or(config.listen),
-                    listen_tls: tls_listener.as_ref().and_then(|l| l.local_addr().ok()),
-                },
-            });
-            store_announced = Some(Arc::clone(&announced));
-            match &args.snapshot {
-                Some(file) => {
-                    let certs = certs.clone();
-                    let live = async move {
-                        let mut backoff = Duration::from_millis(500);
-                        loop {
-                            match source.routes(certs.as_ref(), &announced).await {
-                                Ok(d) => return d,
-                                Err(e) => tracing::warn!("{e}; retrying in {backoff:?}"),
-                            }
-                            tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(Duration::from_secs(5));
-                        }
-                    };
-                    let wait = Duration::from_millis(args.snapshot_wait_ms);
-                    builder.discovery(PersistedDiscovery::start(file.clone(), live, wait))
+            let id = match &args.gateway_id {
+                Some(id) => {
+                    validate_gateway_id(id).map_err(|e| format!("--gateway-id: {e}"))?;
+                    id.clone()
                 }
-                None => builder.discovery(source.routes(certs.as_ref(), &announced).await?),
-            }
+                None => default_gateway_id(config.admin_listen.unwrap_or(config.listen)),
+            };
+            let info = GatewayInfo {
+                admin: config.admin_listen,
+                listen: listener.local_addr().unwrap_or(config.listen),
+                listen_tls: tls_listener.as_ref().and_then(|l| l.local_addr().ok()),
+            };
+            // The store thread applies the updates; the gateway shares its router.
+            let router = Arc::new(Router::new(config.domains.clone()));
+            let thread = StoreThread::start(StoreStart {
+                source,
+                router: Arc::clone(&router),
+                certs: certs.clone(),
+                announced: Announced::new(id, info),
+                snapshot: args
+                    .snapshot
+                    .clone()
+                    .map(|f| (f, Duration::from_millis(args.snapshot_wait_ms))),
+            })
+            .await?;
+            store_thread = Some(thread);
+            builder.router(router)
         }
         (None, Some(p)) => builder.discovery(FileDiscovery::new(p.clone(), reload_every)),
         (None, None) => builder.discovery(routes.subscribe()),
@@ -410,145 +400,10 @@ async fn run(args: Args, config: FileConfig, path: Option<PathBuf>) -> Result<()
             .map_err(|e| format!("TLS listener task failed: {e}"))?
             .map_err(|e| e.to_string())?;
     }
-    if let Some(a) = store_announced {
-        a.withdraw().await;
+    if let Some(store) = store_thread {
+        store.stop().await;
     }
     Ok(())
-}
-
-/// Where the routes come from: `--zk` or `--etcd`.
-enum Source {
-    Zk(ZkConfig),
-    Etcd(EtcdConfig, Option<Box<ValueCipher>>),
-}
-
-/// The routes of either store.
-enum StoreRoutes {
-    Zk(ZkDiscovery),
-    Etcd(StoreDiscovery<EtcdStore>),
-}
-
-impl Discovery for StoreRoutes {
-    async fn next(&mut self) -> Option<Update> {
-        match self {
-            StoreRoutes::Zk(d) => d.next().await,
-            StoreRoutes::Etcd(d) => d.next().await,
-        }
-    }
-}
-
-impl Source {
-    fn flag(&self) -> &'static str {
-        match self {
-            Source::Zk(_) => "--zk",
-            Source::Etcd(..) => "--etcd",
-        }
-    }
-
-    /// The root of the caas tree, for messages.
-    fn root(&self) -> &str {
-        match self {
-            Source::Zk(zk) => &zk.chroot,
-            Source::Etcd(etcd, _) => &etcd.root,
-        }
-    }
-
-    /// Routes from the store: connects (bounded by the session timeout or the request
-    /// timeout), announces this gateway, and follows custom domains' certificates when the
-    /// gateway serves HTTPS.
-    async fn routes(
-        &self,
-        certs: Option<&Arc<CertResolver>>,
-        announced: &Announced,
-    ) -> Result<StoreRoutes, String> {
-        let (routes, store, cipher) = match self {
-            Source::Zk(zk) => {
-                let bound = zk.session_timeout() + Duration::from_secs(1);
-                let d = match tokio::time::timeout(bound, ZkDiscovery::connect(zk.clone())).await {
-                    Ok(Ok(d)) => d,
-                    Ok(Err(e)) => {
-                        return Err(format!("cannot use ZooKeeper at {}: {e}", zk.servers));
-                    }
-                    Err(_) => {
-                        return Err(format!(
-                            "cannot use ZooKeeper at {}: no session within {bound:?}",
-                            zk.servers
-                        ));
-                    }
-                };
-                tracing::info!(servers = %zk.servers, chroot = %zk.chroot, "routes from ZooKeeper");
-                let session = d.session().clone();
-                let cipher = session.cipher().cloned();
-                (
-                    StoreRoutes::Zk(d),
-                    AnyStore::Zk(ZkStore::new(session)),
-                    cipher,
-                )
-            }
-            Source::Etcd(config, cipher) => {
-                let endpoints = config.endpoints.join(",");
-                let bound = config.request_timeout + Duration::from_secs(1);
-                let store =
-                    match tokio::time::timeout(bound, EtcdStore::connect(config.clone())).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => return Err(format!("cannot use etcd at {endpoints}: {e}")),
-                        Err(_) => {
-                            return Err(format!(
-                                "cannot use etcd at {endpoints}: no answer within {bound:?}"
-                            ));
-                        }
-                    };
-                tracing::info!(%endpoints, root = %config.root, "routes from etcd");
-                let cipher = cipher.as_deref().cloned();
-                let d = StoreDiscovery::start(store.clone(), cipher.clone());
-                (StoreRoutes::Etcd(d), AnyStore::Etcd(store), cipher)
-            }
-        };
-        let _ = announced.store.set(store.clone());
-        let root = self.root();
-        match announce_gateway(&store, &announced.id, &announced.info).await {
-            Ok(()) => {
-                tracing::info!(id = %announced.id, "announced at {root}/gateways/{}", announced.id)
-            }
-            // Routing goes on without it; the control plane just does not see this gateway.
-            Err(e) => tracing::error!(id = %announced.id, "cannot announce this gateway: {e}"),
-        }
-        if let Some(certs) = certs {
-            // Custom domains' certificates, stored at {root}/certs/{domain}.
-            tokio::spawn(Arc::clone(certs).follow(StoreCertSource::start(store, cipher)));
-            tracing::info!("custom-domain certificates from {root}/certs");
-        }
-        Ok(routes)
-    }
-}
-
-/// What the gateway announces at {root}/gateways/{id}, and the store holding it once
-/// connected.
-struct Announced {
-    id: String,
-    info: GatewayInfo,
-    store: std::sync::OnceLock<AnyStore>,
-}
-
-impl Announced {
-    /// Withdraws the announcement and closes the store's session or lease, so the node is
-    /// gone at once (not only when the session times out or the lease expires).
-    async fn withdraw(&self) {
-        if let Some(store) = self.store.get() {
-            if let Err(e) = withdraw_gateway(store, &self.id).await {
-                tracing::warn!(id = %self.id, "cannot withdraw the announcement: {e}");
-            }
-            store.close().await;
-        }
-    }
-}
-
-/// The host name and `addr`'s port, as a gateway id.
-fn default_gateway_id(addr: SocketAddr) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_else(|_| addr.ip().to_string());
-    sanitize_gateway_id(&format!("{}-{}", host.trim(), addr.port()))
 }
 
 async fn shutdown_signal() {
