@@ -117,15 +117,7 @@ require_tools nginx wrk curl
 "$ROOT/scripts/zk.sh" classpath >/dev/null 2>&1 || require_tools java
 
 build_gateway
-if [[ -z ${ROUTE_CHURN_BIN:-} || -z ${OPEN_LOOP_BIN:-} ]]; then
-  log "building the writer and the load: cargo build --release --example route_churn --example open_loop"
-  (cd "$ROOT" && cargo build --release --example route_churn --example open_loop) ||
-    die "cargo build --release --example route_churn --example open_loop failed"
-  ROUTE_CHURN_BIN=${ROUTE_CHURN_BIN:-"${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/route_churn"}
-  OPEN_LOOP_BIN=${OPEN_LOOP_BIN:-"${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/open_loop"}
-fi
-[[ -x $ROUTE_CHURN_BIN ]] || die "ROUTE_CHURN_BIN=$ROUTE_CHURN_BIN is not an executable file"
-[[ -x $OPEN_LOOP_BIN ]] || die "OPEN_LOOP_BIN=$OPEN_LOOP_BIN is not an executable file"
+build_churn_tools
 
 make_workdir caas-churn
 cleanup() {

@@ -94,6 +94,21 @@ build_gateway() {
   fi
 }
 
+# Sets ROUTE_CHURN_BIN and OPEN_LOOP_BIN (examples/route_churn, which seeds and churns the
+# store, and examples/open_loop, the load): the paths the user gave, checked, or built with
+# cargo. Called before any process starts, as build_gateway.
+build_churn_tools() {
+  if [[ -z ${ROUTE_CHURN_BIN:-} || -z ${OPEN_LOOP_BIN:-} ]]; then
+    log "building the store writer and the load: cargo build --release --example route_churn --example open_loop"
+    (cd "$ROOT" && cargo build --release --example route_churn --example open_loop) ||
+      die "cargo build --release --example route_churn --example open_loop failed"
+    ROUTE_CHURN_BIN=${ROUTE_CHURN_BIN:-"${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/route_churn"}
+    OPEN_LOOP_BIN=${OPEN_LOOP_BIN:-"${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/open_loop"}
+  fi
+  [[ -x $ROUTE_CHURN_BIN ]] || die "ROUTE_CHURN_BIN=$ROUTE_CHURN_BIN is not an executable file"
+  [[ -x $OPEN_LOOP_BIN ]] || die "OPEN_LOOP_BIN=$OPEN_LOOP_BIN is not an executable file"
+}
+
 # --- temp dir, processes, cleanup -------------------------------------------------------------
 
 # Creates the temp dir WORK ($TMPDIR/$1.XXXXXX) and starts with no processes and STATUS=1

@@ -45,15 +45,7 @@ build_gateway
 if [[ -n ${BASELINE_BIN:-} ]]; then
   [[ -x $BASELINE_BIN ]] || die "BASELINE_BIN=$BASELINE_BIN is not an executable file"
 fi
-if [[ -z ${ROUTE_CHURN_BIN:-} || -z ${OPEN_LOOP_BIN:-} ]]; then
-  log "building the seeding tool and the load: cargo build --release --example route_churn --example open_loop"
-  (cd "$ROOT" && cargo build --release --example route_churn --example open_loop) ||
-    die "cargo build --release --example route_churn --example open_loop failed"
-  ROUTE_CHURN_BIN=${ROUTE_CHURN_BIN:-"${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/route_churn"}
-  OPEN_LOOP_BIN=${OPEN_LOOP_BIN:-"${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/open_loop"}
-fi
-[[ -x $ROUTE_CHURN_BIN ]] || die "ROUTE_CHURN_BIN=$ROUTE_CHURN_BIN is not an executable file"
-[[ -x $OPEN_LOOP_BIN ]] || die "OPEN_LOOP_BIN=$OPEN_LOOP_BIN is not an executable file"
+build_churn_tools
 
 make_workdir caas-reconnect
 cleanup() {
@@ -140,7 +132,7 @@ echo
 col() { awk -v b="$1" -v c="$2" -v k="$3" '$1 == b && $2 == c {print $k}' "$RESULTS"; }
 for build in "${builds[@]}"; do
   for cut in no yes; do
-    echo "- $build, cut $cut: median p99 $(col "$build" "$cut" 4 | median) ms, median max $(col "$build" "$cut" 6 | median) ms over $CUTS runs"
+    echo "- $build, cut $cut: median p99 $(col "$build" "$cut" 4 | median) ms, median max $(col "$build" "$cut" 6 | median) ms ($CUTS cut turns)"
   done
 done
 STATUS=0

@@ -241,8 +241,8 @@ fn main() -> ExitCode {
     // takes and drops a reference on the socket's file in every system call of a process
     // that shares its file table between threads (measured: fdget/fput ~0.6 % of its CPU at
     // 32 connections). A thread started once a second costs far less. (With --zk or
-    // --etcd the store's client has a thread of its own, see `store`: that costs the same
-    // reference counting, and far less than its work on the serving thread did.)
+    // --etcd the store's client has a thread of its own, see `store`; a ZooKeeper-fed
+    // gateway had one before too, the client library's I/O reactor.)
     rt.thread_keep_alive(Duration::from_millis(100));
     let rt = match rt.enable_all().build() {
         Ok(rt) => rt,
