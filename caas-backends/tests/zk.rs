@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use caas_backends::store::{StoreError, ZkStore};
+use caas_backends::store::{self, Store as _, StoreError, ZkStore};
 use caas_backends::testing::routes::{eventually_picks, picks};
 use caas_backends::testing::{TcpProxy, ZkServer, ZkServerBuilder};
 use caas_backends::zk::registry::RegistryError;
@@ -253,6 +253,66 @@ async fn discovery_feeds_the_router_and_follows_registry_and_config() {
         router.load().lookup("shop.caas.local").is_none()
     })
     .await;
+}
+
+/// Several writes to one registration in one commit end in the state of the last write: a
+/// registration withdrawn at once is not routed, one deleted and created again is routed to
+/// its new address. (The discovery applies a deletion without reading the node; how it folds
+/// a burst of events is unit-tested with the discovery.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_registry_writes_ends_in_the_state_of_the_last() {
+    let Some(zk) = server("a_burst_of_registry_writes_ends_in_the_state_of_the_last") else {
+        return;
+    };
+    let session = ZkSession::connect(config(&zk, "/t-burst")).await.unwrap();
+    let store = ZkStore::new(session.clone());
+    let registry = Registry::new(store.clone());
+    let a = app("burst");
+    registry
+        .register(&a, &ver("v1"), &inst("c1"), addr(9301))
+        .await
+        .unwrap();
+    let discovery = ZkDiscovery::start(ZkSession::connect(config(&zk, "/t-burst")).await.unwrap());
+    let (router, _task) = gateway(discovery);
+    eventually_picks(&router, "burst.caas.local", &[9301]).await;
+
+    let node = |i: &str| format!("/service/address/burst/v1/{i}");
+    let create = |i: &str, port: u16| store::Op::Create {
+        path: node(i),
+        data: format!("127.0.0.1:{port}").into_bytes(),
+    };
+    let delete = |i: &str| store::Op::Delete {
+        path: node(i),
+        version: None,
+    };
+    // Created and deleted; deleted and created again at a new address.
+    store
+        .commit(vec![create("c2", 9302), delete("c2")])
+        .await
+        .unwrap();
+    store
+        .commit(vec![delete("c1"), create("c1", 9303)])
+        .await
+        .unwrap();
+    registry
+        .register(&a, &ver("v1"), &inst("c3"), addr(9304))
+        .await
+        .unwrap();
+    eventually_picks(&router, "burst.caas.local", &[9303, 9304]).await;
+    // Created, deleted, created again; deleted, created, deleted.
+    store
+        .commit(vec![create("c2", 9305), delete("c2"), create("c2", 9306)])
+        .await
+        .unwrap();
+    store
+        .commit(vec![delete("c3"), create("c3", 9307), delete("c3")])
+        .await
+        .unwrap();
+    registry
+        .register(&a, &ver("v1"), &inst("c4"), addr(9308))
+        .await
+        .unwrap();
+    eventually_picks(&router, "burst.caas.local", &[9303, 9306, 9308]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

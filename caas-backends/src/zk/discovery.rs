@@ -2,9 +2,10 @@
 //!
 //! One persistent recursive watch on the chroot plus a full read at start, after every
 //! reconnect and after every new session, kept in a local cache. The first update after a
-//! full read is `Reset`; after that each watch event re-reads the node it names and the apps
-//! whose merged spec changed are sent as `Upsert` / `Remove`. Events that are already queued
-//! are drained before sending, so a burst becomes one update per app.
+//! full read is `Reset`; after that each watch event re-reads the node it names (a deletion
+//! needs no read) and the apps whose merged spec changed are sent as `Upsert` / `Remove`.
+//! Events that are already queued are drained before sending, so a burst becomes one update
+//! per app.
 //!
 //! While ZooKeeper is unreachable nothing is sent: the gateway keeps serving its last table.
 //! Bad nodes (data not `host:port`, invalid ids in the path, an app spec that does not parse
@@ -12,7 +13,7 @@
 //! How nodes are validated and merged is shared with [`crate::store::StoreDiscovery`]
 //! (`view`); only the reading and watching are ZooKeeper's own.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use caas_core::{Discovery, Update};
@@ -181,26 +182,12 @@ impl Worker {
                     None => break,
                 }
             }
-            let mut dirty_paths = BTreeSet::new();
-            let mut terminal = false;
-            for event in events {
-                match event.event_type {
-                    EventType::Session => match event.session_state {
-                        SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
-                            need_full_read = true;
-                        }
-                        s if s.is_terminated() => terminal = true,
-                        _ => {}
-                    },
-                    _ => {
-                        dirty_paths.insert(event.path);
-                    }
-                }
-            }
-            if terminal {
+            let batch = Batch::fold(events);
+            if batch.terminal {
                 // The watcher must not be polled again after a terminal state.
                 return End::SessionGone;
             }
+            need_full_read |= batch.reconnected;
             if need_full_read {
                 // Reconnected. The client re-sends its watches, but a persistent watch does
                 // not survive a server restart (seen with ZooKeeper 3.8): set it again
@@ -212,7 +199,7 @@ impl Worker {
                 };
                 continue;
             }
-            if let Err(e) = self.refresh(client, dirty_paths).await {
+            if let Err(e) = self.refresh(client, batch.nodes).await {
                 self.count_error(&e, "re-read after a watch event failed; doing a full read");
                 if e.is_session_gone() {
                     return End::SessionGone;
@@ -358,19 +345,26 @@ impl Worker {
         Ok(())
     }
 
-    /// Re-reads the nodes named by watch events and sends what changed.
-    async fn refresh(&mut self, client: &Client, paths: BTreeSet<String>) -> Result<()> {
+    /// Re-reads the nodes named by watch events and sends what changed. A node whose last
+    /// event deleted it is not read: it is gone as of that event, and if it comes back its
+    /// creation is an event still to come. (A deregistration, half of all registry writes,
+    /// then costs ZooKeeper no read, and no `NoNode` error path on its side.)
+    async fn refresh(&mut self, client: &Client, paths: BTreeMap<String, bool>) -> Result<()> {
         // Issue every read first (pipelined), then apply in order.
         let mut reads = Vec::new();
-        for path in paths {
+        for (path, deleted) in paths {
             if matches!(classify(&path), Node::Other | Node::ServiceDir) {
                 continue;
             }
-            let fut = client.get_data(&path);
+            let fut = (!deleted).then(|| client.get_data(&path));
             reads.push((path, fut));
         }
         let mut nodes = Vec::new();
         for (path, fut) in reads {
+            let Some(fut) = fut else {
+                nodes.push((path, None));
+                continue;
+            };
             let data = match fut.await {
                 Ok((d, _)) => Some(d),
                 Err(zookeeper_client::Error::NoNode) => None,
@@ -393,6 +387,85 @@ impl Worker {
     }
 }
 
+/// What a burst of watch events asks for.
+#[derive(Debug, Default, PartialEq)]
+struct Batch {
+    /// The nodes to bring up to date: per path, whether its last event deleted it.
+    nodes: BTreeMap<String, bool>,
+    /// The connection came back: read everything again.
+    reconnected: bool,
+    /// The session ended for good.
+    terminal: bool,
+}
+
+impl Batch {
+    fn fold(events: impl IntoIterator<Item = WatchedEvent>) -> Self {
+        let mut batch = Self::default();
+        for event in events {
+            match event.event_type {
+                EventType::Session => match event.session_state {
+                    SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
+                        batch.reconnected = true;
+                    }
+                    s if s.is_terminated() => batch.terminal = true,
+                    _ => {}
+                },
+                kind => {
+                    batch
+                        .nodes
+                        .insert(event.path, kind == EventType::NodeDeleted);
+                }
+            }
+        }
+        batch
+    }
+}
+
 fn is_terminal(event: Option<&WatchedEvent>) -> bool {
     event.is_some_and(|e| e.event_type == EventType::Session && e.session_state.is_terminated())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(event_type: EventType, path: &str) -> WatchedEvent {
+        WatchedEvent::new(event_type, path)
+    }
+
+    fn session(state: SessionState) -> WatchedEvent {
+        WatchedEvent::new_session(state)
+    }
+
+    #[test]
+    fn a_node_is_read_again_unless_its_last_event_deleted_it() {
+        use EventType::{NodeCreated, NodeDataChanged, NodeDeleted};
+        let a = "/service/address/shop/v1/a";
+        let b = "/service/address/shop/v1/b";
+        let c = "/apps/shop";
+        let batch = Batch::fold([
+            node(NodeCreated, a),
+            node(NodeDeleted, a),
+            node(NodeDeleted, b),
+            node(NodeCreated, b),
+            node(NodeDataChanged, c),
+        ]);
+        let want = [
+            (a.to_owned(), true),
+            (b.to_owned(), false),
+            (c.to_owned(), false),
+        ];
+        assert_eq!(batch.nodes, want.into_iter().collect());
+        assert!(!batch.reconnected && !batch.terminal);
+    }
+
+    #[test]
+    fn session_events_ask_for_a_full_read_or_end_the_session() {
+        let batch = Batch::fold([
+            session(SessionState::Disconnected),
+            session(SessionState::SyncConnected),
+        ]);
+        assert!(batch.reconnected && !batch.terminal && batch.nodes.is_empty());
+        assert!(Batch::fold([session(SessionState::Expired)]).terminal);
+    }
 }
