@@ -315,6 +315,51 @@ async fn a_burst_of_registry_writes_ends_in_the_state_of_the_last() {
     eventually_picks(&router, "burst.caas.local", &[9303, 9306, 9308]).await;
 }
 
+/// A full read of more nodes than one batched read holds (the discovery reads in batches of
+/// 64): every app is routed, with its spec, and a bad node among them is skipped alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_read_of_many_apps_routes_every_one() {
+    let Some(zk) = server("a_full_read_of_many_apps_routes_every_one") else {
+        return;
+    };
+    let store = ZkStore::new(ZkSession::connect(config(&zk, "/t-many")).await.unwrap());
+    let mut ops = Vec::new();
+    for i in 0..150u16 {
+        ops.push(store::Op::Create {
+            path: format!("/service/address/app{i}/v1/c1"),
+            data: format!("127.0.0.1:{}", 20000 + i).into_bytes(),
+        });
+        ops.push(store::Op::Create {
+            path: format!("/apps/app{i}"),
+            data: format!(r#"{{"domains":["www.app{i}.test"]}}"#).into_bytes(),
+        });
+    }
+    ops.push(store::Op::Create {
+        path: "/service/address/app70/v1/c2".into(),
+        data: b"not an address".to_vec(),
+    });
+    store.commit(ops).await.unwrap();
+
+    let watching = ZkSession::connect(config(&zk, "/t-many")).await.unwrap();
+    let (router, _task) = gateway(ZkDiscovery::start(watching.clone()));
+    eventually("all 150 apps routed", || router.load().apps().len() == 150).await;
+    for i in 0..150u16 {
+        assert_eq!(
+            picks(&router, &format!("app{i}.caas.local")),
+            set(&[20000 + i])
+        );
+        assert_eq!(
+            picks(&router, &format!("www.app{i}.test")),
+            set(&[20000 + i])
+        );
+    }
+    assert_eq!(
+        watching.stats().snapshot().skipped_nodes,
+        1,
+        "the bad address"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn domain_claims_are_exclusive_and_decide_routing() {
     let Some(zk) = server("domain_claims_are_exclusive_and_decide_routing") else {
