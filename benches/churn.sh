@@ -128,13 +128,9 @@ cleanup() {
 on_exit cleanup
 
 free_port BACKEND_PORT
-free_port ZK_PORT
-free_port GW_PORT
 write_backend_conf "" "" ""
 start_backend
-"$ROOT/scripts/zk.sh" start "$WORK/zk" "$ZK_PORT" >"$WORK/zk-start.log" 2>&1 ||
-  die "ZooKeeper did not start: $(tail -n 5 "$WORK/zk-start.log")"
-ZK="127.0.0.1:$ZK_PORT"
+start_zk
 churn_args=(--zk "$ZK" --apps "$CHURN_APPS" --backend "127.0.0.1:$BACKEND_PORT")
 log "registering $CHURN_APPS apps in ZooKeeper (twice: /caas and /caas-unwatched)"
 for root in /caas /caas-unwatched; do
@@ -158,17 +154,8 @@ INPROC_CHURNS=0
 wait_http inproc "$INPROC_PORT"
 check_ok inproc "http://127.0.0.1:$INPROC_PORT/"
 
-write_gateway_toml gateway "$GW_PORT" "" ""
-start gateway "$GATEWAY_BIN" --config "$WORK/gateway.toml" --zk "$ZK"
-wait_http gateway "$GW_PORT"
 # Routable once the whole tree is read: the last app and hello both answer.
-for _ in $(seq 1 300); do
-  code=$(curl -s -o /dev/null -w '%{http_code}' -H "Host: app$((CHURN_APPS - 1)).caas.local" \
-    "http://127.0.0.1:$GW_PORT/" || true)
-  [[ $code == 200 ]] && break
-  sleep 0.1
-done
-[[ $code == 200 ]] || die "the gateway did not route app$((CHURN_APPS - 1)) (logs in $WORK)"
+start_zk_gateway gateway "$GATEWAY_BIN" "$CHURN_APPS"
 check_ok gateway "http://127.0.0.1:$GW_PORT/"
 # Warm-up, not measured: ZooKeeper has just taken 20,000 writes (its JIT and collector are
 # still busy), and the gateway's pools are empty.

@@ -109,6 +109,28 @@ build_churn_tools() {
   [[ -x $OPEN_LOOP_BIN ]] || die "OPEN_LOOP_BIN=$OPEN_LOOP_BIN is not an executable file"
 }
 
+# Sets BUILDS, the builds to measure (gateway; baseline first when BASELINE_BIN is set, which
+# must then be an executable file), and ORDER, their turns over $1 rounds, taking turns
+# (baseline, gateway, gateway, baseline, ...) so that neither always goes first; with $2,
+# every round starts with that entry too (write_cost.sh's "none": no gateway at all).
+turn_order() {
+  local rounds=$1 first=${2:-} turn i
+  BUILDS=(gateway)
+  if [[ -n ${BASELINE_BIN:-} ]]; then
+    [[ -x $BASELINE_BIN ]] || die "BASELINE_BIN=$BASELINE_BIN is not an executable file"
+    BUILDS=(baseline gateway)
+  fi
+  ORDER=()
+  for ((turn = 0; turn < rounds; turn++)); do
+    [[ -n $first ]] && ORDER+=("$first")
+    if ((turn % 2)); then
+      for ((i = ${#BUILDS[@]} - 1; i >= 0; i--)); do ORDER+=("${BUILDS[$i]}"); done
+    else
+      ORDER+=("${BUILDS[@]}")
+    fi
+  done
+}
+
 # --- temp dir, processes, cleanup -------------------------------------------------------------
 
 # Creates the temp dir WORK ($TMPDIR/$1.XXXXXX) and starts with no processes and STATUS=1
@@ -520,6 +542,33 @@ default_version = "v1"
 [apps.hello.versions.v1]
 endpoints = ["127.0.0.1:$BACKEND_PORT"]
 EOF
+}
+
+# Starts a throw-away ZooKeeper in $WORK/zk on a free port; sets ZK_PORT and ZK (its
+# connect string). The script's cleanup stops it (scripts/zk.sh stop "$WORK/zk").
+start_zk() {
+  free_port ZK_PORT
+  "$ROOT/scripts/zk.sh" start "$WORK/zk" "$ZK_PORT" >"$WORK/zk-start.log" 2>&1 ||
+    die "ZooKeeper did not start: $(tail -n 5 "$WORK/zk-start.log")"
+  ZK="127.0.0.1:$ZK_PORT"
+}
+
+# Starts gateway build $2 as process $1 (config $WORK/$1.toml) on a free port, GW_PORT, fed by
+# the ZooKeeper at ZK, and waits until it routes app{$3 - 1}, the last of the $3 apps seeded:
+# until it has read the whole tree.
+start_zk_gateway() {
+  local name=$1 bin=$2 apps=$3 code=""
+  free_port GW_PORT
+  write_gateway_toml "$name" "$GW_PORT" "" ""
+  start "$name" "$bin" --config "$WORK/$name.toml" --zk "$ZK"
+  wait_http "$name" "$GW_PORT"
+  for _ in $(seq 1 300); do
+    code=$(curl -s -o /dev/null -w '%{http_code}' -H "Host: app$((apps - 1)).caas.local" \
+      "http://127.0.0.1:$GW_PORT/" || true)
+    [[ $code == 200 ]] && break
+    sleep 0.1
+  done
+  [[ $code == 200 ]] || die "$name did not route app$((apps - 1)) (logs in $WORK)"
 }
 
 # Writes the one certificate every proxy terminates TLS with, under $WORK/tls: an ECDSA P-256

@@ -42,9 +42,7 @@ done
 require_tools nginx curl ss
 "$ROOT/scripts/zk.sh" classpath >/dev/null 2>&1 || require_tools java
 build_gateway
-if [[ -n ${BASELINE_BIN:-} ]]; then
-  [[ -x $BASELINE_BIN ]] || die "BASELINE_BIN=$BASELINE_BIN is not an executable file"
-fi
+turn_order "$CUTS"
 build_churn_tools
 
 make_workdir caas-reconnect
@@ -56,46 +54,21 @@ cleanup() {
 on_exit cleanup
 
 free_port BACKEND_PORT
-free_port ZK_PORT
 write_backend_conf "" "" ""
 start_backend
-"$ROOT/scripts/zk.sh" start "$WORK/zk" "$ZK_PORT" >"$WORK/zk-start.log" 2>&1 ||
-  die "ZooKeeper did not start: $(tail -n 5 "$WORK/zk-start.log")"
-ZK="127.0.0.1:$ZK_PORT"
+start_zk
 log "registering $RECONNECT_APPS apps in ZooKeeper"
 "$ROUTE_CHURN_BIN" seed --zk "$ZK" --apps "$RECONNECT_APPS" --backend "127.0.0.1:$BACKEND_PORT" \
   --chroot /caas 2>>"$WORK/seed.log" || die "seeding failed: $(tail -n 3 "$WORK/seed.log")"
 
-builds=(gateway)
-[[ -n ${BASELINE_BIN:-} ]] && builds=(baseline gateway)
-order=()
-for ((turn = 0; turn < CUTS; turn++)); do
-  if ((turn % 2)); then
-    for ((i = ${#builds[@]} - 1; i >= 0; i--)); do order+=("${builds[$i]}"); done
-  else
-    order+=("${builds[@]}")
-  fi
-done
-
 RESULTS="$WORK/results.txt" # build cut p50 p99 p999 max
 : >"$RESULTS"
 n=0
-for build in "${order[@]}"; do
+for build in "${ORDER[@]}"; do
   n=$((n + 1))
   bin=$GATEWAY_BIN
   [[ $build == baseline ]] && bin=$BASELINE_BIN
-  free_port GW_PORT
-  write_gateway_toml "gateway$n" "$GW_PORT" "" ""
-  start "gw$n" "$bin" --config "$WORK/gateway$n.toml" --zk "$ZK"
-  wait_http "gw$n" "$GW_PORT"
-  code=""
-  for _ in $(seq 1 300); do
-    code=$(curl -s -o /dev/null -w '%{http_code}' -H "Host: app$((RECONNECT_APPS - 1)).caas.local" \
-      "http://127.0.0.1:$GW_PORT/" || true)
-    [[ $code == 200 ]] && break
-    sleep 0.1
-  done
-  [[ $code == 200 ]] || die "$build did not route app$((RECONNECT_APPS - 1)) (logs in $WORK)"
+  start_zk_gateway "gw$n" "$bin" "$RECONNECT_APPS"
   for cut in no yes; do
     out="$WORK/run$n.$cut.txt"
     "$OPEN_LOOP_BIN" --addr "127.0.0.1:$GW_PORT" --host "$HOST_HEADER" --rate "$RATE" \
@@ -130,7 +103,7 @@ awk '{printf "| %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6}' "$RES
 echo
 # Column $3 of build $1's runs with cut $2.
 col() { awk -v b="$1" -v c="$2" -v k="$3" '$1 == b && $2 == c {print $k}' "$RESULTS"; }
-for build in "${builds[@]}"; do
+for build in "${BUILDS[@]}"; do
   for cut in no yes; do
     echo "- $build, cut $cut: median p99 $(col "$build" "$cut" 4 | median) ms, median max $(col "$build" "$cut" 6 | median) ms ($CUTS cut turns)"
   done
