@@ -17,6 +17,10 @@
 //! - registration → routable: p50 1.09–1.28 ms, p99 8.5–16.6 ms, max 15.9–28.2 ms;
 //! - initial load of 10,000 instances: 239–1068 ms (connect 2 ms; the rest is the pipelined
 //!   full read, the first `Reset` and the table build), RSS +5.4–8.6 MiB.
+//!
+//! Once more on 2026-12-01, after the full read was batched into `MultiRead` requests (one
+//! run, AMD EPYC host): registration → routable p50 2.08 ms, p99 16.8 ms, max 39.7 ms;
+//! initial load 206 ms (connect 4 ms), RSS +6.7 MiB.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::net::SocketAddr;
