@@ -55,7 +55,8 @@
 #   PAIRS=16          then, for every row, this many pairs of short runs back to back: the
 #   PAIR_SECS=1       gateway and each of PAIR_WITH, alternating which goes first; the report
 #   PAIR_WITH=haproxy gives the median of the pairs' ratios (req/s, p99) with a 95 % confidence
-#                     interval, which the shared machine's drift cannot tip (0 skips them)
+#                     interval, which the shared machine's drift cannot tip (0 skips them);
+#                     haproxy, nginx-proxy and (with GATEWAY_BIN_B) gateway-b
 #   STEAL_MAX=10      a wrk run during which the hypervisor took more than this % of the
 #                     machine's CPU time (steal, /proc/stat) is run again, up to
 #   STEAL_RETRIES=2   more times, and the attempt with the least steal kept; the table
@@ -66,6 +67,9 @@
 #                     name (syscalls:sys_enter_* tracepoints), and print them per request: the
 #                     side-by-side strace -c without ptrace's slowdown. Counting costs each
 #                     system call a little: compare req/s from runs without it
+#   GATEWAY_TOML=     top-level lines added to the gateway's config (and its -log and
+#   GATEWAY_B_TOML=   -full variants'), and to gateway-b's: e.g. 'busy_poll_us = 50'
+#   HAPROXY_GLOBAL=   lines added to HAProxy's global section: e.g. 'busy-polling'
 #   KEEP=1            keep the temp dir (configs, logs, raw wrk output) even on success
 # Needs nginx, haproxy, wrk, curl and python3; runs scripts/install-deps.sh when one of the
 # first four is missing. IDLE_CONNS needs at least IDLE_CONNS+1024 open files: the script
@@ -98,6 +102,8 @@ TASKSET=${TASKSET:-0}
 STEAL_MAX=${STEAL_MAX:-10}
 STEAL_RETRIES=${STEAL_RETRIES:-2}
 PERF_STAT=${PERF_STAT:-0}
+GATEWAY_TOML=${GATEWAY_TOML:-}
+GATEWAY_B_TOML=${GATEWAY_B_TOML:-}
 KEEP=${KEEP:-0}
 ACCESS_LOG=${ACCESS_LOG:-1}
 CHURN_APPS=${CHURN_APPS:-10000}
@@ -105,8 +111,8 @@ CHURN_APPS=${CHURN_APPS:-10000}
 [[ $PAIRS =~ ^[0-9]+$ ]] || die "PAIRS takes a number (0 skips the paired runs), got '$PAIRS'"
 [[ $PAIR_SECS =~ ^[1-9][0-9]*$ ]] || die "PAIR_SECS takes whole seconds (1 or more), got '$PAIR_SECS'"
 for other in $PAIR_WITH; do
-  [[ $other == haproxy || $other == nginx-proxy ]] ||
-    die "PAIR_WITH takes haproxy and/or nginx-proxy, got '$other'"
+  [[ $other == haproxy || $other == nginx-proxy || ($other == gateway-b && -n ${GATEWAY_BIN_B:-}) ]] ||
+    die "PAIR_WITH takes haproxy, nginx-proxy and (with GATEWAY_BIN_B) gateway-b, got '$other'"
 done
 
 [[ $STEAL_MAX =~ ^[0-9]+([.][0-9]+)?$ ]] || die "STEAL_MAX takes a percentage, got '$STEAL_MAX'"
@@ -243,17 +249,18 @@ write_nginx_proxy_conf "$NGINX_PORT" "worker_rlimit_nofile $NOFILE;" "$NGINX_TLS
 # Idle keep-alive client connections stay open 60 s or more on every proxy (nginx: its
 # default keepalive_timeout, 75 s), long enough to hold IDLE_CONNS of them and read the RSS.
 write_haproxy_cfg "$HAPROXY_PORT" "$HAPROXY_TLS_PORT" "$HAPROXY_FULL_PORT"
-write_gateway_toml gateway "$GATEWAY_PORT" "$GATEWAY_TLS_PORT"
-write_gateway_toml gateway-b "$GATEWAY_B_PORT" "$GATEWAY_B_TLS_PORT"
+write_gateway_toml gateway "$GATEWAY_PORT" "$GATEWAY_TLS_PORT" "$GATEWAY_TOML"
+write_gateway_toml gateway-b "$GATEWAY_B_PORT" "$GATEWAY_B_TLS_PORT" "$GATEWAY_B_TOML"
 ((TLS_CONNS == 0)) || write_gateway_toml gateway-full "$GATEWAY_FULL_PORT" \
-  "$GATEWAY_FULL_TLS_PORT" "" "session_resumption = false"
+  "$GATEWAY_FULL_TLS_PORT" "$GATEWAY_TOML" "session_resumption = false"
 # The access log on tmpfs: the row measures producing and writing lines, not a disk.
 if [[ -d /dev/shm && -w /dev/shm ]]; then
   ACCESS_LOG_FILE=$(mktemp /dev/shm/caas-compare-access.XXXXXX)
 else
   ACCESS_LOG_FILE="$WORK/access.log"
 fi
-write_gateway_toml gateway-log "$GATEWAY_LOG_PORT" "" "access_log = \"$ACCESS_LOG_FILE\""
+write_gateway_toml gateway-log "$GATEWAY_LOG_PORT" "" "$GATEWAY_TOML
+access_log = \"$ACCESS_LOG_FILE\""
 check_configs
 
 log "temp dir $WORK"
@@ -714,6 +721,9 @@ echo "- gateway: $GATEWAY_LABEL$([[ -n ${GATEWAY_BIN_B:-} ]] && echo "; gateway-
 if [[ $ACCESS_LOG == 1 ]]; then
   echo "- gateway-log: the same gateway with access_log = \"$ACCESS_LOG_FILE\" ($(stat -f -c %T "$(dirname "$ACCESS_LOG_FILE")")), emptied before each run"
 fi
+[[ -z $GATEWAY_TOML ]] || echo "- gateway config adds: ${GATEWAY_TOML//$'\n'/; }"
+[[ -z $GATEWAY_B_TOML ]] || echo "- gateway-b config adds: ${GATEWAY_B_TOML//$'\n'/; }"
+[[ -z ${HAPROXY_GLOBAL:-} ]] || echo "- haproxy global adds: ${HAPROXY_GLOBAL//$'\n'/; }"
 echo "- CPU pinning: $([[ ${#PIN_PROXY[@]} -gt 0 ]] && echo "backend ${PIN_BACKEND[*]: -1}, proxy ${PIN_PROXY[*]: -1}, wrk ${PIN_WRK[*]: -1}" || echo none)"
 echo "- every request carries 'Host: $HOST_HEADER'; backend: nginx, 1 worker, return 200 \"ok\\n\" at /, static files (sendfile) at /8k, /256k, ..."
 echo

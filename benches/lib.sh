@@ -495,6 +495,7 @@ global
   no strict-limits
   pidfile $WORK/haproxy.pid
 $cache
+${HAPROXY_GLOBAL:-}
 defaults
   mode http
   maxconn $HAPROXY_MAXCONN

@@ -536,7 +536,8 @@ async fn the_etcd_fed_gateway_binary_announces_itself_serves_stored_certificates
     .await
     .unwrap();
 
-    // The gateway's own certificate and config: HTTP, HTTPS and admin listeners.
+    // The gateway's own certificate and config: HTTP, HTTPS and admin listeners, and a
+    // worker that busy-polls (everything below is served while it spins).
     let own = ca.leaf(&["*.caas.local"]);
     std::fs::write(path("gw.pem"), &own.0).unwrap();
     std::fs::write(path("gw.key"), &own.1).unwrap();
@@ -549,7 +550,7 @@ async fn the_etcd_fed_gateway_binary_announces_itself_serves_stored_certificates
         path("gateway.toml"),
         format!(
             "listen = \"{listen}\"\nlisten_tls = \"{listen_tls}\"\nadmin_listen = \"{admin}\"\n\
-             domains = [\"caas.local\"]\nworkers = 1\n\
+             domains = [\"caas.local\"]\nworkers = 1\nbusy_poll_us = 200\n\
              [tls]\ncertificates = [{{ cert = \"gw.pem\", key = \"gw.key\" }}]\n"
         ),
     )

@@ -34,6 +34,8 @@
 //! - [`access_log`]: one JSON line per request, written by its own thread through a
 //!   bounded queue (a full queue drops and counts, never blocks a request).
 //! - [`admin`]: `/healthz`, `/routes`, `/metrics`, `/stats/{appId}` on a separate listener.
+//! - [`busy_poll`]: a one-worker runtime that polls for events a little while before it
+//!   sleeps (the config's `busy_poll_us`): lower latency at light load for idle CPU time.
 //! - [`config`]: [`GatewayConfig`], [`Limits`] and the example server's [`FileConfig`];
 //!   [`file`]: the hot-reloading [`FileDiscovery`].
 //!
@@ -87,6 +89,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod body;
+pub mod busy_poll;
 mod client_h1;
 mod client_io;
 pub mod config;

@@ -481,6 +481,7 @@ where
 {
     let mut known = None;
     poll_fn(move |cx| {
+        crate::busy_poll::note_work();
         loop {
             if let Poll::Ready(out) = conn.as_mut().poll(cx) {
                 return Poll::Ready(Ok(out));

@@ -244,6 +244,9 @@ fn main() -> ExitCode {
     // --etcd the store's client has a thread of its own, see `store`; a ZooKeeper-fed
     // gateway had one before too, the client library's I/O reactor.)
     rt.thread_keep_alive(Duration::from_millis(100));
+    if config.workers == 1 {
+        caas_gateway::busy_poll::install(&mut rt, Duration::from_micros(config.busy_poll_us));
+    }
     let rt = match rt.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
