@@ -69,7 +69,8 @@
 #                     system call a little: compare req/s from runs without it
 #   GATEWAY_TOML=     top-level lines added to the gateway's config (and its -log and
 #   GATEWAY_B_TOML=   -full variants'), and to gateway-b's: e.g. 'busy_poll_us = 50'
-#   HAPROXY_GLOBAL=   lines added to HAProxy's global section: e.g. 'busy-polling'
+#   HAPROXY_GLOBAL=   lines added to HAProxy's global section (its 'busy-polling' spins
+#                     with no traffic too: it takes a CPU from every other target's rows)
 #   KEEP=1            keep the temp dir (configs, logs, raw wrk output) even on success
 # Needs nginx, haproxy, wrk, curl and python3; runs scripts/install-deps.sh when one of the
 # first four is missing. IDLE_CONNS needs at least IDLE_CONNS+1024 open files: the script
