@@ -5,10 +5,10 @@
 //! again for the next packet can cost more than the packet's work: at one connection it is
 //! much of a proxied request's latency. [`install`] lets the worker ask the kernel for
 //! events without blocking, again and again, until a budget of wall time has passed since
-//! a client connection last had work, and only then sleep. Between two polls it gives its
-//! CPU to any other thread waiting for it (`sched_yield`), so the spin takes no time from
-//! a backend or a client on the same CPU; what it costs is CPU time that would otherwise
-//! be idle, up to the budget per sleep.
+//! a client connection last had work, and only then sleep. Between two polls it yields its
+//! CPU (`sched_yield`), and a yield that let another thread run ends the spin, so the spin
+//! gives way to a backend or a client on the same CPU. What it costs is CPU time nobody
+//! else asked for: once requests come closer together than the budget, a whole CPU.
 //!
 //! The spin uses only tokio's public hooks: the worker's park hook wakes a task of its own
 //! that does nothing, and a worker with a task to run polls the kernel with a zero timeout
