@@ -195,7 +195,7 @@ mod tests {
         sched_setaffinity(None, &one).expect("pin the test thread");
         let stop = Arc::new(AtomicBool::new(false));
         let busy = std::thread::spawn({
-            let (stop, one) = (Arc::clone(&stop), one.clone());
+            let stop = Arc::clone(&stop);
             move || {
                 sched_setaffinity(None, &one).expect("pin the busy thread");
                 while !stop.load(Relaxed) {
