@@ -211,6 +211,12 @@ median() {
 # The sum of the numbers on stdin, one a line.
 sum() { awk '{s += $1} END {print s + 0}'; }
 
+# Every line of file $1 as a row of a markdown table, its fields as the cells.
+markdown_rows() { awk '{row = "|"; for (i = 1; i <= NF; i++) row = row " " $i " |"; print row}' "$1"; }
+
+# Field $4 of the lines of file $1 whose first two fields are $2 and $3, one a line.
+field_where() { awk -v a="$2" -v b="$3" -v k="$4" '$1 == a && $2 == b {print $k}' "$1"; }
+
 # A process and its descendants, one pid a line.
 proc_tree() {
   local child

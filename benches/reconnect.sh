@@ -99,13 +99,11 @@ echo "- $RECONNECT_APPS apps registered; open_loop at $RATE req/s over 32 connec
 echo
 echo "| build | cut | p50 ms | p99 ms | p99.9 ms | max ms |"
 echo "|---|---|---:|---:|---:|---:|"
-awk '{printf "| %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6}' "$RESULTS"
+markdown_rows "$RESULTS"
 echo
-# Column $3 of build $1's runs with cut $2.
-col() { awk -v b="$1" -v c="$2" -v k="$3" '$1 == b && $2 == c {print $k}' "$RESULTS"; }
 for build in "${BUILDS[@]}"; do
   for cut in no yes; do
-    echo "- $build, cut $cut: median p99 $(col "$build" "$cut" 4 | median) ms, median max $(col "$build" "$cut" 6 | median) ms ($CUTS cut turns)"
+    echo "- $build, cut $cut: median p99 $(field_where "$RESULTS" "$build" "$cut" 4 | median) ms, median max $(field_where "$RESULTS" "$build" "$cut" 6 | median) ms ($CUTS cut turns)"
   done
 done
 STATUS=0

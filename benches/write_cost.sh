@@ -116,13 +116,11 @@ echo "- $WRITE_APPS apps registered; route_churn at $CHURN_RATE writes/s for $WR
 echo
 echo "| build | writes | count | gateway µs/write | ZooKeeper µs/write | steal % |"
 echo "|---|---|---:|---:|---:|---:|"
-awk '{printf "| %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6}' "$RESULTS"
+markdown_rows "$RESULTS"
 echo
-# Column $3 of build $1's measurements of mode $2.
-col() { awk -v b="$1" -v m="$2" -v k="$3" '$1 == b && $2 == m {print $k}' "$RESULTS"; }
 for mode in "${WRITE_MODES[@]}"; do
   for build in none "${BUILDS[@]}"; do
-    echo "- $mode, $build: median gateway $(col "$build" "$mode" 4 | median) µs a write, median ZooKeeper $(col "$build" "$mode" 5 | median) µs a write ($TURNS turns)"
+    echo "- $mode, $build: median gateway $(field_where "$RESULTS" "$build" "$mode" 4 | median) µs a write, median ZooKeeper $(field_where "$RESULTS" "$build" "$mode" 5 | median) µs a write ($TURNS turns)"
   done
 done
 STATUS=0
