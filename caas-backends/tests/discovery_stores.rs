@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use caas_backends::store::{
-    Op, Store, StoreDiscovery, StoreDiscoveryCounters, StoreDiscoveryStats, put,
+    MemStore, Op, Store, StoreDiscovery, StoreDiscoveryCounters, StoreDiscoveryStats, put,
 };
 use caas_backends::store_suite;
 use caas_backends::testing::routes::{WAIT, eventually_picks};
@@ -123,6 +123,36 @@ async fn registrations_specs_and_deregistration<F: StoreFixture>(f: F) {
         .unwrap();
     eventually_picks(&router, "shop.caas.local", &[]).await;
     agent2.close().await;
+}
+
+/// A deregistration is applied from its watch event alone: the discovery reads a new
+/// instance's node, never a deleted one (every store reports deletions as such, see
+/// tests/store.rs; the memory store is the one that counts its reads).
+#[tokio::test]
+async fn a_deleted_instance_is_not_read_back() {
+    let store = MemStore::new();
+    let agent = store.new_session();
+    let (router, stats) = gateway(StoreDiscovery::start(store.clone(), None));
+    eventually_stats(&stats, "the first full read", |s| s.full_reads >= 1).await;
+    let path = instance("shop", "v1", "c1");
+    for round in 0..3 {
+        let before = store.gets();
+        agent
+            .create_ephemeral(&path, b"127.0.0.1:9101")
+            .await
+            .unwrap();
+        eventually_picks(&router, "shop.caas.local", &[9101]).await;
+        let registered = store.gets();
+        assert!(registered > before, "round {round}: a registration is read");
+        agent.delete_ephemeral(&path).await.unwrap();
+        eventually_picks(&router, "shop.caas.local", &[]).await;
+        assert_eq!(
+            store.gets(),
+            registered,
+            "round {round}: a deregistration is not read back"
+        );
+    }
+    assert_eq!(stats.snapshot().full_reads, 1, "no full read since");
 }
 
 /// Bad nodes are skipped and counted, present at the full read (three: an address that does

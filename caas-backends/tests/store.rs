@@ -249,41 +249,60 @@ async fn a_watch_sees_every_change_in_order<F: StoreFixture>(f: F) {
     let mut expected = Vec::new();
     for i in 0..20 {
         let p = format!("/w/k{}", i % 7);
-        let op = match s.get(&p).await.unwrap() {
-            None => create(&p, "x"),
-            Some(v) if i % 3 == 0 => delete(&p, Some(v.version)),
-            Some(v) => set(&p, &i.to_string(), Some(v.version)),
+        let (op, event) = match s.get(&p).await.unwrap() {
+            None => (create(&p, "x"), WatchEvent::Changed(p)),
+            Some(v) if i % 3 == 0 => (delete(&p, Some(v.version)), WatchEvent::Deleted(p)),
+            Some(v) => (
+                set(&p, &i.to_string(), Some(v.version)),
+                WatchEvent::Changed(p),
+            ),
         };
         s.commit(vec![op]).await.unwrap();
-        expected.push(p);
+        expected.push(event);
     }
+    assert!(
+        expected.iter().any(|e| matches!(e, WatchEvent::Deleted(_))),
+        "the sequence deletes"
+    );
     let mut seen = Vec::new();
     while seen.len() < expected.len() {
         match next(&mut w).await {
             // The parent made by a create (ZooKeeper, memory) is a change too.
             WatchEvent::Changed(p) if p == "/w" => {}
-            WatchEvent::Changed(p) => seen.push(p),
             WatchEvent::Resync => panic!("{}: unexpected Resync", f.name()),
+            event => seen.push(event),
         }
     }
+    // In order, each a change or a deletion as it was.
     assert_eq!(seen, expected, "{}", f.name());
     assert!(
-        !seen.iter().any(|p| p.starts_with("/elsewhere")),
+        !seen
+            .iter()
+            .any(|e| e.path().is_some_and(|p| p.starts_with("/elsewhere"))),
         "only the prefix"
     );
 }
 
-/// A change is never lost: `Changed(path)` arrives, or a Resync after the change was made.
-async fn wait_reported(w: &mut Watch, path: &str, what: &str) {
+fn changed(path: &str) -> WatchEvent {
+    WatchEvent::Changed(path.into())
+}
+
+/// A change is never lost: `want` arrives (a change or a deletion of its path, as made), or
+/// a Resync after the change was made.
+async fn wait_reported(w: &mut Watch, want: WatchEvent, what: &str) {
     let deadline = Instant::now() + WAIT;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, w.next()).await {
-            Ok(Some(WatchEvent::Changed(p))) if p == path => return,
             Ok(Some(WatchEvent::Resync)) => return,
-            Ok(Some(_)) => {}
+            Ok(Some(e)) if e == want => return,
+            Ok(Some(e)) => assert_ne!(
+                e.path(),
+                want.path(),
+                "{what}: reported as the wrong kind of event"
+            ),
             Ok(None) => panic!("{what}: the watch ended"),
-            Err(_) => panic!("{what}: {path} was never reported"),
+            Err(_) => panic!("{what}: {want:?} was never reported"),
         }
     }
 }
@@ -300,7 +319,7 @@ async fn a_watch_misses_nothing_while_disconnected<F: StoreFixture>(f: F) {
         .await
         .unwrap();
     proxy.partition(false);
-    wait_reported(&mut w, "/d/while-cut", f.name()).await;
+    wait_reported(&mut w, changed("/d/while-cut"), f.name()).await;
     // And the watch is live again.
     let mut ok = false;
     for i in 0..3 {
@@ -351,7 +370,7 @@ async fn a_watch_follows_a_server_restart<F: StoreFixture>(f: F) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    wait_reported(&mut w, "/r/after", f.name()).await;
+    wait_reported(&mut w, changed("/r/after"), f.name()).await;
 }
 
 async fn ephemerals_vanish_with_their_session<F: StoreFixture>(f: F) {
@@ -383,14 +402,14 @@ async fn ephemerals_vanish_with_their_session<F: StoreFixture>(f: F) {
         "the ephemeral node gone after close",
     )
     .await;
-    wait_reported(&mut w, "/e/h1/alive", f.name()).await;
+    wait_reported(&mut w, WatchEvent::Deleted("/e/h1/alive".into()), f.name()).await;
     assert!(matches!(
         owner.get("/e/h1/alive").await,
         Err(StoreError::Unavailable { .. })
     ));
     // The other handle is still open, and so are its watches.
     other.commit(vec![create("/e/after", "")]).await.unwrap();
-    wait_reported(&mut w, "/e/after", f.name()).await;
+    wait_reported(&mut w, changed("/e/after"), f.name()).await;
 }
 
 async fn ephemerals_are_recreated_after_the_session_is_lost<F: StoreFixture>(f: F) {
@@ -520,7 +539,7 @@ async fn etcd_a_watch_replays_what_it_missed_without_a_resync() {
     writer.commit(vec![delete("/m/a", None)]).await.unwrap();
     proxy.partition(false);
     assert_eq!(next(&mut w).await, WatchEvent::Changed("/m/b".into()));
-    assert_eq!(next(&mut w).await, WatchEvent::Changed("/m/a".into()));
+    assert_eq!(next(&mut w).await, WatchEvent::Deleted("/m/a".into()));
     assert!(watcher.stats().watch_resumes >= 1, "{:?}", watcher.stats());
 }
 

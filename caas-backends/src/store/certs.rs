@@ -4,14 +4,16 @@
 //! One [`Store::watch`] on the root (events outside `/certs` and `/domains` are dropped):
 //! every [`WatchEvent::Resync`] (the first event, a reconnect, a new session, an etcd
 //! compaction) makes a full read, sent as `Reset`: the certificate nodes with one
-//! [`Store::list`], then the claim of each of their domains. Each [`WatchEvent::Changed`]
-//! re-reads the certificate node and the claim of the domain it names and sends `Upsert` or
-//! `Remove` when what may be served changed; events already queued are taken together. While
-//! the store is unreachable nothing is sent: the gateway keeps the certificates it has, and
-//! a failed full read is retried with backoff (up to 2 s).
+//! [`Store::list`], then the claim of each of their domains. Each [`WatchEvent::Changed`] or
+//! [`WatchEvent::Deleted`] (a domain is decided from both nodes, so a deletion is no
+//! shortcut here) re-reads the certificate node and the claim of the domain it names and
+//! sends `Upsert` or `Remove` when what may be served changed; events already queued are
+//! taken together. While the store is unreachable nothing is sent: the gateway keeps the
+//! certificates it has, and a failed full read is retried with backoff (up to 2 s).
 //!
 //! [`WatchEvent::Resync`]: super::WatchEvent::Resync
 //! [`WatchEvent::Changed`]: super::WatchEvent::Changed
+//! [`WatchEvent::Deleted`]: super::WatchEvent::Deleted
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -154,8 +156,9 @@ impl<S: Store> Follower for Worker<S> {
     }
 
     /// Re-decides the domains the paths name and sends what changed.
-    async fn refresh(&mut self, paths: BTreeSet<String>) -> Result<(), StoreError> {
-        let dirty: BTreeSet<Domain> = paths.iter().filter_map(|p| domain_of(p)).collect();
+    async fn refresh(&mut self, paths: BTreeMap<String, bool>) -> Result<(), StoreError> {
+        // Deleted or not, a domain is decided again from its certificate and its claim.
+        let dirty: BTreeSet<Domain> = paths.keys().filter_map(|p| domain_of(p)).collect();
         if dirty.is_empty() {
             return Ok(()); // none is about certificates
         }

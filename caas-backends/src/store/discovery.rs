@@ -7,8 +7,10 @@
 //! reconnect, a new session, an etcd compaction) makes a full read: the registry's
 //! directories with [`Store::children`], each version's instances and the app and domain
 //! nodes with [`Store::list`]; it is sent as `Reset`. Each [`WatchEvent::Changed`] re-reads
-//! its node, and the apps whose merged spec changed are sent as `Upsert` / `Remove`; events
-//! already queued are taken together, so a burst becomes one update per app.
+//! its node, each [`WatchEvent::Deleted`] drops it unread (a deregistration, half of all
+//! registry writes, costs the store no read), and the apps whose merged spec changed are
+//! sent as `Upsert` / `Remove`; events already queued are taken together, so a burst
+//! becomes one update per app.
 //!
 //! Validation, merging and which nodes are skipped and counted are the same code as
 //! ZkDiscovery's. While the store is unreachable nothing is sent: the gateway keeps serving
@@ -16,8 +18,9 @@
 //!
 //! [`WatchEvent::Resync`]: super::WatchEvent::Resync
 //! [`WatchEvent::Changed`]: super::WatchEvent::Changed
+//! [`WatchEvent::Deleted`]: super::WatchEvent::Deleted
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use caas_core::{Discovery, Update};
@@ -204,15 +207,23 @@ impl<S: Store> Follower for Worker<S> {
         Ok(())
     }
 
-    /// Re-reads the nodes named by watch events and sends what changed.
-    async fn refresh(&mut self, paths: BTreeSet<String>) -> Result<(), StoreError> {
-        let paths: Vec<String> = paths
-            .into_iter()
-            .filter(|p| !matches!(classify(p), Node::Other | Node::ServiceDir))
-            .collect();
-        let reads = join_all(paths.iter().map(|p| self.store.get(p))).await;
+    /// Re-reads the nodes named by watch events, except those last deleted, and sends what
+    /// changed.
+    async fn refresh(&mut self, paths: BTreeMap<String, bool>) -> Result<(), StoreError> {
         let mut nodes = Vec::with_capacity(paths.len());
-        for (path, read) in paths.into_iter().zip(reads) {
+        let mut changed = Vec::new();
+        for (path, deleted) in paths {
+            if matches!(classify(&path), Node::Other | Node::ServiceDir) {
+                continue;
+            }
+            if deleted {
+                nodes.push((path, None));
+            } else {
+                changed.push(path);
+            }
+        }
+        let reads = join_all(changed.iter().map(|p| self.store.get(p))).await;
+        for (path, read) in changed.into_iter().zip(reads) {
             if let Some(node) = self.triage(&path, read)? {
                 nodes.push((path, node.map(|v| v.data)));
             }

@@ -1043,7 +1043,17 @@ async fn watch_once(
                 || path
                     .strip_prefix(prefix)
                     .is_some_and(|r| r.starts_with('/'));
-            if under && tx.send(WatchEvent::Changed(path)).await.is_err() {
+            if !under {
+                continue;
+            }
+            // A deletion resets a key's version to 0; every live key has 1 or more.
+            // (`Event::event_type` would panic on a type it does not know.)
+            let event = if kv.version() == 0 {
+                WatchEvent::Deleted(path)
+            } else {
+                WatchEvent::Changed(path)
+            };
+            if tx.send(event).await.is_err() {
                 return Ok(Stop::Receiver);
             }
         }

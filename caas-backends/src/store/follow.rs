@@ -1,11 +1,12 @@
 //! The loop that keeps a consumer in step with a [`Store`]: one [`Store::watch`] on the
 //! root; a full read after every [`WatchEvent::Resync`], retried with backoff (50 ms
-//! doubling to 2 s) while it fails; the paths of [`WatchEvent::Changed`] events re-read
-//! together with the events already queued behind them. It stops when the consumer's
+//! doubling to 2 s) while it fails; the paths of [`WatchEvent::Changed`] and
+//! [`WatchEvent::Deleted`] events handed over together with the events already queued
+//! behind them (a path's last event says whether it is gone). It stops when the consumer's
 //! channel closes or the watch ends. [`StoreDiscovery`](super::StoreDiscovery) and
 //! [`StoreCertSource`](super::StoreCertSource) are its two followers.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -24,11 +25,13 @@ pub(super) trait Follower: Send {
     /// Reads everything the follower serves and sends it whole.
     fn full_read(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Re-reads the nodes at `paths` (any path under the root; the follower ignores those
-    /// it does not serve) and sends what changed.
+    /// Brings the nodes at `paths` up to date and sends what changed: per path (any path
+    /// under the root; the follower ignores those it does not serve), whether its last
+    /// event deleted it. A deleted node needs no read: it is gone as of that event, and if
+    /// it comes back its creation is an event still to come.
     fn refresh(
         &mut self,
-        paths: BTreeSet<String>,
+        paths: BTreeMap<String, bool>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Counts and logs a failed read (the loop goes on).
@@ -68,13 +71,16 @@ pub(super) async fn follow<S: Store, F: Follower>(store: S, mut follower: F) {
                 None => return, // the store is closed for good
             },
         };
-        let mut paths = BTreeSet::new();
+        let mut paths = BTreeMap::new();
         let mut next = Some(first);
         while let Some(event) = next {
             match event {
                 WatchEvent::Resync => need_full_read = true,
                 WatchEvent::Changed(path) => {
-                    paths.insert(path);
+                    paths.insert(path, false);
+                }
+                WatchEvent::Deleted(path) => {
+                    paths.insert(path, true);
                 }
             }
             next = watch.try_next();

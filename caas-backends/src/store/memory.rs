@@ -7,7 +7,7 @@
 //! before the last commit (a lagging follower).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::{broadcast, mpsc};
@@ -35,6 +35,8 @@ struct State {
 struct Session {
     id: u64,
     closed: AtomicBool,
+    /// Nodes read ([`Store::get`]) through this session's handles.
+    gets: AtomicU64,
 }
 
 /// An in-memory store (see the module docs). Clones share the tree and the session;
@@ -42,7 +44,7 @@ struct Session {
 #[derive(Debug, Clone)]
 pub struct MemStore {
     state: Arc<Mutex<State>>,
-    events: broadcast::Sender<String>,
+    events: broadcast::Sender<WatchEvent>,
     session: Arc<Session>,
 }
 
@@ -74,7 +76,7 @@ impl MemStore {
             events: self.events.clone(),
             session: Arc::new(Session {
                 id,
-                closed: AtomicBool::new(false),
+                ..Session::default()
             }),
         }
     }
@@ -90,16 +92,22 @@ impl MemStore {
         Ok(())
     }
 
-    fn notify(&self, changed: Vec<String>) {
-        for path in changed {
+    fn notify(&self, changed: Vec<WatchEvent>) {
+        for event in changed {
             // No receiver is fine: nobody watches.
-            let _ = self.events.send(path);
+            let _ = self.events.send(event);
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // Every mutation below is completed before the guard is released.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How many nodes were read ([`Store::get`], which [`Store::list`] uses too) through
+    /// this handle, its clones and no other session: what a reader costs the store.
+    pub fn gets(&self) -> u64 {
+        self.session.gets.load(Ordering::Relaxed)
     }
 
     /// The next `n` commits that succeed are applied but reported as
@@ -156,7 +164,7 @@ fn has_children(tree: &Tree, path: &str) -> bool {
 fn apply(
     tree: &mut Tree,
     ops: &[Op],
-    changed: &mut Vec<String>,
+    changed: &mut Vec<WatchEvent>,
 ) -> Result<Vec<Option<i64>>, StoreError> {
     let mut out = Vec::with_capacity(ops.len());
     for (i, op) in ops.iter().enumerate() {
@@ -186,7 +194,7 @@ fn apply(
                             version: 0,
                         },
                     );
-                    changed.push(p.to_owned());
+                    changed.push(WatchEvent::Changed(p.to_owned()));
                     p = parent(p);
                 }
                 tree.insert(
@@ -196,7 +204,7 @@ fn apply(
                         version: 0,
                     },
                 );
-                changed.push(path.clone());
+                changed.push(WatchEvent::Changed(path.clone()));
                 out.push(Some(0));
             }
             Op::Set {
@@ -212,7 +220,7 @@ fn apply(
                         version: v,
                     },
                 );
-                changed.push(path.clone());
+                changed.push(WatchEvent::Changed(path.clone()));
                 out.push(Some(v));
             }
             Op::Delete { path, version } => {
@@ -221,7 +229,7 @@ fn apply(
                     return Err(conflict(i, path, ConflictKind::NotEmpty));
                 }
                 tree.remove(path);
-                changed.push(path.clone());
+                changed.push(WatchEvent::Deleted(path.clone()));
                 out.push(None);
             }
         }
@@ -233,6 +241,7 @@ impl Store for MemStore {
     async fn get(&self, path: &str) -> Result<Option<Versioned>, StoreError> {
         check_path("get", path)?;
         self.open("get", path)?;
+        self.session.gets.fetch_add(1, Ordering::Relaxed);
         Ok(self.read_tree(|t| t.get(path).cloned()))
     }
 
@@ -303,16 +312,18 @@ impl Store for MemStore {
             }
             loop {
                 let event = match events.recv().await {
-                    Ok(path) => {
-                        let under = prefix.is_empty()
-                            || path == prefix
-                            || path
-                                .strip_prefix(&prefix)
-                                .is_some_and(|r| r.starts_with('/'));
+                    Ok(event) => {
+                        let under = event.path().is_some_and(|path| {
+                            prefix.is_empty()
+                                || path == prefix
+                                || path
+                                    .strip_prefix(&prefix)
+                                    .is_some_and(|r| r.starts_with('/'))
+                        });
                         if !under {
                             continue;
                         }
-                        WatchEvent::Changed(path)
+                        event
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => WatchEvent::Resync,
                     Err(broadcast::error::RecvError::Closed) => return,
@@ -356,14 +367,14 @@ impl Store for MemStore {
             }
         };
         if removed {
-            self.notify(vec![path.to_owned()]);
+            self.notify(vec![WatchEvent::Deleted(path.to_owned())]);
         }
         Ok(())
     }
 
     async fn close(&self) {
         self.session.closed.store(true, Ordering::Relaxed);
-        let removed: Vec<String> = {
+        let removed: Vec<WatchEvent> = {
             let mut s = self.lock();
             let id = self.session.id;
             let owned: Vec<String> = s
@@ -376,7 +387,7 @@ impl Store for MemStore {
                 s.owners.remove(p);
                 s.tree.remove(p);
             }
-            owned
+            owned.into_iter().map(WatchEvent::Deleted).collect()
         };
         self.notify(removed);
     }

@@ -15,6 +15,7 @@
 //! | list (children with data) | `getChildren`, then `getData` of each, pipelined | one range over `{key}/` | `?recurse`, direct children kept |
 //! | ephemeral | ephemeral znode of the session | key attached to the store's lease, kept alive | key acquired by a session with a TTL, renewed (`/v1/session/renew`), `behavior=delete` |
 //! | watch | persistent recursive watch, set again after a reconnect | prefix watch resumed from the last revision seen + 1 | blocking query on the prefix (`?recurse&index=N`), resumed from the last `X-Consul-Index` |
+//! | [`WatchEvent::Deleted`] | a `NodeDeleted` event | a `DELETE` event | a key missing from the next answer |
 //! | [`WatchEvent::Resync`] | every (re)set of the watch | first set; the resume revision was compacted | first query; the index went backwards (a snapshot restore) |
 //!
 //! [`MemStore`] is an in-memory implementation with ZooKeeper's semantics, for tests that
@@ -39,10 +40,11 @@
 //!   or lease. When the store loses it (a partition longer than the session timeout or the
 //!   lease TTL), the node disappears for everyone, and the store creates it again with the
 //!   same data in its new session or lease. [`Store::close`] ends it for good.
-//! - A [`Watch`] reports paths that changed under its prefix, and [`WatchEvent::Resync`]
-//!   whenever events may have been missed (first set, reconnect, new session, compaction):
-//!   then the caller reads everything again. A change is never lost: it is reported, or a
-//!   Resync follows it.
+//! - A [`Watch`] reports paths that changed under its prefix, in order, each as created or
+//!   changed ([`WatchEvent::Changed`]) or deleted ([`WatchEvent::Deleted`]), and
+//!   [`WatchEvent::Resync`] whenever events may have been missed (first set, reconnect, new
+//!   session, compaction): then the caller reads everything again. A change is never lost:
+//!   it is reported, or a Resync follows it.
 //!
 //! Where the stores differ (callers must not rely on either behaviour):
 //!
@@ -257,11 +259,24 @@ impl StoreError {
 /// A change under a watched prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchEvent {
-    /// The node at this path was created, changed or deleted.
+    /// The node at this path was created or its data changed: read it for the data.
     Changed(String),
+    /// The node at this path was deleted. Nothing to read back: if it is created again,
+    /// a later `Changed` says so.
+    Deleted(String),
     /// Events may have been missed (the watch was just set, or set again after a reconnect
     /// or a new session): read everything again.
     Resync,
+}
+
+impl WatchEvent {
+    /// The path of a `Changed` or `Deleted` event.
+    pub fn path(&self) -> Option<&str> {
+        match self {
+            WatchEvent::Changed(p) | WatchEvent::Deleted(p) => Some(p),
+            WatchEvent::Resync => None,
+        }
+    }
 }
 
 /// The event stream of [`Store::watch`]. Dropping it stops the watch.

@@ -303,7 +303,12 @@ async fn watch_loop(session: ZkSession, prefix: String, tx: mpsc::Sender<WatchEv
                         }
                         continue;
                     }
-                    if tx.send(WatchEvent::Changed(event.path)).await.is_err() {
+                    let event = if event.event_type == EventType::NodeDeleted {
+                        WatchEvent::Deleted(event.path)
+                    } else {
+                        WatchEvent::Changed(event.path)
+                    };
+                    if tx.send(event).await.is_err() {
                         return;
                     }
                 }
