@@ -37,7 +37,7 @@
 //! - [`busy_poll`]: a one-worker runtime that polls for events a little while before it
 //!   sleeps (the config's `busy_poll_us`): lower latency at light load for idle CPU time.
 //! - [`config`]: [`GatewayConfig`], [`Limits`] and the example server's [`FileConfig`];
-//!   [`file`]: the hot-reloading [`FileDiscovery`].
+//!   [`file`](mod@file): the hot-reloading [`FileDiscovery`].
 //!
 //! Modules depend one way: `h1` ← `upstream` ← `body` ← `error` ← `stats` ← `conn` ←
 //! `proxy` ← `client_h1` ← `server` ← `tls` ← `admin` (`redirect` sits beside `proxy`;
