@@ -27,7 +27,9 @@ use etcd_client::{
 };
 use tokio::sync::{mpsc, watch};
 
-use super::{ConflictKind, Op, Store, StoreError, Versioned, Watch, WatchEvent, check_path};
+use super::{
+    ConflictKind, Op, Store, StoreError, Versioned, Watch, WatchEvent, check_path, is_under,
+};
 
 /// How to reach etcd, as whom, and where the layout lives.
 #[derive(Clone)]
@@ -1038,12 +1040,7 @@ async fn watch_once(
             let Some(path) = store.path_of(kv.key()) else {
                 continue;
             };
-            let under = prefix == "/"
-                || path == prefix
-                || path
-                    .strip_prefix(prefix)
-                    .is_some_and(|r| r.starts_with('/'));
-            if !under {
+            if !is_under(prefix, &path) {
                 continue;
             }
             // A deletion resets a key's version to 0; every live key has 1 or more.

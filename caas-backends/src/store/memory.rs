@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::{broadcast, mpsc};
 
 use super::{
-    ConflictKind, Op, Store, StoreError, Versioned, Watch, WatchEvent, check_path, parent,
+    ConflictKind, Op, Store, StoreError, Versioned, Watch, WatchEvent, check_path, is_under, parent,
 };
 
 type Tree = BTreeMap<String, Versioned>;
@@ -305,7 +305,7 @@ impl Store for MemStore {
     fn watch(&self, prefix: &str) -> Watch {
         let (tx, rx) = mpsc::channel(1024);
         let mut events = self.events.subscribe();
-        let prefix = prefix.trim_end_matches('/').to_owned();
+        let prefix = prefix.to_owned();
         let task = tokio::spawn(async move {
             if tx.send(WatchEvent::Resync).await.is_err() {
                 return;
@@ -313,14 +313,7 @@ impl Store for MemStore {
             loop {
                 let event = match events.recv().await {
                     Ok(event) => {
-                        let under = event.path().is_some_and(|path| {
-                            prefix.is_empty()
-                                || path == prefix
-                                || path
-                                    .strip_prefix(&prefix)
-                                    .is_some_and(|r| r.starts_with('/'))
-                        });
-                        if !under {
+                        if !event.path().is_some_and(|path| is_under(&prefix, path)) {
                             continue;
                         }
                         event

@@ -478,6 +478,17 @@ pub(crate) fn check_path(op: &'static str, path: &str) -> Result<(), StoreError>
     }
 }
 
+/// Whether `path` is `prefix` or below it: what a watch on `prefix` reports (`/` holds
+/// every path).
+pub(crate) fn is_under(prefix: &str, path: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    prefix.is_empty()
+        || path == prefix
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|r| r.starts_with('/'))
+}
+
 /// The parent of a node path (`/a/b` → `/a`; `/a` → `/`).
 pub(crate) fn parent(path: &str) -> &str {
     match path.rfind('/') {
