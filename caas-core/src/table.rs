@@ -521,6 +521,13 @@ impl RouteTable {
         Some((table, warnings))
     }
 
+    /// Whether another table shares this one's host map: then this one came from, or was
+    /// followed by, a one-app change ([`RouteTable::with_app`]) and shares all its apps but
+    /// one with that table, so freeing it frees little.
+    pub(crate) fn shares_routes(&self) -> bool {
+        Arc::strong_count(&self.hosts) > 1
+    }
+
     /// Finds the route for a `Host` header value (case-insensitive, port ignored).
     #[inline]
     pub fn lookup(&self, host: &str) -> Option<Route<'_>> {

@@ -74,6 +74,15 @@ impl GatewayBuilder {
         let router = Arc::clone(self.router_ref());
         self.discovery = Some(Box::pin(async move {
             while let Some(update) = discovery.next().await {
+                // One app's change (most updates: registrations, deregistrations) takes
+                // microseconds: here, which costs less than waking a thread for it.
+                let update = match router.try_apply_quick(update) {
+                    Ok(report) => {
+                        log_applied(&report);
+                        continue;
+                    }
+                    Err(update) => update,
+                };
                 // A rebuild of a large table takes milliseconds: off the worker threads, so a
                 // one-worker gateway keeps serving while it runs.
                 let r = Arc::clone(&router);
@@ -180,6 +189,11 @@ impl GatewayBuilder {
 /// many apps takes milliseconds.
 pub fn apply_update(router: &Router, update: Update) -> ApplyReport {
     let report = router.apply(update);
+    log_applied(&report);
+    report
+}
+
+fn log_applied(report: &ApplyReport) {
     // One app's routes change with every registration: at debug, so a busy cluster does not
     // fill the log; whole rebuilds stay at info.
     if report.whole {
@@ -196,7 +210,6 @@ pub fn apply_update(router: &Router, update: Update) -> ApplyReport {
             "one app's routes updated"
         );
     }
-    report
 }
 
 impl Gateway {
