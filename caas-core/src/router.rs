@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use arc_swap::{ArcSwap, Guard};
 
 use crate::discovery::Update;
-use crate::id::Domain;
-use crate::spec::Snapshot;
+use crate::id::{AppId, Domain};
+use crate::spec::{AppSpec, Snapshot};
 use crate::table::{BuildWarning, RouteTable};
 
 struct Writer {
@@ -155,16 +155,12 @@ impl Router {
         let mut w = self.lock();
         match update {
             Update::Reset(s) => w.snapshot = s,
-            Update::Upsert(id, spec) => {
-                // An app that keeps its host names: only its route is rebuilt.
-                let started = Instant::now();
-                let current = self.table.load_full();
-                let built = current.with_app(&id, &spec, w.generation + 1);
-                w.snapshot.apps.insert(id, spec);
-                if let Some((table, warnings)) = built {
-                    return self.install(&mut w, table, warnings, started, false);
+            Update::Upsert(id, spec) => match self.upsert_one(&mut w, id, spec) {
+                Ok(report) => return report,
+                Err((id, spec)) => {
+                    w.snapshot.apps.insert(id, spec);
                 }
-            }
+            },
             Update::Remove(id) => {
                 w.snapshot.apps.remove(&id);
             }
@@ -194,14 +190,30 @@ impl Router {
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return Err(Update::Upsert(id, spec)),
         };
+        self.upsert_one(&mut w, id, spec)
+            .map_err(|(id, spec)| Update::Upsert(id, spec))
+    }
+
+    /// Rebuilds only `id`'s routes and swaps the table in, when the app exists and keeps its
+    /// host names; otherwise hands both back untouched (nothing applied).
+    #[allow(
+        clippy::result_large_err,
+        reason = "the caller's own app, handed back by move; boxing it would allocate"
+    )]
+    fn upsert_one(
+        &self,
+        w: &mut Writer,
+        id: AppId,
+        spec: AppSpec,
+    ) -> Result<ApplyReport, (AppId, AppSpec)> {
         let started = Instant::now();
         let current = self.table.load_full();
         match current.with_app(&id, &spec, w.generation + 1) {
             Some((table, warnings)) => {
                 w.snapshot.apps.insert(id, spec);
-                Ok(self.install(&mut w, table, warnings, started, false))
+                Ok(self.install(w, table, warnings, started, false))
             }
-            None => Err(Update::Upsert(id, spec)),
+            None => Err((id, spec)),
         }
     }
 
