@@ -315,6 +315,75 @@ async fn a_burst_of_registry_writes_ends_in_the_state_of_the_last() {
     eventually_picks(&router, "burst.caas.local", &[9303, 9306, 9308]).await;
 }
 
+/// The discovery's next update, within `within`.
+async fn next(discovery: &mut ZkDiscovery, within: Duration) -> caas_core::Update {
+    let next = tokio::time::timeout(within, discovery.next()).await;
+    next.expect("no update in time").expect("discovery ended")
+}
+
+/// Changes that need a read wait `gather_ms` for the ones that follow and are read together:
+/// instances registered one after another inside the window reach the router as one update
+/// holding all of them. A deregistration needs no read and does not wait for the window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_in_one_window_land_as_one_update_and_deregistrations_at_once() {
+    let test = "registrations_in_one_window_land_as_one_update_and_deregistrations_at_once";
+    let Some(zk) = server(test) else {
+        return;
+    };
+    let window = Duration::from_secs(4);
+    let registry = Registry::new(ZkStore::new(
+        ZkSession::connect(config(&zk, "/t-gather")).await.unwrap(),
+    ));
+    let (a, v1) = (app("gather"), ver("v1"));
+    registry
+        .register(&a, &v1, &inst("c0"), addr(9400))
+        .await
+        .unwrap();
+    let mut discovery = ZkDiscovery::connect(config(&zk, "/t-gather").with_gather(window))
+        .await
+        .unwrap();
+    let ports = |spec: &AppSpec| -> BTreeSet<SocketAddr> {
+        spec.versions[&v1]
+            .endpoints
+            .iter()
+            .map(|e| e.addr)
+            .collect()
+    };
+    match next(&mut discovery, WAIT).await {
+        caas_core::Update::Reset(snapshot) => assert_eq!(ports(&snapshot.apps[&a]), set(&[9400])),
+        other => panic!("expected the full read first, got {other:?}"),
+    }
+
+    let started = Instant::now();
+    for i in 1..=4u16 {
+        let id = inst(&format!("c{i}"));
+        registry
+            .register(&a, &v1, &id, addr(9400 + i))
+            .await
+            .unwrap();
+    }
+    let written = started.elapsed();
+    assert!(
+        written < window / 2,
+        "four registrations took {written:?}: too slow to test"
+    );
+    match next(&mut discovery, WAIT).await {
+        caas_core::Update::Upsert(id, spec) => {
+            assert_eq!(id, a);
+            assert_eq!(ports(&spec), set(&[9400, 9401, 9402, 9403, 9404]));
+        }
+        other => panic!("expected one upsert of the app, got {other:?}"),
+    }
+
+    registry.deregister(&a, &v1, &inst("c2")).await.unwrap();
+    match next(&mut discovery, window / 2).await {
+        caas_core::Update::Upsert(_, spec) => {
+            assert_eq!(ports(&spec), set(&[9400, 9401, 9403, 9404]));
+        }
+        other => panic!("expected an upsert without c2, got {other:?}"),
+    }
+}
+
 /// A full read of more nodes than one batched read holds (the discovery reads in batches of
 /// 64): every app is routed, with its spec, and a bad node among them is skipped alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -89,6 +89,10 @@ struct Args {
     /// AES-256-GCM key file for encrypted app config values and certificate keys.
     #[arg(long, value_name = "FILE", requires = "zk")]
     zk_key_file: Option<PathBuf>,
+    /// How long a ZooKeeper change that needs a read waits for others, to read them all in
+    /// one request (route changes land up to this much later; 0 reads each at once).
+    #[arg(long, default_value_t = 100, value_name = "MS", requires = "zk")]
+    zk_gather_ms: u64,
     /// Keep the routes received from the store (--zk or --etcd) in FILE (rewritten
     /// atomically, at most once a second) and serve them when the store cannot be reached at
     /// start.
@@ -116,7 +120,7 @@ struct Args {
         value_name = "URL",
         conflicts_with_all = [
             "zk", "zk_chroot", "zk_digest_file", "zk_tls_ca", "zk_tls_cert", "zk_tls_key",
-            "zk_key_file",
+            "zk_key_file", "zk_gather_ms",
         ]
     )]
     etcd: Option<String>,
@@ -156,6 +160,7 @@ impl Args {
         if let Some(k) = &self.zk_key_file {
             cfg = cfg.with_encryption_key_file(k.clone());
         }
+        cfg.gather_ms = self.zk_gather_ms;
         cfg.validate().map_err(|e| format!("--zk: {e}"))?;
         Ok(Some(cfg))
     }

@@ -6,6 +6,7 @@
 //! servers = "10.0.0.5:2281,10.0.0.6:2281"
 //! chroot = "/caas"                      # default
 //! session_timeout_ms = 10000            # default
+//! gather_ms = 100                       # default: discovery reads changes in 100 ms batches
 //! digest = "gateway:secret"             # this process's identity
 //! encryption_key_file = "/etc/caas/zk.key"
 //! [zk.tls]
@@ -49,6 +50,13 @@ pub struct ZkConfig {
     /// (one line). Values are then written encrypted and encrypted values can be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption_key_file: Option<PathBuf>,
+    /// Discovery only: how long, in milliseconds, a watch event that needs a read waits for
+    /// others before the nodes they name are read together in one `MultiRead`. A route
+    /// change reaches the router up to this much later, and ZooKeeper, which spends most of
+    /// a read's cost per request, serves one request per window instead of one per change.
+    /// Deletions need no read: a burst of them alone is applied at once. 0 reads at once.
+    #[serde(default = "default_gather_ms")]
+    pub gather_ms: u64,
 }
 
 /// TLS material for the connection to ZooKeeper, as PEM files.
@@ -73,6 +81,13 @@ fn default_session_timeout_ms() -> u64 {
     10_000
 }
 
+/// The longest gathering window `validate` accepts.
+const MAX_GATHER_MS: u64 = 10_000;
+
+fn default_gather_ms() -> u64 {
+    100
+}
+
 impl ZkConfig {
     /// Defaults for everything but the servers.
     pub fn new(servers: impl Into<String>) -> Self {
@@ -84,6 +99,7 @@ impl ZkConfig {
             readers: Vec::new(),
             tls: None,
             encryption_key_file: None,
+            gather_ms: default_gather_ms(),
         }
     }
 
@@ -121,6 +137,17 @@ impl ZkConfig {
     pub fn with_encryption_key_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.encryption_key_file = Some(path.into());
         self
+    }
+
+    /// Sets how long discovery gathers watch events before reading (see [`Self::gather_ms`]).
+    pub fn with_gather(mut self, window: Duration) -> Self {
+        self.gather_ms = window.as_millis().try_into().unwrap_or(u64::MAX);
+        self
+    }
+
+    /// How long discovery gathers watch events before reading, as a duration.
+    pub fn gather(&self) -> Duration {
+        Duration::from_millis(self.gather_ms)
     }
 
     /// The session timeout as a duration.
@@ -167,6 +194,12 @@ impl ZkConfig {
         }
         if self.session_timeout_ms == 0 {
             return Err(ZkError::Config("session_timeout_ms: must be > 0".into()));
+        }
+        if self.gather_ms > MAX_GATHER_MS {
+            return Err(ZkError::Config(format!(
+                "gather_ms {}: at most {MAX_GATHER_MS} (every route change waits this long)",
+                self.gather_ms
+            )));
         }
         Ok(())
     }
@@ -217,5 +250,16 @@ mod tests {
         assert!(bad.validate().unwrap_err().to_string().contains("chroot"));
         let bad = ZkConfig::new("h:1").with_reader("gateway");
         assert!(bad.validate().unwrap_err().to_string().contains("readers"));
+        let bad = ZkConfig::new("h:1").with_gather(Duration::from_secs(60));
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("gather_ms")
+        );
+        ZkConfig::new("h:1")
+            .with_gather(Duration::ZERO)
+            .validate()
+            .unwrap();
     }
 }

@@ -5,7 +5,11 @@
 //! full read is `Reset`; after that each watch event re-reads the node it names (a deletion
 //! needs no read) and the apps whose merged spec changed are sent as `Upsert` / `Remove`.
 //! Events that are already queued are drained before sending, so a burst becomes one update
-//! per app.
+//! per app; an event that needs a read then waits [`super::ZkConfig::gather_ms`] (100 ms by
+//! default) for the events that follow it, and the nodes they all name are read in one
+//! `MultiRead`: at 100 registry writes a second ZooKeeper serves a read request per window
+//! instead of one per write, and the router takes one update per app per window. Deletions
+//! alone are applied at once.
 //!
 //! While ZooKeeper is unreachable nothing is sent: the gateway keeps serving its last table.
 //! Bad nodes (data not `host:port`, invalid ids in the path, an app spec that does not parse
@@ -64,6 +68,7 @@ impl ZkDiscovery {
                 session.stats().clone(),
             ),
             tx,
+            gather: session.config().gather(),
         };
         let task = tokio::spawn(worker.run());
         Self { rx, session, task }
@@ -102,6 +107,8 @@ struct Worker {
     /// The cache, what the router was last told, the counters.
     view: View,
     tx: mpsc::Sender<Update>,
+    /// How long events that need a read wait for more ([`super::ZkConfig::gather_ms`]).
+    gather: Duration,
 }
 
 /// Why the per-session loop ended.
@@ -110,6 +117,15 @@ enum End {
     Stop,
     /// The session ended; wait for the next one.
     SessionGone,
+}
+
+/// What a change of the session's client means for a loop serving the old one.
+fn session_changed(changed: std::result::Result<(), watch::error::RecvError>) -> End {
+    if changed.is_err() {
+        End::Stop
+    } else {
+        End::SessionGone
+    }
 }
 
 impl Worker {
@@ -164,10 +180,7 @@ impl Worker {
             }
             let first = tokio::select! {
                 _ = self.tx.closed() => return End::Stop,
-                changed = self.clients.changed() => {
-                    if changed.is_err() { return End::Stop }
-                    return End::SessionGone;
-                }
+                changed = self.clients.changed() => return session_changed(changed),
                 // Retry a failed full read without waiting for an event.
                 _ = tokio::time::sleep(backoff), if need_full_read => {
                     backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -175,14 +188,26 @@ impl Worker {
                 }
                 event = watcher.changed() => event,
             };
-            let mut events = vec![first];
-            while !is_terminal(events.last()) {
+            let mut batch = Batch::default();
+            batch.add(first);
+            while !batch.ends_reading() {
                 match watcher.changed().now_or_never() {
-                    Some(e) => events.push(e),
+                    Some(e) => batch.add(e),
                     None => break,
                 }
             }
-            let batch = Batch::fold(events);
+            if !need_full_read && batch.needs_read() && !self.gather.is_zero() {
+                // Gather what follows for a while, to read it all in one request.
+                let deadline = tokio::time::Instant::now() + self.gather;
+                while !batch.ends_reading() {
+                    tokio::select! {
+                        _ = self.tx.closed() => return End::Stop,
+                        changed = self.clients.changed() => return session_changed(changed),
+                        _ = tokio::time::sleep_until(deadline) => break,
+                        event = watcher.changed() => batch.add(event),
+                    }
+                }
+            }
             if batch.terminal {
                 // The watcher must not be polled again after a terminal state.
                 return End::SessionGone;
@@ -235,9 +260,7 @@ impl Worker {
     async fn pause(&mut self, backoff: &mut Duration) -> Option<End> {
         tokio::select! {
             _ = self.tx.closed() => return Some(End::Stop),
-            changed = self.clients.changed() => {
-                return Some(if changed.is_err() { End::Stop } else { End::SessionGone });
-            }
+            changed = self.clients.changed() => return Some(session_changed(changed)),
             _ = tokio::time::sleep(*backoff) => {}
         }
         *backoff = (*backoff * 2).min(Duration::from_secs(2));
@@ -345,38 +368,33 @@ impl Worker {
         Ok(())
     }
 
-    /// Re-reads the nodes named by watch events and sends what changed. A node whose last
-    /// event deleted it is not read: it is gone as of that event, and if it comes back its
-    /// creation is an event still to come. (A deregistration, half of all registry writes,
-    /// then costs ZooKeeper no read, and no `NoNode` error path on its side.)
+    /// Re-reads the nodes named by watch events, in `MultiRead` requests, and sends what
+    /// changed. A node whose last event deleted it is not read: it is gone as of that event,
+    /// and if it comes back its creation is an event still to come. (A deregistration, half
+    /// of all registry writes, then costs ZooKeeper no read, and no `NoNode` error path on
+    /// its side.)
     async fn refresh(&mut self, client: &Client, paths: BTreeMap<String, bool>) -> Result<()> {
-        // Issue every read first (pipelined), then apply in order.
+        // Per path its data (`None`: gone); `None` for the whole entry: skipped.
+        let mut nodes: Vec<Option<(String, Option<Vec<u8>>)>> = Vec::with_capacity(paths.len());
         let mut reads = Vec::new();
         for (path, deleted) in paths {
-            if matches!(classify(&path), Node::Other | Node::ServiceDir) {
-                continue;
+            if !deleted {
+                reads.push((nodes.len(), path.clone()));
             }
-            let fut = (!deleted).then(|| client.get_data(&path));
-            reads.push((path, fut));
+            nodes.push(Some((path, None)));
         }
-        let mut nodes = Vec::new();
-        for (path, fut) in reads {
-            let Some(fut) = fut else {
-                nodes.push((path, None));
-                continue;
-            };
-            let data = match fut.await {
-                Ok((d, _)) => Some(d),
-                Err(zookeeper_client::Error::NoNode) => None,
+        for ((i, path), result) in pipelined_data(client, reads).await {
+            match result {
+                Ok(data) => nodes[i] = Some((path, Some(data))),
+                Err(zookeeper_client::Error::NoNode) => {}
                 Err(zookeeper_client::Error::NoAuth) => {
                     self.view.skip(&path, "not readable by this identity (ACL)");
-                    continue;
+                    nodes[i] = None;
                 }
                 Err(e) => return Err(ZkError::op("get_data", &path, e)),
-            };
-            nodes.push((path, data));
+            }
         }
-        for update in self.view.apply(nodes) {
+        for update in self.view.apply(nodes.into_iter().flatten()) {
             self.send(update).await;
         }
         Ok(())
@@ -399,30 +417,45 @@ struct Batch {
 }
 
 impl Batch {
+    #[cfg(test)]
     fn fold(events: impl IntoIterator<Item = WatchedEvent>) -> Self {
         let mut batch = Self::default();
         for event in events {
-            match event.event_type {
-                EventType::Session => match event.session_state {
-                    SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
-                        batch.reconnected = true;
-                    }
-                    s if s.is_terminated() => batch.terminal = true,
-                    _ => {}
-                },
-                kind => {
-                    batch
-                        .nodes
+            batch.add(event);
+        }
+        batch
+    }
+
+    /// Takes in one event. Events on nodes the discovery does not read (version
+    /// directories, anything outside the registry and config) are dropped here.
+    fn add(&mut self, event: WatchedEvent) {
+        match event.event_type {
+            EventType::Session => match event.session_state {
+                SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
+                    self.reconnected = true;
+                }
+                s if s.is_terminated() => self.terminal = true,
+                _ => {}
+            },
+            kind => {
+                if !matches!(classify(&event.path), Node::Other | Node::ServiceDir) {
+                    self.nodes
                         .insert(event.path, kind == EventType::NodeDeleted);
                 }
             }
         }
-        batch
     }
-}
 
-fn is_terminal(event: Option<&WatchedEvent>) -> bool {
-    event.is_some_and(|e| e.event_type == EventType::Session && e.session_state.is_terminated())
+    /// No event should be added after this one: the session ended (the watcher must not be
+    /// polled again) or came back (everything is read again).
+    fn ends_reading(&self) -> bool {
+        self.terminal || self.reconnected
+    }
+
+    /// Some node has to be read (not only deletions).
+    fn needs_read(&self) -> bool {
+        !self.ends_reading() && self.nodes.values().any(|deleted| !deleted)
+    }
 }
 
 #[cfg(test)]
