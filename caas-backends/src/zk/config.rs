@@ -1,5 +1,6 @@
-//! [`ZkConfig`]: how to reach ZooKeeper and as whom. The gateway reads it from its config file
-//! (`[zk]` table) or builds it from `--zk HOST:PORT`; every field has a default but `servers`.
+//! [`ZkConfig`]: how to reach ZooKeeper and as whom. It deserializes from a service's config
+//! file (a `[zk]` table, below); the example gateway builds it from its `--zk*` flags. Every
+//! field has a default but `servers`.
 //!
 //! ```toml
 //! [zk]
