@@ -91,8 +91,9 @@ struct Args {
     zk_key_file: Option<PathBuf>,
     /// How long a ZooKeeper change that needs a read waits for others, to read them all in
     /// one request (route changes land up to this much later; 0 reads each at once).
-    #[arg(long, default_value_t = 100, value_name = "MS", requires = "zk")]
-    zk_gather_ms: u64,
+    /// Default: the library's, 100.
+    #[arg(long, value_name = "MS", requires = "zk")]
+    zk_gather_ms: Option<u64>,
     /// Keep the routes received from the store (--zk or --etcd) in FILE (rewritten
     /// atomically, at most once a second) and serve them when the store cannot be reached at
     /// start.
@@ -160,7 +161,9 @@ impl Args {
         if let Some(k) = &self.zk_key_file {
             cfg = cfg.with_encryption_key_file(k.clone());
         }
-        cfg.gather_ms = self.zk_gather_ms;
+        if let Some(ms) = self.zk_gather_ms {
+            cfg.gather_ms = ms;
+        }
         cfg.validate().map_err(|e| format!("--zk: {e}"))?;
         Ok(Some(cfg))
     }

@@ -89,6 +89,11 @@ fn default_gather_ms() -> u64 {
     100
 }
 
+/// A duration in whole milliseconds (saturating: `validate` refuses what is too long).
+fn millis(d: Duration) -> u64 {
+    d.as_millis().try_into().unwrap_or(u64::MAX)
+}
+
 impl ZkConfig {
     /// Defaults for everything but the servers.
     pub fn new(servers: impl Into<String>) -> Self {
@@ -124,7 +129,7 @@ impl ZkConfig {
 
     /// Sets the session timeout.
     pub fn with_session_timeout(mut self, timeout: Duration) -> Self {
-        self.session_timeout_ms = timeout.as_millis().try_into().unwrap_or(u64::MAX);
+        self.session_timeout_ms = millis(timeout);
         self
     }
 
@@ -142,7 +147,7 @@ impl ZkConfig {
 
     /// Sets how long discovery gathers watch events before reading (see [`Self::gather_ms`]).
     pub fn with_gather(mut self, window: Duration) -> Self {
-        self.gather_ms = window.as_millis().try_into().unwrap_or(u64::MAX);
+        self.gather_ms = millis(window);
         self
     }
 

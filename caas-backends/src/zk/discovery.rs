@@ -374,27 +374,28 @@ impl Worker {
     /// of all registry writes, then costs ZooKeeper no read, and no `NoNode` error path on
     /// its side.)
     async fn refresh(&mut self, client: &Client, paths: BTreeMap<String, bool>) -> Result<()> {
-        // Per path its data (`None`: gone); `None` for the whole entry: skipped.
-        let mut nodes: Vec<Option<(String, Option<Vec<u8>>)>> = Vec::with_capacity(paths.len());
+        // Deleted nodes go in as gone; the others as read (order does not matter: the paths
+        // are distinct and the updates are worked out after all of them).
+        let mut nodes = Vec::with_capacity(paths.len());
         let mut reads = Vec::new();
         for (path, deleted) in paths {
-            if !deleted {
-                reads.push((nodes.len(), path.clone()));
+            if deleted {
+                nodes.push((path, None));
+            } else {
+                reads.push(((), path));
             }
-            nodes.push(Some((path, None)));
         }
-        for ((i, path), result) in pipelined_data(client, reads).await {
+        for (((), path), result) in pipelined_data(client, reads).await {
             match result {
-                Ok(data) => nodes[i] = Some((path, Some(data))),
-                Err(zookeeper_client::Error::NoNode) => {}
+                Ok(data) => nodes.push((path, Some(data))),
+                Err(zookeeper_client::Error::NoNode) => nodes.push((path, None)),
                 Err(zookeeper_client::Error::NoAuth) => {
                     self.view.skip(&path, "not readable by this identity (ACL)");
-                    nodes[i] = None;
                 }
                 Err(e) => return Err(ZkError::op("get_data", &path, e)),
             }
         }
-        for update in self.view.apply(nodes.into_iter().flatten()) {
+        for update in self.view.apply(nodes) {
             self.send(update).await;
         }
         Ok(())
