@@ -434,18 +434,6 @@ fi
 declare -A PORT=([gateway]=$GATEWAY_PORT [gateway-b]=$GATEWAY_B_PORT
   [gateway-log]=$GATEWAY_LOG_PORT [nginx-proxy]=$NGINX_PORT [haproxy]=$HAPROXY_PORT)
 
-# VmRSS in KiB of a process and all its descendants (nginx: the master and its worker).
-rss_kib() {
-  local kib child
-  kib=$(awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || true)
-  kib=${kib:-0}
-  for child in $(pgrep -P "$1" || true); do
-    kib=$((kib + $(rss_kib "$child")))
-  done
-  echo "$kib"
-}
-
-
 # --- measure -------------------------------------------------------------------------------
 
 # What one round runs, as "size conns": every CONNS on "ok\n", SIZE_CONNS on the other sizes.
@@ -617,21 +605,6 @@ if ((PAIRS > 0)); then
 fi
 
 # --- idle keep-alive connections: memory ---------------------------------------------------
-
-# Polls $1 for a line starting with "$2 " while pid $3 lives, for up to $4 seconds.
-await_line() {
-  local file=$1 prefix=$2 pid=$3 secs=$4 line
-  for _ in $(seq 1 $((secs * 10))); do
-    line=$(grep -m 1 "^$prefix " "$file" 2>/dev/null || true)
-    if [[ -n $line ]]; then
-      echo "$line"
-      return 0
-    fi
-    kill -0 "$pid" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
 
 # For one proxy: its RSS after the wrk runs; then a fresh process (allocators and pools keep
 # memory from the wrk runs: tens of MiB for some, reused by the idle connections for others, so

@@ -1,9 +1,10 @@
 # shellcheck shell=bash
-# benches/lib.sh — the setup that benches/compare.sh and benches/cpu_per_request.sh share,
-# sourced by both (not run on its own): flags, tool checks, the gateway build, the temp dir and
-# its cleanup, free ports, starting processes and waiting for them, and the configs of the
-# backend and of the three proxies. Each benchmark's own logic (what it runs, measures and
-# prints) stays in its script.
+# benches/lib.sh — the setup the benchmark scripts (compare.sh, churn.sh, reconnect.sh,
+# write_cost.sh, idle_sharded.sh, cpu_per_request.sh) share, sourced by each (not run on its
+# own): flags, tool checks, the gateway build, the temp dir and its cleanup, free ports,
+# starting processes and waiting for them, reading their RSS, and the configs of the backend
+# and of the three proxies. Each benchmark's own logic (what it runs, measures and prints)
+# stays in its script.
 #
 # The sourcing script sets BENCH_NAME (the prefix of its messages) before sourcing. The
 # functions below use these globals:
@@ -224,6 +225,32 @@ proc_tree() {
   for child in $(pgrep -P "$1" || true); do
     proc_tree "$child"
   done
+}
+
+# VmRSS in KiB of a process and all its descendants (nginx: the master and its worker).
+rss_kib() {
+  local kib child
+  kib=$(awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || true)
+  kib=${kib:-0}
+  for child in $(pgrep -P "$1" || true); do
+    kib=$((kib + $(rss_kib "$child")))
+  done
+  echo "$kib"
+}
+
+# Polls $1 for a line starting with "$2 " while pid $3 lives, for up to $4 seconds.
+await_line() {
+  local file=$1 prefix=$2 pid=$3 secs=$4 line
+  for _ in $(seq 1 $((secs * 10))); do
+    line=$(grep -m 1 "^$prefix " "$file" 2>/dev/null || true)
+    if [[ -n $line ]]; then
+      echo "$line"
+      return 0
+    fi
+    kill -0 "$pid" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
 }
 
 # CPU time (user + system, clock ticks) of a process and its descendants.
