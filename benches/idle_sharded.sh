@@ -41,6 +41,7 @@ if [[ -z ${SHARDS:-} ]]; then
   SHARDS=$(((IDLE_CONNS + per - 1) / per))
 fi
 [[ $SHARDS =~ ^[1-9][0-9]*$ ]] || die "SHARDS takes a positive integer, got '$SHARDS'"
+((SHARDS <= IDLE_CONNS)) || die "SHARDS=$SHARDS is more than IDLE_CONNS=$IDLE_CONNS"
 SHARE=$(((IDLE_CONNS + SHARDS - 1) / SHARDS))
 ((SHARE + 64 <= nofile)) ||
   die "$SHARDS shards hold $SHARE connections each, more than ulimit -n ($nofile) allows: raise SHARDS"
@@ -84,11 +85,11 @@ for i in $(seq 1 "$SHARDS"); do
   AT_START+=("$(rss_kib "$pid")")
 done
 
-log "holding $IDLE_CONNS idle connections: $SHARDS gateways, $SHARE each"
+log "holding $IDLE_CONNS idle connections: $SHARDS gateways, up to $SHARE each"
 held_all=0
 for i in $(seq 1 "$SHARDS"); do
-  n=$SHARE
-  ((held_all + n <= IDLE_CONNS)) || n=$((IDLE_CONNS - held_all))
+  # As even as can be: the first IDLE_CONNS % SHARDS shards hold one more.
+  n=$((IDLE_CONNS / SHARDS + (i <= IDLE_CONNS % SHARDS ? 1 : 0)))
   held_all=$((held_all + n))
   rm -f "$WORK/idle$i.ctl"
   mkfifo "$WORK/idle$i.ctl"
