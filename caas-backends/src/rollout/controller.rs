@@ -250,10 +250,19 @@ impl ControllerHandle {
         }
     }
 
-    /// Kills the controller task where it is, as a crash would.
-    pub fn abort(mut self) {
+    /// Kills the controller task where it is, as a crash would, and waits until it is gone:
+    /// it sends nothing to the store after this returns. A commit it had already sent may
+    /// still land, as after a crash; a read on the same store session, being ordered after
+    /// it, sees it.
+    pub async fn abort(mut self) {
         if let Some(task) = self.task.take() {
             task.abort();
+            match task.await {
+                Err(e) if !e.is_cancelled() => {
+                    tracing::error!(error = %e, "rollout controller task ended abnormally");
+                }
+                _ => {}
+            }
         }
     }
 }

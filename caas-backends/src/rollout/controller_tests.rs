@@ -399,7 +399,7 @@ async fn a_controller_stopped_mid_update_is_taken_over() {
     r.start(&app(), req).await.unwrap();
     let first = controller(&s, "first").spawn();
     let at = until_phase(&s, |p| p == Phase::Shifting).await;
-    first.abort();
+    first.abort().await;
     assert_eq!(at.step, Some(0));
     let second = controller(&s, "second");
     let h = second.clone().spawn();
