@@ -243,10 +243,8 @@ impl ControllerHandle {
     /// Stops the controller and waits for it (a commit in flight completes first).
     pub async fn shutdown(mut self) {
         self.shutdown.send_replace(true);
-        if let Some(task) = self.task.take()
-            && let Err(e) = task.await
-        {
-            tracing::error!(error = %e, "rollout controller task ended abnormally");
+        if let Some(task) = self.task.take() {
+            join(task).await;
         }
     }
 
@@ -257,13 +255,18 @@ impl ControllerHandle {
     pub async fn abort(mut self) {
         if let Some(task) = self.task.take() {
             task.abort();
-            match task.await {
-                Err(e) if !e.is_cancelled() => {
-                    tracing::error!(error = %e, "rollout controller task ended abnormally");
-                }
-                _ => {}
-            }
+            join(task).await;
         }
+    }
+}
+
+/// Waits for the controller's task to end; a panic in it is logged (its cancellation, which
+/// only `abort` asks for, is not).
+async fn join(task: JoinHandle<()>) {
+    if let Err(e) = task.await
+        && !e.is_cancelled()
+    {
+        tracing::error!(error = %e, "rollout controller task ended abnormally");
     }
 }
 
