@@ -9,9 +9,12 @@
 # recording the CPU time (user + system, from /proc) the serving process spent per request,
 # for several rounds (targets rotate their order each round), and the script prints a markdown
 # table of the medians over rounds: requests/s, p50, p99, errors, wrk's own CPU (near 100 %
-# the client, not the proxy, bounds the row), and the ratio to nginx-proxy and to direct.
+# the client, not the proxy, bounds the row), and the ratio to nginx-proxy and to direct. A
+# second table gives, for the same runs, the CPU time the proxy, the backend and wrk each spent
+# per request and the machine's idle share: the three share the CPUs, and a proxy's timing can
+# cost its peers CPU that its own figure does not show.
 # Then, for each proxy, it opens 10,000 keep-alive connections that each made one request,
-# holds them idle (benches/idle_conns.py) and prints a second table: the proxy's
+# holds them idle (benches/idle_conns.py) and prints a table of memory: the proxy's
 # RSS after the wrk runs, and on a fresh process its RSS at start and with the connections
 # held, and KiB per connection ((with − at start) / connections). Compare ratios
 # measured in one run, never absolute numbers across runs or machines: on a small machine
@@ -449,7 +452,7 @@ if ((TLS_CONNS > 0)); then
   RUNS+=("https $TLS_CONNS" "https-new $TLS_CONNS" "https-full $TLS_CONNS")
 fi
 
-RESULTS="$WORK/results.txt" # round size conns target rps p50 p99 status sock cpu_us_per_req vol_csw_per_req invol_csw_per_req migrations_per_req wrk_cpu_percent steal_percent
+RESULTS="$WORK/results.txt" # round size conns target rps p50 p99 status sock cpu_us_per_req vol_csw_per_req invol_csw_per_req migrations_per_req wrk_cpu_percent steal_percent backend_cpu_us_per_req wrk_cpu_us_per_req idle_percent
 : >"$RESULTS"
 total=0
 for run in "${RUNS[@]}"; do
@@ -478,14 +481,17 @@ aim() {
   return 0
 }
 # One wrk run of $conns connections against $url, measuring process $server (the proxy, or the
-# backend for "direct") over it: sets RUN_LINE to the results line after "round size conns
-# target" and RUN_STEAL to the share of the machine's CPU time the hypervisor took over the run
-# (%); perf stat's counts, with PERF_STAT=1, go to $WORK/perf.attempt.txt.
+# backend for "direct") over it, and the backend and wrk: sets RUN_LINE to the results line
+# after "round size conns target" and RUN_STEAL to the share of the machine's CPU time the
+# hypervisor took over the run (%); perf stat's counts, with PERF_STAT=1, go to
+# $WORK/perf.attempt.txt.
 measure_run() {
   local out=$1 cpu_pid ticks0 ticks1 vol0 invol0 mig0 vol1 invol1 mig1 requests perf_pid
-  local wrk_cpu cpu_us csw machine0 machine1
+  local wrk_cpu cpu_us csw machine0 machine1 backend_pid backend0 backend1 peers
   cpu_pid=$(pid_of "$server")
+  backend_pid=$(pid_of backend)
   ticks0=$(cpu_ticks "$cpu_pid")
+  backend0=$(cpu_ticks "$backend_pid")
   read -r vol0 invol0 mig0 < <(ctx_switches "$cpu_pid")
   # The access log starts each run empty (the gateway appends: writes go on at the new end).
   [[ $target == gateway-log ]] && : >"$ACCESS_LOG_FILE"
@@ -505,6 +511,7 @@ measure_run() {
   machine1=$(machine_ticks)
   wrk_cpu=$(awk '{printf "%.0f", ($1 > 0 ? ($2 + $3) / $1 * 100 : 0)}' "$out.time")
   ticks1=$(cpu_ticks "$cpu_pid")
+  backend1=$(cpu_ticks "$backend_pid")
   read -r vol1 invol1 mig1 < <(ctx_switches "$cpu_pid")
   requests=$(awk '/requests in/ {print $1}' "$out")
   if [[ -n $perf_pid ]]; then
@@ -521,8 +528,13 @@ measure_run() {
     -v n="${requests:-0}" 'BEGIN {
       printf "%.3f %.3f %.4f", (n > 0 ? v / n : 0), (n > 0 ? i / n : 0), (n > 0 ? m / n : 0)
     }')
+  # The backend's and wrk's CPU per request, and the machine's idle share: what the run cost
+  # the rest of the pipeline (at a body size, the proxies differ there more than in their own).
+  peers=$(awk -v t=$((backend1 - backend0)) -v hz="$CLK_TCK" -v n="${requests:-0}" '{
+      printf "%.2f %.2f", (n > 0 ? t / hz / n * 1e6 : 0), (n > 0 ? ($2 + $3) / n * 1e6 : 0)
+    }' "$out.time")
   RUN_STEAL=$(steal_percent "$machine0" "$machine1")
-  RUN_LINE="$(parse_wrk "$out") $cpu_us $csw $wrk_cpu $RUN_STEAL"
+  RUN_LINE="$(parse_wrk "$out") $cpu_us $csw $wrk_cpu $RUN_STEAL $peers $(idle_percent "$machine0" "$machine1")"
 }
 
 RERUNS="$WORK/reruns.txt" # round size conns target kept_steal% steal% of each attempt
@@ -749,6 +761,45 @@ echo "steal %: of the whole machine's CPU time over the wrk run, the share the h
 echo "to other guests while this machine's CPUs wanted to run (/proc/stat); a run above"
 echo "STEAL_MAX=$STEAL_MAX % was run again up to $STEAL_RETRIES times and the attempt with the"
 echo "least steal kept. Raw wrk output: KEEP=1."
+echo
+echo "### Where the machine's CPU went, per request"
+echo
+echo "| body | conns | target | req/s | proxy µs | backend µs | wrk µs | all three µs | machine idle % | × haproxy (all three) |"
+echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+for run in "${RUNS[@]}"; do
+  read -r size conns <<<"$run"
+  label=$(size_label "$size")
+  ha_all=""
+  for target in haproxy "${TARGETS[@]}"; do
+    [[ $size == https* ]] && ! tls_target "$target" "$size" && continue
+    rps=$(col "$size" "$conns" "$target" 5 | median)
+    proxy=$(col "$size" "$conns" "$target" 10 | median)
+    backend=$(col "$size" "$conns" "$target" 16 | median)
+    wrk_us=$(col "$size" "$conns" "$target" 17 | median)
+    idle=$(col "$size" "$conns" "$target" 18 | median)
+    # For direct the serving process is the backend: counted once.
+    [[ $target == direct ]] && proxy=0
+    all=$(awk -v s="$size" -v c="$conns" -v t="$target" '$2 == s && $3 == c && $4 == t {
+        printf "%.2f\n", (t == "direct" ? 0 : $10) + $16 + $17
+      }' "$RESULTS" | median)
+    if [[ $target == haproxy && -z $ha_all ]]; then
+      ha_all=$all
+      continue
+    fi
+    awk -v l="$label" -v c="$conns" -v t="$target" -v r="$rps" -v p="$proxy" -v b="$backend" \
+      -v w="$wrk_us" -v a="$all" -v i="$idle" -v h="$ha_all" 'BEGIN {
+        printf "| %s | %s | %s | %.0f | %s | %.2f | %.2f | %.2f | %.1f | %s |\n", l, c, t, r,
+          (t == "direct" ? "—" : sprintf("%.2f", p)), b, w, a, i,
+          (h > 0 ? sprintf("%.2f×", a / h) : "—")
+      }'
+  done
+done
+echo
+echo "Medians over rounds of the same runs as the table above: the CPU time (user + system) the"
+echo "proxy, the backend and wrk each spent per request, the three summed, and the share of the"
+echo "machine's CPU time no task wanted (idle, /proc/stat). The three share the machine's CPUs,"
+echo "so a proxy can cost its peers CPU (or leave CPUs idle) by when it sends, not only by what"
+echo "it spends itself; the last column is the sum over HAProxy's."
 if [[ -s $RERUNS ]]; then
   echo
   echo "Runs done again for steal (round, body, conns, target: steal % of each attempt, kept):"

@@ -265,21 +265,24 @@ cpu_ticks() {
 # shellcheck disable=SC2034 # read by the sourcing scripts
 CLK_TCK=$(getconf CLK_TCK)
 
-# The machine's CPU time from /proc/stat, all CPUs, in clock ticks: "TOTAL STEAL". Steal is
-# time a virtual CPU of this machine wanted to run and the hypervisor ran something else;
-# TOTAL counts user, nice, system, idle, iowait, irq, softirq and steal (guest time is
-# already in user and nice).
+# The machine's CPU time from /proc/stat, all CPUs, in clock ticks: "TOTAL STEAL IDLE". Steal
+# is time a virtual CPU of this machine wanted to run and the hypervisor ran something else;
+# idle is time no task wanted it (idle and iowait); TOTAL counts user, nice, system, idle,
+# iowait, irq, softirq and steal (guest time is already in user and nice).
 machine_ticks() {
-  awk '$1 == "cpu" {t = 0; for (i = 2; i <= 9; i++) t += $i; print t, $9; exit}' /proc/stat
+  awk '$1 == "cpu" {t = 0; for (i = 2; i <= 9; i++) t += $i; print t, $9, $5 + $6; exit}' /proc/stat
 }
-# The share of the machine's CPU time the hypervisor took between two machine_ticks readings
-# "$1" and "$2", in % with one decimal.
-steal_percent() {
-  awk -v a="$1" -v b="$2" 'BEGIN {
+# The share of the machine's CPU time between two machine_ticks readings "$2" and "$3" that
+# field $1 of them holds (2: steal, 3: idle), in % with one decimal.
+tick_share() {
+  awk -v k="$1" -v a="$2" -v b="$3" 'BEGIN {
     split(a, x, " "); split(b, y, " "); t = y[1] - x[1]
-    printf "%.1f", (t > 0 ? (y[2] - x[2]) / t * 100 : 0)
+    printf "%.1f", (t > 0 ? (y[k] - x[k]) / t * 100 : 0)
   }'
 }
+# What the hypervisor took between two machine_ticks readings, and what no task wanted.
+steal_percent() { tick_share 2 "$1" "$2"; }
+idle_percent() { tick_share 3 "$1" "$2"; }
 
 # Context switches and CPU migrations of a process and its descendants, every thread:
 # "VOLUNTARY INVOLUNTARY MIGRATIONS". Voluntary: the thread waited (for events, a lock);
