@@ -766,28 +766,25 @@ echo "### Where the machine's CPU went, per request"
 echo
 echo "| body | conns | target | req/s | proxy µs | backend µs | wrk µs | all three µs | machine idle % | × haproxy (all three) |"
 echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+# The CPU µs per request of the proxy, backend and wrk together over each round of a row,
+# median over rounds (for direct the backend is the serving process: counted once).
+cpu_sum() { # size conns target
+  awk -v s="$1" -v c="$2" -v t="$3" '$2 == s && $3 == c && $4 == t {
+    printf "%.2f\n", (t == "direct" ? 0 : $10) + $16 + $17
+  }' "$RESULTS" | median
+}
 for run in "${RUNS[@]}"; do
   read -r size conns <<<"$run"
   label=$(size_label "$size")
-  ha_all=""
-  for target in haproxy "${TARGETS[@]}"; do
+  ha_all=$(cpu_sum "$size" "$conns" haproxy)
+  for target in "${TARGETS[@]}"; do
     [[ $size == https* ]] && ! tls_target "$target" "$size" && continue
-    rps=$(col "$size" "$conns" "$target" 5 | median)
-    proxy=$(col "$size" "$conns" "$target" 10 | median)
-    backend=$(col "$size" "$conns" "$target" 16 | median)
-    wrk_us=$(col "$size" "$conns" "$target" 17 | median)
-    idle=$(col "$size" "$conns" "$target" 18 | median)
-    # For direct the serving process is the backend: counted once.
-    [[ $target == direct ]] && proxy=0
-    all=$(awk -v s="$size" -v c="$conns" -v t="$target" '$2 == s && $3 == c && $4 == t {
-        printf "%.2f\n", (t == "direct" ? 0 : $10) + $16 + $17
-      }' "$RESULTS" | median)
-    if [[ $target == haproxy && -z $ha_all ]]; then
-      ha_all=$all
-      continue
-    fi
-    awk -v l="$label" -v c="$conns" -v t="$target" -v r="$rps" -v p="$proxy" -v b="$backend" \
-      -v w="$wrk_us" -v a="$all" -v i="$idle" -v h="$ha_all" 'BEGIN {
+    awk -v l="$label" -v c="$conns" -v t="$target" -v r="$(col "$size" "$conns" "$target" 5 | median)" \
+      -v p="$(col "$size" "$conns" "$target" 10 | median)" \
+      -v b="$(col "$size" "$conns" "$target" 16 | median)" \
+      -v w="$(col "$size" "$conns" "$target" 17 | median)" \
+      -v i="$(col "$size" "$conns" "$target" 18 | median)" \
+      -v a="$(cpu_sum "$size" "$conns" "$target")" -v h="$ha_all" 'BEGIN {
         printf "| %s | %s | %s | %.0f | %s | %.2f | %.2f | %.2f | %.1f | %s |\n", l, c, t, r,
           (t == "direct" ? "—" : sprintf("%.2f", p)), b, w, a, i,
           (h > 0 ? sprintf("%.2f×", a / h) : "—")
