@@ -155,11 +155,13 @@ fn run_part(env: &Env, cmds: &[String]) -> String {
         script.push_str(&format!("echo {}\n{c}\n", shell_quote(&format!("$ {c}"))));
     }
     script.push_str(&format!("export -p > {}\n", saved.display()));
-    let out = Command::new("bash")
-        .arg("-c")
+    // Bounded below nextest's limit, so that a command that hangs fails here with the
+    // output so far and caasd's log, instead of the test being killed with neither.
+    let out = Command::new("timeout")
+        .args(["--kill-after=5", "200", "bash", "-c"])
         .arg(&script)
         .output()
-        .expect("bash");
+        .expect("timeout bash");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     eprintln!("{text}");
     assert!(
