@@ -416,6 +416,14 @@ async fn cpu_idle_updates_keep_the_schedulers_and_operators_fields() {
     let after = until("cpu_idle 0.75", || info(0.75)).await;
     assert_eq!(after.allocated, theirs.allocated);
     assert!(after.draining);
+    // The agent counts a write once the store has answered it, which can be after the node
+    // shows it; it samples and writes in turn, so once a sample begins after this point
+    // the write seen above has been counted.
+    let seen = agent.stats().cpu_samples;
+    until("a sample after the write", || async {
+        (agent.stats().cpu_samples > seen).then_some(())
+    })
+    .await;
 
     // A move under 0.02 (x = 27/37, s = 0.74) is not worth a write.
     let (writes, samples) = (agent.stats().host_writes, agent.stats().cpu_samples);
