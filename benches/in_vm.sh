@@ -158,8 +158,10 @@ chmod +x "$INITRD/init"
 
 # --- the job -----------------------------------------------------------------------------------
 
-# In WORK, which the guest sees at the same path (through the overlay, as of the boot).
+# In WORK, which the guest sees at the same path (through the overlay, as of the boot). Its
+# path goes on the kernel command line, which splits at spaces.
 JOB=$WORK/job.sh
+[[ $JOB != *[[:space:]]* ]] || die "the temp dir's path has a space in it ($WORK): set TMPDIR"
 {
   echo "# written by benches/in_vm.sh"
   export -p | grep -Ev '^declare -x (PWD|OLDPWD|SHLVL|_|TMPDIR)='
