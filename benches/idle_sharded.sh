@@ -146,7 +146,11 @@ else
 fi
 echo
 report_machine
-echo "- gateway: $GATEWAY_LABEL; $SHARDS process(es) of it, each on its own port, ulimit -n $nofile"
+if ((SHARDS == 1)); then
+  echo "- gateway: $GATEWAY_LABEL; one process, ulimit -n $nofile"
+else
+  echo "- gateway: $GATEWAY_LABEL; $SHARDS processes of it, each on its own port, ulimit -n $nofile"
+fi
 echo "- each connection sent one 'GET /' with 'Host: $HOST_HEADER', got its 200 and stayed open, idle (benches/idle_conns.py, 8 opened at a time, one holder per process)"
 echo "- RSS: VmRSS; at start: after startup and one check request; KiB per connection = (with conns − at start) / conns held"
 echo

@@ -417,8 +417,8 @@ async fn cpu_idle_updates_keep_the_schedulers_and_operators_fields() {
     assert_eq!(after.allocated, theirs.allocated);
     assert!(after.draining);
     // The agent counts a write once the store has answered it, which can be after the node
-    // shows it; it samples and writes in turn, so once a sample begins after this point
-    // the write seen above has been counted.
+    // shows it; it samples and writes in turn, so a sample counted after this point comes
+    // after the write seen above was counted.
     let seen = agent.stats().cpu_samples;
     until("a sample after the write", || async {
         (agent.stats().cpu_samples > seen).then_some(())
