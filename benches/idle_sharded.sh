@@ -88,11 +88,10 @@ for i in $(seq 1 "$SHARDS"); do
   AT_START+=("$(rss_kib "$pid")")
 done
 
-if ((SHARDS == 1)); then
-  log "holding $IDLE_CONNS idle connections: one gateway"
-else
-  log "holding $IDLE_CONNS idle connections: $SHARDS gateways, up to $SHARE each"
-fi
+# How the report names the processes: "one process" or "6 processes, each on its own port".
+PROCS="one process"
+((SHARDS == 1)) || PROCS="$SHARDS processes, each on its own port"
+log "holding $IDLE_CONNS idle connections in $PROCS"
 held_all=0
 for i in $(seq 1 "$SHARDS"); do
   # As even as can be: the first IDLE_CONNS % SHARDS shards hold one more.
@@ -139,18 +138,10 @@ done
 CTLS=() HOLDERS=()
 
 echo
-if ((SHARDS == 1)); then
-  echo "## Gateway memory with $held_all idle keep-alive client connections in one process"
-else
-  echo "## Gateway memory with $held_all idle keep-alive client connections over $SHARDS processes"
-fi
+echo "## Gateway memory with $held_all idle keep-alive client connections in ${PROCS%%,*}"
 echo
 report_machine
-if ((SHARDS == 1)); then
-  echo "- gateway: $GATEWAY_LABEL; one process, ulimit -n $nofile"
-else
-  echo "- gateway: $GATEWAY_LABEL; $SHARDS processes of it, each on its own port, ulimit -n $nofile"
-fi
+echo "- gateway: $GATEWAY_LABEL; $PROCS, ulimit -n $nofile"
 echo "- each connection sent one 'GET /' with 'Host: $HOST_HEADER', got its 200 and stayed open, idle (benches/idle_conns.py, 8 opened at a time, one holder per process)"
 echo "- RSS: VmRSS; at start: after startup and one check request; KiB per connection = (with conns − at start) / conns held"
 echo

@@ -3,8 +3,8 @@
 # write_cost.sh, idle_sharded.sh, in_vm.sh, cpu_per_request.sh) share, sourced by each (not
 # run on its own): flags, tool checks, the gateway build, the temp dir and its cleanup, free
 # ports, starting processes and waiting for them, reading their RSS, and the configs of the
-# backend and of the three proxies. Each benchmark's own logic (what it runs, measures and prints)
-# stays in its script.
+# backend and of the three proxies. Each benchmark's own logic (what it runs, measures and
+# prints) stays in its script.
 #
 # The sourcing script sets BENCH_NAME (the prefix of its messages) before sourcing. The
 # functions below use these globals:
