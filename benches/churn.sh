@@ -49,7 +49,10 @@
 # all of a half's requests, and of the median over a half's slices of each slice's own p99,
 # which a stall hitting a slice or two (the host, not the gateway) barely moves while a cost
 # every churning slice pays moves it in full. The `none` rows interleave nothing against
-# nothing: how far apart two halves come out by chance.
+# nothing: how far apart two halves come out by chance. One such run puts a row within a few
+# per cent; PAIRED_REPEATS=N runs the rows N times over (in rotating order, on the same
+# ZooKeeper and gateway) and adds each row's mean ratio with its 95 % interval over the N
+# runs, which is what tells a 5 % cost from chance.
 # Closed loop (open_loop --closed: every connection busy) and at the fixed rate.
 #
 # benches/compare.sh runs this at its end (CHURN_APPS=0 there skips it).
@@ -72,6 +75,8 @@
 #                         inproc-specs (default all; for instance the three closed-loop
 #                         rows that tell two builds apart, with CHURN_LOAD=0)
 #   PHASE_MS=200          the interleaved runs' slice; the first tenth of each is left out
+#   PAIRED_REPEATS=1      times the interleaved rows run (more than 1: their means and
+#                         95 % intervals too; 8 puts a row's mean within about ±2 %)
 #   KEEP=1                keep the temp dir (logs, raw wrk output)
 # Needs nginx, wrk, curl, and ZooKeeper (scripts/install-deps.sh installs them).
 set -euo pipefail
@@ -91,6 +96,9 @@ else
   PAIRED_SECONDS=${PAIRED_SECONDS:-20}
 fi
 PHASE_MS=${PHASE_MS:-200}
+PAIRED_REPEATS=${PAIRED_REPEATS:-1}
+[[ $PAIRED_REPEATS =~ ^[1-9][0-9]*$ ]] ||
+  die "PAIRED_REPEATS takes a positive number of runs, got '$PAIRED_REPEATS'"
 [[ $PAIRED_SECONDS =~ ^[0-9]+$ ]] || die "PAIRED_SECONDS takes seconds (0 skips the interleaved runs), got '$PAIRED_SECONDS'"
 [[ $PHASE_MS =~ ^[1-9][0-9]*$ ]] && ((PHASE_MS >= 10)) ||
   die "PHASE_MS takes milliseconds, at least 10, got '$PHASE_MS'"
@@ -280,14 +288,15 @@ fi
 # One interleaved run: load $1 (closed or fixed), mode $2; for fixed, the rate is $3. The
 # writer churns in the churning half of the PHASE_MS slices only; open_loop reports the two
 # halves apart.
-PAIRED="$WORK/paired.txt" # load mode writes_per_s requests_on requests_off p50_on p50_off p99_on p99_off p999_on p999_off rps slice_p99_on slice_p99_off steal_pct
+PAIRED="$WORK/paired.txt" # load mode writes_per_s requests_on requests_off p50_on p50_off p99_on p99_off p999_on p999_off rps slice_p99_on slice_p99_off steal_pct turn
 : >"$PAIRED"
+# One interleaved run: load $1, mode $2, turn $4 (of PAIRED_REPEATS); for fixed, the rate is $3.
 measure_paired() {
-  local load=$1 mode=$2 rate=${3:-0} out port=$GW_PORT how machine0 machine1
-  out="$WORK/paired.$load.$mode.txt"
-  log "interleaved, $load, $mode"
+  local load=$1 mode=$2 rate=${3:-0} turn=${4:-1} out port=$GW_PORT how machine0 machine1
+  out="$WORK/paired.$load.$mode.t$turn.txt"
+  log "interleaved, $load, $mode, turn $turn of $PAIRED_REPEATS"
   [[ $mode == inproc-* ]] && port=$INPROC_PORT
-  start_churn "$mode" "$((PAIRED_SECONDS + 1))" "$PHASE_MS" "$WORK/churn.paired.$load.$mode.txt"
+  start_churn "$mode" "$((PAIRED_SECONDS + 1))" "$PHASE_MS" "$WORK/churn.paired.$load.$mode.t$turn.txt"
   sleep 0.5
   how=(--closed)
   [[ $load == fixed ]] && how=(--rate "$rate")
@@ -297,15 +306,15 @@ measure_paired() {
     --guard-ms "$((PHASE_MS / 10))" >"$out" 2>&1 ||
     die "open_loop failed: $(tail -n 5 "$out")"
   machine1=$(machine_ticks)
-  finish_churn "$mode" "$WORK/churn.paired.$load.$mode.txt"
+  finish_churn "$mode" "$WORK/churn.paired.$load.$mode.t$turn.txt"
   # "requests N rate R p50 …", then "on requests N p50 P p90 P p99 P p999 P max P slices K
   # slice_p99_median P", "off …".
-  awk -v l="$load" -v m="$mode" -v w="$KEPT" -v steal="$(steal_percent "$machine0" "$machine1")" '
+  awk -v l="$load" -v m="$mode" -v w="$KEPT" -v steal="$(steal_percent "$machine0" "$machine1")" -v t="$turn" '
     $1 == "requests" {rps = $4}
     $1 == "on" || $1 == "off" {n[$1] = $3; p50[$1] = $5; p99[$1] = $9; p999[$1] = $11; sp99[$1] = $17}
     END {
       print l, m, w, n["on"], n["off"], p50["on"], p50["off"], p99["on"], p99["off"], p999["on"], p999["off"], rps,
-        sp99["on"], sp99["off"], steal
+        sp99["on"], sp99["off"], steal, t
     }
   ' "$out" >>"$PAIRED"
 }
@@ -313,11 +322,50 @@ measure_paired() {
 if ((PAIRED_SECONDS > 0)); then
   for load in closed fixed; do
     [[ $load == fixed ]] && ((CHURN_LOAD == 0)) && continue
-    for mode in "${PAIRED_MODES[@]}"; do
-      measure_paired "$load" "$mode" "$FIXED_RATE"
+    for ((turn = 1; turn <= PAIRED_REPEATS; turn++)); do
+      # Rotating, so that no row always follows the same one.
+      for ((i = 0; i < ${#PAIRED_MODES[@]}; i++)); do
+        measure_paired "$load" "${PAIRED_MODES[$(((i + turn - 1) % ${#PAIRED_MODES[@]}))]}" \
+          "$FIXED_RATE" "$turn"
+      done
     done
   done
 fi
+
+# Per load and mode of the interleaved runs on stdin (the PAIRED columns): the turns, the
+# mean p99 ratio with its 95 % interval, how many turns kept it within 5 %, each turn's ratio,
+# and the same mean for the median-slice ratio. Rows in the order first seen.
+paired_summary() {
+  awk '
+    # Student t, two-sided 95 %, by degrees of freedom (beyond 30: 2.0).
+    function t95(df) {
+      split("12.71 4.30 3.18 2.78 2.57 2.45 2.36 2.31 2.26 2.23 2.20 2.18 2.16 2.14 2.13 2.12 2.11 2.10 2.09 2.09 2.08 2.07 2.07 2.06 2.06 2.06 2.05 2.05 2.05 2.04", t, " ")
+      return df <= 30 ? t[df] : 2.0
+    }
+    function interval(sum, sumsq, n,   mean, sd) {
+      mean = sum / n
+      if (n < 2) return sprintf("%.3f×", mean)
+      sd = sqrt((sumsq - n * mean * mean) / (n - 1))
+      if (sd != sd) sd = 0
+      return sprintf("%.3f× (%.3f–%.3f)", mean, mean - t95(n - 1) * sd / sqrt(n), mean + t95(n - 1) * sd / sqrt(n))
+    }
+    $9 > 0 && $14 > 0 {
+      k = $1 SUBSEP $2
+      if (!(k in n)) order[++rows] = k
+      r = $8 / $9; s = $13 / $14
+      n[k]++; sum[k] += r; sq[k] += r * r; ssum[k] += s; ssq[k] += s * s
+      if (r <= 1.05) within[k]++
+      by[k] = by[k] (by[k] == "" ? "" : " ") sprintf("%.2f", r)
+    }
+    END {
+      for (i = 1; i <= rows; i++) {
+        k = order[i]; split(k, f, SUBSEP)
+        printf "| %s | %s | %d | %s | %d of %d | %s | %s |\n", (f[1] == "closed" ? "closed loop" : "fixed rate"),
+          f[2], n[k], interval(sum[k], sq[k], n[k]), within[k], n[k], by[k], interval(ssum[k], ssq[k], n[k])
+      }
+    }
+  '
+}
 
 echo "# Route churn: a ZooKeeper-fed gateway under load while its routes change"
 echo
@@ -356,13 +404,21 @@ if ((PAIRED_SECONDS > 0)); then
   echo
   echo "Interleaved: one $PAIRED_SECONDS s run per row, the writer churning in half of the $PHASE_MS ms slices of the wall clock (dealt at random, the same deal in every process); requests sorted by the slice they were released in (the first tenth of each left out). Churning ÷ resting: of the p99 over all the half's requests, and of the median over its slices of each slice's own p99 (a stall that hits a slice or two moves it little; a cost every churning slice pays moves it all the same). \`none\` rows: nothing against nothing, the spread to expect by chance. \`*-vs-unwatched\` rows: the writer busy in both halves, under the watched root in the churning one and the same writes under /caas-unwatched in the resting one, so that only the gateway's work differs:"
   echo
-  echo "| load | churn | writes/s kept (churning slices) | req/s | p50 ms churning / resting | p99 ms churning / resting | p99 ÷ | median slice p99 ms churning / resting | median slice p99 ÷ | p99.9 ms churning / resting | steal % |"
-  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-  awk '{
-    printf "| %s | %s | %s | %.0f | %.3f / %.3f | %.3f / %.3f | %.2f× | %.3f / %.3f | %.2f× | %.3f / %.3f | %.1f |\n",
-      ($1 == "closed" ? "closed loop" : "fixed rate"), $2, ($2 ~ /none$/ ? "—" : sprintf("%.0f", $3)),
+  echo "| load | churn | turn | writes/s kept (churning slices) | req/s | p50 ms churning / resting | p99 ms churning / resting | p99 ÷ | median slice p99 ms churning / resting | median slice p99 ÷ | p99.9 ms churning / resting | steal % |"
+  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  sort -s -k1,1 -k2,2 -k16,16n "$PAIRED" | awk '{
+    printf "| %s | %s | %s | %s | %.0f | %.3f / %.3f | %.3f / %.3f | %.2f× | %.3f / %.3f | %.2f× | %.3f / %.3f | %.1f |\n",
+      ($1 == "closed" ? "closed loop" : "fixed rate"), $2, $16, ($2 ~ /none$/ ? "—" : sprintf("%.0f", $3)),
       $12, $6, $7, $8, $9, ($9 > 0 ? $8 / $9 : 0), $13, $14, ($14 > 0 ? $13 / $14 : 0), $10, $11, $15
-  }' "$PAIRED"
+  }'
+  if ((PAIRED_REPEATS > 1)); then
+    echo
+    echo "Over the $PAIRED_REPEATS turns: each row's churning ÷ resting ratios, their mean with its 95 % interval (Student's t over the turns), and the turns within 5 %. A row whose interval lies below 1.05 meets the target; the \`none\` rows show where chance alone puts the interval:"
+    echo
+    echo "| load | churn | turns | p99 ÷ mean (95 % interval) | p99 ÷ within 5 % | p99 ÷ by turn | median slice p99 ÷ mean (95 % interval) |"
+    echo "|---|---|---:|---:|---:|---|---:|"
+    paired_summary <"$PAIRED"
+  fi
 fi
 echo
 echo "steal %: of the whole machine's CPU time over the run, the share the hypervisor gave to other guests while this machine's CPUs wanted to run (/proc/stat); a p99 from a run that lost much of the machine measures the host as much as the gateway."
