@@ -285,12 +285,11 @@ if ((CHURN_LOAD > 0)); then
   done
 fi
 
-# One interleaved run: load $1 (closed or fixed), mode $2; for fixed, the rate is $3. The
-# writer churns in the churning half of the PHASE_MS slices only; open_loop reports the two
+# One interleaved run: load $1 (closed or fixed), mode $2, turn $4 of PAIRED_REPEATS; for
+# fixed, the rate is $3. The writer churns in the churning half of the PHASE_MS slices only; open_loop reports the two
 # halves apart.
 PAIRED="$WORK/paired.txt" # load mode writes_per_s requests_on requests_off p50_on p50_off p99_on p99_off p999_on p999_off rps slice_p99_on slice_p99_off steal_pct turn
 : >"$PAIRED"
-# One interleaved run: load $1, mode $2, turn $4 (of PAIRED_REPEATS); for fixed, the rate is $3.
 measure_paired() {
   local load=$1 mode=$2 rate=${3:-0} turn=${4:-1} out port=$GW_PORT how machine0 machine1
   out="$WORK/paired.$load.$mode.t$turn.txt"
