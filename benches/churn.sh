@@ -286,8 +286,8 @@ if ((CHURN_LOAD > 0)); then
 fi
 
 # One interleaved run: load $1 (closed or fixed), mode $2, turn $4 of PAIRED_REPEATS; for
-# fixed, the rate is $3. The writer churns in the churning half of the PHASE_MS slices only; open_loop reports the two
-# halves apart.
+# fixed, the rate is $3. The writer churns in the churning half of the PHASE_MS slices
+# only; open_loop reports the two halves apart.
 PAIRED="$WORK/paired.txt" # load mode writes_per_s requests_on requests_off p50_on p50_off p99_on p99_off p999_on p999_off rps slice_p99_on slice_p99_off steal_pct turn
 : >"$PAIRED"
 measure_paired() {
