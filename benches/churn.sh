@@ -341,11 +341,12 @@ paired_summary() {
       split("12.71 4.30 3.18 2.78 2.57 2.45 2.36 2.31 2.26 2.23 2.20 2.18 2.16 2.14 2.13 2.12 2.11 2.10 2.09 2.09 2.08 2.07 2.07 2.06 2.06 2.06 2.05 2.05 2.05 2.04", t, " ")
       return df <= 30 ? t[df] : 2.0
     }
-    function interval(sum, sumsq, n,   mean, sd) {
+    function interval(sum, sumsq, n,   mean, v, sd) {
       mean = sum / n
       if (n < 2) return sprintf("%.3f×", mean)
-      sd = sqrt((sumsq - n * mean * mean) / (n - 1))
-      if (sd != sd) sd = 0
+      # Rounding can take a spread of nothing a hair below zero.
+      v = (sumsq - n * mean * mean) / (n - 1)
+      sd = v > 0 ? sqrt(v) : 0
       return sprintf("%.3f× (%.3f–%.3f)", mean, mean - t95(n - 1) * sd / sqrt(n), mean + t95(n - 1) * sd / sqrt(n))
     }
     $9 > 0 && $14 > 0 {
@@ -405,11 +406,11 @@ if ((PAIRED_SECONDS > 0)); then
   echo
   echo "| load | churn | turn | writes/s kept (churning slices) | req/s | p50 ms churning / resting | p99 ms churning / resting | p99 ÷ | median slice p99 ms churning / resting | median slice p99 ÷ | p99.9 ms churning / resting | steal % |"
   echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-  sort -s -k1,1 -k2,2 -k16,16n "$PAIRED" | awk '{
+  awk '{
     printf "| %s | %s | %s | %s | %.0f | %.3f / %.3f | %.3f / %.3f | %.2f× | %.3f / %.3f | %.2f× | %.3f / %.3f | %.1f |\n",
       ($1 == "closed" ? "closed loop" : "fixed rate"), $2, $16, ($2 ~ /none$/ ? "—" : sprintf("%.0f", $3)),
       $12, $6, $7, $8, $9, ($9 > 0 ? $8 / $9 : 0), $13, $14, ($14 > 0 ? $13 / $14 : 0), $10, $11, $15
-  }'
+  }' "$PAIRED"
   if ((PAIRED_REPEATS > 1)); then
     echo
     echo "Over the $PAIRED_REPEATS turns: each row's churning ÷ resting ratios, their mean with its 95 % interval (Student's t over the turns), and the turns within 5 %. A row whose interval lies below 1.05 meets the target; the \`none\` rows show where chance alone puts the interval:"
