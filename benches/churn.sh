@@ -20,7 +20,8 @@
 #                  `route_churn serve`, fed in-process (no store): its baseline
 #   inproc-specs   that gateway taking CHURN_RATE one-app updates a second through its
 #                  discovery channel: the route table's own churn, with no ZooKeeper and no
-#                  writer process taking CPU. Its p99 ratio is to inproc-none
+#                  writer process taking CPU (the thread sending them at nice 10, as the
+#                  gateway's store thread). Its p99 ratio is to inproc-none
 #
 # The modes run in rotating order each round, twice:
 #
@@ -77,6 +78,9 @@
 #   PHASE_MS=200          the interleaved runs' slice; the first tenth of each is left out
 #   PAIRED_REPEATS=1      times the interleaved rows run (more than 1: their means and
 #                         95 % intervals too; 8 puts a row's mean within about ±2 %)
+#   STEAL_MAX=10          an interleaved run during which the hypervisor took more than
+#   STEAL_RETRIES=2       this % of the machine (steal, /proc/stat) is run again, up to
+#                         STEAL_RETRIES more times, and the attempt with the least steal kept
 #   KEEP=1                keep the temp dir (logs, raw wrk output)
 # Needs nginx, wrk, curl, and ZooKeeper (scripts/install-deps.sh installs them).
 set -euo pipefail
@@ -96,6 +100,10 @@ else
   PAIRED_SECONDS=${PAIRED_SECONDS:-20}
 fi
 PHASE_MS=${PHASE_MS:-200}
+STEAL_MAX=${STEAL_MAX:-10}
+STEAL_RETRIES=${STEAL_RETRIES:-2}
+[[ $STEAL_MAX =~ ^[0-9]+([.][0-9]+)?$ ]] || die "STEAL_MAX takes a percentage, got '$STEAL_MAX'"
+[[ $STEAL_RETRIES =~ ^[0-9]+$ ]] || die "STEAL_RETRIES takes a number (0: never again), got '$STEAL_RETRIES'"
 PAIRED_REPEATS=${PAIRED_REPEATS:-1}
 [[ $PAIRED_REPEATS =~ ^[1-9][0-9]*$ ]] ||
   die "PAIRED_REPEATS takes a positive number of runs, got '$PAIRED_REPEATS'"
@@ -308,14 +316,38 @@ measure_paired() {
   finish_churn "$mode" "$WORK/churn.paired.$load.$mode.t$turn.txt"
   # "requests N rate R p50 …", then "on requests N p50 P p90 P p99 P p999 P max P slices K
   # slice_p99_median P", "off …".
-  awk -v l="$load" -v m="$mode" -v w="$KEPT" -v steal="$(steal_percent "$machine0" "$machine1")" -v t="$turn" '
+  PAIRED_STEAL=$(steal_percent "$machine0" "$machine1") PAIRED_OUT=$out
+  PAIRED_LINE=$(awk -v l="$load" -v m="$mode" -v w="$KEPT" -v steal="$PAIRED_STEAL" -v t="$turn" '
     $1 == "requests" {rps = $4}
     $1 == "on" || $1 == "off" {n[$1] = $3; p50[$1] = $5; p99[$1] = $9; p999[$1] = $11; sp99[$1] = $17}
     END {
       print l, m, w, n["on"], n["off"], p50["on"], p50["off"], p99["on"], p99["off"], p999["on"], p999["off"], rps,
         sp99["on"], sp99["off"], steal, t
     }
-  ' "$out" >>"$PAIRED"
+  ' "$out")
+}
+
+# measure_paired's arguments, run again while the hypervisor takes more than STEAL_MAX % of
+# the machine, up to STEAL_RETRIES more times (as benches/compare.sh does), keeping the
+# attempt that lost the least: a turn that lost a fifth of the machine measures the host.
+PAIRED_RERUNS="$WORK/paired_reruns.txt" # load mode turn kept_steal% steal% of each attempt
+: >"$PAIRED_RERUNS"
+measure_paired_kept() {
+  local attempt best_line="" best_steal="" steals=""
+  for ((attempt = 0; attempt <= STEAL_RETRIES; attempt++)); do
+    measure_paired "$@"
+    steals+="${steals:+ }$PAIRED_STEAL"
+    if [[ -z $best_line ]] || awk -v a="$PAIRED_STEAL" -v b="$best_steal" 'BEGIN {exit !(a < b)}'; then
+      best_line=$PAIRED_LINE best_steal=$PAIRED_STEAL
+      cp "$PAIRED_OUT" "$PAIRED_OUT.kept"
+    fi
+    awk -v a="$PAIRED_STEAL" -v m="$STEAL_MAX" 'BEGIN {exit !(a > m)}' || break
+    ((attempt == STEAL_RETRIES)) ||
+      log "  the hypervisor took $PAIRED_STEAL % of the machine (STEAL_MAX=$STEAL_MAX): again"
+  done
+  mv "$PAIRED_OUT.kept" "$PAIRED_OUT"
+  echo "$best_line" >>"$PAIRED"
+  ((attempt == 0)) || echo "$1 $2 ${4:-1} $best_steal $steals" >>"$PAIRED_RERUNS"
 }
 
 if ((PAIRED_SECONDS > 0)); then
@@ -324,7 +356,7 @@ if ((PAIRED_SECONDS > 0)); then
     for ((turn = 1; turn <= PAIRED_REPEATS; turn++)); do
       # Rotating, so that no row always follows the same one.
       for ((i = 0; i < ${#PAIRED_MODES[@]}; i++)); do
-        measure_paired "$load" "${PAIRED_MODES[$(((i + turn - 1) % ${#PAIRED_MODES[@]}))]}" \
+        measure_paired_kept "$load" "${PAIRED_MODES[$(((i + turn - 1) % ${#PAIRED_MODES[@]}))]}" \
           "$FIXED_RATE" "$turn"
       done
     done
@@ -418,6 +450,15 @@ if ((PAIRED_SECONDS > 0)); then
     echo "| load | churn | turns | p99 ÷ mean (95 % interval) | p99 ÷ within 5 % | p99 ÷ by turn | median slice p99 ÷ mean (95 % interval) |"
     echo "|---|---|---:|---:|---:|---|---:|"
     paired_summary <"$PAIRED"
+  fi
+  if [[ -s $PAIRED_RERUNS ]]; then
+    echo
+    echo "Interleaved turns done again for steal (load, churn, turn: steal % of each attempt, kept):"
+    echo
+    awk '{
+      s = ""; for (i = 5; i <= NF; i++) s = s (i > 5 ? ", " : "") $i
+      printf "- %s, %s, turn %s: %s %%, kept %s %%\n", ($1 == "closed" ? "closed loop" : "fixed rate"), $2, $3, s, $4
+    }' "$PAIRED_RERUNS"
   fi
 fi
 echo

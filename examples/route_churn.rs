@@ -42,7 +42,8 @@
 //!   and U from `Router::build_stats`: the tables built meanwhile, how many of them whole,
 //!   and the mean time building one, on the serving thread for a one-app change). The end of
 //!   stdin stops the gateway. The route table then changes exactly as often as asked, and
-//!   ZooKeeper's CPU is not in the picture.
+//!   ZooKeeper's CPU is not in the picture; the thread sending the updates runs at nice 10,
+//!   as the gateway's store thread does.
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
@@ -260,6 +261,14 @@ fn serve(listen: SocketAddr, apps: usize, backend: SocketAddr, rate: f64) -> Res
         })
         .map_err(|e| format!("cannot start the gateway thread: {e}"))?;
     eprintln!("route_churn: serving {} apps on {bound}", apps + 1);
+    // The writer yields to serving, as the gateway's store thread does (nice 10, this thread's
+    // own; the gateway thread started above keeps the default): woken a hundred times a
+    // second, it would otherwise take the CPU from wrk, the backend or the gateway thread
+    // each time, and the row would count the writer's wake-ups as the table's cost.
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::setpriority_process(None, 10) {
+        eprintln!("route_churn: cannot lower the writer's priority: {e}");
+    }
     let controlled = control(&tx, &router, apps, backend, rate);
     drop(stop_tx);
     let served = match server.join() {
