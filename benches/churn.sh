@@ -100,10 +100,7 @@ else
   PAIRED_SECONDS=${PAIRED_SECONDS:-20}
 fi
 PHASE_MS=${PHASE_MS:-200}
-STEAL_MAX=${STEAL_MAX:-10}
-STEAL_RETRIES=${STEAL_RETRIES:-2}
-[[ $STEAL_MAX =~ ^[0-9]+([.][0-9]+)?$ ]] || die "STEAL_MAX takes a percentage, got '$STEAL_MAX'"
-[[ $STEAL_RETRIES =~ ^[0-9]+$ ]] || die "STEAL_RETRIES takes a number (0: never again), got '$STEAL_RETRIES'"
+steal_settings
 PAIRED_REPEATS=${PAIRED_REPEATS:-1}
 [[ $PAIRED_REPEATS =~ ^[1-9][0-9]*$ ]] ||
   die "PAIRED_REPEATS takes a positive number of runs, got '$PAIRED_REPEATS'"
@@ -316,8 +313,8 @@ measure_paired() {
   finish_churn "$mode" "$WORK/churn.paired.$load.$mode.t$turn.txt"
   # "requests N rate R p50 …", then "on requests N p50 P p90 P p99 P p999 P max P slices K
   # slice_p99_median P", "off …".
-  PAIRED_STEAL=$(steal_percent "$machine0" "$machine1") PAIRED_OUT=$out
-  PAIRED_LINE=$(awk -v l="$load" -v m="$mode" -v w="$KEPT" -v steal="$PAIRED_STEAL" -v t="$turn" '
+  ATTEMPT_STEAL=$(steal_percent "$machine0" "$machine1") PAIRED_OUT=$out
+  PAIRED_LINE=$(awk -v l="$load" -v m="$mode" -v w="$KEPT" -v steal="$ATTEMPT_STEAL" -v t="$turn" '
     $1 == "requests" {rps = $4}
     $1 == "on" || $1 == "off" {n[$1] = $3; p50[$1] = $5; p99[$1] = $9; p999[$1] = $11; sp99[$1] = $17}
     END {
@@ -327,27 +324,22 @@ measure_paired() {
   ' "$out")
 }
 
-# measure_paired's arguments, run again while the hypervisor takes more than STEAL_MAX % of
-# the machine, up to STEAL_RETRIES more times (as benches/compare.sh does), keeping the
-# attempt that lost the least: a turn that lost a fifth of the machine measures the host.
+# least_steal's keeper: the results line and open_loop output of the attempt measure_paired
+# just made.
+keep_attempt() {
+  KEPT_LINE=$PAIRED_LINE
+  cp "$PAIRED_OUT" "$PAIRED_OUT.kept"
+}
+
+# measure_paired's arguments, run again while the hypervisor took more than STEAL_MAX % of
+# the machine (as benches/compare.sh does), keeping the attempt that lost the least.
 PAIRED_RERUNS="$WORK/paired_reruns.txt" # load mode turn kept_steal% steal% of each attempt
 : >"$PAIRED_RERUNS"
 measure_paired_kept() {
-  local attempt best_line="" best_steal="" steals=""
-  for ((attempt = 0; attempt <= STEAL_RETRIES; attempt++)); do
-    measure_paired "$@"
-    steals+="${steals:+ }$PAIRED_STEAL"
-    if [[ -z $best_line ]] || awk -v a="$PAIRED_STEAL" -v b="$best_steal" 'BEGIN {exit !(a < b)}'; then
-      best_line=$PAIRED_LINE best_steal=$PAIRED_STEAL
-      cp "$PAIRED_OUT" "$PAIRED_OUT.kept"
-    fi
-    awk -v a="$PAIRED_STEAL" -v m="$STEAL_MAX" 'BEGIN {exit !(a > m)}' || break
-    ((attempt == STEAL_RETRIES)) ||
-      log "  the hypervisor took $PAIRED_STEAL % of the machine (STEAL_MAX=$STEAL_MAX): again"
-  done
+  least_steal measure_paired "$@"
+  ((ATTEMPTS == 1)) || echo "$1 $2 ${4:-1} $KEPT_STEAL $ATTEMPT_STEALS" >>"$PAIRED_RERUNS"
   mv "$PAIRED_OUT.kept" "$PAIRED_OUT"
-  echo "$best_line" >>"$PAIRED"
-  ((attempt == 0)) || echo "$1 $2 ${4:-1} $best_steal $steals" >>"$PAIRED_RERUNS"
+  echo "$KEPT_LINE" >>"$PAIRED"
 }
 
 if ((PAIRED_SECONDS > 0)); then

@@ -103,8 +103,7 @@ TLS_CONNS=${TLS_CONNS:-32}
 TLS_NEW_THREADS=${TLS_NEW_THREADS:-2}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 TASKSET=${TASKSET:-0}
-STEAL_MAX=${STEAL_MAX:-10}
-STEAL_RETRIES=${STEAL_RETRIES:-2}
+steal_settings
 PERF_STAT=${PERF_STAT:-0}
 GATEWAY_TOML=${GATEWAY_TOML:-}
 GATEWAY_B_TOML=${GATEWAY_B_TOML:-}
@@ -119,8 +118,6 @@ for other in $PAIR_WITH; do
     die "PAIR_WITH takes haproxy, nginx-proxy and (with GATEWAY_BIN_B) gateway-b, got '$other'"
 done
 
-[[ $STEAL_MAX =~ ^[0-9]+([.][0-9]+)?$ ]] || die "STEAL_MAX takes a percentage, got '$STEAL_MAX'"
-[[ $STEAL_RETRIES =~ ^[0-9]+$ ]] || die "STEAL_RETRIES takes a number (0: never again), got '$STEAL_RETRIES'"
 [[ $TLS_CONNS =~ ^[0-9]+$ ]] || die "TLS_CONNS takes a number (0: no HTTPS rows), got '$TLS_CONNS'"
 [[ $TLS_NEW_THREADS =~ ^[1-9][0-9]*$ ]] ||
   die "TLS_NEW_THREADS takes a number of wrk threads (1 or more), got '$TLS_NEW_THREADS'"
@@ -480,12 +477,21 @@ aim() {
     wrk_extra=(-t"$TLS_NEW_THREADS" -H "Connection: close")
   return 0
 }
+# least_steal's keeper: the results line, perf counts and wrk output of the attempt
+# measure_run just made, as KEPT_LINE, $WORK/perf.kept.txt and RUN_OUT.kept.
+keep_attempt() {
+  KEPT_LINE=$RUN_LINE
+  cp "$WORK/perf.attempt.txt" "$WORK/perf.kept.txt"
+  cp "$RUN_OUT" "$RUN_OUT.kept"
+}
+
 # One wrk run of $conns connections against $url, measuring process $server (the proxy, or the
 # backend for "direct") over it, and the backend and wrk: sets RUN_LINE to the results line
-# after "round size conns target" and RUN_STEAL to the share of the machine's CPU time the
+# after "round size conns target" and ATTEMPT_STEAL to the share of the machine's CPU time the
 # hypervisor took over the run (%); perf stat's counts, with PERF_STAT=1, go to
 # $WORK/perf.attempt.txt.
 measure_run() {
+  RUN_OUT=$1
   local out=$1 cpu_pid ticks0 ticks1 vol0 invol0 mig0 vol1 invol1 mig1 requests perf_pid
   local wrk_cpu cpu_us csw machine0 machine1 backend_pid backend0 backend1 peers
   cpu_pid=$(pid_of "$server")
@@ -533,8 +539,8 @@ measure_run() {
   peers=$(awk -v t=$((backend1 - backend0)) -v hz="$CLK_TCK" -v n="${requests:-0}" '{
       printf "%.2f %.2f", (n > 0 ? t / hz / n * 1e6 : 0), (n > 0 ? ($2 + $3) / n * 1e6 : 0)
     }' "$out.time")
-  RUN_STEAL=$(steal_percent "$machine0" "$machine1")
-  RUN_LINE="$(parse_wrk "$out") $cpu_us $csw $wrk_cpu $RUN_STEAL $peers $(idle_percent "$machine0" "$machine1")"
+  ATTEMPT_STEAL=$(steal_percent "$machine0" "$machine1")
+  RUN_LINE="$(parse_wrk "$out") $cpu_us $csw $wrk_cpu $ATTEMPT_STEAL $peers $(idle_percent "$machine0" "$machine1")"
 }
 
 RERUNS="$WORK/reruns.txt" # round size conns target kept_steal% steal% of each attempt
@@ -552,26 +558,13 @@ for ((round = 1; round <= ROUNDS; round++)); do
       aim "$size" "$target"
       out="$WORK/wrk.r$round.s$size.c$conns.$target.txt"
       log "[$n/$total] round $round, $size $(size_path "$size") c$conns, $target"
-      # A run that lost more than STEAL_MAX % of the machine to the hypervisor is run again,
-      # up to STEAL_RETRIES times; the attempt that lost the least is kept (every target
-      # alike: steal is the host's load, not the target's doing).
-      best_line="" best_steal="" steals=""
-      for ((attempt = 0; attempt <= STEAL_RETRIES; attempt++)); do
-        measure_run "$out"
-        steals+="${steals:+ }$RUN_STEAL"
-        if [[ -z $best_line ]] || awk -v a="$RUN_STEAL" -v b="$best_steal" 'BEGIN {exit !(a < b)}'; then
-          best_line=$RUN_LINE best_steal=$RUN_STEAL
-          cp "$WORK/perf.attempt.txt" "$WORK/perf.kept.txt"
-          cp "$out" "$out.kept"
-        fi
-        awk -v a="$RUN_STEAL" -v m="$STEAL_MAX" 'BEGIN {exit !(a > m)}' || break
-        ((attempt == STEAL_RETRIES)) ||
-          log "  the hypervisor took ${RUN_STEAL} % of the machine (STEAL_MAX=$STEAL_MAX): again"
-      done
+      # A run that lost more than STEAL_MAX % of the machine to the hypervisor is run again
+      # (every target alike: steal is the host's load, not the target's doing).
+      least_steal measure_run "$out"
+      ((ATTEMPTS == 1)) || echo "$round $size $conns $target $KEPT_STEAL $ATTEMPT_STEALS" >>"$RERUNS"
       mv "$out.kept" "$out"
       cat "$WORK/perf.kept.txt" >>"$WORK/perf.txt"
-      ((attempt == 0)) || echo "$round $size $conns $target $best_steal $steals" >>"$RERUNS"
-      echo "$round $size $conns $target $best_line" >>"$RESULTS"
+      echo "$round $size $conns $target $KEPT_LINE" >>"$RESULTS"
     done
   done
 done
