@@ -333,11 +333,11 @@ keep_attempt() {
 
 # measure_paired's arguments, run again while the hypervisor took more than STEAL_MAX % of
 # the machine (as benches/compare.sh does), keeping the attempt that lost the least.
-PAIRED_RERUNS="$WORK/paired_reruns.txt" # load mode turn kept_steal% steal% of each attempt
+PAIRED_RERUNS="$WORK/paired_reruns.txt" # note_reruns: the turns done again for steal
 : >"$PAIRED_RERUNS"
 measure_paired_kept() {
   least_steal measure_paired "$@"
-  ((ATTEMPTS == 1)) || echo "$1 $2 ${4:-1} $KEPT_STEAL $ATTEMPT_STEALS" >>"$PAIRED_RERUNS"
+  note_reruns "$([[ $1 == closed ]] && echo "closed loop" || echo "fixed rate"), $2, turn ${4:-1}" "$PAIRED_RERUNS"
   mv "$PAIRED_OUT.kept" "$PAIRED_OUT"
   echo "$KEPT_LINE" >>"$PAIRED"
 }
@@ -443,15 +443,7 @@ if ((PAIRED_SECONDS > 0)); then
     echo "|---|---|---:|---:|---:|---|---:|"
     paired_summary <"$PAIRED"
   fi
-  if [[ -s $PAIRED_RERUNS ]]; then
-    echo
-    echo "Interleaved turns done again for steal (load, churn, turn: steal % of each attempt, kept):"
-    echo
-    awk '{
-      s = ""; for (i = 5; i <= NF; i++) s = s (i > 5 ? ", " : "") $i
-      printf "- %s, %s, turn %s: %s %%, kept %s %%\n", ($1 == "closed" ? "closed loop" : "fixed rate"), $2, $3, s, $4
-    }' "$PAIRED_RERUNS"
-  fi
+  list_reruns "$PAIRED_RERUNS" "Interleaved turns done again for steal"
 fi
 echo
 echo "steal %: of the whole machine's CPU time over the run, the share the hypervisor gave to other guests while this machine's CPUs wanted to run (/proc/stat); a p99 from a run that lost much of the machine measures the host as much as the gateway."

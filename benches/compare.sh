@@ -543,7 +543,7 @@ measure_run() {
   RUN_LINE="$(parse_wrk "$out") $cpu_us $csw $wrk_cpu $ATTEMPT_STEAL $peers $(idle_percent "$machine0" "$machine1")"
 }
 
-RERUNS="$WORK/reruns.txt" # round size conns target kept_steal% steal% of each attempt
+RERUNS="$WORK/reruns.txt" # note_reruns: the runs done again for steal
 : >"$RERUNS"
 # `time` around each wrk prints wall, user and system seconds.
 TIMEFORMAT='%R %U %S'
@@ -561,7 +561,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
       # A run that lost more than STEAL_MAX % of the machine to the hypervisor is run again
       # (every target alike: steal is the host's load, not the target's doing).
       least_steal measure_run "$out"
-      ((ATTEMPTS == 1)) || echo "$round $size $conns $target $KEPT_STEAL $ATTEMPT_STEALS" >>"$RERUNS"
+      note_reruns "round $round, body $size, c$conns, $target" "$RERUNS"
       mv "$out.kept" "$out"
       cat "$WORK/perf.kept.txt" >>"$WORK/perf.txt"
       echo "$round $size $conns $target $KEPT_LINE" >>"$RESULTS"
@@ -790,15 +790,7 @@ echo "proxy, the backend and wrk each spent per request, the three summed, and t
 echo "machine's CPU time no task wanted (idle, /proc/stat). The three share the machine's CPUs,"
 echo "so a proxy can cost its peers CPU (or leave CPUs idle) by when it sends, not only by what"
 echo "it spends itself; the last column is the sum over HAProxy's."
-if [[ -s $RERUNS ]]; then
-  echo
-  echo "Runs done again for steal (round, body, conns, target: steal % of each attempt, kept):"
-  echo
-  awk '{
-    s = ""; for (i = 6; i <= NF; i++) s = s (i > 6 ? ", " : "") $i
-    printf "- round %s, body %s, c%s, %s: %s %%, kept %s %%\n", $1, $2, $3, $4, s, $5
-  }' "$RERUNS"
-fi
+list_reruns "$RERUNS" "Runs done again for steal"
 
 if [[ -s $PAIRED ]]; then
   echo

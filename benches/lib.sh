@@ -319,6 +319,22 @@ least_steal() {
   done
 }
 
+# After least_steal: when the measurement ran more than once, appends to file $2 a line
+# naming it ($1, tab-separated from what follows) with the kept and each attempt's steal.
+note_reruns() {
+  ((ATTEMPTS == 1)) || printf '%s\t%s\t%s\n' "$1" "$KEPT_STEAL" "$ATTEMPT_STEALS" >>"$2"
+}
+
+# The measurements note_reruns wrote to file $1, under the heading $2, one item each.
+list_reruns() {
+  [[ -s $1 ]] || return 0
+  printf '\n%s (steal %% of each attempt, kept):\n\n' "$2"
+  awk -F '\t' '{
+    n = split($3, a, " "); s = ""; for (i = 1; i <= n; i++) s = s (i > 1 ? ", " : "") a[i]
+    printf "- %s: %s %%, kept %s %%\n", $1, s, $2
+  }' "$1"
+}
+
 # Context switches and CPU migrations of a process and its descendants, every thread:
 # "VOLUNTARY INVOLUNTARY MIGRATIONS". Voluntary: the thread waited (for events, a lock);
 # involuntary: the scheduler preempted it to run another task on its CPU; migrations: the
