@@ -77,7 +77,8 @@
 #                         rows that tell two builds apart, with CHURN_LOAD=0)
 #   PHASE_MS=200          the interleaved runs' slice; the first tenth of each is left out
 #   PAIRED_REPEATS=1      times the interleaved rows run (more than 1: their means and
-#                         95 % intervals too; 8 puts a row's mean within about ±2 %)
+#                         95 % intervals too; 8 put a row's mean within about ±2 % on a
+#                         quiet host, 16 within ±5 % on a busy one)
 #   STEAL_MAX=10          an interleaved run during which the hypervisor took more than
 #   STEAL_RETRIES=2       this % of the machine (steal, /proc/stat) is run again, up to
 #                         STEAL_RETRIES more times, and the attempt with the least steal kept
