@@ -20,6 +20,9 @@
 set -euo pipefail
 
 START_TIMEOUT=30
+DAEMON_TAG=registry.sh DAEMON_WHAT=registry DAEMON_PID=registry.pid DAEMON_CONF=config.yml
+# shellcheck source=scripts/daemon.sh
+. "$(dirname "${BASH_SOURCE[0]}")/daemon.sh"
 
 die() { echo "registry.sh: $*" >&2; exit 1; }
 
@@ -34,14 +37,9 @@ http_code() {
   curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$@" "$url" 2>/dev/null || true
 }
 
-pid_of() {
-  local dir=$1 pid
-  [[ -f $dir/registry.pid ]] || return 1
-  pid=$(<"$dir/registry.pid")
-  [[ $pid =~ ^[0-9]+$ ]] || return 1
-  [[ -r /proc/$pid/cmdline ]] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$dir/config.yml" || return 1
-  echo "$pid"
+# answers_200 URL [curl args...]: whether URL answers 200.
+answers_200() {
+  [[ $(http_code "$@") == 200 ]]
 }
 
 cmd_start() {
@@ -80,7 +78,7 @@ cmd_start() {
   mkdir -p "$dir/data"
   dir=$(cd "$dir" && pwd)
   local pid
-  if pid=$(pid_of "$dir"); then
+  if pid=$(daemon_pid "$dir"); then
     die "already running in $dir (pid $pid)"
   fi
   local code
@@ -116,25 +114,9 @@ cmd_start() {
 
   nohup docker-registry serve "$dir/config.yml" >"$dir/registry.log" 2>&1 </dev/null &
   pid=$!
-  echo "$pid" >"$dir/registry.pid"
+  echo "$pid" >"$dir/$DAEMON_PID"
 
-  local deadline=$((SECONDS + START_TIMEOUT))
-  until [[ $(http_code "http://$addr/v2/" "${curl_auth[@]}") == 200 ]]; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      echo "registry.sh: docker-registry (pid $pid) exited; log tail:" >&2
-      tail -n 30 "$dir/registry.log" >&2 || true
-      rm -f "$dir/registry.pid"
-      exit 1
-    fi
-    if ((SECONDS >= deadline)); then
-      echo "registry.sh: no 200 from http://$addr/v2/ after ${START_TIMEOUT}s; log tail:" >&2
-      tail -n 30 "$dir/registry.log" >&2 || true
-      kill "$pid" 2>/dev/null || true
-      rm -f "$dir/registry.pid"
-      exit 1
-    fi
-    sleep 0.1
-  done
+  daemon_wait "$dir" "$pid" "$dir/registry.log" 30 "http://$addr/v2/" answers_200 "http://$addr/v2/" "${curl_auth[@]}"
   if [[ -n $creds ]]; then
     code=$(http_code "http://$addr/v2/")
     [[ $code == 401 ]] || die "auth registry on $addr answers $code without credentials (expected 401)"
@@ -144,25 +126,7 @@ cmd_start() {
 
 cmd_stop() {
   (($# == 1)) || { usage >&2; exit 2; }
-  local dir=$1 pid
-  [[ -d $dir ]] || { echo "registry.sh: no such dir $dir, nothing to stop"; return 0; }
-  dir=$(cd "$dir" && pwd)
-  if ! pid=$(pid_of "$dir"); then
-    rm -f "$dir/registry.pid"
-    echo "registry.sh: not running in $dir"
-    return 0
-  fi
-  kill "$pid" 2>/dev/null || true
-  local _
-  for _ in $(seq 1 100); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -9 "$pid" 2>/dev/null || true
-  fi
-  rm -f "$dir/registry.pid"
-  echo "registry.sh: stopped registry (pid $pid)"
+  daemon_stop "$1"
 }
 
 cmd_status() {

@@ -30,6 +30,9 @@ set -euo pipefail
 ZK_JARS=/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar:/usr/share/java/netty-codec.jar
 ZK_MAIN=org.apache.zookeeper.server.quorum.QuorumPeerMain
 START_TIMEOUT=30
+DAEMON_TAG=zk.sh DAEMON_WHAT=ZooKeeper DAEMON_PID=zk.pid DAEMON_CONF=zoo.cfg
+# shellcheck source=scripts/daemon.sh
+. "$(dirname "${BASH_SOURCE[0]}")/daemon.sh"
 
 die() { echo "zk.sh: $*" >&2; exit 1; }
 
@@ -49,17 +52,6 @@ serving() {
   [[ $out == *"Mode: standalone"* ]]
 }
 
-# pid_of DIR: print the pid from DIR/zk.pid if that process is still our ZooKeeper.
-pid_of() {
-  local dir=$1 pid
-  [[ -f $dir/zk.pid ]] || return 1
-  pid=$(<"$dir/zk.pid")
-  [[ $pid =~ ^[0-9]+$ ]] || return 1
-  [[ -r /proc/$pid/cmdline ]] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$dir/zoo.cfg" || return 1
-  echo "$pid"
-}
-
 cmd_start() {
   (($# == 2)) || { usage >&2; exit 2; }
   local dir=$1 port=$2
@@ -72,7 +64,7 @@ cmd_start() {
   mkdir -p "$dir/data"
   dir=$(cd "$dir" && pwd)
 
-  if pid=$(pid_of "$dir"); then
+  if pid=$(daemon_pid "$dir"); then
     die "already running in $dir (pid $pid)"
   fi
   if srvr "$port" >/dev/null || (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
@@ -95,49 +87,15 @@ CFG
   nohup java -Xmx256m -cp "$dir:$ZK_JARS" "$ZK_MAIN" "$dir/zoo.cfg" \
     >"$dir/zk.log" 2>&1 </dev/null &
   local pid=$!
-  echo "$pid" >"$dir/zk.pid"
+  echo "$pid" >"$dir/$DAEMON_PID"
 
-  local deadline=$((SECONDS + START_TIMEOUT))
-  until serving "$port"; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      echo "zk.sh: ZooKeeper (pid $pid) exited; log tail:" >&2
-      tail -n 40 "$dir/zk.log" >&2 || true
-      rm -f "$dir/zk.pid"
-      exit 1
-    fi
-    if ((SECONDS >= deadline)); then
-      echo "zk.sh: ZooKeeper not serving on 127.0.0.1:$port after ${START_TIMEOUT}s; log tail:" >&2
-      tail -n 40 "$dir/zk.log" >&2 || true
-      kill "$pid" 2>/dev/null || true
-      rm -f "$dir/zk.pid"
-      exit 1
-    fi
-    sleep 0.1
-  done
+  daemon_wait "$dir" "$pid" "$dir/zk.log" 40 "127.0.0.1:$port" serving "$port"
   echo "zk.sh: ZooKeeper serving on 127.0.0.1:$port (pid $pid, dir $dir)"
 }
 
 cmd_stop() {
   (($# == 1)) || { usage >&2; exit 2; }
-  local dir=$1 pid
-  [[ -d $dir ]] || { echo "zk.sh: no such dir $dir, nothing to stop"; return 0; }
-  dir=$(cd "$dir" && pwd)
-  if ! pid=$(pid_of "$dir"); then
-    rm -f "$dir/zk.pid"
-    echo "zk.sh: not running in $dir"
-    return 0
-  fi
-  kill "$pid" 2>/dev/null || true
-  local _
-  for _ in $(seq 1 100); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -9 "$pid" 2>/dev/null || true
-  fi
-  rm -f "$dir/zk.pid"
-  echo "zk.sh: stopped ZooKeeper (pid $pid)"
+  daemon_stop "$1"
 }
 
 cmd_status() {
