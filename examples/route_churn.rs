@@ -40,7 +40,7 @@
 //!   answers `churned N in S s = R/s, K not applied yet; built T tables, W whole, in U µs
 //!   each` (K: the updates the route table had not taken a moment later, 0 normally; T, W
 //!   and U from `Router::build_stats`: the tables built meanwhile, how many of them whole,
-//!   and the mean time building one, on the serving thread for a one-app change). The end of
+//!   and the mean time building one, on the library's routes thread). The end of
 //!   stdin stops the gateway. The route table then changes exactly as often as asked, and
 //!   ZooKeeper's CPU is not in the picture; the thread sending the updates runs at nice 10,
 //!   as the gateway's store thread does.
@@ -216,7 +216,7 @@ fn churned_app(n: u64, apps: usize) -> String {
 }
 
 /// `route_churn serve`: the gateway on a one-thread runtime (as `examples/gateway` with
-/// `workers = 1`; the library applies one-app updates on that thread, whole builds off it), the
+/// `workers = 1`; the library applies the updates on its routes thread, not that one), the
 /// control loop on this one.
 fn serve(listen: SocketAddr, apps: usize, backend: SocketAddr, rate: f64) -> Result<(), String> {
     if !(rate > 0.0 && rate.is_finite()) || apps == 0 {
@@ -336,7 +336,7 @@ fn control(
             std::thread::sleep(Duration::from_millis(1));
         }
         let behind = (generation + n).saturating_sub(router.load().generation());
-        // What the updates cost the library to build (one-app changes on the serving thread).
+        // What the updates cost the library to build (on its routes thread).
         let now = router.build_stats();
         let tables = now.updates - built.updates;
         let build_us = (now.build_time - built.build_time).as_secs_f64() * 1e6;

@@ -100,6 +100,7 @@ mod h1;
 mod headers;
 mod proxy;
 mod redirect;
+mod routes;
 pub mod server;
 pub mod stats;
 pub mod tls;

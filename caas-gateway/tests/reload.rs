@@ -218,3 +218,92 @@ async fn config_file_changes_are_routed_and_a_broken_file_keeps_the_last_routes(
         "last good routes kept"
     );
 }
+
+/// Discovery updates are applied on the gateway's routes thread, never on a serving one: a
+/// discovery stuck in its work (a slow decode, a large rebuild) holds up no request, even on
+/// a one-thread runtime, and what it sends when it gets going is routed.
+#[tokio::test]
+async fn a_stuck_discovery_holds_up_no_request_on_a_one_thread_runtime() {
+    use caas_core::{Discovery, Update};
+    use caas_gateway::Gateway;
+    use std::sync::mpsc;
+
+    struct Stuck {
+        first: Option<Update>,
+        then: Option<Update>,
+        holding: tokio::sync::mpsc::UnboundedSender<Option<String>>,
+        release: mpsc::Receiver<()>,
+        timed_out: Arc<AtomicBool>,
+    }
+    impl Discovery for Stuck {
+        async fn next(&mut self) -> Option<Update> {
+            if let Some(u) = self.first.take() {
+                return Some(u);
+            }
+            let update = self.then.take()?;
+            let thread = std::thread::current().name().map(str::to_owned);
+            let _ = self.holding.send(thread);
+            // Blocks whichever thread polls the discovery until the test lets go. On the
+            // serving thread it would block every request: then it gives up, and the test
+            // fails on that rather than hanging.
+            if self.release.recv_timeout(Duration::from_secs(5)).is_err() {
+                self.timed_out.store(true, SeqCst);
+            }
+            Some(update)
+        }
+    }
+
+    let up = Upstream::start("up").await;
+    let (holding, mut held) = tokio::sync::mpsc::unbounded_channel();
+    let (release, released) = mpsc::channel();
+    let timed_out = Arc::new(AtomicBool::new(false));
+    let stuck = Stuck {
+        first: Some(Update::Reset(snapshot(vec![(
+            "a",
+            app(&[("v1", &[up.addr])]),
+        )]))),
+        then: Some(Update::Reset(snapshot(vec![
+            ("a", app(&[("v1", &[up.addr])])),
+            ("b", app(&[("v1", &[up.addr])])),
+        ]))),
+        holding,
+        release: released,
+        timed_out: Arc::clone(&timed_out),
+    };
+    let gateway = Gateway::builder(Gw::config())
+        .discovery(stuck)
+        .build()
+        .unwrap();
+    let (addr, stop, serving) = serve(&gateway, "127.0.0.1:0").await;
+
+    // The discovery has applied its first update and is stuck on the second.
+    let thread = held.recv().await.unwrap();
+    assert_eq!(thread.as_deref(), Some("caas-routes"));
+    assert_eq!(gateway.router().load().generation(), 1);
+    let c = client();
+    let url = format!("http://{addr}/");
+    let (s, h, _) = send(&c, get(&url, "a.caas.local")).await;
+    assert!(
+        !timed_out.load(SeqCst),
+        "the stuck discovery held up the request"
+    );
+    assert_eq!((s.as_u16(), h["x-upstream"].to_str().unwrap()), (200, "up"));
+    let (s, _, _) = send(&c, get(&url, "b.caas.local")).await;
+    assert_eq!(s, 404, "not routed before the discovery sends it");
+
+    // Let go: the update it was holding is routed.
+    release.send(()).unwrap();
+    for _ in 0..500 {
+        if gateway.router().load().generation() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (s, h, _) = send(&c, get(&url, "b.caas.local")).await;
+    assert_eq!((s.as_u16(), h["x-upstream"].to_str().unwrap()), (200, "up"));
+    assert!(!timed_out.load(SeqCst));
+
+    // Shutting down stops the routes thread with the discovery in it.
+    stop.send(()).unwrap();
+    serving.await.unwrap();
+}

@@ -275,17 +275,7 @@ impl Gw {
             .hyper_http1(hyper_http1)
             .build()
             .unwrap();
-        let listener = TcpListener::bind(bind).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        let gw = gateway.clone();
-        let task = tokio::spawn(async move {
-            gw.serve(listener, async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-        });
+        let (addr, tx, task) = serve(&gateway, bind).await;
         let me = Self {
             addr,
             routes,
@@ -353,6 +343,26 @@ pub async fn send(
         parts.headers,
         String::from_utf8_lossy(&body).into_owned(),
     )
+}
+
+/// Serves `gateway` on a listener bound to `bind` in a task of its own: the address, the
+/// sender that stops it, and the task (it panics if serving fails).
+pub async fn serve(
+    gateway: &Gateway,
+    bind: &str,
+) -> (SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind(bind).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let gw = gateway.clone();
+    let task = tokio::spawn(async move {
+        gw.serve(listener, async {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap();
+    });
+    (addr, tx, task)
 }
 
 /// Resident set size of this process in bytes.
