@@ -240,12 +240,15 @@ impl ControllerHandle {
         self.stats.snapshot()
     }
 
-    /// Stops the controller and waits for it (a commit in flight completes first).
-    pub async fn shutdown(mut self) {
+    /// Stops the controller and waits for it (a commit in flight completes first), then
+    /// gives its final counters. [`Self::stats`] taken while it runs may lag the store: a
+    /// commit is counted when its reply is handled, which can be after others read it.
+    pub async fn shutdown(mut self) -> ControllerStatsSnapshot {
         self.shutdown.send_replace(true);
         if let Some(task) = self.task.take() {
             join(task).await;
         }
+        self.stats.snapshot()
     }
 
     /// Kills the controller task where it is, as a crash would, and waits until it is gone:

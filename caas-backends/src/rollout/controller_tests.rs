@@ -248,9 +248,7 @@ async fn two_controllers_run_an_update_each_move_committed_once() {
     let (a, b) = (controller(&s, "a"), controller(&s, "b"));
     let (ha, hb) = (a.clone().spawn(), b.clone().spawn());
     let done = until_phase(&s, Phase::is_terminal).await;
-    let (sa, sb) = (ha.stats(), hb.stats());
-    ha.shutdown().await;
-    hb.shutdown().await;
+    let (sa, sb) = (ha.shutdown().await, hb.shutdown().await);
     scheds.abort();
 
     assert_eq!(
@@ -404,12 +402,11 @@ async fn a_controller_stopped_mid_update_is_taken_over() {
     let second = controller(&s, "second");
     let h = second.clone().spawn();
     let end = until_phase(&s, Phase::is_terminal).await;
+    let stats = h.shutdown().await;
     assert!(
-        h.stats().commits >= 2,
-        "the second controller finished it: {:?}",
-        h.stats()
+        stats.commits >= 2,
+        "the second controller finished it: {stats:?}"
     );
-    h.shutdown().await;
     scheds.abort();
     assert_eq!(end.outcome, Some(Outcome::Succeeded));
 }
