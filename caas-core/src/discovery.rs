@@ -30,6 +30,14 @@ pub trait Discovery: Send + 'static {
     /// Waits for the next update; `None` once the source has ended for good (the gateway
     /// then keeps serving the last table).
     fn next(&mut self) -> impl Future<Output = Option<Update>> + Send;
+
+    /// Whether this source's updates are rare and waiting for the next one costs next to
+    /// nothing (a file checked once a second), so that a consumer may follow it on its
+    /// serving threads rather than give it a thread of its own. The gateway then still
+    /// applies each update on a blocking-pool thread. `false` unless a source says so.
+    fn updates_rarely(&self) -> bool {
+        false
+    }
 }
 
 impl Discovery for mpsc::Receiver<Update> {

@@ -6,14 +6,14 @@
 //! operator editing a file expects. A file that fails to parse keeps the last good routes and
 //! logs the error with the file, the key and why.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use caas_core::{Discovery, Update};
+use caas_core::{Discovery, Snapshot, Update};
 
-use crate::config::FileConfig;
+use crate::config::{ConfigError, FileConfig};
 
 /// Routes from the `[apps]` of a config file, hot-reloaded.
 #[derive(Debug)]
@@ -65,13 +65,19 @@ impl FileDiscovery {
 impl Discovery for FileDiscovery {
     async fn next(&mut self) -> Option<Update> {
         loop {
-            match tokio::fs::read_to_string(&self.path).await {
-                Ok(text) if self.last_text.as_deref() != Some(text.as_str()) => {
-                    let parsed = FileConfig::parse(&text, &self.path);
+            let path = self.path.clone();
+            let had_text = self.last_text.is_some();
+            let last = self.last_text.take();
+            // Read, compared and parsed on a blocking-pool thread: the gateway waits for a
+            // file's updates on its serving runtime (see `updates_rarely`), and a config of
+            // many apps takes milliseconds to parse.
+            let checked = tokio::task::spawn_blocking(move || check(&path, last)).await;
+            match checked {
+                Ok(Checked::Same(text)) => self.last_text = Some(text),
+                Ok(Checked::Changed(text, parsed)) => {
                     self.last_text = Some(text);
                     match parsed {
-                        Ok(cfg) => {
-                            let snapshot = cfg.snapshot();
+                        Ok(snapshot) => {
                             tracing::info!(
                                 path = %self.path.display(),
                                 apps = snapshot.apps.len(),
@@ -87,9 +93,9 @@ impl Discovery for FileDiscovery {
                         }
                     }
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    if self.last_text.take().is_some() || !self.loaded_once {
+                Ok(Checked::Unreadable(e)) => {
+                    // Reported once per outage (and at start); the next good read is new.
+                    if had_text || !self.loaded_once {
                         self.stats.0[1].fetch_add(1, Relaxed);
                         tracing::error!(
                             path = %self.path.display(),
@@ -98,8 +104,41 @@ impl Discovery for FileDiscovery {
                         self.loaded_once = true;
                     }
                 }
+                Err(e) => {
+                    // The check panicked (a bug) or the runtime is going away: try again.
+                    self.stats.0[1].fetch_add(1, Relaxed);
+                    tracing::error!(
+                        path = %self.path.display(),
+                        "config check failed: {e}; keeping the last good routes"
+                    );
+                }
             }
             tokio::time::sleep(self.interval).await;
         }
+    }
+
+    /// A file checked once a second: nothing to give a thread of its own.
+    fn updates_rarely(&self) -> bool {
+        true
+    }
+}
+
+/// What one look at the file found.
+enum Checked {
+    /// The content last looked at, unchanged.
+    Same(String),
+    /// New content, and the routes it gives (or why it gives none).
+    Changed(String, Result<Snapshot, ConfigError>),
+    Unreadable(std::io::Error),
+}
+
+fn check(path: &Path, last: Option<String>) -> Checked {
+    match std::fs::read_to_string(path) {
+        Ok(text) if last.as_deref() == Some(text.as_str()) => Checked::Same(text),
+        Ok(text) => {
+            let parsed = FileConfig::parse(&text, path).map(|cfg| cfg.snapshot());
+            Checked::Changed(text, parsed)
+        }
+        Err(e) => Checked::Unreadable(e),
     }
 }

@@ -14,6 +14,13 @@
 //!
 //! A discovery's own background tasks (a store client's session, watches and decoding) run
 //! where they were spawned: create the discovery on the runtime that should carry them.
+//!
+//! A discovery that [updates rarely](Discovery::updates_rarely) (a config file checked once
+//! a second) gets no thread: the serving runtime waits for its updates, and each is applied
+//! on a blocking-pool thread. A file-configured one-worker gateway is then one thread for
+//! all but the moments a check or an update runs, and Linux takes no reference on a
+//! socket's file in the system calls of a process whose file table no other thread shares
+//! (a second thread, even an idle one, costs the serving thread that on every call).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -28,20 +35,47 @@ use crate::server::apply_update;
 /// discovery ends.
 pub(crate) type DiscoveryTask = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// `discovery`'s updates applied to `router`, in order, each as it arrives.
-pub(crate) fn follow(mut discovery: impl Discovery, router: Arc<Router>) -> DiscoveryTask {
-    Box::pin(async move {
-        while let Some(update) = discovery.next().await {
-            // Blocks this thread while it runs (milliseconds for a whole table of many
-            // apps), never a serving one.
-            apply_update(&router, update);
-        }
-        tracing::warn!("discovery ended; serving the last route table");
-    })
+/// A discovery ready to follow: the task that applies its updates, and where it runs.
+pub(crate) struct Following {
+    task: DiscoveryTask,
+    /// On the routes thread; else on the serving runtime, applying on the blocking pool.
+    own_thread: bool,
 }
 
-/// The running discovery: on its thread, or, when no thread could be started, as a task on
-/// the serving runtime.
+/// `discovery`'s updates applied to `router`, in order, each as it arrives.
+pub(crate) fn follow(mut discovery: impl Discovery, router: Arc<Router>) -> Following {
+    if discovery.updates_rarely() {
+        return Following {
+            task: Box::pin(async move {
+                while let Some(update) = discovery.next().await {
+                    let router = Arc::clone(&router);
+                    // Awaited before the next update: the order holds.
+                    let applied =
+                        tokio::task::spawn_blocking(move || apply_update(&router, update)).await;
+                    if let Err(e) = applied {
+                        tracing::error!("a route update failed to apply: {e}");
+                    }
+                }
+                tracing::warn!("discovery ended; serving the last route table");
+            }),
+            own_thread: false,
+        };
+    }
+    Following {
+        task: Box::pin(async move {
+            while let Some(update) = discovery.next().await {
+                // Blocks this thread while it runs (milliseconds for a whole table of many
+                // apps), never a serving one.
+                apply_update(&router, update);
+            }
+            tracing::warn!("discovery ended; serving the last route table");
+        }),
+        own_thread: true,
+    }
+}
+
+/// The running discovery: on its thread, or as a task on the serving runtime (one that
+/// updates rarely, or any when no thread could be started).
 pub(crate) enum Routes {
     Thread {
         stop: oneshot::Sender<()>,
@@ -51,8 +85,12 @@ pub(crate) enum Routes {
 }
 
 impl Routes {
-    /// Starts `task` on the routes thread.
-    pub(crate) fn start(task: DiscoveryTask) -> Self {
+    /// Starts following: on the routes thread unless the discovery updates rarely.
+    pub(crate) fn start(following: Following) -> Self {
+        let Following { task, own_thread } = following;
+        if !own_thread {
+            return Self::Task(tokio::spawn(task));
+        }
         let rt = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -30,7 +30,7 @@ use crate::config::{GatewayConfig, Limits};
 use crate::conn::{ConnInfo, Conns, Shared, Timeouts, Verdict};
 use crate::error::GatewayError;
 use crate::proxy::serve_request;
-use crate::routes::{self, DiscoveryTask, Routes};
+use crate::routes::{self, Following, Routes};
 use crate::stats::GatewayStats;
 use crate::upstream::UpstreamPool;
 
@@ -38,7 +38,7 @@ use crate::upstream::UpstreamPool;
 #[derive(Clone)]
 pub struct Gateway {
     pub(crate) shared: Arc<Shared>,
-    discovery: Arc<Mutex<Option<DiscoveryTask>>>,
+    discovery: Arc<Mutex<Option<Following>>>,
     /// A listener's loop runs the upstream reaper (one for all listeners).
     reaping: Arc<AtomicBool>,
 }
@@ -56,7 +56,7 @@ pub struct GatewayBuilder {
     config: GatewayConfig,
     hyper_http1: bool,
     router: Option<Arc<Router>>,
-    discovery: Option<DiscoveryTask>,
+    discovery: Option<Following>,
 }
 
 impl std::fmt::Debug for GatewayBuilder {
@@ -71,8 +71,11 @@ impl GatewayBuilder {
     /// Where routes come from; updates are applied to the router as they arrive, on a thread
     /// of the gateway's own ("caas-routes", at nice 10 on Linux), never on a serving thread:
     /// a change to one app in a table of 100,000 takes tens of microseconds, a whole rebuild
-    /// milliseconds, and requests in flight wait for neither. The discovery's own background
-    /// tasks, if it has any, run where it spawned them.
+    /// milliseconds, and requests in flight wait for neither. A discovery that
+    /// [updates rarely](Discovery::updates_rarely), such as [`FileDiscovery`](crate::FileDiscovery),
+    /// is waited on by the serving runtime instead, and each of its updates applied on a
+    /// blocking-pool thread. The discovery's own background tasks, if it has any, run where
+    /// it spawned them.
     pub fn discovery(mut self, discovery: impl Discovery) -> Self {
         let router = Arc::clone(self.router_ref());
         self.discovery = Some(routes::follow(discovery, router));

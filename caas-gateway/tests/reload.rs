@@ -307,3 +307,119 @@ async fn a_stuck_discovery_holds_up_no_request_on_a_one_thread_runtime() {
     stop.send(()).unwrap();
     serving.await.unwrap();
 }
+
+/// A config file is waited on by the serving runtime (no thread of its own), and read,
+/// parsed and applied off it: a read that hangs (here the path made a FIFO that nobody
+/// writes, as a dead network mount would) holds up no request on a one-thread runtime, and
+/// what the read returns when it gets going is routed.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_config_read_that_hangs_holds_up_no_request_on_a_one_thread_runtime() {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    let config = |addr: std::net::SocketAddr, note: &str| {
+        format!(
+            "# {note}\ndomains = [\"caas.local\"]\n[apps.f]\ndefault_version = \"v1\"\n[apps.f.versions.v1]\nendpoints = [\"{addr}\"]\n"
+        )
+    };
+    std::fs::write(&path, config(a.addr, "first")).unwrap();
+    let file = caas_gateway::FileDiscovery::new(&path, Duration::from_millis(20));
+    let reloads = file.stats();
+    let gateway = caas_gateway::Gateway::builder(Gw::config())
+        .discovery(file)
+        .build()
+        .unwrap();
+    let (addr, stop, serving) = serve(&gateway, "127.0.0.1:0").await;
+    let c = client();
+    let url = format!("http://{addr}/");
+    let upstream = |c: &hyper_util::client::legacy::Client<_, TestBody>| {
+        let (c, url) = (c.clone(), url.clone());
+        async move {
+            // On the serving thread a hung read would hang this request: fail instead.
+            let (s, h, _) =
+                tokio::time::timeout(Duration::from_secs(10), send(&c, get(&url, "f.caas.local")))
+                    .await
+                    .expect("a request hung behind the config read");
+            (
+                s.as_u16(),
+                h.get("x-upstream").map(|v| v.to_str().unwrap().to_owned()),
+            )
+        }
+    };
+    for _ in 0..500 {
+        if reloads.applied() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(upstream(&c).await, (200, Some("a".to_owned())));
+
+    // The path becomes a FIFO (kept under a second name too, to let the read go later).
+    let fifo = dir.path().join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let held = dir.path().join("held");
+    std::fs::hard_link(&fifo, &held).unwrap();
+    std::fs::rename(&fifo, &path).unwrap();
+    // Opening a FIFO to write without blocking works once a reader waits on it: the
+    // discovery's next look is stuck there.
+    let open_writer = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&held)
+    };
+    let mut writer = None;
+    for _ in 0..500 {
+        if let Ok(w) = open_writer() {
+            writer = Some(w);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut writer = writer.expect("the discovery never read the FIFO");
+    for _ in 0..20 {
+        assert_eq!(upstream(&c).await, (200, Some("a".to_owned())));
+    }
+    assert_eq!((reloads.applied(), reloads.rejected()), (1, 0));
+
+    // The read gets its content: routed.
+    writer
+        .write_all(config(b.addr, "through the FIFO").as_bytes())
+        .unwrap();
+    drop(writer);
+    for _ in 0..500 {
+        if reloads.applied() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(upstream(&c).await, (200, Some("b".to_owned())));
+
+    // A plain file again; any look still waiting on the FIFO is let go with the same
+    // content, so that the runtime's blocking pool can stop.
+    let plain = dir.path().join("plain");
+    let last = config(b.addr, "plain again");
+    std::fs::write(&plain, &last).unwrap();
+    std::fs::rename(&plain, &path).unwrap();
+    for _ in 0..500 {
+        if reloads.applied() == 3 {
+            break;
+        }
+        if let Ok(mut w) = open_writer() {
+            let _ = w.write_all(last.as_bytes());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!((reloads.applied(), reloads.rejected()), (3, 0));
+    assert_eq!(upstream(&c).await, (200, Some("b".to_owned())));
+    stop.send(()).unwrap();
+    serving.await.unwrap();
+}

@@ -15,8 +15,8 @@ use std::time::Duration;
 use caas_backends::store::EtcdConfig;
 use caas_backends::zk::gateways::validate_gateway_id;
 use caas_backends::zk::{GatewayInfo, ValueCipher, ZkConfig, ZkTlsConfig};
-use caas_core::{Router, Static};
-use caas_gateway::{FileConfig, FileDiscovery, Gateway, TlsAcceptor};
+use caas_core::{Router, Update};
+use caas_gateway::{FileConfig, FileDiscovery, Gateway, TlsAcceptor, apply_update};
 use clap::{ArgGroup, Parser};
 use etcd_tls::EtcdTlsArgs;
 use store::{Announced, Source, StoreStart, StoreThread, default_gateway_id};
@@ -314,8 +314,6 @@ async fn run(args: Args, config: FileConfig, path: Option<PathBuf>) -> Result<()
         }
     }
     let builder = Gateway::builder(config.gateway_config());
-    // Held for the life of the server: dropping it would end the built-in routes' stream.
-    let routes = Static::new(config.snapshot());
     let source = args.source()?;
     let reload_every = Duration::from_millis(args.reload_interval_ms);
     let mut store_thread = None;
@@ -356,7 +354,12 @@ async fn run(args: Args, config: FileConfig, path: Option<PathBuf>) -> Result<()
             builder.router(router)
         }
         (None, Some(p)) => builder.discovery(FileDiscovery::new(p.clone(), reload_every)),
-        (None, None) => builder.discovery(routes.subscribe()),
+        // The built-in routes never change: built once, with nothing to follow.
+        (None, None) => {
+            let router = Arc::new(Router::new(config.domains.clone()));
+            apply_update(&router, Update::Reset(config.snapshot()));
+            builder.router(router)
+        }
     };
     let gateway = builder.build().map_err(|e| e.to_string())?;
     if let Some(admin) = config.admin_listen {
