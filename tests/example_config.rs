@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use caas::core::{Domain, RouteTable};
 use caas::gateway::FileConfig;
+use support::examples::free_port;
 
 #[test]
 fn shipped_example_config_parses_and_routes() {
@@ -33,14 +34,6 @@ fn shipped_example_config_parses_and_routes() {
             "{host}"
         );
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The status code the gateway at `port` answers a GET for `host` with.

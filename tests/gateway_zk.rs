@@ -28,6 +28,7 @@ mod support {
     pub(crate) mod tls;
     pub(crate) mod upstream;
 }
+use support::examples::free_port;
 use support::tls::{Ca, der, presented};
 use support::upstream::upstream;
 
@@ -418,14 +419,6 @@ async fn a_corrupt_snapshot_is_a_warning_and_zookeeper_still_feeds_the_gateway()
         PersistedDiscovery::load(&file).is_ok()
     })
     .await;
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The example gateway binary, its stderr in a file; killed if still running when dropped.

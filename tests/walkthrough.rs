@@ -15,7 +15,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
@@ -28,6 +28,7 @@ use caas_backends::testing::docker::{docker_or_skip, registry, workspace_root};
 mod support {
     pub(crate) mod examples;
 }
+use support::examples::free_port;
 
 const BEGIN: &str = "<!-- walkthrough:begin -->";
 const END: &str = "<!-- walkthrough:end -->";
@@ -70,14 +71,6 @@ struct Env {
     admin: u16,
     api: u16,
     logs: u16,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The README command as this test runs it; `None`: not run here (and why).

@@ -360,11 +360,7 @@ async fn a_config_read_that_hangs_holds_up_no_request_on_a_one_thread_runtime() 
 
     // The path becomes a FIFO (kept under a second name too, to let the read go later).
     let fifo = dir.path().join("fifo");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap();
-    assert!(made.success());
+    mkfifo(&fifo);
     let held = dir.path().join("held");
     std::fs::hard_link(&fifo, &held).unwrap();
     std::fs::rename(&fifo, &path).unwrap();

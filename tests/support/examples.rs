@@ -54,3 +54,13 @@ pub(crate) fn examples_dir() -> PathBuf {
         })
         .clone()
 }
+
+/// A loopback port free when asked, for an example binary to listen on.
+#[allow(dead_code)] // not every test that runs an example gives it a port
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("a free loopback port")
+        .local_addr()
+        .expect("the port's address")
+        .port()
+}

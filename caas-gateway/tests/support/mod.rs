@@ -385,3 +385,13 @@ pub async fn dead_addr() -> SocketAddr {
 pub fn full_body(s: impl Into<Bytes>) -> TestBody {
     full(s)
 }
+
+/// Makes a named pipe at `path` (`mkfifo`): a file whose reads wait for a writer, as a dead
+/// network mount's would.
+pub fn mkfifo(path: &std::path::Path) {
+    let made = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("cannot run mkfifo");
+    assert!(made.success(), "mkfifo {} failed", path.display());
+}
