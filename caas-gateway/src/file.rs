@@ -66,8 +66,8 @@ impl Discovery for FileDiscovery {
     async fn next(&mut self) -> Option<Update> {
         loop {
             let path = self.path.clone();
-            let had_text = self.last_text.is_some();
             let last = self.last_text.take();
+            let had_text = last.is_some();
             // Read, compared and parsed on a blocking-pool thread: the gateway waits for a
             // file's updates on its serving runtime (see `updates_rarely`), and a config of
             // many apps takes milliseconds to parse.

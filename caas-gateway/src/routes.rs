@@ -44,34 +44,26 @@ pub(crate) struct Following {
 
 /// `discovery`'s updates applied to `router`, in order, each as it arrives.
 pub(crate) fn follow(mut discovery: impl Discovery, router: Arc<Router>) -> Following {
-    if discovery.updates_rarely() {
-        return Following {
-            task: Box::pin(async move {
-                while let Some(update) = discovery.next().await {
-                    let router = Arc::clone(&router);
-                    // Awaited before the next update: the order holds.
-                    let applied =
-                        tokio::task::spawn_blocking(move || apply_update(&router, update)).await;
-                    if let Err(e) = applied {
-                        tracing::error!("a route update failed to apply: {e}");
-                    }
-                }
-                tracing::warn!("discovery ended; serving the last route table");
-            }),
-            own_thread: false,
-        };
-    }
-    Following {
-        task: Box::pin(async move {
-            while let Some(update) = discovery.next().await {
+    let own_thread = !discovery.updates_rarely();
+    let task: DiscoveryTask = Box::pin(async move {
+        while let Some(update) = discovery.next().await {
+            if own_thread {
                 // Blocks this thread while it runs (milliseconds for a whole table of many
                 // apps), never a serving one.
                 apply_update(&router, update);
+                continue;
             }
-            tracing::warn!("discovery ended; serving the last route table");
-        }),
-        own_thread: true,
-    }
+            // Polled on the serving runtime: applied on the blocking pool, and awaited
+            // before the next update, so the order holds.
+            let router = Arc::clone(&router);
+            let applied = tokio::task::spawn_blocking(move || apply_update(&router, update)).await;
+            if let Err(e) = applied {
+                tracing::error!("a route update failed to apply: {e}");
+            }
+        }
+        tracing::warn!("discovery ended; serving the last route table");
+    });
+    Following { task, own_thread }
 }
 
 /// The running discovery: on its thread, or as a task on the serving runtime (one that

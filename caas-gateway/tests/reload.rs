@@ -308,6 +308,16 @@ async fn a_stuck_discovery_holds_up_no_request_on_a_one_thread_runtime() {
     serving.await.unwrap();
 }
 
+/// Waits (up to 5 s) until `reloads` has applied `n` versions of the file.
+async fn applied(reloads: &caas_gateway::ReloadStats, n: u64) {
+    for _ in 0..500 {
+        if reloads.applied() >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A config file is waited on by the serving runtime (no thread of its own), and read,
 /// parsed and applied off it: a read that hangs (here the path made a FIFO that nobody
 /// writes, as a dead network mount would) holds up no request on a one-thread runtime, and
@@ -350,12 +360,7 @@ async fn a_config_read_that_hangs_holds_up_no_request_on_a_one_thread_runtime() 
             )
         }
     };
-    for _ in 0..500 {
-        if reloads.applied() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    applied(&reloads, 1).await;
     assert_eq!(upstream(&c).await, (200, Some("a".to_owned())));
 
     // The path becomes a FIFO (kept under a second name too, to let the read go later).
@@ -391,12 +396,7 @@ async fn a_config_read_that_hangs_holds_up_no_request_on_a_one_thread_runtime() 
         .write_all(config(b.addr, "through the FIFO").as_bytes())
         .unwrap();
     drop(writer);
-    for _ in 0..500 {
-        if reloads.applied() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    applied(&reloads, 2).await;
     assert_eq!(upstream(&c).await, (200, Some("b".to_owned())));
 
     // A plain file again; any look still waiting on the FIFO is let go with the same
