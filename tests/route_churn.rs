@@ -388,9 +388,10 @@ fn churn_writes_its_off_slices_under_the_other_root() {
             .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
             .unwrap_or_else(|| panic!("no count of the off slices' writes in {out:?}"));
         assert!(out.contains("under /off in the \"off\" slices"), "{out}");
-        // 1.2 s at 200/s (fewer if ZooKeeper is slow on a busy machine: the split is what
-        // is checked, not the rate).
-        assert!((60..=250).contains(&all), "{all} writes: {out}");
+        // 1.2 s at 200/s. The split is what is checked, not the rate: a slow machine or a
+        // slow ZooKeeper keeps far fewer (53 were seen on a host running at half its
+        // speed), and 20 writes over the run's 30 slices still fall on both halves.
+        assert!((20..=250).contains(&all), "{all} writes: {out}");
         // 30 slices dealt at random: each half gets some of them, and the "off" slices no
         // longer rest.
         assert!(
