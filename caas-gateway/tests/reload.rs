@@ -308,7 +308,8 @@ async fn a_stuck_discovery_holds_up_no_request_on_a_one_thread_runtime() {
     serving.await.unwrap();
 }
 
-/// Waits (up to 5 s) until `reloads` has applied `n` versions of the file.
+/// Waits (up to 5 s) until `reloads` has applied `n` versions of the file; panics, with
+/// the counts, if it never does.
 async fn applied(reloads: &caas_gateway::ReloadStats, n: u64) {
     for _ in 0..500 {
         if reloads.applied() >= n {
@@ -316,6 +317,11 @@ async fn applied(reloads: &caas_gateway::ReloadStats, n: u64) {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    panic!(
+        "version {n} of the file was never applied in 5 s ({} applied, {} rejected)",
+        reloads.applied(),
+        reloads.rejected()
+    );
 }
 
 /// A config file is waited on by the serving runtime (no thread of its own), and read,
