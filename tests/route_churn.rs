@@ -144,6 +144,9 @@ fn serve(apps: usize, rate: u32, backend: SocketAddr) -> Served {
 /// built T tables, W whole, in U µs each".
 struct Churned {
     sent: u64,
+    /// The seconds it churned in, and the rate it kept in them.
+    secs: f64,
+    rate: f64,
     behind: u64,
     tables: u64,
     whole: u64,
@@ -161,6 +164,8 @@ fn churned(answer: &str) -> Churned {
     };
     Churned {
         sent: words[1].parse().unwrap(),
+        secs: words[at("in") + 1].parse().unwrap(),
+        rate: words[at("=") + 1].trim_end_matches("/s,").parse().unwrap(),
         behind: words[at("not") - 1].parse().unwrap(),
         tables: words[at("built") + 1].parse().unwrap(),
         whole: words[at("whole,") - 1].parse().unwrap(),
@@ -212,20 +217,10 @@ fn serves_every_app_and_applies_every_update_while_it_routes() {
     let c = churned(&answer);
     // How many slices of a 2 s window are "on" is the deal's (32 of 40 were seen), so the
     // count follows the churning seconds it reports: fewer than the whole window's.
-    let secs: f64 = answer.split_whitespace().nth(3).unwrap().parse().unwrap();
-    assert!(c.sent > 0 && secs > 0.0 && secs < 2.0, "{answer}");
+    assert!(c.sent > 0 && c.secs > 0.0 && c.secs < 2.0, "{answer}");
     assert_eq!(c.behind, 0, "{answer}");
     assert_eq!(c.tables, c.sent, "{answer}");
-    let rate: f64 = answer
-        .split(" = ")
-        .nth(1)
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!((80.0..=130.0).contains(&rate), "{answer}");
+    assert!((80.0..=130.0).contains(&c.rate), "{answer}");
 
     // A command it does not know ends it with an error; the end of its input, cleanly.
     let mut bad = serve(10, 100, backend);
