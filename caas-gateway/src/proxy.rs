@@ -329,6 +329,18 @@ fn proxy<'a>(
             may_resend: !upgrade && !has_body && is_idempotent(&parts.method),
         };
         let fwd = forward(shared, &target, app, ep, request).await?;
+        let status = fwd.head.parts.status;
+        if status == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_none() {
+            // A protocol switch nobody asked for: the upstream broke the protocol, as with
+            // a head that does not parse. Neither a success nor a response of the app's.
+            if fwd.ep.record_failure() >= EJECT_AFTER_FAILURES {
+                eject(shared, &fwd.ep);
+            }
+            return Err(ProxyError::Upstream {
+                addr: fwd.conn.addr(),
+                reason: "101 Switching Protocols to a request that asked for no upgrade".into(),
+            });
+        }
         fwd.ep.record_success();
         if let Some(l) = &mut log
             && l.endpoint != Some(fwd.ep.endpoint().addr)
@@ -341,19 +353,14 @@ fn proxy<'a>(
             framing,
             keep_alive,
         } = fwd.head;
-        let status = resp.status;
         let latency = started.elapsed();
         app.stats.record_response(status.as_u16(), latency);
         fwd.ep.stats.record_response(status.as_u16(), latency);
 
-        if status == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) =
+            client_upgrade.filter(|_| status == StatusCode::SWITCHING_PROTOCOLS)
+        {
             let addr = fwd.conn.addr();
-            let Some(client_upgrade) = client_upgrade else {
-                return Err(ProxyError::Upstream {
-                    addr,
-                    reason: "101 Switching Protocols to a request that asked for no upgrade".into(),
-                });
-            };
             shared.stats.upgrades.fetch_add(1, Relaxed);
             tokio::spawn(tunnel(client_upgrade, fwd.conn, addr));
             return Ok(Response::from_parts(resp, ProxyBody::empty()));
@@ -392,8 +399,9 @@ struct Forwarded {
 }
 
 /// Sends the request until an upstream answers with a response head: a failed connect is
-/// retried on another endpoint, a pooled connection found closed is replaced, and a
-/// bodyless idempotent request reset before any answer is resent once on another endpoint.
+/// retried on another endpoint, a pooled connection found closed is replaced (after the
+/// request's head went out on it, only for an idempotent request), and a bodyless
+/// idempotent request reset before any answer is resent once on another endpoint.
 /// Each retry goes through the same authority and filters as the first try.
 #[expect(
     clippy::manual_async_fn,
@@ -420,6 +428,7 @@ fn forward<'a>(
                 send_after_batch(&shared.stats).await;
                 let res = exchange.response_head(shared.timeouts.response).await;
                 let complete = exchange.request_complete();
+                let unsent = exchange.head_unsent();
                 req.body = exchange.take_body();
                 match res {
                     Ok(head) => {
@@ -434,9 +443,15 @@ fn forward<'a>(
                             in_flight,
                         });
                     }
-                    Err(ExchangeError::Closed(_)) if reused => {
-                        // A pooled connection the upstream had closed: nothing of the request
-                        // was consumed, so it goes again as it is on a fresh connection.
+                    // A pooled connection the upstream had closed: nothing of the request was
+                    // consumed, so it can go again as it is on a fresh connection. Once its
+                    // head went out, though, the upstream may have acted on it before closing
+                    // (a crash mid-request looks the same as a keep-alive timeout racing the
+                    // request): then only an idempotent request goes again (RFC 9110 §9.2.2),
+                    // and a POST is answered 502 rather than run twice.
+                    Err(ExchangeError::Closed(_))
+                        if reused && (unsent || is_idempotent(req.method)) =>
+                    {
                         upstream = Box::pin(UpstreamConn::connect(addr, shared.timeouts.connect))
                             .await
                             .map_err(|e| connect_failed(shared, &ep, e))?;

@@ -282,6 +282,78 @@ async fn keep_alive_connections_the_upstream_closes_are_replaced_without_errors(
 }
 
 #[tokio::test]
+async fn a_request_the_upstream_may_have_acted_on_goes_again_only_if_idempotent() {
+    // Every connection answers its first request and closes on its second without a word,
+    // after reading that request's head: the upstream may have acted on it.
+    let posts = Arc::new(AtomicUsize::new(0));
+    let seen = posts.clone();
+    let up = Scripted::start(move |_, req, head| {
+        if head.starts_with("POST ") {
+            seen.fetch_add(1, SeqCst);
+        }
+        match req {
+            0 => reply("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+            _ => Act::Close,
+        }
+    })
+    .await;
+    let gw = gateway_for(&up).await;
+    let c = client();
+    let host = "wire.caas.local";
+    let (s, _, body) = send(&c, get(&gw.url("/"), host)).await;
+    assert_eq!((s.as_u16(), body.as_str()), (200, "ok"));
+    // A GET on the pooled connection meets the close and goes again on a fresh one.
+    let (s, _, body) = send(&c, get(&gw.url("/"), host)).await;
+    assert_eq!((s.as_u16(), body.as_str()), (200, "ok"));
+    assert_eq!(up.connections(), 2);
+    // A bodyless POST on the pooled connection meets it too: not run a second time.
+    let post = hyper::Request::post(gw.url("/charge"))
+        .header("host", host)
+        .header("content-length", "0")
+        .body(full_body(Bytes::new()))
+        .unwrap();
+    let (s, _, body) = send(&c, post).await;
+    assert_eq!(s.as_u16(), 502, "{body}");
+    assert_eq!(posts.load(SeqCst), 1, "the POST reached the upstream twice");
+    assert_eq!(up.connections(), 2);
+}
+
+#[tokio::test]
+async fn a_protocol_switch_nobody_asked_for_is_the_upstream_s_failure() {
+    let up = Scripted::start(|_, _, _| {
+        Act::ReplyClose(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n"
+                .to_vec(),
+        )
+    })
+    .await;
+    let gw = gateway_for(&up).await;
+    let c = client();
+    for _ in 0..3 {
+        let (s, _, body) = send(&c, get(&gw.url("/"), "wire.caas.local")).await;
+        assert_eq!(s.as_u16(), 502, "{body}");
+    }
+    assert_eq!(gw.gateway.stats().errors("upstream_reset"), 3);
+    let table = gw.gateway.router().current();
+    let app = table.apps().find(|a| a.id().as_str() == "wire").unwrap();
+    let counted = app.state().stats.snapshot();
+    assert_eq!(
+        (counted.requests, counted.status[0], counted.status[4]),
+        (3, 0, 3),
+        "one 502 a request, no 101: {counted:?}"
+    );
+    for v in app.versions() {
+        for ep in v.pool().endpoints() {
+            assert!(
+                !ep.is_available(),
+                "three failures in a row eject {}",
+                ep.endpoint().addr
+            );
+        }
+    }
+}
+
+#[tokio::test]
 async fn request_and_response_bodies_stream_both_ways_at_once() {
     // The upstream echoes each request chunk as it arrives; the client sends the next chunk
     // only after the previous one came back. This completes only if the gateway reads the

@@ -158,7 +158,8 @@ where
 #[derive(Debug)]
 pub(crate) enum ExchangeError<E> {
     /// The upstream closed the connection before any byte of a response arrived and nothing
-    /// of the request body was consumed: the request can be sent again as it is.
+    /// of the request body was consumed: the request can be sent again as it is, though the
+    /// upstream may have acted on it if its head went out ([`Exchange::head_unsent`]).
     Closed(String),
     /// The upstream failed: reset, closed mid-head, or answered something that is not HTTP.
     Upstream(String),
@@ -307,6 +308,12 @@ where
     /// The request body's sender, with whatever it has not sent yet.
     pub(crate) fn take_body(&mut self) -> Option<BodySender<B>> {
         self.body.take()
+    }
+
+    /// Whether no byte of the request reached the connection: the upstream cannot have seen
+    /// any of it.
+    pub(crate) fn head_unsent(&self) -> bool {
+        self.written == 0
     }
 
     /// Whether the whole request went out.
