@@ -155,7 +155,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {
         let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() != before {
-            self.info.on_read();
+            self.info.on_read(self.under_hyper);
         }
         res
     }

@@ -58,6 +58,10 @@ impl Default for Limits {
     }
 }
 
+/// The largest `max_headers` accepted: the HTTP/1.1 parser's backstop is twice the limit,
+/// and a header map holds at most 24,576 fields.
+const MAX_HEADERS: usize = 10_000;
+
 impl Limits {
     /// Checks that the values can work together.
     pub fn validate(&self) -> Result<(), String> {
@@ -66,6 +70,9 @@ impl Limits {
         }
         if self.max_headers == 0 {
             return Err("limits.max_headers: must be at least 1".into());
+        }
+        if self.max_headers > MAX_HEADERS {
+            return Err(format!("limits.max_headers: must be at most {MAX_HEADERS}"));
         }
         for (name, v) in [
             ("header_read_timeout_ms", self.header_read_timeout_ms),
@@ -371,6 +378,15 @@ endpoints = ["127.0.0.1:9003"]
             .unwrap_err()
             .to_string();
         assert!(err.contains("limits.idle_timeout_ms"), "{err}");
+
+        let bad = format!("{EXAMPLE}\n[limits]\nmax_headers = 20000\n");
+        let err = FileConfig::parse(&bad, Path::new("gw.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("limits.max_headers: must be at most 10000"),
+            "{err}"
+        );
 
         let bad = format!("busy_poll_us = 20000\n{EXAMPLE}");
         let err = FileConfig::parse(&bad, Path::new("gw.toml"))

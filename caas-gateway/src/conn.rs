@@ -154,10 +154,22 @@ impl ConnInfo {
         if self.tls { &HTTPS } else { &HTTP }
     }
 
-    /// Called after each read that brought bytes from the client.
-    pub(crate) fn on_read(&self) {
+    /// Called after each read that brought bytes from the client. `starts_head`: a read with
+    /// no request open starts the request-head timer (under hyper's server, which gives no
+    /// other sign of a head begun; the gateway's own HTTP/1 server says when with
+    /// [`head_started`](Self::head_started), since its reads between requests may be the
+    /// rest of a request body).
+    pub(crate) fn on_read(&self, starts_head: bool) {
         self.activity.fetch_add(1, Relaxed);
-        if self.open.load(Relaxed) == 0 && self.head_since.load(Relaxed) == 0 {
+        if starts_head && self.open.load(Relaxed) == 0 {
+            self.head_started();
+        }
+    }
+
+    /// Bytes of a request head are in: the head timer runs, if it does not already, until
+    /// the head is complete ([`request_started`](Self::request_started)).
+    pub(crate) fn head_started(&self) {
+        if self.head_since.load(Relaxed) == 0 {
             self.head_since.store(now_ms(), Relaxed);
         }
     }

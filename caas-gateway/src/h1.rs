@@ -26,7 +26,13 @@ pub(crate) enum RequestFraming {
 }
 
 /// Writes the request head: origin-form target, HTTP/1.1, the fields `write_fields` writes
-/// (see [`write_field`]) and, for a body of unknown length, `Transfer-Encoding: chunked`.
+/// (see [`write_field`]; never `Content-Length`), then the framing: the request's
+/// `Content-Length`, or `Transfer-Encoding: chunked` for a body of unknown length.
+///
+/// The length goes in here, beside the decision it frames, rather than with the other
+/// fields: nothing a client sends (a `Connection` field that names `Content-Length`, say)
+/// can then leave a body on the wire that the head does not announce, which the upstream
+/// would read as the start of another request.
 pub(crate) fn encode_request_head(
     parts: &request::Parts,
     has_body: bool,
@@ -46,9 +52,18 @@ pub(crate) fn encode_request_head(
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     write_fields(out);
+    let length = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| parse_decimal(v.as_bytes()));
+    if let Some(n) = length {
+        out.extend_from_slice(b"content-length: ");
+        write_decimal(out, n);
+        out.extend_from_slice(b"\r\n");
+    }
     let framing = if !has_body {
         RequestFraming::Empty
-    } else if parts.headers.contains_key(CONTENT_LENGTH) {
+    } else if length.is_some() {
         RequestFraming::Length
     } else {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
@@ -56,6 +71,29 @@ pub(crate) fn encode_request_head(
     };
     out.extend_from_slice(b"\r\n");
     framing
+}
+
+/// A `Content-Length` value as the request parsers accept it: ASCII digits only, at most 19.
+fn parse_decimal(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// Writes `n` in decimal.
+pub(crate) fn write_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// Writes one `name: value` field line.
@@ -375,10 +413,13 @@ impl Chunked {
                             Ok(ChunkStep::NeedMore)
                         };
                     };
+                    if eol > MAX_CHUNK_LINE {
+                        return Err(ChunkError("chunk-size line too long"));
+                    }
                     if strict && (eol == 0 || buf[eol - 1] != b'\r') {
                         return Err(ChunkError("chunk-size line without CRLF"));
                     }
-                    let size = parse_chunk_size(&buf[..eol])?;
+                    let size = parse_chunk_size(&buf[..eol], strict)?;
                     buf.advance(eol + 1);
                     *self = if size == 0 {
                         Self::Trailers
@@ -432,6 +473,11 @@ impl Chunked {
                     }
                     let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
                     match httparse::parse_headers(buf, &mut fields) {
+                        Ok(httparse::Status::Complete((len, _)))
+                            if strict && bare_lf(&buf[..len]) =>
+                        {
+                            return Err(ChunkError("trailer section without CRLF"));
+                        }
                         Ok(httparse::Status::Complete((len, fields))) => {
                             let mut trailers = HeaderMap::with_capacity(fields.len());
                             for f in fields {
@@ -458,13 +504,37 @@ impl Chunked {
     }
 }
 
-/// `1a2b[;ext...][\r]` → 0x1a2b.
-fn parse_chunk_size(line: &[u8]) -> Result<u64, ChunkError> {
+/// Whether a line in `bytes` ends with a bare LF (no CR before it).
+fn bare_lf(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || bytes[i - 1] != b'\r'))
+}
+
+/// `1a2b[;ext...][\r]` → 0x1a2b. `strict` (a client's body): after the size only
+/// whitespace before a `;` and its extensions, which hold no control character; upstreams
+/// are read leniently, whatever follows the size.
+fn parse_chunk_size(line: &[u8], strict: bool) -> Result<u64, ChunkError> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let digits = line
+    let end = line
         .iter()
         .position(|&b| b == b';' || b == b' ' || b == b'\t')
-        .map_or(line, |end| &line[..end]);
+        .unwrap_or(line.len());
+    let (digits, rest) = line.split_at(end);
+    if strict && !rest.is_empty() {
+        let blank = rest
+            .iter()
+            .take_while(|&&b| b == b' ' || b == b'\t')
+            .count();
+        let ext = &rest[blank..];
+        if !ext.starts_with(b";") {
+            return Err(ChunkError("invalid chunk size"));
+        }
+        if ext.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            return Err(ChunkError("a control character in a chunk extension"));
+        }
+    }
     if digits.is_empty() || digits.len() > 16 {
         return Err(ChunkError("invalid chunk size"));
     }
@@ -496,7 +566,9 @@ mod tests {
         let mut out = Vec::new();
         let framing = encode_request_head(&parts, has_body, &mut out, |out| {
             for (k, v) in &parts.headers {
-                write_field(out, k.as_str().as_bytes(), v.as_bytes());
+                if k != CONTENT_LENGTH {
+                    write_field(out, k.as_str().as_bytes(), v.as_bytes());
+                }
             }
         });
         (String::from_utf8(out).unwrap(), framing)
@@ -701,15 +773,20 @@ mod tests {
         );
     }
 
-    fn decode_all(
+    fn decode_all(input: &[u8], piece: usize) -> Result<(Vec<u8>, Option<HeaderMap>), ChunkError> {
+        decode_with(input, piece, false)
+    }
+
+    fn decode_with(
         mut input: &[u8],
         piece: usize,
+        strict: bool,
     ) -> Result<(Vec<u8>, Option<HeaderMap>), ChunkError> {
         let mut state = Chunked::Size;
         let mut buf = BytesMut::new();
         let mut body = Vec::new();
         loop {
-            match state.step(&mut buf)? {
+            match state.step_with(&mut buf, strict)? {
                 ChunkStep::Data(d) => body.extend_from_slice(&d),
                 ChunkStep::End(t) => return Ok((body, t)),
                 ChunkStep::NeedMore => {
@@ -785,5 +862,42 @@ mod tests {
         assert!(decode_all(b"11111111111111111\r\n", 64).is_err());
         let long = format!("1;{}\r\n", "e".repeat(MAX_CHUNK_LINE + 1));
         assert!(decode_all(long.as_bytes(), 64).is_err());
+        // Too long also when the whole line arrives in one read.
+        let long = format!("1;{}\r\nx\r\n0\r\n\r\n", "e".repeat(MAX_CHUNK_LINE + 1));
+        assert!(decode_all(long.as_bytes(), long.len()).is_err());
+    }
+
+    /// A client's chunked body leaves no two parsers room to disagree on where it ends:
+    /// nothing after a chunk size but extensions, no control bytes in them, CRLF on every
+    /// line of the trailer section too.
+    #[test]
+    fn strict_chunked_framing_refuses_what_lenient_reading_lets_pass() {
+        let ok = b"5 ;a=1\r\nhello\r\n1;b=\"x y\"\r\n!\r\n0\r\nX-Sum: 1\r\n\r\n";
+        for piece in [1, 3, 64] {
+            let (body, trailers) = decode_with(ok, piece, true).unwrap();
+            assert_eq!(body, b"hello!");
+            assert_eq!(trailers.unwrap()["x-sum"], "1");
+        }
+        for (what, wire) in [
+            ("text after the size", &b"5 xyz\r\nhello\r\n0\r\n\r\n"[..]),
+            (
+                "a tab and text after the size",
+                b"5\tjunk\r\nhello\r\n0\r\n\r\n",
+            ),
+            ("a bare CR in an extension", b"5;a\rb\r\nhello\r\n0\r\n\r\n"),
+            ("a NUL in an extension", b"5;a\0\r\nhello\r\n0\r\n\r\n"),
+            ("a bare LF ending the trailers", b"0\r\nX: 1\n\n"),
+            ("a bare LF inside the trailers", b"0\r\nX: 1\nY: 2\r\n\r\n"),
+        ] {
+            for piece in [1, 64] {
+                assert!(
+                    decode_with(wire, piece, true).is_err(),
+                    "{what}, reads of {piece}"
+                );
+            }
+            // Read from an upstream, the same bytes go through (the gateway re-frames
+            // them for the client).
+            assert!(decode_with(wire, 64, false).is_ok(), "{what}, leniently");
+        }
     }
 }

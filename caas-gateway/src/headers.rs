@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use caas_core::IpNet;
-use http::header::{CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, UPGRADE};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderMap, HeaderName, HeaderValue, UPGRADE};
 use http::uri::Authority as UriAuthority;
 use http::{Request, Version, request};
 
@@ -238,7 +238,8 @@ pub(crate) fn forwarded_https(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNe
 /// (the request's own header map is not touched): `Host` is the request's [`Authority`],
 /// hop-by-hop fields dropped (RFC 9110 §7.6.1, with those `Connection` names),
 /// `X-Forwarded-For` appended to, `X-Forwarded-Proto` set, `X-Forwarded-Host` the authority.
-/// For a protocol upgrade, `Upgrade` is kept and `Connection: upgrade` sent.
+/// For a protocol upgrade, `Upgrade` is kept and `Connection: upgrade` sent. `Content-Length`
+/// is not written here: [`h1::encode_request_head`] writes it with the body's framing.
 pub(crate) fn write_upstream_fields(
     parts: &request::Parts,
     authority: &Authority,
@@ -268,7 +269,9 @@ pub(crate) fn write_upstream_fields(
             prior_xff = true;
             continue;
         }
+        // Content-Length is the framing's, written beside it (`h1::encode_request_head`).
         if *name == HOST
+            || *name == CONTENT_LENGTH
             || *name == X_FORWARDED_PROTO
             || *name == X_FORWARDED_HOST
             || listed.iter().any(|t| t.eq_ignore_ascii_case(n))
@@ -342,6 +345,31 @@ mod tests {
              x-forwarded-for: 10.0.0.1\r\nx-forwarded-proto: http\r\n\
              x-forwarded-host: a.caas.local\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn a_connection_field_cannot_take_the_length_out_of_a_body_s_head() {
+        // Were Content-Length dropped as a name the Connection field lists, the body would
+        // follow a head that announces none, and the upstream would read it as a request.
+        let (parts, ()) = req(&[
+            ("host", "a.caas.local"),
+            ("connection", "content-length, keep-alive"),
+            ("content-length", "44"),
+        ])
+        .into_parts();
+        let authority = Authority::of(&parts).unwrap();
+        let (ip, proto) = (
+            HeaderValue::from_static("10.0.0.1"),
+            HeaderValue::from_static("http"),
+        );
+        let mut out = Vec::new();
+        let framing = h1::encode_request_head(&parts, true, &mut out, |out| {
+            write_upstream_fields(&parts, &authority, &ip, &proto, false, out);
+        });
+        let head = String::from_utf8(out).unwrap();
+        assert_eq!(framing, h1::RequestFraming::Length);
+        assert!(head.ends_with("\r\ncontent-length: 44\r\n\r\n"), "{head}");
+        assert_eq!(head.matches("content-length").count(), 1, "{head}");
     }
 
     #[test]

@@ -470,6 +470,69 @@ async fn a_retry_keeps_the_authority_and_the_upstream_sees_it_as_host() {
 }
 
 #[tokio::test]
+async fn an_answer_before_the_body_says_it_closes_and_reaches_a_client_still_uploading() {
+    // No route: the gateway answers without reading the 4 MiB body, so the connection
+    // cannot carry another request. The response says so, and closing does not reset the
+    // connection under a client that is still sending (it would destroy the response).
+    let gw = Gw::start_with(snapshot(vec![]), strict()).await;
+    let len = 4 << 20;
+    let s = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut r, mut w) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let head = format!(
+            "POST /upload HTTP/1.1\r\nHost: nobody.caas.local\r\nContent-Length: {len}\r\n\r\n"
+        );
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut sent = 0;
+        let mut write = w.write_all(head.as_bytes()).await;
+        while write.is_ok() && sent < len {
+            write = w.write_all(&chunk).await;
+            sent += chunk.len();
+        }
+        w
+    });
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), r.read_to_end(&mut got)).await;
+    let got = String::from_utf8_lossy(&got);
+    assert!(matches!(read, Ok(Ok(_))), "{read:?} after {got:?}");
+    assert!(got.starts_with("HTTP/1.1 404 "), "{got}");
+    assert!(got.contains("\r\nconnection: close\r\n"), "{got}");
+    let body = got.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    assert!(
+        body.contains("\"unknown_host\"") && body.ends_with('}'),
+        "{got}"
+    );
+    drop(writer.await.unwrap());
+}
+
+#[tokio::test]
+async fn a_content_length_named_by_connection_still_frames_the_body_upstream() {
+    // Connection names fields that end at this hop; Content-Length is not one the gateway
+    // may drop while it forwards the body by that length: the upstream would take the
+    // body for a second request, one the gateway never routed or filtered.
+    let up = Upstream::start("a").await;
+    let gw = Gw::start_with(snapshot(vec![("a", app(&[("v1", &[up.addr])]))]), strict()).await;
+    let body = "GET /smuggled HTTP/1.1\r\nHost: a.caas.local\r\n\r\n";
+    let request = format!(
+        "POST /upload HTTP/1.1\r\nHost: a.caas.local\r\nConnection: content-length, close\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let got = raw(gw.addr, request.as_bytes(), false, Duration::from_secs(5)).await;
+    assert_eq!(status_of(&got), Some(200), "{got}");
+    assert!(
+        got.ends_with(&format!("\r\n\r\n{}", body.len())),
+        "the upstream read: {got}"
+    );
+    assert_eq!(got.matches("HTTP/1.1 ").count(), 1, "{got}");
+    assert_eq!(
+        up.requests.load(SeqCst),
+        1,
+        "the body reached the upstream as a request"
+    );
+}
+
+#[tokio::test]
 async fn smuggling_attempts_are_refused_and_end_the_connection() {
     let up = Upstream::start("a").await;
     let gw = Gw::start_with(snapshot(vec![("a", app(&[("v1", &[up.addr])]))]), strict()).await;
@@ -510,6 +573,21 @@ async fn smuggling_attempts_are_refused_and_end_the_connection() {
         (
             "a chunk-size line ended by a bare LF",
             format!("{post}Transfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n"),
+            false,
+        ),
+        (
+            "a transfer coding the gateway does not decode",
+            format!("{post}Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"),
+            true,
+        ),
+        (
+            "text after a chunk size",
+            format!("{post}Transfer-Encoding: chunked\r\n\r\n5 xyz\r\nhello\r\n0\r\n\r\n"),
+            false,
+        ),
+        (
+            "a trailer section ended by bare LFs",
+            format!("{post}Transfer-Encoding: chunked\r\n\r\n0\r\nX: 1\n\n"),
             false,
         ),
         (

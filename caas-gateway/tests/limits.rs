@@ -182,6 +182,51 @@ async fn idle_keepalive_connection_is_closed_but_a_waiting_request_is_not() {
 }
 
 #[tokio::test]
+async fn the_rest_of_a_body_read_after_its_answer_starts_no_head_timer() {
+    // No route: the answer goes out before the 20,000-byte body is read, and the rest of
+    // the body is read after it. The connection then waits for its next request as any
+    // keep-alive connection does, up to the idle timeout, not the head timeout.
+    let up = Upstream::start("a").await;
+    let gw = Gw::start_with(
+        snapshot(vec![("a", app(&[("v1", &[up.addr])]))]),
+        Limits {
+            header_read_timeout_ms: 300,
+            idle_timeout_ms: 5_000,
+            ..limits()
+        },
+    )
+    .await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let mut post =
+        b"POST / HTTP/1.1\r\nHost: nobody.caas.local\r\nContent-Length: 20000\r\n\r\n".to_vec();
+    post.resize(post.len() + 20_000, b'x');
+    s.write_all(&post).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let got = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(got.starts_with("HTTP/1.1 404"), "{got}");
+    assert!(!got.contains("connection: close"), "{got}");
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a.caas.local\r\n\r\n")
+        .await
+        .unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{} (head timeouts {})",
+        String::from_utf8_lossy(&buf[..n]),
+        gw.gateway.stats().header_timeouts.load(SeqCst),
+    );
+    assert_eq!(gw.gateway.stats().header_timeouts.load(SeqCst), 0);
+}
+
+#[tokio::test]
 async fn keep_alive_wait_is_not_a_slow_head_but_a_silent_new_connection_is() {
     let up = Upstream::start("a").await;
     let gw = Gw::start_with(

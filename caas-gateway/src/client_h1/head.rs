@@ -141,7 +141,11 @@ pub(crate) fn parse_request_head(
     let mut length: Option<u64> = None;
     let mut te = false;
     let mut te_chunked = false;
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut te_codings = 0usize;
+    // `http`'s map holds at most 24,576 fields: a head with more is refused, whatever the
+    // configured limit (`with_capacity` would panic).
+    let mut headers =
+        HeaderMap::try_with_capacity(spans.len()).map_err(|_| HeadError::TOO_LARGE)?;
     for (n0, n1, v0, v1) in spans {
         let name = HeaderName::from_bytes(&head[n0..n1]).map_err(|_| HeadError::INVALID)?;
         let value =
@@ -155,6 +159,7 @@ pub(crate) fn parse_request_head(
                 }
                 te = true;
                 te_chunked = last_token_is(&value, b"chunked");
+                te_codings += tokens(&value).count();
             }
             header::CONTENT_LENGTH => {
                 let n = parse_length(value.as_bytes())
@@ -190,6 +195,13 @@ pub(crate) fn parse_request_head(
                 "Transfer-Encoding does not end with chunked",
             ));
         }
+        if te_codings > 1 {
+            // The gateway decodes chunked only: forwarded as chunked, a body sent gzip-coded
+            // would reach the upstream as if it were the content itself.
+            return Err(HeadError::malformed(
+                "a transfer coding other than chunked, which the gateway does not decode",
+            ));
+        }
         if length.is_some() {
             // Two framings: whichever one a peer picked, the other could smuggle a request.
             return Err(HeadError::malformed(
@@ -219,6 +231,13 @@ pub(crate) fn parse_request_head(
         keep_alive,
         upgrade,
     }))
+}
+
+/// Writes `content-length: n`.
+fn length_line(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(b"content-length: ");
+    crate::h1::write_decimal(out, n);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// A `Content-Length` value: digits only.
@@ -353,11 +372,10 @@ pub(crate) fn encode_response_head(
                 }
                 match body {
                     BodyLength::Known(n) => {
-                        let Some(first) = values.iter().next() else {
-                            continue;
-                        };
+                        // The length the body will have, as a number: an upstream's
+                        // `5, 5` (accepted as 5) goes out as `5`.
                         encoder = Encoder::Length(n);
-                        line(out, b"content-length", first.as_bytes());
+                        length_line(out, n);
                     }
                     BodyLength::Unknown => {
                         let mut len = None;
@@ -371,8 +389,7 @@ pub(crate) fn encode_response_head(
                         }
                         let Some(n) = len else { continue };
                         encoder = Encoder::Length(n);
-                        let first = values.iter().next().map_or(&b""[..], |v| v.as_bytes());
-                        line(out, b"content-length", first);
+                        length_line(out, n);
                     }
                     BodyLength::None => {
                         if *req.method != Method::HEAD {
@@ -450,7 +467,7 @@ pub(crate) fn encode_response_head(
             }
             BodyLength::Known(n) => {
                 if can_have_length(req.method, status) {
-                    line(out, b"content-length", n.to_string().as_bytes());
+                    length_line(out, n);
                     Encoder::Length(n)
                 } else {
                     Encoder::Length(0)
@@ -565,7 +582,7 @@ mod tests {
         assert_eq!(dups, ["1", "3"]);
         assert_eq!(h.parts.headers.get_all("content-length").iter().count(), 1);
 
-        let h = parse(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
+        let h = parse(b"POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n")
             .unwrap()
             .unwrap();
         assert_eq!(h.framing, BodyFraming::Chunked);
@@ -593,6 +610,22 @@ mod tests {
     }
 
     #[test]
+    fn more_fields_than_a_header_map_holds_are_refused_not_a_panic() {
+        let limits = HeadLimits {
+            max_bytes: 1 << 20,
+            max_fields: 30_000,
+        };
+        let mut raw = b"GET / HTTP/1.1\r\n".to_vec();
+        for _ in 0..24_577 {
+            raw.extend_from_slice(b"a:\r\n");
+        }
+        raw.extend_from_slice(b"\r\n");
+        let mut buf = BytesMut::from(&raw[..]);
+        let refused = parse_request_head(&mut buf, limits).err().map(|e| e.code);
+        assert_eq!(refused, Some(ErrorCode::HeadersTooLarge));
+    }
+
+    #[test]
     fn ambiguous_framing_is_refused() {
         for raw in [
             // Both framings: one peer's body end is another's next request.
@@ -604,6 +637,10 @@ mod tests {
             b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n",
+            // Codings the gateway would not decode, and chunked twice.
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
             b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
             // obs-fold, a space before the colon, a bare LF inside a field line.
             b"GET / HTTP/1.1\r\nX-A: 1\r\n folded\r\n\r\n",
@@ -664,6 +701,22 @@ mod tests {
         let date = text.find("date: ").unwrap();
         let text = format!("{}{}", &text[..date], &text[date + 37..]);
         (text, enc, last)
+    }
+
+    #[test]
+    fn a_response_length_goes_out_as_the_number_the_body_has() {
+        // An upstream's `5, 5` is accepted as 5: the client gets `5`, which every client
+        // parses (some refuse a list).
+        let (text, enc, _) = encoded(
+            200,
+            &[("content-length", "5, 5")],
+            Method::GET,
+            Version::HTTP_11,
+            BodyLength::Known(5),
+            true,
+        );
+        assert_eq!(text, "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n");
+        assert_eq!(enc, Encoder::Length(5));
     }
 
     #[test]

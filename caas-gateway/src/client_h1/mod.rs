@@ -24,6 +24,7 @@ use std::pin::{Pin, pin};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, Version};
@@ -38,9 +39,12 @@ use crate::conn::{ConnInfo, Shared, Tracked, send_after_batch};
 use crate::proxy::serve_request;
 
 /// What became of a connection after a request.
+#[derive(PartialEq, Eq)]
 enum Outcome {
     KeepAlive,
     Close,
+    /// Close after refusing a request head: the client may still be sending it.
+    Refused,
     /// The socket went to an upgrade.
     Upgraded,
     /// The client closed the connection.
@@ -83,12 +87,23 @@ pub(crate) fn serve(
             if !arrived {
                 return shutdown(&wire).await;
             }
+            // The next head has begun (or waits whole in the buffer): the head timer runs.
+            info.head_started();
             requests += 1;
             // Boxed: the state of a request lives as long as the request, not in the
             // connection's task.
             match Box::pin(request(&shared, &info, &wire, limits, requests)).await? {
                 Outcome::KeepAlive => lock(&wire).release(),
-                Outcome::Close => return shutdown(&wire).await,
+                outcome @ (Outcome::Close | Outcome::Refused) => {
+                    let unread = outcome == Outcome::Refused || lock(&wire).body_unread();
+                    shutdown(&wire).await?;
+                    if unread {
+                        // Boxed: rare, and its timer would otherwise take room in every
+                        // idle connection's task.
+                        Box::pin(linger(&wire)).await;
+                    }
+                    return Ok(());
+                }
                 Outcome::Gone | Outcome::Upgraded => return Ok(()),
             }
         }
@@ -116,7 +131,7 @@ async fn request(
             tracing::debug!(peer = %info.peer, "unparsable request head: {}", e.code.as_str());
             let answer = e.code.http1_response(e.message);
             write_all(wire, &mut [&answer]).await?;
-            return Ok(Outcome::Close);
+            return Ok(Outcome::Refused);
         }
         Err(Refused::Io(e)) => return Err(e),
     };
@@ -223,11 +238,19 @@ async fn respond(
     } = asked;
     send_after_batch(&shared.stats).await;
     let (mut parts, mut body) = resp.into_parts();
-    let keep_alive = keep_alive && !info.draining.load(Relaxed) && {
+    let (continued, body_read, body_failed) = {
         let mut w = lock(wire);
-        w.responding();
-        !w.body_failed()
+        (w.responding(), w.body_read(), w.body_failed())
     };
+    // An answer given before the request body was all read (no route, a filter, an
+    // upstream that did not wait for it): when nothing else holds the body to read it
+    // (as a response streaming while the body still goes upstream does), what has arrived
+    // of it is consumed now. A body still unfinished then ends the connection after the
+    // response, and the response says so.
+    let body_ends = body_read
+        || Arc::strong_count(wire) > 1
+        || poll_fn(|cx| Poll::Ready(lock(wire).finish_request(cx))).await;
+    let keep_alive = keep_alive && body_ends && !body_failed && !info.draining.load(Relaxed);
     let length = if body.is_end_stream() {
         BodyLength::None
     } else {
@@ -235,7 +258,8 @@ async fn respond(
             .exact()
             .map_or(BodyLength::Unknown, BodyLength::Known)
     };
-    let mut out = Vec::new();
+    // A `100 Continue` partly written: its rest goes first.
+    let mut out = continued.to_vec();
     let ctx = ResponseContext {
         method: &method,
         version,
@@ -419,6 +443,24 @@ async fn write_more(wire: &Mutex<Wire>, mut bytes: &[u8]) -> io::Result<()> {
 
 async fn flush(wire: &Mutex<Wire>) -> io::Result<()> {
     poll_fn(|cx| lock(wire).poll_flush(cx)).await
+}
+
+/// How long a connection closed with its request body unread goes on reading.
+const LINGER: Duration = Duration::from_secs(5);
+
+/// After the response to a request whose body was left unread, with the sending side
+/// closed: reads and drops what the client still sends, until it closes or for [`LINGER`].
+/// Closing a socket with unread bytes in it sends a reset, and a reset that reaches the
+/// client before it has read the response destroys the response (nginx's lingering close).
+async fn linger(wire: &Mutex<Wire>) {
+    let mut deadline = pin!(tokio::time::sleep(LINGER));
+    poll_fn(|cx| {
+        if deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        lock(wire).poll_discard(cx)
+    })
+    .await;
 }
 
 /// Closes the sending side (a TLS stream sends its close_notify).

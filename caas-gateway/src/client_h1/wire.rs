@@ -182,14 +182,43 @@ impl Wire {
         self.continue_at = expect.then_some(0);
     }
 
+    /// The whole request body has been read (or there was none).
+    pub(crate) fn body_read(&self) -> bool {
+        matches!(self.body, Inbound::Done)
+    }
+
+    /// Part of the request body is still to come from a client that is still there.
+    pub(crate) fn body_unread(&self) -> bool {
+        matches!(self.body, Inbound::Length(_) | Inbound::Chunked(_)) && !self.eof
+    }
+
+    /// Reads and drops whatever arrives; `Ready` once the client has closed its side (or
+    /// the socket failed). Holds no more than one read's worth of memory.
+    pub(crate) fn poll_discard(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            self.buf.clear();
+            match ready!(self.poll_read_stack(cx)) {
+                Ok(0) | Err(_) => {
+                    self.eof = true;
+                    return Poll::Ready(());
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+
     /// The request body broke its framing or the client went away.
     pub(crate) fn body_failed(&self) -> bool {
         matches!(self.body, Inbound::Failed) || self.eof
     }
 
-    /// The response starts: a `100 Continue` not sent yet never will be.
-    pub(crate) fn responding(&mut self) {
-        self.continue_at = None;
+    /// The response starts: a `100 Continue` not begun never will be, and the rest of one
+    /// begun is returned, to go out ahead of the response head.
+    pub(crate) fn responding(&mut self) -> &'static [u8] {
+        match self.continue_at.take() {
+            Some(at) if at > 0 => &CONTINUE[at..],
+            _ => &[],
+        }
     }
 
     /// Whether the connection can carry another request once the response is written:
@@ -265,7 +294,7 @@ impl Wire {
             ))));
         }
         while let Some(at) = self.continue_at {
-            if matches!(self.body, Inbound::Done) || !self.buf.is_empty() {
+            if at == 0 && (matches!(self.body, Inbound::Done) || !self.buf.is_empty()) {
                 // The client sent its body without waiting.
                 self.continue_at = None;
                 break;
@@ -274,9 +303,16 @@ impl Wire {
                 Ok(io) => io,
                 Err(e) => return Poll::Ready(Some(Err(ClientBodyError::Closed(e.to_string())))),
             };
+            if at == CONTINUE.len() {
+                // Written; out of any buffer of its own (TLS) before the body is awaited.
+                match ready!(Pin::new(io).poll_flush(cx)) {
+                    Ok(()) => self.continue_at = None,
+                    Err(e) => return Poll::Ready(Some(Err(self.fail(&e.to_string())))),
+                }
+                continue;
+            }
             match ready!(Pin::new(io).poll_write(cx, &CONTINUE[at..])) {
-                Ok(n) if n > 0 && at + n < CONTINUE.len() => self.continue_at = Some(at + n),
-                Ok(n) if n > 0 => self.continue_at = None,
+                Ok(n) if n > 0 => self.continue_at = Some(at + n),
                 Ok(_) => return Poll::Ready(Some(Err(self.fail("the client stopped reading")))),
                 Err(e) => return Poll::Ready(Some(Err(self.fail(&e.to_string())))),
             }
@@ -440,5 +476,37 @@ impl OnUpgrade {
             }),
             None => Err(io::Error::other("upgrade already taken")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    impl Io for tokio::io::DuplexStream {}
+
+    #[tokio::test]
+    async fn a_100_continue_cut_short_is_finished_ahead_of_the_response() {
+        // The client's socket takes 5 bytes, then nothing until it reads.
+        let (ours, mut client) = tokio::io::duplex(5);
+        let wire = Arc::new(Mutex::new(Wire::new(Box::new(ours), 1024)));
+        lock(&wire).start_request(1, BodyFraming::Length(3), true);
+        let mut body = ClientBody::new(Arc::clone(&wire), 1, BodyFraming::Length(3));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(body.poll_frame(&mut cx).is_pending());
+        let rest = lock(&wire).responding();
+        assert_eq!(
+            rest,
+            &CONTINUE[5..],
+            "the 100 was begun: its rest must go out"
+        );
+        let mut got = [0u8; 5];
+        tokio::io::AsyncReadExt::read_exact(&mut client, &mut got)
+            .await
+            .unwrap();
+        assert_eq!(&got, b"HTTP/");
+        // A 100 not begun is not sent at all.
+        lock(&wire).start_request(2, BodyFraming::Length(3), true);
+        assert!(lock(&wire).responding().is_empty());
     }
 }
