@@ -26,13 +26,11 @@ pub(crate) enum RequestFraming {
 }
 
 /// Writes the request head: origin-form target, HTTP/1.1, the fields `write_fields` writes
-/// (see [`write_field`]; never `Content-Length`), then the framing: the request's
-/// `Content-Length`, or `Transfer-Encoding: chunked` for a body of unknown length.
+/// (see [`write_field`]) and, for a body of unknown length, `Transfer-Encoding: chunked`.
 ///
-/// The length goes in here, beside the decision it frames, rather than with the other
-/// fields: nothing a client sends (a `Connection` field that names `Content-Length`, say)
-/// can then leave a body on the wire that the head does not announce, which the upstream
-/// would read as the start of another request.
+/// A body with a `Content-Length` goes as that many bytes: `write_fields` must write that
+/// field whatever else the request says (a `Connection` field naming it included), or the
+/// upstream would read the body as the start of another request.
 pub(crate) fn encode_request_head(
     parts: &request::Parts,
     has_body: bool,
@@ -52,18 +50,9 @@ pub(crate) fn encode_request_head(
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     write_fields(out);
-    let length = parts
-        .headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| parse_decimal(v.as_bytes()));
-    if let Some(n) = length {
-        out.extend_from_slice(b"content-length: ");
-        write_decimal(out, n);
-        out.extend_from_slice(b"\r\n");
-    }
     let framing = if !has_body {
         RequestFraming::Empty
-    } else if length.is_some() {
+    } else if parts.headers.contains_key(CONTENT_LENGTH) {
         RequestFraming::Length
     } else {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
@@ -71,14 +60,6 @@ pub(crate) fn encode_request_head(
     };
     out.extend_from_slice(b"\r\n");
     framing
-}
-
-/// A `Content-Length` value as the request parsers accept it: ASCII digits only, at most 19.
-fn parse_decimal(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
 /// Writes `n` in decimal.
@@ -566,9 +547,7 @@ mod tests {
         let mut out = Vec::new();
         let framing = encode_request_head(&parts, has_body, &mut out, |out| {
             for (k, v) in &parts.headers {
-                if k != CONTENT_LENGTH {
-                    write_field(out, k.as_str().as_bytes(), v.as_bytes());
-                }
+                write_field(out, k.as_str().as_bytes(), v.as_bytes());
             }
         });
         (String::from_utf8(out).unwrap(), framing)
