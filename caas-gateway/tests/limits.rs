@@ -181,11 +181,9 @@ async fn idle_keepalive_connection_is_closed_but_a_waiting_request_is_not() {
     assert_eq!(gw.gateway.stats().idle_closed.load(SeqCst), 1);
 }
 
-#[tokio::test]
-async fn the_rest_of_a_body_read_after_its_answer_starts_no_head_timer() {
-    // No route: the answer goes out before the 20,000-byte body is read, and the rest of
-    // the body is read after it. The connection then waits for its next request as any
-    // keep-alive connection does, up to the idle timeout, not the head timeout.
+/// A gateway for app `a` with a 300 ms head timeout and a 5 s idle timeout (and the
+/// upstream, kept alive with it).
+async fn short_head_timeout() -> (Upstream, Gw) {
     let up = Upstream::start("a").await;
     let gw = Gw::start_with(
         snapshot(vec![("a", app(&[("v1", &[up.addr])]))]),
@@ -196,31 +194,41 @@ async fn the_rest_of_a_body_read_after_its_answer_starts_no_head_timer() {
         },
     )
     .await;
-    let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    let mut post =
-        b"POST / HTTP/1.1\r\nHost: nobody.caas.local\r\nContent-Length: 20000\r\n\r\n".to_vec();
-    post.resize(post.len() + 20_000, b'x');
-    s.write_all(&post).await.unwrap();
+    (up, gw)
+}
+
+/// What one read brings within 5 s (a small response arrives whole).
+async fn read_once(s: &mut TcpStream) -> String {
     let mut buf = vec![0u8; 4096];
     let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
         .await
         .unwrap()
         .unwrap();
-    let got = String::from_utf8_lossy(&buf[..n]).into_owned();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test]
+async fn the_rest_of_a_body_read_after_its_answer_starts_no_head_timer() {
+    // No route: the answer goes out before the 20,000-byte body is read, and the rest of
+    // the body is read after it. The connection then waits for its next request as any
+    // keep-alive connection does, up to the idle timeout, not the head timeout.
+    let (_up, gw) = short_head_timeout().await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let mut post =
+        b"POST / HTTP/1.1\r\nHost: nobody.caas.local\r\nContent-Length: 20000\r\n\r\n".to_vec();
+    post.resize(post.len() + 20_000, b'x');
+    s.write_all(&post).await.unwrap();
+    let got = read_once(&mut s).await;
     assert!(got.starts_with("HTTP/1.1 404"), "{got}");
     assert!(!got.contains("connection: close"), "{got}");
     tokio::time::sleep(Duration::from_millis(900)).await;
     s.write_all(b"GET / HTTP/1.1\r\nHost: a.caas.local\r\n\r\n")
         .await
         .unwrap();
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
+    let got = read_once(&mut s).await;
     assert!(
-        buf[..n].starts_with(b"HTTP/1.1 200"),
-        "{} (head timeouts {})",
-        String::from_utf8_lossy(&buf[..n]),
+        got.starts_with("HTTP/1.1 200"),
+        "{got} (head timeouts {})",
         gw.gateway.stats().header_timeouts.load(SeqCst),
     );
     assert_eq!(gw.gateway.stats().header_timeouts.load(SeqCst), 0);
@@ -228,16 +236,7 @@ async fn the_rest_of_a_body_read_after_its_answer_starts_no_head_timer() {
 
 #[tokio::test]
 async fn keep_alive_wait_is_not_a_slow_head_but_a_silent_new_connection_is() {
-    let up = Upstream::start("a").await;
-    let gw = Gw::start_with(
-        snapshot(vec![("a", app(&[("v1", &[up.addr])]))]),
-        Limits {
-            header_read_timeout_ms: 300,
-            idle_timeout_ms: 5_000,
-            ..limits()
-        },
-    )
-    .await;
+    let (_up, gw) = short_head_timeout().await;
     // Between requests a keep-alive connection is idle, not slow: it may wait longer than
     // the head timeout (up to the idle timeout) and carry the next request.
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
@@ -245,15 +244,10 @@ async fn keep_alive_wait_is_not_a_slow_head_but_a_silent_new_connection_is() {
         s.write_all(b"GET / HTTP/1.1\r\nHost: a.caas.local\r\n\r\n")
             .await
             .unwrap();
-        let mut buf = vec![0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
+        let got = read_once(&mut s).await;
         assert!(
-            buf[..n].starts_with(b"HTTP/1.1 200"),
-            "{} (head timeouts {}, idle closed {})",
-            String::from_utf8_lossy(&buf[..n]),
+            got.starts_with("HTTP/1.1 200"),
+            "{got} (head timeouts {}, idle closed {})",
             gw.gateway.stats().header_timeouts.load(SeqCst),
             gw.gateway.stats().idle_closed.load(SeqCst),
         );
