@@ -388,8 +388,10 @@ fn churn_writes_its_off_slices_under_the_other_root() {
         assert!(out.contains("under /off in the \"off\" slices"), "{out}");
         // 1.2 s at 200/s. The split is what is checked, not the rate: a slow machine or a
         // slow ZooKeeper keeps far fewer (53 were seen on a host running at half its
-        // speed), and 20 writes over the run's 30 slices still fall on both halves.
-        assert!((20..=250).contains(&all), "{all} writes: {out}");
+        // speed), and 20 writes over the run's 30 slices still fall on both halves. The
+        // count can also land a little past the nominal 240 (251 were seen on a loaded CI
+        // machine): the upper bound only catches a writer that ignores its rate.
+        assert!((20..=300).contains(&all), "{all} writes: {out}");
         // 30 slices dealt at random: each half gets some of them, and the "off" slices no
         // longer rest.
         assert!(
