@@ -62,21 +62,6 @@ pub(crate) fn encode_request_head(
     framing
 }
 
-/// Writes `n` in decimal.
-pub(crate) fn write_decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
-}
-
 /// Writes one `name: value` field line.
 #[inline]
 pub(crate) fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {

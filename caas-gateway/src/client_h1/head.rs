@@ -236,8 +236,23 @@ pub(crate) fn parse_request_head(
 /// Writes `content-length: n`.
 fn length_line(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(b"content-length: ");
-    crate::h1::write_decimal(out, n);
+    write_decimal(out, n);
     out.extend_from_slice(b"\r\n");
+}
+
+/// Writes `n` in decimal.
+fn write_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// A `Content-Length` value: digits only.
