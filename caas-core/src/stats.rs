@@ -18,6 +18,7 @@ pub struct Counters {
     requests: AtomicU64,
     status: [AtomicU64; 5],
     errors: AtomicU64,
+    body_errors: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     latency: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
@@ -34,6 +35,9 @@ pub struct CountersSnapshot {
     /// Requests that failed before a response (connect errors, resets) and were answered by
     /// the gateway itself.
     pub errors: u64,
+    /// Responses the upstream broke after their head went out (closed, reset, framed
+    /// wrongly or went silent mid-body): the client got a cut response.
+    pub body_errors: u64,
     /// Request body bytes sent upstream.
     pub bytes_in: u64,
     /// Response body bytes sent to clients.
@@ -66,6 +70,12 @@ impl Counters {
         self.errors.fetch_add(1, Relaxed);
     }
 
+    /// Records a response body the upstream broke after its head was forwarded.
+    #[inline]
+    pub fn record_body_error(&self) {
+        self.body_errors.fetch_add(1, Relaxed);
+    }
+
     /// Adds request body bytes forwarded upstream.
     #[inline]
     pub fn add_bytes_in(&self, n: u64) {
@@ -84,6 +94,7 @@ impl Counters {
             requests: self.requests.load(Relaxed),
             status: std::array::from_fn(|i| self.status[i].load(Relaxed)),
             errors: self.errors.load(Relaxed),
+            body_errors: self.body_errors.load(Relaxed),
             bytes_in: self.bytes_in.load(Relaxed),
             bytes_out: self.bytes_out.load(Relaxed),
             latency: self.latency.iter().map(|c| c.load(Relaxed)).collect(),

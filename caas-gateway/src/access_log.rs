@@ -320,6 +320,10 @@ fn flush(out: &mut Output, buf: &[u8], n: u64, stats: &AccessLogStats, warn: &mu
 
 /// One request's line in the making; sent when dropped (the end of its response, or of the
 /// request when the client left before an answer).
+/// The access log's `error` for a response the upstream cut after its head: the status is
+/// the upstream's, the body is incomplete.
+pub const BODY_FAILED: &str = "upstream_body_failed";
+
 #[derive(Debug)]
 pub(crate) struct Pending {
     log: AccessLog,
@@ -334,6 +338,9 @@ pub(crate) struct Pending {
     /// 499 with `client_closed` until an answer is known.
     pub(crate) status: u16,
     pub(crate) error: Option<ErrorCode>,
+    /// The upstream broke the response body after its head went out (logged as the error
+    /// [`BODY_FAILED`], with the upstream's status).
+    pub(crate) body_failed: bool,
     /// Request body bytes sent upstream (added by the request body when it drops).
     pub(crate) bytes_in: Arc<AtomicU64>,
     /// Response body bytes the client took.
@@ -354,6 +361,7 @@ impl Pending {
             endpoint: None,
             status: ErrorCode::ClientClosed.status().as_u16(),
             error: Some(ErrorCode::ClientClosed),
+            body_failed: false,
             bytes_in: Arc::new(AtomicU64::new(0)),
             bytes_out: 0,
         }
@@ -389,7 +397,10 @@ impl Pending {
             bytes_in: self.bytes_in.load(Relaxed),
             bytes_out: self.bytes_out,
             duration_ms: micros as f64 / 1000.0,
-            error: self.error.map(ErrorCode::as_str),
+            error: match self.error {
+                Some(code) => Some(code.as_str()),
+                None => self.body_failed.then_some(BODY_FAILED),
+            },
         };
         // Serializing plain fields into a String cannot fail.
         let mut out = serde_json::to_string(&line).unwrap_or_default();

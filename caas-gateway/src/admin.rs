@@ -232,6 +232,7 @@ fn counters_json(c: &CountersSnapshot) -> serde_json::Value {
         "requests": c.requests,
         "responses": responses,
         "upstream_errors": c.errors,
+        "upstream_body_errors": c.body_errors,
         "bytes_in": c.bytes_in,
         "bytes_out": c.bytes_out,
         "latency_us": {"sum": c.latency_sum_us, "le": buckets},
@@ -251,6 +252,11 @@ fn write_counters(out: &mut String, prefix: &str, labels: &str, c: &CountersSnap
         out,
         "{prefix}_upstream_errors_total{{{labels}}} {}",
         c.errors
+    );
+    let _ = writeln!(
+        out,
+        "{prefix}_upstream_body_errors_total{{{labels}}} {}",
+        c.body_errors
     );
     let _ = writeln!(
         out,
@@ -396,6 +402,10 @@ pub fn metrics_text(gw: &Gateway) -> String {
     for prefix in ["caas_app", "caas_endpoint"] {
         let _ = writeln!(out, "# TYPE {prefix}_requests_total counter");
         let _ = writeln!(out, "# TYPE {prefix}_responses_total counter");
+        let _ = writeln!(out, "# TYPE {prefix}_upstream_errors_total counter");
+        let _ = writeln!(out, "# TYPE {prefix}_upstream_body_errors_total counter");
+        let _ = writeln!(out, "# TYPE {prefix}_request_bytes_total counter");
+        let _ = writeln!(out, "# TYPE {prefix}_response_bytes_total counter");
         let _ = writeln!(out, "# TYPE {prefix}_request_duration_seconds histogram");
     }
     for app in table.apps() {

@@ -29,12 +29,17 @@ pub struct Limits {
     pub idle_timeout_ms: u64,
     /// Time to establish an upstream TCP connection, in ms.
     pub upstream_connect_timeout_ms: u64,
-    /// Time from sending a request upstream to its response head, in ms; then 504.
+    /// Time from sending a request upstream to its response head, in ms (then 504), and the
+    /// longest the upstream may go silent in the middle of a response body (then the body is
+    /// cut and the failure counted against the endpoint).
     pub upstream_response_timeout_ms: u64,
     /// Pooled upstream connections idle longer than this are closed, in ms.
     pub upstream_idle_timeout_ms: u64,
-    /// Idle upstream connections kept per endpoint.
+    /// Idle upstream connections kept per endpoint; 0 keeps none (a connection per request).
     pub upstream_max_idle_per_endpoint: usize,
+    /// An upgraded (WebSocket) connection on which neither side sent anything for this long
+    /// is closed, in ms.
+    pub tunnel_idle_timeout_ms: u64,
     /// How long an endpoint that refused a connection stays out of rotation, in ms.
     pub eject_ms: u64,
     /// On shutdown, how long in-flight requests may take to finish, in ms.
@@ -52,6 +57,7 @@ impl Default for Limits {
             upstream_response_timeout_ms: 60_000,
             upstream_idle_timeout_ms: 60_000,
             upstream_max_idle_per_endpoint: 256,
+            tunnel_idle_timeout_ms: 3_600_000,
             eject_ms: 2_000,
             shutdown_grace_ms: 30_000,
         }
@@ -86,6 +92,7 @@ impl Limits {
                 self.upstream_response_timeout_ms,
             ),
             ("upstream_idle_timeout_ms", self.upstream_idle_timeout_ms),
+            ("tunnel_idle_timeout_ms", self.tunnel_idle_timeout_ms),
         ] {
             if v == 0 {
                 return Err(format!("limits.{name}: must be greater than 0"));

@@ -34,6 +34,7 @@ pub(crate) struct Timeouts {
     pub(crate) head: Duration,
     pub(crate) eject: Duration,
     pub(crate) grace: Duration,
+    pub(crate) tunnel_idle: Duration,
 }
 
 /// State shared by every connection of one gateway.
@@ -252,10 +253,16 @@ impl<B: Body<Data = Bytes, Error = io::Error> + Unpin> Body for Tracked<B> {
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.body).poll_frame(cx);
-        if let (Some(log), Poll::Ready(Some(Ok(frame)))) = (this.log.as_mut(), &polled)
-            && let Some(data) = frame.data_ref()
-        {
-            log.bytes_out += data.len() as u64;
+        if let (Some(log), Poll::Ready(Some(frame))) = (this.log.as_mut(), &polled) {
+            match frame {
+                Ok(frame) => {
+                    if let Some(data) = frame.data_ref() {
+                        log.bytes_out += data.len() as u64;
+                    }
+                }
+                // Only an upstream body fails: the upstream cut the response.
+                Err(_) => log.body_failed = true,
+            }
         }
         polled
     }

@@ -104,6 +104,7 @@ mod routes;
 pub mod server;
 pub mod stats;
 pub mod tls;
+mod tunnel;
 mod upstream;
 
 pub use access_log::{AccessLogConfig, AccessLogStats, AccessLogTarget};

@@ -17,7 +17,6 @@ use caas_core::{AppInFlight, AppRoute, AppState, EndpointState, InFlight, Refuse
 use http::header::USER_AGENT;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncWriteExt;
 
 use crate::access_log::Pending;
 use crate::body::{ProxyBody, RequestBody};
@@ -31,7 +30,8 @@ use crate::headers::{
 use crate::redirect;
 use crate::stats::GatewayStats;
 use crate::upstream::{
-    BodySender, ConnectError, Exchange, ExchangeError, UpstreamBody, UpstreamConn, UpstreamPool,
+    BodyHealth, BodySender, ConnectError, Exchange, ExchangeError, UpstreamBody, UpstreamConn,
+    UpstreamPool,
 };
 
 /// Consecutive failures (resets, timeouts) after which an endpoint is ejected like one that
@@ -333,15 +333,12 @@ fn proxy<'a>(
         if status == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_none() {
             // A protocol switch nobody asked for: the upstream broke the protocol, as with
             // a head that does not parse. Neither a success nor a response of the app's.
-            if fwd.ep.record_failure() >= EJECT_AFTER_FAILURES {
-                eject(shared, &fwd.ep);
-            }
+            upstream_failed(&fwd.ep, shared.timeouts.eject);
             return Err(ProxyError::Upstream {
                 addr: fwd.conn.addr(),
                 reason: "101 Switching Protocols to a request that asked for no upgrade".into(),
             });
         }
-        fwd.ep.record_success();
         if let Some(l) = &mut log
             && l.endpoint != Some(fwd.ep.endpoint().addr)
         {
@@ -362,7 +359,13 @@ fn proxy<'a>(
         {
             let addr = fwd.conn.addr();
             shared.stats.upgrades.fetch_add(1, Relaxed);
-            tokio::spawn(tunnel(client_upgrade, fwd.conn, addr));
+            fwd.ep.record_success();
+            tokio::spawn(tunnel(
+                client_upgrade,
+                fwd.conn,
+                addr,
+                shared.timeouts.tunnel_idle,
+            ));
             return Ok(Response::from_parts(resp, ProxyBody::empty()));
         }
         let reusable = keep_alive && (fwd.complete || fwd.sending.is_some());
@@ -373,6 +376,11 @@ fn proxy<'a>(
             fwd.sending,
             fwd.in_flight,
             admitted,
+            BodyHealth {
+                read_timeout: shared.timeouts.response,
+                report: body_ended,
+                eject: shared.timeouts.eject,
+            },
         );
         Ok(Response::from_parts(resp, ProxyBody::upstream(body)))
     }
@@ -478,9 +486,7 @@ fn forward<'a>(
                 }
             };
             drop(in_flight);
-            if ep.record_failure() >= EJECT_AFTER_FAILURES {
-                eject(shared, &ep);
-            }
+            upstream_failed(&ep, shared.timeouts.eject);
             if !(req.may_resend && matches!(failed, ProxyError::Upstream { .. })) {
                 return Err(failed);
             }
@@ -552,19 +558,38 @@ async fn checkout(
 /// A refused or timed-out connect: the endpoint sits out `eject_ms`.
 fn connect_failed(shared: &Shared, ep: &EndpointState, e: ConnectError) -> ProxyError {
     ep.record_failure();
-    eject(shared, ep);
+    eject(ep, shared.timeouts.eject);
     ProxyError::Connect {
         addr: e.addr,
         reason: e.reason,
     }
 }
 
-fn eject(shared: &Shared, ep: &EndpointState) {
-    ep.eject_for(shared.timeouts.eject);
+/// The upstream reset, timed out or broke the protocol on an exchange: after
+/// [`EJECT_AFTER_FAILURES`] in a row the endpoint sits out `period`.
+fn upstream_failed(ep: &EndpointState, period: Duration) {
+    if ep.record_failure() >= EJECT_AFTER_FAILURES {
+        eject(ep, period);
+    }
+}
+
+/// The end of a response body: one that arrived whole is the endpoint's success (an
+/// exchange counts as good only once its body is in, so an upstream that always cuts its
+/// bodies is ejected as one that resets); one the upstream broke is its failure.
+fn body_ended(ep: &EndpointState, eject: Duration, whole: bool) {
+    if whole {
+        ep.record_success();
+    } else {
+        upstream_failed(ep, eject);
+    }
+}
+
+fn eject(ep: &EndpointState, period: Duration) {
+    ep.eject_for(period);
     tracing::warn!(
         endpoint = %ep.endpoint().addr,
         "upstream failing; out of rotation for {} ms",
-        shared.timeouts.eject.as_millis()
+        period.as_millis()
     );
 }
 
@@ -598,33 +623,17 @@ impl ClientUpgrade {
     }
 }
 
-/// Copies bytes both ways between an upgraded client connection and its upstream (first the
-/// bytes each side sent right after the handshake, read along with it).
-async fn tunnel(client: ClientUpgrade, upstream: UpstreamConn, addr: SocketAddr) {
-    let (mut client, client_early) = match client.wait().await {
+/// The tunnel of an upgrade the upstream accepted, once the client has its `101`.
+async fn tunnel(client: ClientUpgrade, upstream: UpstreamConn, addr: SocketAddr, idle: Duration) {
+    let (client, client_early) = match client.wait().await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(%addr, "upgrade failed: {e}");
             return;
         }
     };
-    let (mut upstream, early) = upstream.into_parts();
-    if !early.is_empty() {
-        if let Err(e) = client.write_all(&early).await {
-            tracing::debug!(%addr, "upgraded connection ended: {e}");
-            return;
-        }
-    }
-    if !client_early.is_empty() {
-        if let Err(e) = upstream.write_all(&client_early).await {
-            tracing::debug!(%addr, "upgraded connection ended: {e}");
-            return;
-        }
-    }
-    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        Ok((up, down)) => tracing::debug!(%addr, up, down, "upgraded connection closed"),
-        Err(e) => tracing::debug!(%addr, "upgraded connection ended: {e}"),
-    }
+    let (upstream, early) = upstream.into_parts();
+    crate::tunnel::run(client, client_early, upstream, &early, addr, idle).await;
 }
 
 #[cfg(test)]

@@ -136,6 +136,7 @@ impl GatewayBuilder {
             head: Limits::dur(limits.header_read_timeout_ms),
             eject: Limits::dur(limits.eject_ms),
             grace: Limits::dur(limits.shutdown_grace_ms),
+            tunnel_idle: Limits::dur(limits.tunnel_idle_timeout_ms),
         };
         let access_log = match &self.config.access_log {
             Some(c) => Some(AccessLog::start(c).map_err(|e| GatewayError::Config(e.to_string()))?),

@@ -320,6 +320,62 @@ async fn websocket_upgrade_passes_through_both_ways() {
     assert_eq!(gw.gateway.stats().upgrades.load(SeqCst), 1);
 }
 
+/// Opens a WebSocket-style tunnel through `gw` to the echoing upstream.
+async fn open_tunnel(gw: &Gw) -> TcpStream {
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: ws.caas.local\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    s
+}
+
+#[tokio::test]
+async fn a_tunnel_silent_for_its_idle_timeout_is_closed_and_a_talking_one_is_not() {
+    const IDLE: Duration = Duration::from_millis(400);
+    let up = Upstream::start("ws").await;
+    let gw = Gw::start_with(
+        snapshot(vec![("ws", app(&[("v1", &[up.addr])]))]),
+        caas_gateway::Limits {
+            tunnel_idle_timeout_ms: IDLE.as_millis() as u64,
+            ..limits()
+        },
+    )
+    .await;
+    // A message every 100 ms for three idle timeouts: the tunnel stays up throughout.
+    let mut talking = open_tunnel(&gw).await;
+    let mut quiet_since = std::time::Instant::now();
+    for i in 0..12u8 {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        talking.write_all(&[i]).await.unwrap();
+        let mut back = [0u8; 1];
+        talking.read_exact(&mut back).await.unwrap();
+        assert_eq!(back, [i], "message {i}");
+        quiet_since = std::time::Instant::now();
+    }
+    // Then silence: the gateway closes both sides, no sooner than the timeout.
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), talking.read_to_end(&mut rest))
+        .await
+        .expect("the gateway closes a silent tunnel");
+    assert!(read.is_ok() && rest.is_empty(), "{read:?} {rest:?}");
+    assert!(
+        quiet_since.elapsed() >= IDLE - Duration::from_millis(100),
+        "closed {:?} into the silence",
+        quiet_since.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn admin_endpoints_report_routes_and_metrics() {
     let up = Upstream::start("a").await;

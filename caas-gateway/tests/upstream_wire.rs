@@ -30,6 +30,8 @@ enum Act {
     /// Write the first bytes, wait for the gate, then write the rest and wait for the next
     /// request.
     Split(Vec<u8>, Gate, Vec<u8>),
+    /// Write the head, then each piece after a pause, and wait for the next request.
+    Trickle(Vec<u8>, Vec<Vec<u8>>, Duration),
 }
 
 /// What the rest of a `Split` answer waits for.
@@ -96,6 +98,17 @@ impl Scripted {
                                     return;
                                 }
                             }
+                            Act::Trickle(head, pieces, every) => {
+                                if s.write_all(&head).await.is_err() {
+                                    return;
+                                }
+                                for piece in pieces {
+                                    tokio::time::sleep(every).await;
+                                    if s.write_all(&piece).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            }
                         }
                     }
                 });
@@ -110,7 +123,35 @@ impl Scripted {
 }
 
 async fn gateway_for(up: &Scripted) -> Gw {
-    Gw::start(snapshot(vec![("wire", app(&[("v1", &[up.addr])]))])).await
+    gateway_with(up, Gw::config()).await
+}
+
+async fn gateway_with(up: &Scripted, config: caas_gateway::GatewayConfig) -> Gw {
+    Gw::start_config(snapshot(vec![("wire", app(&[("v1", &[up.addr])]))]), config).await
+}
+
+/// The counters of the app `wire` and of its one endpoint, and whether that endpoint is in
+/// rotation.
+fn wire_counters(
+    gw: &Gw,
+) -> (
+    caas_core::CountersSnapshot,
+    caas_core::CountersSnapshot,
+    bool,
+) {
+    let table = gw.gateway.router().current();
+    let app = table.apps().find(|a| a.id().as_str() == "wire").unwrap();
+    let ep = app
+        .versions()
+        .iter()
+        .flat_map(|v| v.pool().endpoints().iter())
+        .next()
+        .unwrap();
+    (
+        app.state().stats.snapshot(),
+        ep.stats.snapshot(),
+        ep.is_available(),
+    )
 }
 
 fn reply(s: &str) -> Act {
@@ -528,4 +569,221 @@ async fn a_head_goes_out_with_a_body_close_behind_it_and_alone_ahead_of_a_stalle
         .expect("the body once the upstream sends it")
         .unwrap();
     assert_eq!(&body, b"hello");
+}
+
+#[tokio::test]
+async fn bodies_the_upstream_cuts_are_its_failures_counted_logged_and_ejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("access.log");
+    let up = Scripted::start(|_, _, head| {
+        let path = head.split(' ').nth(1).unwrap_or("");
+        match path {
+            "/truncated" => {
+                Act::ReplyClose(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc".to_vec())
+            }
+            "/bad-chunk" => Act::ReplyClose(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n".to_vec(),
+            ),
+            _ => reply("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+        }
+    })
+    .await;
+    let gw = gateway_with(
+        &up,
+        caas_gateway::GatewayConfig {
+            access_log: Some(caas_gateway::AccessLogConfig {
+                target: caas_gateway::AccessLogTarget::File(file.clone()),
+                queue_lines: 64,
+            }),
+            ..Gw::config()
+        },
+    )
+    .await;
+    let c = client();
+    let host = "wire.caas.local";
+    let cut = |path: &'static str| {
+        let c = c.clone();
+        let url = gw.url(path);
+        async move {
+            if let Ok(resp) = c.request(get(&url, host)).await {
+                assert_eq!(resp.status(), 200, "{path}");
+                assert!(
+                    resp.into_body().collect().await.is_err(),
+                    "{path}: a cut body must not look complete"
+                );
+            }
+        }
+    };
+    // A good exchange between two cut ones: failures in a row only eject.
+    cut("/truncated").await;
+    let (s, _, body) = send(&c, get(&gw.url("/fine"), host)).await;
+    assert_eq!((s.as_u16(), body.as_str()), (200, "ok"));
+    cut("/bad-chunk").await;
+    let (app, ep, available) = wire_counters(&gw);
+    assert_eq!((app.body_errors, ep.body_errors), (2, 2));
+    assert!(
+        available,
+        "a cut body, a good one, a cut one: still in rotation"
+    );
+    // Two more in a row make three: the endpoint sits out its eject period, as one that
+    // resets before its head would. (Its head alone used to count as a success.)
+    cut("/truncated").await;
+    cut("/truncated").await;
+    let (app, ep, available) = wire_counters(&gw);
+    assert_eq!((app.body_errors, ep.body_errors), (4, 4));
+    assert_eq!(app.errors, 0, "no answer of the gateway's own: {app:?}");
+    assert!(!available, "three cut bodies in a row eject the endpoint");
+    let (s, h, _) = send(&c, get(&gw.url("/fine"), host)).await;
+    assert_eq!(
+        (s.as_u16(), h["x-caas-error"].to_str().unwrap()),
+        (503, "no_healthy_endpoint")
+    );
+
+    // `/metrics` and the access log say so.
+    let metrics = caas_gateway::admin::metrics_text(&gw.gateway);
+    assert!(
+        metrics.contains("caas_app_upstream_body_errors_total{app=\"wire\"} 4\n"),
+        "{metrics}"
+    );
+    let stats = gw.gateway.access_log_stats().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stats.lines.load(SeqCst) < 6 {
+        assert!(Instant::now() < deadline, "six access log lines");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let text = std::fs::read_to_string(&file).unwrap();
+    let errors: Vec<(String, String)> = text
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["path"].as_str().unwrap().to_owned(),
+                format!("{} {}", v["status"], v["error"]),
+            )
+        })
+        .collect();
+    let want = [
+        ("/truncated", "200 \"upstream_body_failed\""),
+        ("/fine", "200 null"),
+        ("/bad-chunk", "200 \"upstream_body_failed\""),
+        ("/truncated", "200 \"upstream_body_failed\""),
+        ("/truncated", "200 \"upstream_body_failed\""),
+        ("/fine", "503 \"no_healthy_endpoint\""),
+    ]
+    .map(|(p, e)| (p.to_owned(), e.to_owned()));
+    assert_eq!(errors, want, "{text}");
+}
+
+#[tokio::test]
+async fn an_upstream_silent_mid_body_is_cut_after_the_response_timeout_but_a_slow_one_is_not() {
+    const TIMEOUT: Duration = Duration::from_millis(500);
+    let up = Scripted::start(|_, _, head| {
+        let path = head.split(' ').nth(1).unwrap_or("");
+        match path {
+            // Eight pieces 100 ms apart: 800 ms in all, longer than the timeout, but never
+            // silent for as long.
+            "/slow" => Act::Trickle(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n".to_vec(),
+                vec![b"x".to_vec(); 8],
+                Duration::from_millis(100),
+            ),
+            // Half the body, then nothing.
+            _ => Act::Split(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabcde".to_vec(),
+                Gate::After(Duration::from_secs(3600)),
+                b"fghij".to_vec(),
+            ),
+        }
+    })
+    .await;
+    let gw = gateway_with(
+        &up,
+        caas_gateway::GatewayConfig {
+            limits: caas_gateway::Limits {
+                upstream_response_timeout_ms: TIMEOUT.as_millis() as u64,
+                ..limits()
+            },
+            ..Gw::config()
+        },
+    )
+    .await;
+    let c = client();
+    let host = "wire.caas.local";
+    let (s, _, body) = send(&c, get(&gw.url("/slow"), host)).await;
+    assert_eq!((s.as_u16(), body.as_str()), (200, "xxxxxxxx"));
+
+    let resp = c.request(get(&gw.url("/silent"), host)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&first[..], b"abcde");
+    let waiting = Instant::now();
+    let rest = tokio::time::timeout(Duration::from_secs(10), body.collect())
+        .await
+        .expect("the gateway cuts a body the upstream left silent");
+    assert!(rest.is_err(), "a cut body must not look complete");
+    assert!(
+        waiting.elapsed() >= TIMEOUT - Duration::from_millis(100),
+        "cut after {:?}, before the timeout",
+        waiting.elapsed()
+    );
+    let (app, ep, _) = wire_counters(&gw);
+    assert_eq!((app.body_errors, ep.body_errors), (1, 1), "{app:?}");
+}
+
+#[tokio::test]
+async fn an_http_1_0_upstream_answers_http_1_1_clients_in_http_1_1() {
+    // No length: the body ends with the upstream's connection. The client still gets an
+    // HTTP/1.1 message (the gateway's own version), chunked, on a connection that goes on.
+    let up = Scripted::start(|_, _, _| {
+        Act::ReplyClose(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nfrom 1.0".to_vec())
+    })
+    .await;
+    let gw = gateway_for(&up).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    for _ in 0..2 {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: wire.caas.local\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        while !got.ends_with(b"0\r\n\r\n") {
+            let mut b = [0u8; 1024];
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&b[..n]);
+        }
+        let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 200 ok\r\n"), "{text}");
+        assert!(text.contains("transfer-encoding: chunked\r\n"), "{text}");
+        assert!(
+            text.ends_with("\r\n\r\n8\r\nfrom 1.0\r\n0\r\n\r\n"),
+            "{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn no_idle_pool_means_a_connection_per_request() {
+    let up =
+        Scripted::start(|_, _, _| reply("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")).await;
+    let gw = gateway_with(
+        &up,
+        caas_gateway::GatewayConfig {
+            limits: caas_gateway::Limits {
+                upstream_max_idle_per_endpoint: 0,
+                ..limits()
+            },
+            ..Gw::config()
+        },
+    )
+    .await;
+    let c = client();
+    for _ in 0..3 {
+        let (s, _, body) = send(&c, get(&gw.url("/"), "wire.caas.local")).await;
+        assert_eq!((s.as_u16(), body.as_str()), (200, "ok"));
+    }
+    assert_eq!(up.connections(), 3);
 }

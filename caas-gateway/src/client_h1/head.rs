@@ -335,10 +335,16 @@ pub(crate) fn encode_response_head(
             }
         }
         parts.version = Version::HTTP_10;
-    } else if !keep_alive && !connection_has(&parts.headers, b"close") {
-        parts
-            .headers
-            .append(header::CONNECTION, HeaderValue::from_static("close"));
+    } else {
+        // The gateway's own version, whatever the upstream's (RFC 9110 §6.2): an HTTP/1.0
+        // upstream's answer reaches an HTTP/1.1 client as HTTP/1.1, chunked when it has no
+        // length, on a connection that stays open.
+        parts.version = Version::HTTP_11;
+        if !keep_alive && !connection_has(&parts.headers, b"close") {
+            parts
+                .headers
+                .append(header::CONNECTION, HeaderValue::from_static("close"));
+        }
     }
     let status = parts.status;
     let connect_ok = *req.method == Method::CONNECT && status.is_success();

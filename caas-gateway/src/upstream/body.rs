@@ -5,18 +5,47 @@
 //! its pool at the end of the body, when it is ready for the next request. A body dropped
 //! before its end (the client went away) closes the connection instead, since it is
 //! mid-response.
+//!
+//! The exchange's outcome for the endpoint's health is known only here: a body that arrives
+//! whole is the endpoint's success, one the upstream breaks (closes, resets, frames wrongly
+//! or leaves silent for the read timeout) is its failure, told to the [`BodyHealth`] the
+//! proxy gave. A body the client abandons is neither.
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
-use caas_core::{AppInFlight, InFlight};
+use caas_core::{AppInFlight, EndpointState, InFlight};
 use http_body::{Body, Frame, SizeHint};
+use tokio::time::{Instant, Sleep};
 
 use super::{BodySender, UpstreamConn, UpstreamPool, body_reserve};
 use crate::h1::{ChunkStep, Chunked, ResponseFraming};
 use crate::upstream::exchange::SendBodyError;
+
+/// What an upstream body reports about its endpoint, and how long it waits for the upstream.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BodyHealth {
+    /// The longest the upstream may stay silent in the middle of a body.
+    pub(crate) read_timeout: Duration,
+    /// Called once when the body ends: `true` when it arrived whole, `false` when the
+    /// upstream broke it.
+    pub(crate) report: fn(&EndpointState, Duration, bool),
+    /// Passed to `report` (how long a failing endpoint sits out).
+    pub(crate) eject: Duration,
+}
+
+/// The timer of a body waiting for its upstream: armed on the first wait after data, and
+/// moved on only when it fires early, so a steadily streaming body touches the timer wheel
+/// about once a read timeout rather than on every read.
+#[derive(Debug)]
+struct Stall {
+    /// When the current wait began (`None`: data came since the last wait).
+    since: Option<Instant>,
+    timer: Pin<Box<Sleep>>,
+}
 
 /// An upstream response body on its way to the client, read from the upstream connection
 /// as the client connection asks for the next frame.
@@ -33,6 +62,8 @@ pub(crate) struct UpstreamBody<B> {
     /// The app's request, counted in flight until the response ends.
     app: AppInFlight,
     bytes: u64,
+    health: BodyHealth,
+    stall: Option<Stall>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -53,6 +84,7 @@ impl<B> UpstreamBody<B> {
         sending: Option<BodySender<B>>,
         in_flight: InFlight,
         app: AppInFlight,
+        health: BodyHealth,
     ) -> Self {
         let state = match framing {
             ResponseFraming::Empty => BodyState::Done,
@@ -68,6 +100,8 @@ impl<B> UpstreamBody<B> {
             in_flight,
             app,
             bytes: 0,
+            health,
+            stall: None,
         };
         if matches!(body.state, BodyState::Done) {
             body.finish();
@@ -79,9 +113,11 @@ impl<B> UpstreamBody<B> {
     /// the pool; any other is closed.
     fn finish(&mut self) {
         self.state = BodyState::Done;
+        self.stall = None;
+        let ep = self.in_flight.endpoint();
+        (self.health.report)(ep, self.health.eject, true);
         if let Some(mut conn) = self.conn.take() {
             if self.reusable && self.sending.is_none() && conn.buf_mut().is_empty() {
-                let ep = self.in_flight.endpoint();
                 if let Some(pool) = ep.get_attachment::<UpstreamPool>() {
                     pool.put(conn);
                 }
@@ -90,16 +126,57 @@ impl<B> UpstreamBody<B> {
         self.sending = None;
     }
 
+    /// The upstream broke the body: the connection is closed, the failure counted against
+    /// the endpoint and the app, and the client's response ends cut.
     fn fail(&mut self, e: io::Error) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         self.state = BodyState::Done;
-        self.conn = None;
+        self.stall = None;
+        let addr = self.conn.take().map(|c| c.addr());
         self.sending = None;
+        let ep = self.in_flight.endpoint();
+        tracing::debug!(?addr, "upstream response body failed: {e}");
+        ep.stats.record_body_error();
+        self.app.state().stats.record_body_error();
+        (self.health.report)(ep, self.health.eject, false);
         Poll::Ready(Some(Err(e)))
     }
 
     fn data(&mut self, data: Bytes) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         self.bytes += data.len() as u64;
+        if let Some(stall) = self.stall.as_mut() {
+            stall.since = None;
+        }
         Poll::Ready(Some(Ok(Frame::data(data))))
+    }
+
+    /// Nothing to read from the upstream now: waits, unless it has been silent for the read
+    /// timeout. While a request body is still going up the upstream may be waiting for the
+    /// client, so the upstream's silence is not timed then.
+    fn wait(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        if self.sending.is_some() {
+            return Poll::Pending;
+        }
+        let timeout = self.health.read_timeout;
+        let stall = self.stall.get_or_insert_with(|| Stall {
+            since: None,
+            timer: Box::pin(tokio::time::sleep(timeout)),
+        });
+        let since = *stall.since.get_or_insert_with(Instant::now);
+        let deadline = since + timeout;
+        loop {
+            if stall.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if stall.timer.deadline() >= deadline {
+                let ms = timeout.as_millis();
+                return self.fail(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("upstream sent nothing for {ms} ms in the middle of the body"),
+                ));
+            }
+            // Fired for an earlier wait: the current one runs from `since`.
+            stall.timer.as_mut().reset(deadline);
+        }
     }
 }
 
@@ -160,7 +237,7 @@ where
                         }
                         return this.data(data);
                     }
-                    ready!(conn.poll_fill(cx, body_reserve(Some(*left))))
+                    conn.poll_fill(cx, body_reserve(Some(*left)))
                 }
                 BodyState::Chunked(chunked) => match chunked.step(conn.buf_mut()) {
                     Ok(ChunkStep::Data(data)) => return this.data(data),
@@ -168,9 +245,7 @@ where
                         this.finish();
                         return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
                     }
-                    Ok(ChunkStep::NeedMore) => {
-                        ready!(conn.poll_fill(cx, body_reserve(None)))
-                    }
+                    Ok(ChunkStep::NeedMore) => conn.poll_fill(cx, body_reserve(None)),
                     Err(e) => {
                         return this
                             .fail(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
@@ -182,8 +257,8 @@ where
                         let data = buf.split().freeze();
                         return this.data(data);
                     }
-                    match ready!(conn.poll_fill(cx, body_reserve(None))) {
-                        Ok(0) => {
+                    match conn.poll_fill(cx, body_reserve(None)) {
+                        Poll::Ready(Ok(0)) => {
                             // The end of this body is the end of the connection.
                             this.reusable = false;
                             this.finish();
@@ -194,9 +269,10 @@ where
                 }
             };
             match filled {
-                Ok(0) => return this.fail(closed_mid_body()),
-                Ok(_) => {}
-                Err(e) => return this.fail(e),
+                Poll::Pending => return this.wait(cx),
+                Poll::Ready(Ok(0)) => return this.fail(closed_mid_body()),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return this.fail(e),
             }
         }
     }

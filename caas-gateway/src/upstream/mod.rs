@@ -14,7 +14,8 @@
 //! - [`pool`]: [`UpstreamPool`], the idle connections of one endpoint, most recently used first.
 //!
 //! Nothing here knows about client connections, routes or the gateway's errors: failures are
-//! reported as this module's own types and the proxy decides what they mean.
+//! reported as this module's own types and the proxy decides what they mean (for a body
+//! that breaks after its head went out, through the [`BodyHealth`] the proxy hands it).
 
 pub(crate) mod body;
 pub(crate) mod exchange;
@@ -30,7 +31,7 @@ use bytes::BytesMut;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
-pub(crate) use body::UpstreamBody;
+pub(crate) use body::{BodyHealth, UpstreamBody};
 pub(crate) use exchange::{BodySender, Exchange, ExchangeError};
 pub(crate) use pool::UpstreamPool;
 

@@ -39,8 +39,8 @@ impl Idle {
 }
 
 impl UpstreamPool {
+    /// A pool of at most `max_idle` connections; 0 keeps none (every request connects anew).
     pub(crate) fn new(max_idle: usize) -> Self {
-        let max_idle = max_idle.max(1);
         Self {
             idle: Mutex::new(VecDeque::with_capacity(max_idle.min(64))),
             max_idle,
@@ -67,6 +67,9 @@ impl UpstreamPool {
     /// Returns a connection after a complete exchange. When the pool is full, the connection
     /// idle the longest is closed to make room. The connection waits without a read buffer.
     pub(crate) fn put(&self, mut conn: UpstreamConn) {
+        if self.max_idle == 0 {
+            return;
+        }
         conn.release_buf();
         let idle = Idle {
             conn,
