@@ -293,6 +293,23 @@ async fn http2_prior_knowledge_is_served() {
 async fn websocket_upgrade_passes_through_both_ways() {
     let up = Upstream::start("ws").await;
     let gw = Gw::start(snapshot(vec![("ws", app(&[("v1", &[up.addr])]))])).await;
+    let (mut s, head) = open_tunnel(&gw).await;
+    assert!(
+        head.to_ascii_lowercase().contains("upgrade: echo"),
+        "{head}"
+    );
+    for msg in [&b"ping"[..], b"second message", &[0u8, 255, 1, 254]] {
+        s.write_all(msg).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        s.read_exact(&mut back).await.unwrap();
+        assert_eq!(back, msg);
+    }
+    assert_eq!(gw.gateway.stats().upgrades.load(SeqCst), 1);
+}
+
+/// Opens a WebSocket-style tunnel through `gw` to the echoing upstream: the connection and
+/// the `101`'s head.
+async fn open_tunnel(gw: &Gw) -> (TcpStream, String) {
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(
         b"GET /ws HTTP/1.1\r\nHost: ws.caas.local\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
@@ -307,35 +324,7 @@ async fn websocket_upgrade_passes_through_both_ways() {
     }
     let head = String::from_utf8(head).unwrap();
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    assert!(
-        head.to_ascii_lowercase().contains("upgrade: echo"),
-        "{head}"
-    );
-    for msg in [&b"ping"[..], b"second message", &[0u8, 255, 1, 254]] {
-        s.write_all(msg).await.unwrap();
-        let mut back = vec![0u8; msg.len()];
-        s.read_exact(&mut back).await.unwrap();
-        assert_eq!(back, msg);
-    }
-    assert_eq!(gw.gateway.stats().upgrades.load(SeqCst), 1);
-}
-
-/// Opens a WebSocket-style tunnel through `gw` to the echoing upstream.
-async fn open_tunnel(gw: &Gw) -> TcpStream {
-    let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: ws.caas.local\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
-    s
+    (s, head)
 }
 
 #[tokio::test]
@@ -351,7 +340,7 @@ async fn a_tunnel_silent_for_its_idle_timeout_is_closed_and_a_talking_one_is_not
     )
     .await;
     // A message every 100 ms for three idle timeouts: the tunnel stays up throughout.
-    let mut talking = open_tunnel(&gw).await;
+    let (mut talking, _) = open_tunnel(&gw).await;
     let mut quiet_since = std::time::Instant::now();
     for i in 0..12u8 {
         if i > 0 {

@@ -461,24 +461,25 @@ async fn raw_client_sees_a_keep_alive_response_and_can_pipeline_on() {
         s.write_all(b"GET / HTTP/1.1\r\nHost: wire.caas.local\r\n\r\n")
             .await
             .unwrap();
-        let mut got = Vec::new();
-        while !got.ends_with(b"0\r\n\r\n") {
-            let mut b = [0u8; 1024];
-            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b))
-                .await
-                .unwrap()
-                .unwrap();
-            assert!(
-                n > 0,
-                "connection closed: {}",
-                String::from_utf8_lossy(&got)
-            );
-            got.extend_from_slice(&b[..n]);
-        }
-        let text = String::from_utf8_lossy(&got);
+        let text = read_chunked(&mut s).await;
         assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
         assert!(text.contains("\r\n\r\n3\r\nabc\r\n0\r\n\r\n"), "{text}");
     }
+}
+
+/// Reads one chunked response from a raw client socket, up to its last chunk.
+async fn read_chunked(s: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    while !got.ends_with(b"0\r\n\r\n") {
+        let mut b = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b))
+            .await
+            .expect("the response within 5 s")
+            .unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&b[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
 }
 
 /// Reads one response with a 5-byte body from a raw client socket: the response, and the
@@ -745,17 +746,7 @@ async fn an_http_1_0_upstream_answers_http_1_1_clients_in_http_1_1() {
         s.write_all(b"GET / HTTP/1.1\r\nHost: wire.caas.local\r\n\r\n")
             .await
             .unwrap();
-        let mut got = Vec::new();
-        while !got.ends_with(b"0\r\n\r\n") {
-            let mut b = [0u8; 1024];
-            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b))
-                .await
-                .unwrap()
-                .unwrap();
-            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
-            got.extend_from_slice(&b[..n]);
-        }
-        let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+        let text = read_chunked(&mut s).await.to_ascii_lowercase();
         assert!(text.starts_with("http/1.1 200 ok\r\n"), "{text}");
         assert!(text.contains("transfer-encoding: chunked\r\n"), "{text}");
         assert!(
