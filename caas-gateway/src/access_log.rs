@@ -318,12 +318,12 @@ fn flush(out: &mut Output, buf: &[u8], n: u64, stats: &AccessLogStats, warn: &mu
     }
 }
 
-/// One request's line in the making; sent when dropped (the end of its response, or of the
-/// request when the client left before an answer).
 /// The access log's `error` for a response the upstream cut after its head: the status is
 /// the upstream's, the body is incomplete.
 pub const BODY_FAILED: &str = "upstream_body_failed";
 
+/// One request's line in the making; sent when dropped (the end of its response, or of the
+/// request when the client left before an answer).
 #[derive(Debug)]
 pub(crate) struct Pending {
     log: AccessLog,

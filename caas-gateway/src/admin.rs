@@ -201,6 +201,7 @@ fn add(sum: &mut CountersSnapshot, c: &CountersSnapshot) {
         *s += n;
     }
     sum.errors += c.errors;
+    sum.body_errors += c.body_errors;
     sum.bytes_in += c.bytes_in;
     sum.bytes_out += c.bytes_out;
     sum.latency.resize(c.latency.len(), 0);

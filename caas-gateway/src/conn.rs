@@ -260,8 +260,9 @@ impl<B: Body<Data = Bytes, Error = io::Error> + Unpin> Body for Tracked<B> {
                         log.bytes_out += data.len() as u64;
                     }
                 }
-                // Only an upstream body fails: the upstream cut the response.
-                Err(_) => log.body_failed = true,
+                // Only an upstream body fails: the upstream cut the response, or it was cut
+                // after the client's request body broke.
+                Err(e) => log.body_failed = crate::upstream::body::is_upstream_failure(e),
             }
         }
         polled

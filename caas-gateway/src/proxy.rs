@@ -317,6 +317,11 @@ fn proxy<'a>(
                 conn.proto()
             };
             write_upstream_fields(&parts, &authority, &conn.peer_ip, proto, upgrade, out);
+            if !upgrade && shared.config.limits.upstream_max_idle_per_endpoint == 0 {
+                // No pool: the upstream closes first, and its side keeps the TIME_WAIT
+                // rather than the gateway's ephemeral ports.
+                out.extend_from_slice(b"connection: close\r\n");
+            }
         });
         let request = Outgoing {
             head: &head,
@@ -359,7 +364,7 @@ fn proxy<'a>(
         {
             let addr = fwd.conn.addr();
             shared.stats.upgrades.fetch_add(1, Relaxed);
-            fwd.ep.record_success();
+            succeeded(&fwd.ep);
             tokio::spawn(tunnel(
                 client_upgrade,
                 fwd.conn,
@@ -578,9 +583,18 @@ fn upstream_failed(ep: &EndpointState, period: Duration) {
 /// bodies is ejected as one that resets); one the upstream broke is its failure.
 fn body_ended(ep: &EndpointState, eject: Duration, whole: bool) {
     if whole {
-        ep.record_success();
+        succeeded(ep);
     } else {
         upstream_failed(ep, eject);
+    }
+}
+
+/// A good exchange clears the endpoint's failure count, unless the endpoint was ejected
+/// while it ran: a long download that ends well does not cut an ejection short (the failures
+/// that caused it came later); once the period is over, the next success clears both.
+fn succeeded(ep: &EndpointState) {
+    if ep.is_available() {
+        ep.record_success();
     }
 }
 
@@ -641,6 +655,23 @@ mod tests {
     use super::*;
     use caas_core::{AppId, AppSpec, Domain, Endpoint, Snapshot, Version, VersionSpec};
     use http::HeaderValue;
+
+    #[test]
+    fn a_late_success_does_not_cut_an_ejection_short() {
+        let ep = EndpointState::new(Endpoint::new(([127, 0, 0, 1], 9).into()));
+        for _ in 0..EJECT_AFTER_FAILURES {
+            body_ended(&ep, Duration::from_secs(60), false);
+        }
+        assert!(!ep.is_available(), "three cut bodies eject");
+        // A download that started before the ejection ends well: still out.
+        body_ended(&ep, Duration::from_secs(60), true);
+        assert!(!ep.is_available());
+        // Once the period is over, a success clears the count: one failure does not eject.
+        ep.eject_for(Duration::ZERO);
+        body_ended(&ep, Duration::from_secs(60), true);
+        body_ended(&ep, Duration::from_secs(60), false);
+        assert!(ep.is_available());
+    }
 
     fn spec(ports: &[u16], blacklist: &[&str]) -> AppSpec {
         let endpoints = ports

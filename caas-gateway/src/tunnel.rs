@@ -80,8 +80,8 @@ impl Heard {
         self.last_ms.store(ms, Relaxed);
     }
 
-    /// Resolves once nothing was heard for `idle`: the timer sleeps to the deadline of the
-    /// last bytes it knows of and, woken early by newer ones, sleeps on to theirs.
+    /// Resolves once nothing was heard for `idle`: sleeps to the deadline of the last bytes
+    /// heard; when it comes and newer bytes have been heard since, sleeps on to theirs.
     async fn silent_for(&self, idle: Duration) {
         loop {
             let last = Duration::from_millis(self.last_ms.load(Relaxed));

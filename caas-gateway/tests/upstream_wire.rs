@@ -688,6 +688,15 @@ async fn an_upstream_silent_mid_body_is_cut_after_the_response_timeout_but_a_slo
                 vec![b"x".to_vec(); 8],
                 Duration::from_millis(100),
             ),
+            // Chunk data 600 ms apart, but a chunk-size line between them: bytes come every
+            // 300 ms, so the upstream is never silent for the timeout.
+            "/slow-chunks" => Act::Trickle(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n".to_vec(),
+                [&b"5\r\n"[..], b"world\r\n", b"0\r\n\r\n"]
+                    .map(<[u8]>::to_vec)
+                    .to_vec(),
+                Duration::from_millis(300),
+            ),
             // Half the body, then nothing.
             _ => Act::Split(
                 b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabcde".to_vec(),
@@ -712,6 +721,8 @@ async fn an_upstream_silent_mid_body_is_cut_after_the_response_timeout_but_a_slo
     let host = "wire.caas.local";
     let (s, _, body) = send(&c, get(&gw.url("/slow"), host)).await;
     assert_eq!((s.as_u16(), body.as_str()), (200, "xxxxxxxx"));
+    let (s, _, body) = send(&c, get(&gw.url("/slow-chunks"), host)).await;
+    assert_eq!((s.as_u16(), body.as_str()), (200, "helloworld"));
 
     let resp = c.request(get(&gw.url("/silent"), host)).await.unwrap();
     assert_eq!(resp.status(), 200);
@@ -730,6 +741,14 @@ async fn an_upstream_silent_mid_body_is_cut_after_the_response_timeout_but_a_slo
     );
     let (app, ep, _) = wire_counters(&gw);
     assert_eq!((app.body_errors, ep.body_errors), (1, 1), "{app:?}");
+    // Per version too: a version sums its endpoints.
+    let table = gw.gateway.router().current();
+    let stats = caas_gateway::admin::app_stats_json(&table, table.apps().next().unwrap());
+    assert_eq!(
+        stats["stats"]["versions"]["v1"]["upstream_body_errors"], 1,
+        "{stats}"
+    );
+    assert_eq!(stats["stats"]["upstream_body_errors"], 1, "{stats}");
 }
 
 #[tokio::test]
@@ -777,4 +796,54 @@ async fn no_idle_pool_means_a_connection_per_request() {
         assert_eq!((s.as_u16(), body.as_str()), (200, "ok"));
     }
     assert_eq!(up.connections(), 3);
+}
+
+#[tokio::test]
+async fn a_response_cut_after_the_client_s_body_broke_is_not_the_upstream_s_failure() {
+    // The upstream answers as soon as it has the head and sends half its body, then waits
+    // (for the rest of the request body, say). The client's chunked body then breaks.
+    let up = Scripted::start(|_, _, _| {
+        Act::Split(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabcde".to_vec(),
+            Gate::After(Duration::from_secs(3600)),
+            b"fghij".to_vec(),
+        )
+    })
+    .await;
+    let gw = gateway_with(
+        &up,
+        caas_gateway::GatewayConfig {
+            limits: caas_gateway::Limits {
+                upstream_response_timeout_ms: 300,
+                ..limits()
+            },
+            ..Gw::config()
+        },
+    )
+    .await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(
+        b"POST /up HTTP/1.1\r\nHost: wire.caas.local\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    while !got.ends_with(b"abcde") {
+        let mut b = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b))
+            .await
+            .expect("the response's first half")
+            .unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&b[..n]);
+    }
+    s.write_all(b"zz\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
+        .await
+        .expect("the gateway ends the response");
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    let (app, ep, available) = wire_counters(&gw);
+    assert_eq!((app.body_errors, ep.body_errors), (0, 0), "{app:?}");
+    assert!(available);
 }

@@ -9,7 +9,8 @@
 //! The exchange's outcome for the endpoint's health is known only here: a body that arrives
 //! whole is the endpoint's success, one the upstream breaks (closes, resets, frames wrongly
 //! or leaves silent for the read timeout) is its failure, told to the [`BodyHealth`] the
-//! proxy gave. A body the client abandons is neither.
+//! proxy gave. A body the client abandons is neither, nor one cut after the client's own
+//! request body broke.
 
 use std::io;
 use std::pin::Pin;
@@ -37,9 +38,9 @@ pub(crate) struct BodyHealth {
     pub(crate) eject: Duration,
 }
 
-/// The timer of a body waiting for its upstream: armed on the first wait after data, and
-/// moved on only when it fires early, so a steadily streaming body touches the timer wheel
-/// about once a read timeout rather than on every read.
+/// The timer of a body waiting for its upstream: armed on the first wait after bytes came,
+/// and moved on only when it fires early, so a steadily streaming body touches the timer
+/// wheel about once a read timeout rather than on every read.
 #[derive(Debug)]
 struct Stall {
     /// When the current wait began (`None`: data came since the last wait).
@@ -64,6 +65,21 @@ pub(crate) struct UpstreamBody<B> {
     bytes: u64,
     health: BodyHealth,
     stall: Option<Stall>,
+    /// The client's request body broke while the response streamed: whatever happens to the
+    /// response after that is not the upstream's failure.
+    client_broke: bool,
+}
+
+/// The error of a response cut after the client's request body broke (the upstream may
+/// have been waiting for the rest of it): not the upstream's failure.
+#[derive(Debug, thiserror::Error)]
+#[error("response cut after the client's request body broke: {0}")]
+pub(crate) struct AfterClientFault(io::Error);
+
+/// Whether a response body's error is the upstream's failure (else the client's).
+pub(crate) fn is_upstream_failure(e: &io::Error) -> bool {
+    !e.get_ref()
+        .is_some_and(|inner| inner.is::<AfterClientFault>())
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -102,6 +118,7 @@ impl<B> UpstreamBody<B> {
             bytes: 0,
             health,
             stall: None,
+            client_broke: false,
         };
         if matches!(body.state, BodyState::Done) {
             body.finish();
@@ -127,12 +144,18 @@ impl<B> UpstreamBody<B> {
     }
 
     /// The upstream broke the body: the connection is closed, the failure counted against
-    /// the endpoint and the app, and the client's response ends cut.
+    /// the endpoint and the app, and the client's response ends cut. After the client's
+    /// request body broke, the response is cut the same way but nothing is counted.
     fn fail(&mut self, e: io::Error) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         self.state = BodyState::Done;
         self.stall = None;
         let addr = self.conn.take().map(|c| c.addr());
         self.sending = None;
+        if self.client_broke {
+            tracing::debug!(?addr, "response cut after the client's body broke: {e}");
+            let kind = e.kind();
+            return Poll::Ready(Some(Err(io::Error::new(kind, AfterClientFault(e)))));
+        }
         let ep = self.in_flight.endpoint();
         tracing::debug!(?addr, "upstream response body failed: {e}");
         ep.stats.record_body_error();
@@ -143,9 +166,6 @@ impl<B> UpstreamBody<B> {
 
     fn data(&mut self, data: Bytes) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         self.bytes += data.len() as u64;
-        if let Some(stall) = self.stall.as_mut() {
-            stall.since = None;
-        }
         Poll::Ready(Some(Ok(Frame::data(data))))
     }
 
@@ -157,10 +177,16 @@ impl<B> UpstreamBody<B> {
             return Poll::Pending;
         }
         let timeout = self.health.read_timeout;
-        let stall = self.stall.get_or_insert_with(|| Stall {
-            since: None,
-            timer: Box::pin(tokio::time::sleep(timeout)),
-        });
+        let stall = match &mut self.stall {
+            Some(stall) => stall,
+            None => {
+                let now = Instant::now();
+                self.stall.insert(Stall {
+                    since: Some(now),
+                    timer: Box::pin(tokio::time::sleep_until(now + timeout)),
+                })
+            }
+        };
         let since = *stall.since.get_or_insert_with(Instant::now);
         let deadline = since + timeout;
         loop {
@@ -214,6 +240,7 @@ where
                     tracing::debug!(addr = %conn.addr(), "client body failed mid-response: {e}");
                     this.sending = None;
                     this.reusable = false;
+                    this.client_broke = true;
                 }
                 Poll::Ready(Err(SendBodyError::Upstream(e))) => {
                     tracing::debug!(addr = %conn.addr(), "upstream stopped reading the body: {e}");
@@ -271,7 +298,12 @@ where
             match filled {
                 Poll::Pending => return this.wait(cx),
                 Poll::Ready(Ok(0)) => return this.fail(closed_mid_body()),
-                Poll::Ready(Ok(_)) => {}
+                // Bytes came (maybe only framing): a wait that follows is a new one.
+                Poll::Ready(Ok(_)) => {
+                    if let Some(stall) = this.stall.as_mut() {
+                        stall.since = None;
+                    }
+                }
                 Poll::Ready(Err(e)) => return this.fail(e),
             }
         }
