@@ -20,7 +20,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use caas_core::{AppInFlight, EndpointState, InFlight};
 use http_body::{Body, Frame, SizeHint};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use super::{BodySender, UpstreamConn, UpstreamPool, body_reserve};
 use crate::h1::{ChunkStep, Chunked, ResponseFraming};
@@ -36,16 +36,6 @@ pub(crate) struct BodyHealth {
     pub(crate) report: fn(&EndpointState, Duration, bool),
     /// Passed to `report` (how long a failing endpoint sits out).
     pub(crate) eject: Duration,
-}
-
-/// The timer of a body waiting for its upstream: armed on the first wait after bytes came,
-/// and moved on only when it fires early, so a steadily streaming body touches the timer
-/// wheel about once a read timeout rather than on every read.
-#[derive(Debug)]
-struct Stall {
-    /// When the current wait began (`None`: data came since the last wait).
-    since: Option<Instant>,
-    timer: Pin<Box<Sleep>>,
 }
 
 /// An upstream response body on its way to the client, read from the upstream connection
@@ -64,7 +54,8 @@ pub(crate) struct UpstreamBody<B> {
     app: AppInFlight,
     bytes: u64,
     health: BodyHealth,
-    stall: Option<Stall>,
+    /// When the current wait for the upstream began (`None`: bytes came since the last).
+    waiting_since: Option<Instant>,
     /// The client's request body broke while the response streamed: whatever happens to the
     /// response after that is not the upstream's failure.
     client_broke: bool,
@@ -117,7 +108,7 @@ impl<B> UpstreamBody<B> {
             app,
             bytes: 0,
             health,
-            stall: None,
+            waiting_since: None,
             client_broke: false,
         };
         if matches!(body.state, BodyState::Done) {
@@ -130,7 +121,6 @@ impl<B> UpstreamBody<B> {
     /// the pool; any other is closed.
     fn finish(&mut self) {
         self.state = BodyState::Done;
-        self.stall = None;
         let ep = self.in_flight.endpoint();
         (self.health.report)(ep, self.health.eject, true);
         if let Some(mut conn) = self.conn.take() {
@@ -148,7 +138,6 @@ impl<B> UpstreamBody<B> {
     /// request body broke, the response is cut the same way but nothing is counted.
     fn fail(&mut self, e: io::Error) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         self.state = BodyState::Done;
-        self.stall = None;
         let addr = self.conn.take().map(|c| c.addr());
         self.sending = None;
         if self.client_broke {
@@ -176,33 +165,19 @@ impl<B> UpstreamBody<B> {
         if self.sending.is_some() {
             return Poll::Pending;
         }
-        let timeout = self.health.read_timeout;
-        let stall = match &mut self.stall {
-            Some(stall) => stall,
-            None => {
-                let now = Instant::now();
-                self.stall.insert(Stall {
-                    since: Some(now),
-                    timer: Box::pin(tokio::time::sleep_until(now + timeout)),
-                })
-            }
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(None);
         };
-        let since = *stall.since.get_or_insert_with(Instant::now);
-        let deadline = since + timeout;
-        loop {
-            if stall.timer.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            if stall.timer.deadline() >= deadline {
-                let ms = timeout.as_millis();
-                return self.fail(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("upstream sent nothing for {ms} ms in the middle of the body"),
-                ));
-            }
-            // Fired for an earlier wait: the current one runs from `since`.
-            stall.timer.as_mut().reset(deadline);
+        let timeout = self.health.read_timeout;
+        let since = *self.waiting_since.get_or_insert_with(Instant::now);
+        if conn.poll_deadline(cx, since + timeout).is_pending() {
+            return Poll::Pending;
         }
+        let ms = timeout.as_millis();
+        self.fail(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("upstream sent nothing for {ms} ms in the middle of the body"),
+        ))
     }
 }
 
@@ -299,11 +274,7 @@ where
                 Poll::Pending => return this.wait(cx),
                 Poll::Ready(Ok(0)) => return this.fail(closed_mid_body()),
                 // Bytes came (maybe only framing): a wait that follows is a new one.
-                Poll::Ready(Ok(_)) => {
-                    if let Some(stall) = this.stall.as_mut() {
-                        stall.since = None;
-                    }
-                }
+                Poll::Ready(Ok(_)) => this.waiting_since = None,
                 Poll::Ready(Err(e)) => return this.fail(e),
             }
         }

@@ -6,9 +6,9 @@
 //! silent), or the client's (its body broke its framing, ended early or stalled). The body is
 //! any [`Body`]: the gateway passes the client's, tests pass their own.
 
-use std::future::{Future, poll_fn};
+use std::future::poll_fn;
 use std::io;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -216,19 +216,19 @@ where
         timeout: Duration,
     ) -> Result<ResponseHead, ExchangeError<B::Error>> {
         let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-        let mut sleep = pin!(tokio::time::sleep(timeout));
+        let mut deadline = tokio::time::Instant::now() + timeout;
         poll_fn(|cx| {
             if let Poll::Ready(res) = self.poll_response_head(cx) {
                 return Poll::Ready(res);
             }
             loop {
-                ready!(sleep.as_mut().poll(cx));
+                ready!(self.conn.poll_deadline(cx, deadline));
                 if let Some(body) = &self.body {
                     let due = body.last_progress_ms.saturating_add(timeout_ms);
                     let now = now_ms();
                     if now < due {
                         let left = Duration::from_millis(due - now);
-                        sleep.as_mut().reset(tokio::time::Instant::now() + left);
+                        deadline = tokio::time::Instant::now() + left;
                         continue;
                     }
                     if !self.body_done && body.waiting_on_client {

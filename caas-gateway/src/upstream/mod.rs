@@ -30,6 +30,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 pub(crate) use body::{BodyHealth, UpstreamBody};
 pub(crate) use exchange::{BodySender, Exchange, ExchangeError};
@@ -64,6 +65,9 @@ pub(crate) struct UpstreamConn {
     /// Bytes read and not consumed yet.
     buf: BytesMut,
     addr: SocketAddr,
+    /// The timer of every wait on this connection (for a response head, in the middle of a
+    /// body), made on the first and moved for each later one: see [`Self::poll_deadline`].
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl UpstreamConn {
@@ -82,6 +86,7 @@ impl UpstreamConn {
             io,
             buf: BytesMut::new(),
             addr,
+            timer: None,
         })
     }
 
@@ -149,6 +154,21 @@ impl UpstreamConn {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    /// Whether `deadline` has passed, waking the task when it does. The connection keeps one
+    /// timer for all its waits: moving a registered timer to a later deadline is an atomic
+    /// update of its entry, where a timer made for each wait costs an insertion into the
+    /// runtime's timer wheel and a removal, each under the wheel's lock. (A timer left set
+    /// while the connection sits in its pool fires once, waking its last task for nothing.)
+    pub(crate) fn poll_deadline(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        timer.as_mut().poll(cx)
     }
 
     /// The stream and the bytes read past the response head, for a protocol switch.
