@@ -77,6 +77,9 @@ error_codes! {
     MalformedRequest => ("malformed_request", 400, Client),
     /// A request target longer than the parser accepts.
     UriTooLong => ("uri_too_long", 414, Client),
+    /// What the gateway does not do: a CONNECT (it proxies requests to apps and opens no
+    /// tunnels to other hosts), a transfer coding other than chunked.
+    NotImplemented => ("not_implemented", 501, Client),
     /// No `Host` (or `:authority`).
     MissingHost => ("missing_host", 400, Client),
     /// Several `Host` fields, an unparsable one, or an HTTP/2 `Host` naming another
@@ -126,6 +129,9 @@ pub enum ProxyError {
     /// The request head is larger than `limits.max_header_bytes` or has too many headers.
     #[error("request headers too large: {0}")]
     HeadersTooLarge(&'static str),
+    /// The request asks for something the gateway does not do (a CONNECT).
+    #[error("not implemented: {0}")]
+    NotImplemented(&'static str),
     /// The client's request body broke its framing.
     #[error("malformed request body: {0}")]
     BadRequestBody(String),
@@ -189,6 +195,7 @@ impl ProxyError {
             Self::MissingHost => ErrorCode::MissingHost,
             Self::InvalidHost(_) => ErrorCode::InvalidHost,
             Self::HeadersTooLarge(_) => ErrorCode::HeadersTooLarge,
+            Self::NotImplemented(_) => ErrorCode::NotImplemented,
             Self::BadRequestBody(_) => ErrorCode::BadRequestBody,
             Self::ClientTimeout { .. } => ErrorCode::ClientTimeout,
             Self::ClientClosed(_) => ErrorCode::ClientClosed,
@@ -316,9 +323,13 @@ mod tests {
                 code.status().is_client_error() || code.status().is_server_error(),
                 "{code:?}"
             );
-            // The client's faults are 4xx, the upstream's 5xx.
+            // The client's faults are 4xx (or 501: it asked for what the gateway does not
+            // do), the upstream's 5xx.
             match code.blame() {
-                Blame::Client => assert!(code.status().is_client_error(), "{code:?}"),
+                Blame::Client => assert!(
+                    code.status().is_client_error() || code.status() == StatusCode::NOT_IMPLEMENTED,
+                    "{code:?}"
+                ),
                 Blame::Upstream => assert!(code.status().is_server_error(), "{code:?}"),
                 Blame::Routing => {}
             }
@@ -354,6 +365,7 @@ mod tests {
             (ProxyError::MissingHost, 400),
             (ProxyError::InvalidHost("two Host fields"), 400),
             (ProxyError::HeadersTooLarge("x"), 431),
+            (ProxyError::NotImplemented("CONNECT"), 501),
             (ProxyError::BadRequestBody("bad chunk".into()), 400),
             (ProxyError::ClientTimeout { timeout_ms: 5 }, 408),
             (ProxyError::ClientClosed("eof".into()), 499),

@@ -139,10 +139,18 @@ impl Drop for Unanswered<'_> {
     }
 }
 
-/// Rejects request heads over the configured limits with a JSON 431 (hyper's own hard limit,
-/// twice as large, is the backstop and answers a bare 431).
+/// Rejects, before anything else, a CONNECT (501) and request heads over the configured
+/// limits with a JSON 431 (hyper's own hard limit, twice as large, is the backstop and
+/// answers a bare 431).
 #[inline]
-fn check_head_limits<B>(shared: &Shared, req: &Request<B>) -> Result<(), ProxyError> {
+fn check_head<B>(shared: &Shared, req: &Request<B>) -> Result<(), ProxyError> {
+    if req.method() == Method::CONNECT {
+        // A reverse proxy for apps, not a forward proxy: forwarded, a CONNECT would reach
+        // the app as `CONNECT /` and its tunnel would go nowhere (nginx answers it 405).
+        return Err(ProxyError::NotImplemented(
+            "CONNECT: the gateway routes requests to apps and opens no tunnels",
+        ));
+    }
     let limits = &shared.config.limits;
     if req.headers().len() > limits.max_headers {
         return Err(ProxyError::HeadersTooLarge("too many header fields"));
@@ -246,7 +254,7 @@ fn proxy<'a>(
 ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send + 'a {
     // The request is taken apart before the future is made: it holds the parts, not the
     // request as well.
-    let within_limits = check_head_limits(shared, &req);
+    let within_limits = check_head(shared, &req);
     let upgrade = within_limits.is_ok() && is_upgrade_request(&req);
     let client_upgrade = upgrade.then(|| ClientUpgrade::of(&mut req));
     let (parts, mut body) = req.into_parts();

@@ -142,6 +142,7 @@ pub(crate) fn parse_request_head(
     let mut te = false;
     let mut te_chunked = false;
     let mut te_codings = 0usize;
+    let mut te_chunks = 0usize;
     // `http`'s map holds at most 24,576 fields: a head with more is refused, whatever the
     // configured limit (`with_capacity` would panic).
     let mut headers =
@@ -159,7 +160,10 @@ pub(crate) fn parse_request_head(
                 }
                 te = true;
                 te_chunked = last_token_is(&value, b"chunked");
-                te_codings += tokens(&value).count();
+                for t in tokens(&value) {
+                    te_codings += 1;
+                    te_chunks += usize::from(t.eq_ignore_ascii_case(b"chunked"));
+                }
             }
             header::CONTENT_LENGTH => {
                 let n = parse_length(value.as_bytes())
@@ -195,12 +199,17 @@ pub(crate) fn parse_request_head(
                 "Transfer-Encoding does not end with chunked",
             ));
         }
+        if te_chunks > 1 {
+            return Err(HeadError::malformed("chunked applied more than once"));
+        }
         if te_codings > 1 {
             // The gateway decodes chunked only: forwarded as chunked, a body sent gzip-coded
-            // would reach the upstream as if it were the content itself.
-            return Err(HeadError::malformed(
-                "a transfer coding other than chunked, which the gateway does not decode",
-            ));
+            // would reach the upstream as if it were the content itself. RFC 9112 §6.1: a
+            // coding the server does not understand is a 501.
+            return Err(HeadError {
+                code: ErrorCode::NotImplemented,
+                message: "a transfer coding other than chunked, which the gateway does not decode",
+            });
         }
         if length.is_some() {
             // Two framings: whichever one a peer picked, the other could smuggle a request.
@@ -658,10 +667,9 @@ mod tests {
             b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n",
-            // Codings the gateway would not decode, and chunked twice.
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
+            // Chunked twice.
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked, chunked\r\n\r\n",
             b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
             // obs-fold, a space before the colon, a bare LF inside a field line.
             b"GET / HTTP/1.1\r\nX-A: 1\r\n folded\r\n\r\n",
@@ -674,6 +682,22 @@ mod tests {
             assert_eq!(
                 refused(raw),
                 ErrorCode::MalformedRequest,
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+    }
+
+    #[test]
+    fn codings_the_gateway_does_not_decode_are_501() {
+        for raw in [
+            &b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: identity, chunked\r\n\r\n",
+        ] {
+            assert_eq!(
+                refused(raw),
+                ErrorCode::NotImplemented,
                 "{:?}",
                 String::from_utf8_lossy(raw)
             );
