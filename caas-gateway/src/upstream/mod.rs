@@ -171,6 +171,15 @@ impl UpstreamConn {
         timer.as_mut().poll(cx)
     }
 
+    /// Lets go of the waker of the last task that waited on the timer: a pooled connection's
+    /// timer may still fire once, and polled with a no-op waker it then wakes nobody and keeps
+    /// no finished task alive until it does.
+    fn forget_waiter(&mut self) {
+        if let Some(timer) = self.timer.as_mut() {
+            let _ = timer.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+        }
+    }
+
     /// The stream and the bytes read past the response head, for a protocol switch.
     pub(crate) fn into_parts(self) -> (TcpStream, BytesMut) {
         (self.io, self.buf)

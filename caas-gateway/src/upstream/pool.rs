@@ -71,6 +71,7 @@ impl UpstreamPool {
             return;
         }
         conn.release_buf();
+        conn.forget_waiter();
         let idle = Idle {
             conn,
             since: Instant::now(),
