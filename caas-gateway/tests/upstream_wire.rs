@@ -126,6 +126,18 @@ async fn gateway_for(up: &Scripted) -> Gw {
     gateway_with(up, Gw::config()).await
 }
 
+/// A gateway for `up` with the test config's limits replaced.
+async fn gateway_limited(up: &Scripted, limits: caas_gateway::Limits) -> Gw {
+    gateway_with(
+        up,
+        caas_gateway::GatewayConfig {
+            limits,
+            ..Gw::config()
+        },
+    )
+    .await
+}
+
 async fn gateway_with(up: &Scripted, config: caas_gateway::GatewayConfig) -> Gw {
     Gw::start_config(snapshot(vec![("wire", app(&[("v1", &[up.addr])]))]), config).await
 }
@@ -706,14 +718,11 @@ async fn an_upstream_silent_mid_body_is_cut_after_the_response_timeout_but_a_slo
         }
     })
     .await;
-    let gw = gateway_with(
+    let gw = gateway_limited(
         &up,
-        caas_gateway::GatewayConfig {
-            limits: caas_gateway::Limits {
-                upstream_response_timeout_ms: TIMEOUT.as_millis() as u64,
-                ..limits()
-            },
-            ..Gw::config()
+        caas_gateway::Limits {
+            upstream_response_timeout_ms: TIMEOUT.as_millis() as u64,
+            ..limits()
         },
     )
     .await;
@@ -779,14 +788,11 @@ async fn an_http_1_0_upstream_answers_http_1_1_clients_in_http_1_1() {
 async fn no_idle_pool_means_a_connection_per_request() {
     let up =
         Scripted::start(|_, _, _| reply("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")).await;
-    let gw = gateway_with(
+    let gw = gateway_limited(
         &up,
-        caas_gateway::GatewayConfig {
-            limits: caas_gateway::Limits {
-                upstream_max_idle_per_endpoint: 0,
-                ..limits()
-            },
-            ..Gw::config()
+        caas_gateway::Limits {
+            upstream_max_idle_per_endpoint: 0,
+            ..limits()
         },
     )
     .await;
@@ -810,14 +816,11 @@ async fn a_response_cut_after_the_client_s_body_broke_is_not_the_upstream_s_fail
         )
     })
     .await;
-    let gw = gateway_with(
+    let gw = gateway_limited(
         &up,
-        caas_gateway::GatewayConfig {
-            limits: caas_gateway::Limits {
-                upstream_response_timeout_ms: 300,
-                ..limits()
-            },
-            ..Gw::config()
+        caas_gateway::Limits {
+            upstream_response_timeout_ms: 300,
+            ..limits()
         },
     )
     .await;
